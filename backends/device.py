@@ -1,0 +1,69 @@
+"""The common device interface (DESIGN.md §6).
+
+A device has a name, a kind, memory, the ops it implements and a measured throughput per op, and
+runs one op on one partition's inputs. Backends subclass `Device` and fill `kernels`; everything
+else (which ops it offers, timing, throughput) is shared here.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from backends.ops import Op, Partial
+
+Kernel = Callable[["Device", dict[str, np.ndarray], dict], Partial]
+
+
+@dataclass
+class DeviceInfo:
+    name: str
+    kind: str
+    description: str
+    memory_bytes: int
+    ops: list[str]
+    throughput: dict[str, float] = field(default_factory=dict)
+
+
+class Device:
+    """Base class. Subclasses set `kind` and `kernels` (op name -> kernel) and may override `close`."""
+
+    kind: str = ""
+    kernels: dict[str, Kernel] = {}
+
+    def __init__(self, name: str, description: str, memory_bytes: int):
+        self.name = name
+        self.description = description
+        self.memory_bytes = memory_bytes
+        self._throughput: dict[str, float] = {}  # input bytes per second, smoothed
+        self._lock = threading.Lock()
+
+    @property
+    def ops(self) -> list[str]:
+        return sorted(self.kernels)
+
+    def run(self, op: Op, inputs: dict[str, np.ndarray], params: dict) -> Partial:
+        """Run `op` on one non-empty partition; record the throughput seen."""
+        start = time.perf_counter()
+        partial = self.kernels[op.name](self, inputs, params)
+        self._observe(op.name, sum(a.nbytes for a in inputs.values()), time.perf_counter() - start)
+        return partial
+
+    def _observe(self, op: str, nbytes: int, seconds: float) -> None:
+        if nbytes < 1 << 16 or seconds <= 0:
+            return  # tiny runs measure overhead, not the device
+        rate = nbytes / seconds
+        with self._lock:
+            old = self._throughput.get(op)
+            self._throughput[op] = rate if old is None else 0.8 * old + 0.2 * rate
+
+    def info(self) -> DeviceInfo:
+        with self._lock:
+            throughput = dict(self._throughput)
+        return DeviceInfo(self.name, self.kind, self.description, self.memory_bytes, self.ops, throughput)
+
+    def close(self) -> None:
+        """Release the device's resources; called once at agent shutdown."""

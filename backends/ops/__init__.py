@@ -1,0 +1,17 @@
+"""The op registry: every op is registered once, by name, with its whole contract."""
+from backends.ops.base import Op, Partial, TensorMeta, empty_partial
+from backends.ops import reductions
+
+REGISTRY: dict[str, Op] = {op.name: op for op in reductions.OPS}
+
+
+def get_op(name: str) -> Op:
+    from backends.errors import InvalidInput
+
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise InvalidInput(f"unknown op {name!r}; available ops: {', '.join(sorted(REGISTRY))}") from None
+
+
+__all__ = ["Op", "Partial", "TensorMeta", "REGISTRY", "get_op", "empty_partial"]

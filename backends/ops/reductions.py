@@ -1,0 +1,226 @@
+"""Reductions along axis 0: sum, min, max, mean, var, count, histogram.
+
+Inputs are 1-D, or N-D reduced along axis 0 (histogram: 1-D or 2-D, one histogram per column).
+Partials are small (one value per column), so combine cost is negligible beside the kernels.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from backends.errors import InvalidInput
+from backends.ops.base import Op, Params, Partial, TensorMeta
+
+DTYPES = tuple(np.dtype(t) for t in ("float32", "float64", "int32", "int64"))
+
+
+def _check_input(op: Op, inputs: dict[str, TensorMeta], params: Params, allowed: tuple[str, ...],
+                 needs_rows: bool, max_ndim: int = 32) -> TensorMeta:
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        takes = ", ".join(allowed) if allowed else "no parameters"
+        raise InvalidInput(f"op {op.name!r} got unknown parameter(s) {unknown}; it takes {takes}")
+    x = inputs["x"]
+    if x.dtype not in DTYPES:
+        raise InvalidInput(f"input 'x' has dtype {x.dtype}; op {op.name!r} supports "
+                           f"{', '.join(str(d) for d in DTYPES)}")
+    if not 1 <= len(x.shape) <= max_ndim:
+        raise InvalidInput(f"input 'x' has shape {list(x.shape)}; op {op.name!r} needs 1 to {max_ndim} "
+                           f"dimensions (it reduces along axis 0)")
+    if needs_rows and x.shape[0] == 0:
+        raise InvalidInput(f"input 'x' is empty (shape {list(x.shape)}); op {op.name!r} needs at least one row")
+    return x
+
+
+class _Reduction(Op):
+    params: tuple[str, ...] = ()
+    needs_rows = True
+
+    def validate(self, inputs, params):
+        x = _check_input(self, inputs, params, self.params, self.needs_rows)
+        return {**params, "dtype": x.dtype.str, "columns": list(x.shape[1:])}
+
+
+class Sum(_Reduction):
+    name = "sum"
+    needs_rows = False
+
+    def validate(self, inputs, params):
+        p = super().validate(inputs, params)
+        # The dtype np.sum returns: floats keep theirs, integers widen to int64.
+        p["out_dtype"] = np.dtype(p["dtype"]).str if np.dtype(p["dtype"]).kind == "f" else "<i8"
+        return p
+
+    def reference(self, inputs, params):
+        x = inputs["x"]
+        if x.dtype.kind == "f":
+            # Pairwise summation in the input's type per partition (fast), combined in float64.
+            return {"sum": np.asarray(np.sum(x, axis=0), dtype=np.float64)}
+        return {"sum": np.asarray(np.sum(x, axis=0, dtype=np.int64))}
+
+    def merge(self, left, right):
+        return {"sum": left["sum"] + right["sum"]}
+
+    def finalize(self, partial, params):
+        total = partial["sum"] if partial else np.zeros(params["columns"])
+        return {"sum": np.asarray(total).astype(params["out_dtype"])}
+
+
+class _Extreme(_Reduction):
+    def reference(self, inputs, params):
+        return {self.name: np.asarray(self.reduce(inputs["x"], axis=0))}
+
+    def merge(self, left, right):
+        # NaN propagates exactly as np.min / np.max do.
+        return {self.name: self.elementwise(left[self.name], right[self.name])}
+
+    def finalize(self, partial, params):
+        return {self.name: partial[self.name]}
+
+
+class Min(_Extreme):
+    name = "min"
+    reduce = staticmethod(np.min)
+    elementwise = staticmethod(np.minimum)
+
+
+class Max(_Extreme):
+    name = "max"
+    reduce = staticmethod(np.max)
+    elementwise = staticmethod(np.maximum)
+
+
+class Count(_Reduction):
+    """Number of non-NaN values per column (integers have no NaN: the row count)."""
+
+    name = "count"
+    needs_rows = False
+
+    def reference(self, inputs, params):
+        x = inputs["x"]
+        if x.dtype.kind == "f":
+            return {"count": np.asarray(np.count_nonzero(~np.isnan(x), axis=0), dtype=np.int64)}
+        return {"count": np.full(x.shape[1:], x.shape[0], dtype=np.int64)}
+
+    def merge(self, left, right):
+        return {"count": left["count"] + right["count"]}
+
+    def finalize(self, partial, params):
+        return {"count": partial["count"] if partial else np.zeros(params["columns"], dtype=np.int64)}
+
+
+def _result_float(params: Params) -> np.dtype:
+    """np.mean / np.var keep float32 and float64; integers give float64."""
+    dtype = np.dtype(params["dtype"])
+    return dtype if dtype.kind == "f" else np.dtype(np.float64)
+
+
+class Mean(_Reduction):
+    name = "mean"
+
+    def reference(self, inputs, params):
+        x = inputs["x"]
+        return {"n": np.int64(x.shape[0]), "sum": np.asarray(np.sum(x, axis=0, dtype=np.float64))}
+
+    def merge(self, left, right):
+        return {"n": left["n"] + right["n"], "sum": left["sum"] + right["sum"]}
+
+    def finalize(self, partial, params):
+        return {"mean": (partial["sum"] / partial["n"]).astype(_result_float(params))}
+
+
+class Var(_Reduction):
+    """Variance with Chan et al.'s pairwise update: stable where sum-of-squares cancels."""
+
+    name = "var"
+    params = ("ddof",)
+
+    def validate(self, inputs, params):
+        p = super().validate(inputs, params)
+        ddof = p.setdefault("ddof", 0)
+        if not isinstance(ddof, int) or not 0 <= ddof < inputs["x"].shape[0]:
+            raise InvalidInput(f"parameter 'ddof' must be an integer in [0, rows) = [0, {inputs['x'].shape[0]}); "
+                               f"got {ddof!r}")
+        return p
+
+    def reference(self, inputs, params):
+        x = inputs["x"]
+        mean = np.mean(x, axis=0, dtype=np.float64)
+        m2 = np.sum(np.square(x - mean), axis=0)
+        return {"n": np.int64(x.shape[0]), "mean": np.asarray(mean), "m2": np.asarray(m2)}
+
+    def merge(self, left, right):
+        na, nb = left["n"], right["n"]
+        n = na + nb
+        delta = right["mean"] - left["mean"]
+        return {"n": n, "mean": left["mean"] + delta * (nb / n),
+                "m2": left["m2"] + right["m2"] + delta * delta * (na * nb / n)}
+
+    def finalize(self, partial, params):
+        return {"var": (partial["m2"] / (partial["n"] - params["ddof"])).astype(_result_float(params))}
+
+
+class Histogram(Op):
+    """Counts per bin: `bins` with `range` (uniform bins, as np.histogram), or explicit `edges`.
+
+    A 2-D input gives one histogram per column: counts of shape (columns, bins).
+    """
+
+    name = "histogram"
+
+    def validate(self, inputs, params):
+        x = _check_input(self, inputs, params, ("bins", "range", "edges"), needs_rows=False, max_ndim=2)
+        p = {"dtype": x.dtype.str, "columns": list(x.shape[1:])}
+        if "edges" in params:
+            if "bins" in params or "range" in params:
+                raise InvalidInput("histogram takes either 'edges' or 'bins' with 'range', not both")
+            edges = np.asarray(params["edges"], dtype=np.float64)
+            if edges.ndim != 1 or edges.size < 2 or not np.all(np.isfinite(edges)) or np.any(np.diff(edges) <= 0):
+                raise InvalidInput("parameter 'edges' must be at least 2 finite, strictly increasing values")
+            p["edges"] = edges.tolist()
+            return p
+        bins, rng = params.get("bins"), params.get("range")
+        if bins is None:
+            raise InvalidInput("histogram needs 'bins' (a positive integer, with 'range': [low, high]) "
+                               "or 'edges' (increasing bin edges)")
+        if not isinstance(bins, int) or not 1 <= bins <= 1 << 24:
+            raise InvalidInput(f"parameter 'bins' must be an integer in [1, {1 << 24}]; got {bins!r}")
+        if rng is None:
+            raise InvalidInput("histogram with 'bins' needs 'range': [low, high] (every partition must "
+                               "use the same bin edges)")
+        if (len(rng) != 2 or not all(math.isfinite(v) for v in rng) or not rng[0] < rng[1]):
+            raise InvalidInput(f"parameter 'range' must be [low, high], finite, with low < high; got {list(rng)}")
+        p.update(bins=bins, range=[float(rng[0]), float(rng[1])])
+        return p
+
+    def _bins(self, params):
+        if "edges" in params:
+            return np.asarray(params["edges"]), None
+        return params["bins"], tuple(params["range"])
+
+    def reference(self, inputs, params):
+        bins, rng = self._bins(params)
+        x = inputs["x"]
+        columns = [x] if x.ndim == 1 else x.T
+        counts = [np.histogram(c, bins=bins, range=rng)[0] for c in columns]
+        return {"counts": np.asarray(counts[0] if x.ndim == 1 else np.stack(counts), dtype=np.int64)}
+
+    def merge(self, left, right):
+        return {"counts": left["counts"] + right["counts"]}
+
+    def edges(self, params) -> np.ndarray:
+        # The edges np.histogram itself returns for this dtype, bins and range.
+        bins, rng = self._bins(params)
+        return np.histogram(np.empty(0, dtype=params["dtype"]), bins=bins, range=rng)[1]
+
+    def finalize(self, partial, params):
+        edges = self.edges(params)
+        if partial:
+            counts = partial["counts"]
+        else:
+            counts = np.zeros(params["columns"] + [len(edges) - 1], dtype=np.int64)
+        return {"counts": counts, "edges": edges}
+
+
+OPS = (Sum(), Min(), Max(), Count(), Mean(), Var(), Histogram())

@@ -1,0 +1,113 @@
+from lepton.v1 import coordinator_service_pb2 as _coordinator_service_pb2
+from lepton.v1 import job_pb2 as _job_pb2
+from lepton.v1 import tensor_pb2 as _tensor_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class JoinClusterRequest(_message.Message):
+    __slots__ = ("name", "address", "devices", "credits")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
+    CREDITS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    address: str
+    devices: _containers.RepeatedCompositeFieldContainer[_coordinator_service_pb2.DeviceInfo]
+    credits: int
+    def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., devices: _Optional[_Iterable[_Union[_coordinator_service_pb2.DeviceInfo, _Mapping]]] = ..., credits: _Optional[int] = ...) -> None: ...
+
+class JoinClusterResponse(_message.Message):
+    __slots__ = ("agent_id", "heartbeat_interval_seconds")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    heartbeat_interval_seconds: float
+    def __init__(self, agent_id: _Optional[str] = ..., heartbeat_interval_seconds: _Optional[float] = ...) -> None: ...
+
+class HeartbeatRequest(_message.Message):
+    __slots__ = ("agent_id", "devices")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    devices: _containers.RepeatedCompositeFieldContainer[_coordinator_service_pb2.DeviceInfo]
+    def __init__(self, agent_id: _Optional[str] = ..., devices: _Optional[_Iterable[_Union[_coordinator_service_pb2.DeviceInfo, _Mapping]]] = ...) -> None: ...
+
+class HeartbeatResponse(_message.Message):
+    __slots__ = ("known",)
+    KNOWN_FIELD_NUMBER: _ClassVar[int]
+    known: bool
+    def __init__(self, known: _Optional[bool] = ...) -> None: ...
+
+class LeaveClusterRequest(_message.Message):
+    __slots__ = ("agent_id",)
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    def __init__(self, agent_id: _Optional[str] = ...) -> None: ...
+
+class LeaveClusterResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Task(_message.Message):
+    __slots__ = ("job_id", "op", "params", "first_partition", "partition_count", "row_splits", "inputs", "tree_arity", "split_inputs")
+    class ParamsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: _job_pb2.Param
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[_job_pb2.Param, _Mapping]] = ...) -> None: ...
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    OP_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_FIELD_NUMBER: _ClassVar[int]
+    FIRST_PARTITION_FIELD_NUMBER: _ClassVar[int]
+    PARTITION_COUNT_FIELD_NUMBER: _ClassVar[int]
+    ROW_SPLITS_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    TREE_ARITY_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_INPUTS_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    op: str
+    params: _containers.MessageMap[str, _job_pb2.Param]
+    first_partition: int
+    partition_count: int
+    row_splits: _containers.RepeatedScalarFieldContainer[int]
+    inputs: _containers.RepeatedCompositeFieldContainer[_tensor_pb2.TensorHeader]
+    tree_arity: int
+    split_inputs: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, job_id: _Optional[str] = ..., op: _Optional[str] = ..., params: _Optional[_Mapping[str, _job_pb2.Param]] = ..., first_partition: _Optional[int] = ..., partition_count: _Optional[int] = ..., row_splits: _Optional[_Iterable[int]] = ..., inputs: _Optional[_Iterable[_Union[_tensor_pb2.TensorHeader, _Mapping]]] = ..., tree_arity: _Optional[int] = ..., split_inputs: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class RunTaskRequest(_message.Message):
+    __slots__ = ("task", "chunk")
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    task: Task
+    chunk: _tensor_pb2.TensorChunk
+    def __init__(self, task: _Optional[_Union[Task, _Mapping]] = ..., chunk: _Optional[_Union[_tensor_pb2.TensorChunk, _Mapping]] = ...) -> None: ...
+
+class PartialHeader(_message.Message):
+    __slots__ = ("range_start", "range_end", "tensors", "device", "compute_seconds")
+    RANGE_START_FIELD_NUMBER: _ClassVar[int]
+    RANGE_END_FIELD_NUMBER: _ClassVar[int]
+    TENSORS_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    range_start: int
+    range_end: int
+    tensors: _containers.RepeatedCompositeFieldContainer[_tensor_pb2.TensorHeader]
+    device: str
+    compute_seconds: float
+    def __init__(self, range_start: _Optional[int] = ..., range_end: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[_tensor_pb2.TensorHeader, _Mapping]]] = ..., device: _Optional[str] = ..., compute_seconds: _Optional[float] = ...) -> None: ...
+
+class RunTaskResponse(_message.Message):
+    __slots__ = ("partial", "chunk")
+    PARTIAL_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    partial: PartialHeader
+    chunk: _tensor_pb2.TensorChunk
+    def __init__(self, partial: _Optional[_Union[PartialHeader, _Mapping]] = ..., chunk: _Optional[_Union[_tensor_pb2.TensorChunk, _Mapping]] = ...) -> None: ...

@@ -1,0 +1,124 @@
+from lepton.v1 import job_pb2 as _job_pb2
+from lepton.v1 import tensor_pb2 as _tensor_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class SubmitJobRequest(_message.Message):
+    __slots__ = ("spec", "chunk")
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    spec: _job_pb2.JobSpec
+    chunk: _tensor_pb2.TensorChunk
+    def __init__(self, spec: _Optional[_Union[_job_pb2.JobSpec, _Mapping]] = ..., chunk: _Optional[_Union[_tensor_pb2.TensorChunk, _Mapping]] = ...) -> None: ...
+
+class SubmitJobResponse(_message.Message):
+    __slots__ = ("accepted", "progress", "result_header", "result_chunk", "done")
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    RESULT_HEADER_FIELD_NUMBER: _ClassVar[int]
+    RESULT_CHUNK_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    accepted: _job_pb2.JobStatus
+    progress: _job_pb2.JobStatus
+    result_header: _tensor_pb2.TensorHeader
+    result_chunk: _tensor_pb2.TensorChunk
+    done: _job_pb2.JobStatus
+    def __init__(self, accepted: _Optional[_Union[_job_pb2.JobStatus, _Mapping]] = ..., progress: _Optional[_Union[_job_pb2.JobStatus, _Mapping]] = ..., result_header: _Optional[_Union[_tensor_pb2.TensorHeader, _Mapping]] = ..., result_chunk: _Optional[_Union[_tensor_pb2.TensorChunk, _Mapping]] = ..., done: _Optional[_Union[_job_pb2.JobStatus, _Mapping]] = ...) -> None: ...
+
+class GetJobRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class GetJobResponse(_message.Message):
+    __slots__ = ("job",)
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    job: _job_pb2.JobStatus
+    def __init__(self, job: _Optional[_Union[_job_pb2.JobStatus, _Mapping]] = ...) -> None: ...
+
+class ListJobsRequest(_message.Message):
+    __slots__ = ("limit",)
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    limit: int
+    def __init__(self, limit: _Optional[int] = ...) -> None: ...
+
+class ListJobsResponse(_message.Message):
+    __slots__ = ("jobs",)
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    jobs: _containers.RepeatedCompositeFieldContainer[_job_pb2.JobStatus]
+    def __init__(self, jobs: _Optional[_Iterable[_Union[_job_pb2.JobStatus, _Mapping]]] = ...) -> None: ...
+
+class CancelJobRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class CancelJobResponse(_message.Message):
+    __slots__ = ("job",)
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    job: _job_pb2.JobStatus
+    def __init__(self, job: _Optional[_Union[_job_pb2.JobStatus, _Mapping]] = ...) -> None: ...
+
+class GetClusterStatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetClusterStatusResponse(_message.Message):
+    __slots__ = ("agents", "jobs_running", "jobs_total")
+    AGENTS_FIELD_NUMBER: _ClassVar[int]
+    JOBS_RUNNING_FIELD_NUMBER: _ClassVar[int]
+    JOBS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    agents: _containers.RepeatedCompositeFieldContainer[AgentStatus]
+    jobs_running: int
+    jobs_total: int
+    def __init__(self, agents: _Optional[_Iterable[_Union[AgentStatus, _Mapping]]] = ..., jobs_running: _Optional[int] = ..., jobs_total: _Optional[int] = ...) -> None: ...
+
+class DeviceInfo(_message.Message):
+    __slots__ = ("name", "kind", "description", "memory_bytes", "ops", "throughput")
+    class ThroughputEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    OPS_FIELD_NUMBER: _ClassVar[int]
+    THROUGHPUT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    kind: str
+    description: str
+    memory_bytes: int
+    ops: _containers.RepeatedScalarFieldContainer[str]
+    throughput: _containers.ScalarMap[str, float]
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., description: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., ops: _Optional[_Iterable[str]] = ..., throughput: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
+class AgentStatus(_message.Message):
+    __slots__ = ("agent_id", "name", "address", "devices", "credits", "in_flight", "last_heartbeat_age_seconds", "partitions_done")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
+    CREDITS_FIELD_NUMBER: _ClassVar[int]
+    IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    LAST_HEARTBEAT_AGE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    PARTITIONS_DONE_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    name: str
+    address: str
+    devices: _containers.RepeatedCompositeFieldContainer[DeviceInfo]
+    credits: int
+    in_flight: int
+    last_heartbeat_age_seconds: float
+    partitions_done: int
+    def __init__(self, agent_id: _Optional[str] = ..., name: _Optional[str] = ..., address: _Optional[str] = ..., devices: _Optional[_Iterable[_Union[DeviceInfo, _Mapping]]] = ..., credits: _Optional[int] = ..., in_flight: _Optional[int] = ..., last_heartbeat_age_seconds: _Optional[float] = ..., partitions_done: _Optional[int] = ...) -> None: ...
