@@ -1,0 +1,184 @@
+"""The `lepton` command: run a coordinator or an agent, a local cluster, jobs, status, the demo."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+from lepton.client import Client, LeptonError, state_name
+
+DEFAULT_ADDRESS = os.environ.get("LEPTON_ADDRESS", "127.0.0.1:50051")
+
+
+def table(headers: list[str], rows: list[list]) -> str:
+    cells = [headers] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _rate(bytes_per_second: float) -> str:
+    return f"{bytes_per_second / 1e9:.1f} GB/s" if bytes_per_second >= 1e8 else f"{bytes_per_second / 1e6:.0f} MB/s"
+
+
+def cmd_status(args) -> int:
+    with Client(args.coordinator, timeout=10) as client:
+        status = client.cluster_status()
+        jobs = client.jobs(limit=args.jobs)
+    rows = []
+    for agent in status.agents:
+        for i, d in enumerate(agent.devices):
+            speed = ", ".join(f"{op} {_rate(v)}" for op, v in sorted(d.throughput.items())) or "-"
+            head = [agent.agent_id, agent.name, agent.address, f"{agent.in_flight}/{agent.credits}",
+                    f"{agent.last_heartbeat_age_seconds:.1f}s"] if i == 0 else [""] * 5
+            rows.append(head + [d.name, d.description, ",".join(d.ops), speed])
+    print(f"coordinator {args.coordinator}: {len(status.agents)} agent(s), "
+          f"{status.jobs_running} job(s) running, {status.jobs_total} known")
+    if rows:
+        print(table(["AGENT", "NAME", "ADDRESS", "IN FLIGHT", "HEARTBEAT", "DEVICE", "MODEL", "OPS", "MEASURED"], rows))
+    else:
+        print("no agents: start one with `lepton agent --coordinator ADDRESS`")
+    if jobs:
+        print()
+        print(table(["JOB", "OP", "STATE", "PARTITIONS", "MB", "SECONDS", "ERROR"],
+                    [[j.job_id, j.op, state_name(j), f"{j.partitions_done}/{j.partitions_total}",
+                      f"{j.bytes_total / 1e6:.1f}",
+                      f"{(j.finished_at or time.time()) - j.submitted_at:.2f}",
+                      f"{j.error_code} {j.error_message}".strip()] for j in jobs]))
+    return 0
+
+
+def _parse_value(text: str):
+    parts = text.split(",")
+    values = []
+    for part in parts:
+        for cast in (int, float):
+            try:
+                values.append(cast(part))
+                break
+            except ValueError:
+                continue
+        else:
+            values.append({"true": True, "false": False}.get(part.lower(), part))
+    return values if len(parts) > 1 else values[0]
+
+
+def run_with_progress(job, description: str, quiet: bool = False) -> dict:
+    """Wait for a job, drawing a progress bar on a terminal (tqdm hides itself elsewhere)."""
+    from tqdm import tqdm
+
+    with tqdm(total=0, desc=description, unit="part", disable=None if not quiet else True, leave=False) as bar:
+        for status in job:
+            bar.total = status.partitions_total
+            bar.n = status.partitions_done
+            bar.set_postfix_str(f"{status.bytes_received / 1e6:.0f}/{status.bytes_total / 1e6:.0f} MB in")
+            bar.refresh()
+    return job.result()
+
+
+def cmd_run(args) -> int:
+    x = np.load(args.file, mmap_mode="r")
+    params = {}
+    for item in args.param:
+        key, _, value = item.partition("=")
+        params[key] = _parse_value(value)
+    with Client(args.coordinator) as client:
+        job = client.submit(args.op, np.asarray(x), partitioning=args.partitioning, partitions=args.partitions,
+                            label=os.path.basename(args.file), **params)
+        start = time.perf_counter()
+        result = run_with_progress(job, f"{args.op} {args.file}")
+        seconds = time.perf_counter() - start
+    np.set_printoptions(threshold=20, edgeitems=4)
+    for name, value in result.items():
+        print(f"{name} = {value}")
+    print(f"{job.status.job_id}: {x.nbytes / 1e6:.1f} MB in {seconds:.2f}s, "
+          f"{job.status.partitions_total} partitions", file=sys.stderr)
+    return 0
+
+
+def cmd_up(args) -> int:
+    from lepton.local import LocalCluster
+
+    with LocalCluster(agents=args.agents, devices=args.device) as cluster:
+        print(f"lepton cluster up: coordinator {cluster.address}, {args.agents} agent(s) with {args.device}")
+        print(f"try: lepton status --coordinator {cluster.address}    (Ctrl-C stops the cluster)", flush=True)
+        try:
+            while all(p.poll() is None for p in [cluster.coordinator, *cluster.agents]):
+                time.sleep(0.5)
+            print("a cluster process exited:\n" + cluster.logs(), file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            return 0
+
+
+def cmd_cancel(args) -> int:
+    with Client(args.coordinator, timeout=10) as client:
+        status = client.cancel(args.job_id)
+    print(f"{status.job_id}: {state_name(status)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from coordinator import main as coordinator_main
+    from node_agent import main as agent_main
+
+    parser = argparse.ArgumentParser(prog="lepton", description="Lepton compute fabric")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("coordinator", help="serve a coordinator")
+    coordinator_main.add_arguments(p)
+    p.set_defaults(func=coordinator_main.run)
+
+    p = sub.add_parser("agent", help="serve a node agent and join a coordinator")
+    agent_main.add_arguments(p)
+    p.set_defaults(func=agent_main.run)
+
+    p = sub.add_parser("up", help="run a local cluster in the foreground until Ctrl-C")
+    p.add_argument("--agents", type=int, default=2)
+    p.add_argument("--device", default="numpy", help="device spec for every agent")
+    p.set_defaults(func=cmd_up)
+
+    def with_address(p):
+        p.add_argument("--coordinator", default=DEFAULT_ADDRESS, help="coordinator host:port [LEPTON_ADDRESS]")
+        return p
+
+    p = with_address(sub.add_parser("status", help="agents, devices, ops and recent jobs"))
+    p.add_argument("--jobs", type=int, default=10, help="recent jobs to list")
+    p.set_defaults(func=cmd_status)
+
+    p = with_address(sub.add_parser("run", help="run an op on a .npy file"))
+    p.add_argument("op")
+    p.add_argument("file")
+    p.add_argument("-p", "--param", action="append", default=[], help="op parameter KEY=VALUE (lists: a,b)")
+    p.add_argument("--partitioning", default="row_blocks", choices=["row_blocks", "hash", "round_robin"])
+    p.add_argument("--partitions", type=int, default=0, help="partition count (0: by size)")
+    p.set_defaults(func=cmd_run)
+
+    p = with_address(sub.add_parser("cancel", help="cancel a job"))
+    p.add_argument("job_id")
+    p.set_defaults(func=cmd_cancel)
+
+    p = sub.add_parser("demo", help="start a local cluster, run verified jobs, print a summary")
+    p.add_argument("--agents", type=int, default=2)
+    p.add_argument("--device", default="numpy", help="device spec for every agent")
+    p.add_argument("--rows", type=int, default=50_000_000, help="values in the main demo array")
+    p.set_defaults(func=lambda a: __import__("lepton.demo", fromlist=["run"]).run(a))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except LeptonError as exc:
+        hint = ""
+        if exc.code.name == "UNAVAILABLE" and "connect" in exc.details.lower():
+            hint = " (is a coordinator running there? start one with `lepton up` or `lepton coordinator`)"
+        print(f"lepton: {exc}{hint}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,203 @@
+"""The Python client: submit jobs, follow their progress, fetch results.
+
+    with lepton.Client("127.0.0.1:50051") as client:
+        total = client.sum(x)
+        job = client.submit("histogram", x, bins=64, range=[0, 1])
+        for status in job:            # progress while it runs
+            print(status.partitions_done, "/", status.partitions_total)
+        counts = job.result()["counts"]
+"""
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Any, Iterator, Mapping
+
+import grpc
+import numpy as np
+
+from lepton import wire
+from lepton.tuning import keep_large_buffers_in_heap
+from lepton.v1 import coordinator_service_pb2 as pb, coordinator_service_pb2_grpc as pb_grpc, job_pb2
+
+SCHEMES = {"row_blocks": job_pb2.PARTITION_SCHEME_ROW_BLOCKS, "hash": job_pb2.PARTITION_SCHEME_HASH,
+           "round_robin": job_pb2.PARTITION_SCHEME_ROUND_ROBIN}
+STATES = {v: k.removeprefix("JOB_STATE_") for k, v in job_pb2.JobState.items()}
+
+
+class LeptonError(Exception):
+    """A failed call or job: `code` is the grpc.StatusCode, `details` the server's explanation."""
+
+    def __init__(self, code: grpc.StatusCode, details: str):
+        super().__init__(f"{code.name}: {details}")
+        self.code, self.details = code, details
+
+
+def state_name(status: job_pb2.JobStatus) -> str:
+    return STATES.get(status.state, "UNSPECIFIED")
+
+
+class Job:
+    """A submitted job. Its events are read in the background; iterate for progress."""
+
+    def __init__(self, call_factory, requests):
+        self._events: queue.Queue = queue.Queue()
+        self._accepted = threading.Event()
+        self._done = threading.Event()
+        self.status: job_pb2.JobStatus | None = None
+        self._result: dict[str, np.ndarray] | None = None
+        self._error: LeptonError | None = None
+        self._call = call_factory(requests)
+        self._cancel_rpc = None
+        threading.Thread(target=self._read, name="lepton-job", daemon=True).start()
+
+    @property
+    def job_id(self) -> str | None:
+        """The coordinator's id, once it accepted the job (None if it refused it)."""
+        self._accepted.wait()
+        return self.status.job_id if self.status else None
+
+    def _read(self) -> None:
+        headers, assembler = [], None
+        try:
+            for response in self._call:
+                kind = response.WhichOneof("event")
+                if kind in ("accepted", "progress", "done"):
+                    self.status = getattr(response, kind)
+                    self._accepted.set()
+                    self._events.put(self.status)
+                elif kind == "result_header":
+                    headers.append(response.result_header)
+                elif kind == "result_chunk":
+                    assembler = assembler or wire.TensorAssembler(headers)
+                    assembler.add(response.result_chunk)
+            assembler = assembler or wire.TensorAssembler(headers)
+            self._result = assembler.finish()
+        except grpc.RpcError as exc:
+            self._error = LeptonError(exc.code(), exc.details() or "")
+        except Exception as exc:  # noqa: BLE001 - surface anything else through result()
+            self._error = LeptonError(grpc.StatusCode.INTERNAL, repr(exc))
+        finally:
+            self._accepted.set()
+            self._done.set()
+            self._events.put(None)
+
+    def __iter__(self) -> Iterator[job_pb2.JobStatus]:
+        """Statuses (accepted, progress, done) until the job ends."""
+        while (status := self._events.get()) is not None:
+            yield status
+
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def result(self, timeout: float | None = None) -> dict[str, np.ndarray]:
+        """The named result arrays; raises LeptonError if the job failed or was cancelled."""
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"job not done after {timeout}s")
+        if self._error:
+            raise self._error
+        return self._result
+
+    def cancel(self) -> None:
+        """Ask the coordinator to cancel the job; result() then raises CANCELLED."""
+        if self.status and self._cancel_rpc:
+            try:
+                self._cancel_rpc(pb.CancelJobRequest(job_id=self.status.job_id), timeout=5)
+            except grpc.RpcError:
+                pass
+        self._call.cancel()
+
+
+def _scalar(array: np.ndarray):
+    return array[()] if array.ndim == 0 else array
+
+
+class Client:
+    def __init__(self, address: str = "127.0.0.1:50051", timeout: float | None = None):
+        self.address, self.timeout = address, timeout
+        keep_large_buffers_in_heap()
+        self._channel = grpc.insecure_channel(address)
+        self._stub = pb_grpc.CoordinatorServiceStub(self._channel)
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def _unary(self, method, request):
+        try:
+            return method(request, timeout=self.timeout or 30)
+        except grpc.RpcError as exc:
+            raise LeptonError(exc.code(), exc.details() or "") from None
+
+    # -- jobs --------------------------------------------------------------------------------
+    def submit(self, op: str, inputs: np.ndarray | Mapping[str, np.ndarray] | None = None, *,
+               partitioning: str = "row_blocks", partitions: int = 0, target_bytes: int = 0,
+               key_column: int = 0, label: str = "", timeout: float | None = None, **params: Any) -> Job:
+        """Submit `op` on `inputs` (one array is named "x"); returns at once with a Job."""
+        if inputs is None:
+            inputs = {}
+        elif not isinstance(inputs, Mapping):
+            inputs = {"x": inputs}
+        arrays = {name: wire.little_endian(a) for name, a in inputs.items()}
+        if partitioning not in SCHEMES:
+            raise ValueError(f"partitioning must be one of {sorted(SCHEMES)}; got {partitioning!r}")
+        spec = job_pb2.JobSpec(
+            op=op, params=wire.encode_params(params), label=label,
+            inputs=[job_pb2.JobInput(name=n, tensor=wire.header(n, a)) for n, a in arrays.items()],
+            partitioning=job_pb2.Partitioning(scheme=SCHEMES[partitioning], count=partitions,
+                                              target_bytes=target_bytes, key_column=key_column))
+
+        def requests():
+            yield pb.SubmitJobRequest(spec=spec)
+            for chunk in wire.chunks(arrays.values()):
+                yield pb.SubmitJobRequest(chunk=chunk)
+
+        job = Job(lambda r: self._stub.SubmitJob(r, timeout=timeout or self.timeout), requests())
+        job._cancel_rpc = self._stub.CancelJob
+        return job
+
+    def run(self, op: str, inputs=None, **kwargs) -> dict[str, np.ndarray]:
+        """Submit and wait: the named results."""
+        return self.submit(op, inputs, **kwargs).result()
+
+    def sum(self, x, **kw):
+        return _scalar(self.run("sum", x, **kw)["sum"])
+
+    def min(self, x, **kw):
+        return _scalar(self.run("min", x, **kw)["min"])
+
+    def max(self, x, **kw):
+        return _scalar(self.run("max", x, **kw)["max"])
+
+    def mean(self, x, **kw):
+        return _scalar(self.run("mean", x, **kw)["mean"])
+
+    def var(self, x, ddof: int = 0, **kw):
+        return _scalar(self.run("var", x, ddof=ddof, **kw)["var"])
+
+    def count(self, x, **kw):
+        return _scalar(self.run("count", x, **kw)["count"])
+
+    def histogram(self, x, bins: int | None = None, range=None, edges=None, **kw):
+        """(counts, edges), as numpy.histogram; give bins with range, or edges."""
+        params = {k: v for k, v in (("bins", bins), ("range", range), ("edges", edges)) if v is not None}
+        out = self.run("histogram", x, **params, **kw)
+        return out["counts"], out["edges"]
+
+    # -- cluster -----------------------------------------------------------------------------
+    def job(self, job_id: str) -> job_pb2.JobStatus:
+        return self._unary(self._stub.GetJob, pb.GetJobRequest(job_id=job_id)).job
+
+    def jobs(self, limit: int = 100) -> list[job_pb2.JobStatus]:
+        return list(self._unary(self._stub.ListJobs, pb.ListJobsRequest(limit=limit)).jobs)
+
+    def cancel(self, job_id: str) -> job_pb2.JobStatus:
+        return self._unary(self._stub.CancelJob, pb.CancelJobRequest(job_id=job_id)).job
+
+    def cluster_status(self) -> pb.GetClusterStatusResponse:
+        return self._unary(self._stub.GetClusterStatus, pb.GetClusterStatusRequest())

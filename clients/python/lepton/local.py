@@ -1,0 +1,126 @@
+"""A real cluster on this machine: a coordinator and agents as subprocesses on loopback.
+
+    with lepton.LocalCluster(agents=2) as cluster:
+        print(cluster.client().sum(x))
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from lepton.client import Client, LeptonError
+
+
+class LocalCluster:
+    def __init__(self, agents: int = 2, devices: str | list[str] = "numpy", *, coordinator_args: list[str] = (),
+                 agent_args: list[str] = (), env: dict[str, str] | None = None, startup_timeout: float = 60):
+        per_agent = [devices] * agents if isinstance(devices, str) else list(devices)
+        if len(per_agent) != agents:
+            raise ValueError(f"devices lists {len(per_agent)} specs for {agents} agents")
+        self._devices, self._agent_args = per_agent, list(agent_args)
+        self._coordinator_args = list(coordinator_args)
+        self._env = {**os.environ, **(env or {})}
+        self._timeout = startup_timeout
+        self._dir = tempfile.TemporaryDirectory(prefix="lepton-")
+        self.log_dir = Path(self._dir.name)
+        self.coordinator: subprocess.Popen | None = None
+        self.agents: list[subprocess.Popen] = []
+        self.address = ""
+        self._clients: list[Client] = []
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def __enter__(self) -> "LocalCluster":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
+        log = open(self.log_dir / f"{name}.log", "ab")
+        return subprocess.Popen([sys.executable, "-m", "lepton", *args], stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT, env=self._env, start_new_session=True)
+
+    def start(self) -> None:
+        ready = self.log_dir / "coordinator.address"
+        self.coordinator = self._spawn("coordinator", ["coordinator", "--listen", "127.0.0.1:0", "--ready-file",
+                                                       str(ready), *self._coordinator_args])
+        self._wait(lambda: ready.exists(), [self.coordinator], "coordinator")
+        self.address = ready.read_text()
+        try:
+            for devices in self._devices:
+                self.add_agent(devices, wait=False)
+            self.wait_for_agents(len(self._devices), self.agents)
+        except BaseException:
+            self.close()
+            raise
+
+    def add_agent(self, devices: str = "numpy", args: list[str] = (), wait: bool = True) -> subprocess.Popen:
+        """Start one more agent; with wait, return once it has joined."""
+        joined = len(self._probe().cluster_status().agents)
+        process = self._spawn(f"agent-{len(self.agents)}", ["agent", "--coordinator", self.address, "--device",
+                                                             devices, *self._agent_args, *args])
+        self.agents.append(process)
+        if wait:
+            self.wait_for_agents(joined + 1, [process])
+        return process
+
+    def wait_for_agents(self, count: int, watch: list[subprocess.Popen] = ()) -> None:
+        """Wait until `count` agents have joined; fail early if a watched process dies."""
+        def joined() -> bool:
+            return len(self._probe().cluster_status().agents) >= count
+        self._wait(joined, list(watch), f"{count} agent(s) to join")
+
+    def _wait(self, condition, watch: list[subprocess.Popen], what: str) -> None:
+        end = time.monotonic() + self._timeout
+        while time.monotonic() < end:
+            if condition():
+                return
+            dead = [p for p in [self.coordinator, *watch] if p.poll() is not None]
+            if dead:
+                raise RuntimeError(f"a lepton process exited with {dead[0].returncode} while waiting for {what}:\n"
+                                   f"{self.logs()}")
+            time.sleep(0.05)
+        raise TimeoutError(f"timed out after {self._timeout}s waiting for {what}:\n{self.logs()}")
+
+    def logs(self, tail: int = 4000) -> str:
+        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-tail:]}"
+                         for p in sorted(self.log_dir.glob("*.log")))
+
+    def kill_agent(self, index: int, sig: int = signal.SIGKILL) -> None:
+        process = self.agents[index]
+        os.killpg(process.pid, sig)
+        process.wait(timeout=30)
+
+    def _probe(self) -> Client:
+        if not self._clients:
+            self._clients.append(Client(self.address, timeout=5))
+        return self._clients[0]
+
+    def client(self, timeout: float | None = None) -> Client:
+        client = Client(self.address, timeout)
+        self._clients.append(client)
+        return client
+
+    def close(self) -> None:
+        for client in self._clients:
+            client.close()
+        self._clients.clear()
+        processes = [p for p in [*self.agents, self.coordinator] if p is not None and p.poll() is None]
+        for process in processes:
+            os.killpg(process.pid, signal.SIGTERM)
+        for process in processes:
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        self._dir.cleanup()
+
+
+__all__ = ["LocalCluster", "LeptonError"]

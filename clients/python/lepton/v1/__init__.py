@@ -1,0 +1,1 @@
+"""Generated gRPC stubs for protos/lepton/v1 (python protos/generate.py)."""

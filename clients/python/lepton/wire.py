@@ -1,0 +1,189 @@
+"""Tensors and params on the wire (DESIGN.md §5): a header, then ordered raw byte chunks.
+
+Shared by the client and the servicers: arrays go out as `TensorHeader` + `TensorChunk`s of at most
+CHUNK_BYTES, and come back through `TensorAssembler`, which checks every byte count, offset and
+checksum and turns the bytes into arrays with `numpy.frombuffer` (no per-element Python).
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Iterator
+
+import crc32c
+import numpy as np
+
+from backends.errors import InvalidInput
+from backends.ops import TensorMeta
+from lepton.v1 import job_pb2, tensor_pb2
+
+CHUNK_BYTES = 1 << 20  # 1 MiB: fast on loopback, far below every client's 4 MiB message limit
+
+_DTYPES = {
+    tensor_pb2.DATA_TYPE_FLOAT32: "<f4", tensor_pb2.DATA_TYPE_FLOAT64: "<f8",
+    tensor_pb2.DATA_TYPE_INT32: "<i4", tensor_pb2.DATA_TYPE_INT64: "<i8",
+    tensor_pb2.DATA_TYPE_INT8: "<i1", tensor_pb2.DATA_TYPE_UINT8: "<u1",
+    tensor_pb2.DATA_TYPE_INT16: "<i2", tensor_pb2.DATA_TYPE_UINT16: "<u2",
+    tensor_pb2.DATA_TYPE_UINT32: "<u4", tensor_pb2.DATA_TYPE_UINT64: "<u8",
+    tensor_pb2.DATA_TYPE_FLOAT16: "<f2", tensor_pb2.DATA_TYPE_BOOL: "|b1",
+}
+_ENUMS = {np.dtype(v): k for k, v in _DTYPES.items()}
+
+
+def dtype_enum(dtype: np.dtype) -> int:
+    try:
+        return _ENUMS[np.dtype(dtype).newbyteorder("<")]
+    except KeyError:
+        raise InvalidInput(f"dtype {dtype} cannot be sent; supported: "
+                           f"{', '.join(str(np.dtype(d)) for d in _DTYPES.values())}") from None
+
+
+def little_endian(array: np.ndarray) -> np.ndarray:
+    """C-order, little-endian view or copy of `array`."""
+    array = np.asarray(array)
+    if array.dtype.byteorder == ">":
+        array = array.astype(array.dtype.newbyteorder("<"))
+    return array if array.flags.c_contiguous else array.copy(order="C")  # (ascontiguousarray makes 0-d 1-d)
+
+
+def _bytes_of(array: np.ndarray) -> memoryview:
+    return memoryview(array.reshape(-1).view(np.uint8)) if array.size else memoryview(b"")
+
+
+def header(name: str, array: np.ndarray) -> tensor_pb2.TensorHeader:
+    """Header of a little-endian contiguous array (see `little_endian`)."""
+    return tensor_pb2.TensorHeader(name=name, dtype=dtype_enum(array.dtype), shape=array.shape,
+                                   total_bytes=array.nbytes, crc32c=crc32c.crc32c(_bytes_of(array)))
+
+
+def chunks(arrays: Iterable[np.ndarray]) -> Iterator[tensor_pb2.TensorChunk]:
+    """The chunks of each array in turn, tensor_index counting from 0."""
+    for index, array in enumerate(arrays):
+        data = _bytes_of(array)
+        for offset in range(0, len(data), CHUNK_BYTES):
+            yield tensor_pb2.TensorChunk(tensor_index=index, offset=offset,
+                                         data=bytes(data[offset:offset + CHUNK_BYTES]))
+
+
+def meta(h: tensor_pb2.TensorHeader) -> TensorMeta:
+    """Validate a header alone: known dtype, sane shape, byte count consistent with both."""
+    if h.dtype not in _DTYPES:
+        raise InvalidInput(f"tensor {h.name!r}: dtype {h.dtype} is not set or unknown; "
+                           f"set it to one of the DataType values")
+    if any(d < 0 for d in h.shape):
+        raise InvalidInput(f"tensor {h.name!r}: shape {list(h.shape)} has a negative dimension")
+    m = TensorMeta(np.dtype(_DTYPES[h.dtype]), tuple(int(d) for d in h.shape))
+    if h.total_bytes != m.nbytes:
+        raise InvalidInput(f"tensor {h.name!r}: total_bytes is {h.total_bytes} but shape {list(h.shape)} "
+                           f"of {m.dtype} needs {m.nbytes}")
+    return m
+
+
+class TensorAssembler:
+    """Receives the chunks of the tensors that `headers` declare, in order, into arrays."""
+
+    def __init__(self, headers: list[tensor_pb2.TensorHeader], max_bytes: int | None = None):
+        self.headers = list(headers)
+        self.metas = [meta(h) for h in self.headers]
+        total = sum(m.nbytes for m in self.metas)
+        if max_bytes is not None and total > max_bytes:
+            from backends.errors import ResourceExhausted
+            raise ResourceExhausted(f"the tensors total {total} bytes; this server accepts at most {max_bytes} "
+                                    f"per request (raise --max-job-bytes, or load the data in parts)")
+        self._buffers = [np.empty(m.nbytes, dtype=np.uint8) for m in self.metas]
+        self.received = [0] * len(self.metas)
+        self._crc = [0] * len(self.metas)
+
+    @property
+    def bytes_total(self) -> int:
+        return sum(m.nbytes for m in self.metas)
+
+    @property
+    def bytes_received(self) -> int:
+        return sum(self.received)
+
+    def add(self, chunk: tensor_pb2.TensorChunk) -> None:
+        i = chunk.tensor_index
+        if i >= len(self.metas):
+            raise InvalidInput(f"chunk names tensor_index {i}, but only {len(self.metas)} tensor(s) were declared")
+        name, size = self.headers[i].name, len(chunk.data)
+        if chunk.offset != self.received[i]:
+            raise InvalidInput(f"tensor {name!r}: chunk at offset {chunk.offset}, expected {self.received[i]} "
+                               f"(chunks must arrive in order, without gaps or overlaps)")
+        if chunk.offset + size > self.metas[i].nbytes:
+            raise InvalidInput(f"tensor {name!r}: chunk ends at byte {chunk.offset + size}, past its "
+                               f"total_bytes {self.metas[i].nbytes}")
+        self._buffers[i][chunk.offset:chunk.offset + size] = np.frombuffer(chunk.data, dtype=np.uint8)
+        self._crc[i] = crc32c.crc32c(chunk.data, self._crc[i])
+        self.received[i] += size
+
+    def rows_received(self, i: int) -> int:
+        """Whole rows (along axis 0) of tensor i that have arrived."""
+        m = self.metas[i]
+        row_bytes = m.nbytes // m.shape[0] if m.shape and m.shape[0] else 0
+        return m.shape[0] if row_bytes == 0 else self.received[i] // row_bytes
+
+    def complete(self) -> bool:
+        return all(r == m.nbytes for r, m in zip(self.received, self.metas))
+
+    def array(self, i: int) -> np.ndarray:
+        """Tensor i as an array (its rows arrived so far are valid)."""
+        m = self.metas[i]
+        return self._buffers[i].view(m.dtype).reshape(m.shape)
+
+    def finish(self) -> dict[str, np.ndarray]:
+        """Check every byte arrived and matches its checksum; return the arrays by name."""
+        for h, m, got, crc in zip(self.headers, self.metas, self.received, self._crc):
+            if got != m.nbytes:
+                raise InvalidInput(f"tensor {h.name!r}: stream ended after {got} of {m.nbytes} bytes")
+            if crc != h.crc32c:
+                raise InvalidInput(f"tensor {h.name!r}: checksum mismatch (crc32c {crc:#010x}, header says "
+                                   f"{h.crc32c:#010x}); the data was corrupted or the header is wrong")
+        return {h.name: self.array(i) for i, h in enumerate(self.headers)}
+
+
+def encode_params(params: dict[str, Any]) -> dict[str, job_pb2.Param]:
+    out = {}
+    for key, value in params.items():
+        if isinstance(value, (bool, np.bool_)):
+            out[key] = job_pb2.Param(bool_value=bool(value))
+        elif isinstance(value, (int, np.integer)):
+            out[key] = job_pb2.Param(int_value=int(value))
+        elif isinstance(value, (float, np.floating)):
+            out[key] = job_pb2.Param(float_value=float(value))
+        elif isinstance(value, str):
+            out[key] = job_pb2.Param(string_value=value)
+        else:
+            values = np.asarray(value)
+            if values.ndim != 1 or values.dtype.kind not in "iuf":
+                raise InvalidInput(f"parameter {key!r}: expected a number, string, bool or 1-D list of numbers; "
+                                   f"got {value!r}")
+            if values.dtype.kind == "f":
+                out[key] = job_pb2.Param(float_list=job_pb2.FloatList(values=values.tolist()))
+            else:
+                out[key] = job_pb2.Param(int_list=job_pb2.IntList(values=values.tolist()))
+    return out
+
+
+def decode_params(params) -> dict[str, Any]:
+    out = {}
+    for key, p in params.items():
+        kind = p.WhichOneof("value")
+        if kind is None:
+            raise InvalidInput(f"parameter {key!r} has no value")
+        value = getattr(p, kind)
+        out[key] = list(value.values) if kind in ("int_list", "float_list") else value
+    return out
+
+
+def device_to_proto(info) -> "coordinator_service_pb2.DeviceInfo":
+    from lepton.v1 import coordinator_service_pb2
+
+    return coordinator_service_pb2.DeviceInfo(name=info.name, kind=info.kind, description=info.description,
+                                              memory_bytes=info.memory_bytes, ops=info.ops,
+                                              throughput=info.throughput)
+
+
+def device_from_proto(message):
+    from backends.device import DeviceInfo
+
+    return DeviceInfo(message.name, message.kind, message.description, message.memory_bytes, list(message.ops),
+                      dict(message.throughput))

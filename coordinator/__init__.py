@@ -1,0 +1,1 @@
+"""The coordinator: validates and plans jobs, schedules partitions on agents, aggregates partials."""

@@ -1,0 +1,191 @@
+"""A job's state machine, its input, its partitions and its aggregation.
+
+States (JobState in the contract):
+    ACCEPTED   validated and planned; input may still be arriving; nothing sent to an agent yet
+    RUNNING    at least one partition was sent to an agent
+    SUCCEEDED  the root partial was finalized; `result` holds the named result arrays
+    FAILED     bad input found late (truncated stream, checksum), a non-retryable kernel error,
+               retries exhausted, or no capable agent for too long; `error` says which
+    CANCELLED  the client cancelled or went away
+Only ACCEPTED -> RUNNING and {ACCEPTED, RUNNING} -> a final state happen. Partition bookkeeping
+(pending, attempts) belongs to the scheduler and is guarded by its lock; aggregation by `lock`.
+"""
+from __future__ import annotations
+
+import enum
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from backends.errors import LeptonError
+from backends.ops import Op
+from backends.tree import Tree, TreeAggregator
+from coordinator.planner import Plan
+
+
+class JobState(enum.Enum):
+    ACCEPTED = 1
+    RUNNING = 2
+    SUCCEEDED = 3
+    FAILED = 4
+    CANCELLED = 5
+
+    @property
+    def final(self) -> bool:
+        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+
+
+@dataclass
+class Run:
+    """A contiguous run of partitions [lo, hi) sent to one agent as one task."""
+
+    lo: int
+    hi: int
+    agent_id: str
+    call: object = None  # the in-flight gRPC call, to cancel it
+
+    def __len__(self) -> int:
+        return self.hi - self.lo
+
+
+@dataclass
+class JobRecord:
+    """What outlives a job's data: enough for GetJob and ListJobs."""
+
+    job_id: str
+    op: str
+    label: str
+    state: JobState = JobState.ACCEPTED
+    bytes_received: int = 0
+    bytes_total: int = 0
+    partitions_done: int = 0
+    partitions_total: int = 0
+    submitted_at: float = field(default_factory=time.time)
+    finished_at: float = 0.0
+    error_code: str = ""
+    error_message: str = ""
+    retries: int = 0
+
+
+class Job:
+    def __init__(self, job_id: str, op: Op, params: dict, label: str, inputs, plan: Plan, tree_arity: int,
+                 deadline: float | None):
+        self.id, self.op, self.params, self.plan = job_id, op, params, plan
+        self.inputs = inputs  # a TensorAssembler over the job's declared inputs
+        self.names = [h.name for h in inputs.headers]
+        self.tree_arity, self.deadline = tree_arity, deadline
+        self.record = JobRecord(job_id, op.name, label, bytes_total=inputs.bytes_total,
+                                partitions_total=plan.count)
+        self.lock = threading.Lock()
+        self.events: queue.Queue = queue.Queue()  # ("progress",) | ("done",) for the submit stream
+        self.aggregator = TreeAggregator(Tree(plan.count, tree_arity), op.combine)
+        self.result: dict[str, np.ndarray] | None = None
+        self.input_complete = False
+        self._ordered: dict[str, np.ndarray] | None = None  # split inputs in plan order, permuted once
+        # Scheduler-owned (under its lock):
+        self.pending: list[int] = list(range(plan.count))
+        self.runs: list[Run] = []
+        self.attempts: dict[int, int] = {}
+        self.failed_on: dict[int, set[str]] = {}
+        self.waiting_since: float | None = None  # no capable agent since then
+        self._last_progress = 0.0
+
+    # -- state -------------------------------------------------------------------------------
+    @property
+    def state(self) -> JobState:
+        return self.record.state
+
+    def _finish(self, state: JobState, code: str = "", message: str = "") -> bool:
+        with self.lock:
+            if self.record.state.final:
+                return False
+            self.record.state, self.record.finished_at = state, time.time()
+            self.record.error_code, self.record.error_message = code, message
+            self.inputs = self._ordered = None  # free the data at once
+        self.events.put(("done",))
+        return True
+
+    def fail(self, code: str, message: str) -> bool:
+        return self._finish(JobState.FAILED, code, message)
+
+    def cancel(self, reason: str = "cancelled by the client") -> bool:
+        return self._finish(JobState.CANCELLED, "CANCELLED", reason)
+
+    def mark_running(self) -> None:
+        if self.record.state is JobState.ACCEPTED:
+            self.record.state = JobState.RUNNING
+
+    # -- input -------------------------------------------------------------------------------
+    def add_chunk(self, chunk) -> None:
+        """Take one input chunk (raises InvalidInput on a bad one)."""
+        self.inputs.add(chunk)
+        self.record.bytes_received = self.inputs.bytes_received
+        self._progress()
+
+    def end_input(self) -> None:
+        """The client sent everything: check it, and order the rows for permuting schemes."""
+        arrays = self.inputs.finish()
+        split = [arrays[n] for n in self.op.split_inputs]
+        order = self.plan.order(split)
+        ordered = {n: (a if order is None or n not in self.op.split_inputs else a[order])
+                   for n, a in arrays.items()}
+        with self.lock:
+            if not self.record.state.final:
+                self._ordered = ordered
+                self.input_complete = True
+
+    def ready_partitions(self) -> int:
+        """Partitions 0..n-1 have all their rows here (row blocks stream; others wait for all)."""
+        if self.input_complete:
+            return self.plan.count
+        if self.plan.needs_whole_input or self.inputs is None:
+            return 0
+        split_index = [self.names.index(n) for n in self.op.split_inputs]
+        whole_done = all(self.inputs.received[i] == self.inputs.metas[i].nbytes
+                         for i in range(len(self.names)) if i not in split_index)
+        if not whole_done:
+            return 0
+        rows = min(self.inputs.rows_received(i) for i in split_index)
+        return int(np.searchsorted(self.plan.row_splits, rows, side="right")) - 1
+
+    def task_inputs(self, run: Run) -> tuple[list[int], dict[str, np.ndarray]]:
+        """Row splits (relative) and the arrays of a run: views, no copies."""
+        splits = self.plan.row_splits[run.lo:run.hi + 1]
+        r0, r1 = int(splits[0]), int(splits[-1])
+        with self.lock:
+            source = self._ordered if self._ordered is not None else (
+                {n: self.inputs.array(i) for i, n in enumerate(self.names)} if self.inputs else None)
+        if source is None:
+            raise LeptonError("the job ended while its task was being sent")
+        arrays = {n: (source[n][r0:r1] if n in self.op.split_inputs else source[n]) for n in self.names}
+        return [int(s) - r0 for s in splits], arrays
+
+    # -- partials ----------------------------------------------------------------------------
+    def add_partial(self, lo: int, hi: int, partial) -> None:
+        with self.lock:
+            if self.record.state.final or not self.aggregator.add(lo, hi, partial):
+                return
+            self.record.partitions_done = sum(self.aggregator.covered)
+            complete = self.aggregator.complete
+        if complete:
+            try:
+                result = self.op.finalize(self.aggregator.done[(0, self.plan.count)], self.params)
+            except Exception as exc:  # a finalize bug must fail the job, not the server
+                self.fail("INTERNAL", f"finalize of {self.op.name!r} failed: {exc!r}")
+                return
+            self.result = result
+            self._finish(JobState.SUCCEEDED)
+        else:
+            self._progress()
+
+    def covered(self, partition: int) -> bool:
+        return bool(self.aggregator.covered[partition])
+
+    def _progress(self) -> None:
+        now = time.monotonic()
+        if now - self._last_progress >= 0.1:
+            self._last_progress = now
+            self.events.put(("progress",))

@@ -1,0 +1,58 @@
+"""`lepton coordinator`: serve the coordinator until SIGTERM or Ctrl-C."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import threading
+
+from coordinator.coordinator import Config, Coordinator
+from coordinator.server import serve
+from lepton.logs import configure, event
+from lepton.tuning import keep_large_buffers_in_heap
+
+log = logging.getLogger("lepton.coordinator")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    env = os.environ.get
+    parser.add_argument("--listen", default=env("LEPTON_LISTEN", "127.0.0.1:50051"),
+                        help="host:port to serve on (port 0 picks a free one) [LEPTON_LISTEN]")
+    parser.add_argument("--ready-file", default=env("LEPTON_READY_FILE"),
+                        help="write the bound address here once serving (for scripts) [LEPTON_READY_FILE]")
+    parser.add_argument("--tree-arity", type=int, default=int(env("LEPTON_TREE_ARITY", 8)),
+                        help="fan-in of the aggregation tree [LEPTON_TREE_ARITY]")
+    parser.add_argument("--target-partition-mib", type=float, default=float(env("LEPTON_TARGET_PARTITION_MIB", 8)),
+                        help="default partition size in MiB [LEPTON_TARGET_PARTITION_MIB]")
+    parser.add_argument("--heartbeat-timeout", type=float, default=float(env("LEPTON_HEARTBEAT_TIMEOUT", 3)),
+                        help="seconds of agent silence before it is dropped [LEPTON_HEARTBEAT_TIMEOUT]")
+    parser.add_argument("--max-job-mib", type=float, default=float(env("LEPTON_MAX_JOB_MIB", 16384)),
+                        help="largest job input accepted, in MiB [LEPTON_MAX_JOB_MIB]")
+    parser.add_argument("--agent-wait", type=float, default=float(env("LEPTON_AGENT_WAIT", 30)),
+                        help="seconds a job waits for a capable agent before failing [LEPTON_AGENT_WAIT]")
+
+
+def run(args: argparse.Namespace) -> int:
+    configure("coordinator")
+    keep_large_buffers_in_heap()
+    config = Config(tree_arity=args.tree_arity, target_partition_bytes=int(args.target_partition_mib * (1 << 20)),
+                    heartbeat_timeout=args.heartbeat_timeout, max_job_bytes=int(args.max_job_mib * (1 << 20)),
+                    agent_wait=args.agent_wait)
+    coordinator = Coordinator(config)
+    server, port = serve(coordinator, args.listen)
+    address = f"{args.listen.rsplit(':', 1)[0]}:{port}"
+    event(log, "coordinator.serving", address=address)
+    if args.ready_file:
+        tmp = args.ready_file + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(address)
+        os.replace(tmp, args.ready_file)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    event(log, "coordinator.stopping")
+    coordinator.stop()
+    server.stop(grace=3).wait()
+    return 0

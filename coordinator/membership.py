@@ -1,0 +1,86 @@
+"""Which agents are in the cluster: join, heartbeat, leave, and expiry of the silent ones."""
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from backends.device import DeviceInfo
+from lepton.logs import event
+
+log = logging.getLogger("lepton.coordinator")
+
+
+@dataclass
+class Agent:
+    id: str
+    name: str
+    address: str
+    devices: list[DeviceInfo]
+    credits: int
+    link: object  # coordinator.agent_link.AgentLink
+    last_seen: float = field(default_factory=time.monotonic)
+    in_flight: int = 0  # partitions sent and not finished (scheduler-owned)
+    partitions_done: int = 0
+
+    @property
+    def ops(self) -> set[str]:
+        return {op for d in self.devices for op in d.ops}
+
+
+class Membership:
+    def __init__(self, heartbeat_timeout: float, make_link: Callable[[str], object],
+                 on_change: Callable[[], None], on_remove: Callable[[Agent], None]):
+        self.heartbeat_timeout = heartbeat_timeout
+        self._make_link, self._on_change, self._on_remove = make_link, on_change, on_remove
+        self._agents: dict[str, Agent] = {}
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+
+    def agents(self) -> list[Agent]:
+        with self._lock:
+            return list(self._agents.values())
+
+    def get(self, agent_id: str) -> Agent | None:
+        with self._lock:
+            return self._agents.get(agent_id)
+
+    def join(self, name: str, address: str, devices: list[DeviceInfo], credits: int) -> Agent:
+        with self._lock:
+            agent = Agent(f"agent-{next(self._ids)}", name, address, devices, max(1, credits),
+                          self._make_link(address))
+            self._agents[agent.id] = agent
+        event(log, "agent.joined", agent=agent.id, name=name, address=address,
+              devices=",".join(d.name for d in devices), credits=agent.credits)
+        self._on_change()
+        return agent
+
+    def heartbeat(self, agent_id: str, devices: list[DeviceInfo] | None = None) -> bool:
+        with self._lock:
+            agent = self._agents.get(agent_id)
+            if agent is None:
+                return False
+            agent.last_seen = time.monotonic()
+            if devices:
+                agent.devices = devices
+            return True
+
+    def remove(self, agent_id: str, reason: str) -> None:
+        with self._lock:
+            agent = self._agents.pop(agent_id, None)
+        if agent is None:
+            return
+        event(log, "agent.removed", agent=agent_id, name=agent.name, reason=reason)
+        self._on_remove(agent)
+        agent.link.close()
+        self._on_change()
+
+    def expire(self) -> None:
+        """Drop agents silent for longer than the heartbeat timeout."""
+        now = time.monotonic()
+        for agent in self.agents():
+            if now - agent.last_seen > self.heartbeat_timeout:
+                self.remove(agent.id, f"no heartbeat for {now - agent.last_seen:.1f}s")

@@ -1,0 +1,193 @@
+"""Send partitions to agents: credit-based flow control, retries, and failure handling.
+
+One dispatcher thread assigns runs of ready partitions to agents that offer the job's op, never
+putting more partitions in flight on an agent than the credits it granted; a pool of threads
+streams each run and feeds the partials that come back to the job's aggregation tree. A failed
+run's partitions that no partial covers go back to pending (on another agent when there is one)
+until `max_attempts`; errors that retrying cannot fix fail the job at once.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+
+from backends.errors import LeptonError
+from coordinator.jobs import Job, Run
+from coordinator.membership import Agent, Membership
+from lepton.logs import event
+
+log = logging.getLogger("lepton.coordinator")
+
+# Worth another try, elsewhere: the agent went away, ran out of memory, or broke.
+RETRYABLE = {"UNAVAILABLE", "CANCELLED", "RESOURCE_EXHAUSTED", "INTERNAL", "UNKNOWN", "ABORTED", "DATA_LOSS"}
+
+
+class Scheduler:
+    def __init__(self, membership: Membership, max_attempts: int = 3, agent_wait: float = 30.0):
+        self.membership = membership
+        self.max_attempts, self.agent_wait = max_attempts, agent_wait
+        self.cond = threading.Condition()
+        self.jobs: list[Job] = []  # active, in submission order
+        self._pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="run")
+        self._stopped = False
+        self._thread = threading.Thread(target=self._loop, name="dispatcher", daemon=True)
+        self._thread.start()
+
+    def add(self, job: Job) -> None:
+        with self.cond:
+            self.jobs.append(job)
+            self.cond.notify_all()
+
+    def notify(self) -> None:
+        with self.cond:
+            self.cond.notify_all()
+
+    def end(self, job: Job, code: str, message: str) -> None:
+        """Fail (or, with code CANCELLED, cancel) a job and stop its runs on the agents."""
+        ended = job.cancel(message) if code == "CANCELLED" else job.fail(code, message)
+        if ended:
+            event(log, "job.ended", job=job.id, state=job.state.name, code=code, message=message)
+        with self.cond:
+            for run in job.runs:
+                if run.call is not None:
+                    run.call.cancel()
+            self.cond.notify_all()
+
+    def on_agent_removed(self, agent: Agent) -> None:
+        """Stop the runs on a lost agent; their partitions return to pending when the calls end."""
+        with self.cond:
+            for job in self.jobs:
+                for run in job.runs:
+                    if run.agent_id == agent.id and run.call is not None:
+                        run.call.cancel()
+            self.cond.notify_all()
+
+    def stop(self) -> None:
+        with self.cond:
+            self._stopped = True
+            self.cond.notify_all()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- dispatch ----------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self.cond:
+                if self._stopped:
+                    return
+                launches, expired = self._assign()
+                if not launches and not expired:
+                    self.cond.wait(0.25)
+            for job, code, message in expired:
+                self.end(job, code, message)
+            for agent, job, run in launches:
+                self._pool.submit(self._execute, agent, job, run)
+
+    def _assign(self):
+        self.jobs = [j for j in self.jobs if not j.state.final]
+        agents = self.membership.agents()
+        launches, expired, now = [], [], time.time()
+        progress = True
+        while progress:  # one run per (job, agent) per pass, so concurrent jobs interleave
+            progress = False
+            for job in self.jobs:
+                if any(j is job for j, _, _ in expired):
+                    continue
+                capable = [a for a in agents if job.op.name in a.ops]
+                problem = self._expired(job, capable, now)
+                if problem:
+                    expired.append((job, *problem))
+                    continue
+                ready = job.ready_partitions()
+                for agent in sorted(capable, key=lambda a: a.in_flight / a.credits):
+                    run = self._take_run(job, agent, ready, sole=len(capable) == 1)
+                    if run:
+                        launches.append((agent, job, run))
+                        progress = True
+        return launches, expired
+
+    def _expired(self, job: Job, capable: list[Agent], now: float):
+        if job.deadline is not None and now > job.deadline:
+            return "DEADLINE_EXCEEDED", "the job's deadline passed before it finished"
+        if capable or not job.pending:
+            job.waiting_since = None
+            return None
+        job.waiting_since = job.waiting_since or now
+        if now - job.waiting_since > self.agent_wait:
+            return "UNAVAILABLE", (f"no agent offering op {job.op.name!r} for {self.agent_wait:.0f}s; "
+                                   f"start one with `lepton agent --coordinator ADDRESS --device ...`")
+        return None
+
+    def _take_run(self, job: Job, agent: Agent, ready: int, sole: bool) -> Run | None:
+        free = agent.credits - agent.in_flight
+        # Half the credits per run, so the next run's transfer overlaps this one's compute.
+        limit = min(free, max(1, agent.credits // 2), job.tree_arity)
+        if limit <= 0:
+            return None
+        first = next((p for p in job.pending
+                      if p < ready and (sole or agent.id not in job.failed_on.get(p, ()))), None)
+        if first is None:
+            return None
+        hi = first + 1
+        while (hi - first < limit and hi < ready and hi in job.pending and hi % job.tree_arity
+               and (sole or agent.id not in job.failed_on.get(hi, ()))):
+            hi += 1
+        for p in range(first, hi):
+            job.pending.remove(p)
+        run = Run(first, hi, agent.id)
+        job.runs.append(run)
+        job.mark_running()
+        agent.in_flight += len(run)
+        return run
+
+    # -- execution ---------------------------------------------------------------------------
+    def _execute(self, agent: Agent, job: Job, run: Run) -> None:
+        def on_call(call):
+            run.call = call
+            if job.state.final:
+                call.cancel()
+
+        timeout = None if job.deadline is None else max(0.1, job.deadline - time.time())
+        event(log, "run.sent", job=job.id, partitions=f"{run.lo}-{run.hi}", agent=agent.id)
+        error = None
+        try:
+            for lo, hi, partial in agent.link.run_task(job, run, timeout, on_call):
+                job.add_partial(lo, hi, partial)
+        except grpc.RpcError as exc:
+            error = (exc.code().name, exc.details() or "")
+        except LeptonError as exc:
+            error = (exc.code, str(exc))
+        except Exception as exc:  # noqa: BLE001 - a bad reply must not kill the dispatcher
+            error = ("INTERNAL", repr(exc))
+        self._finished(agent, job, run, error)
+
+    def _finished(self, agent: Agent, job: Job, run: Run, error) -> None:
+        fatal = None
+        with self.cond:
+            job.runs.remove(run)
+            agent.in_flight -= len(run)
+            missing = [p for p in range(run.lo, run.hi) if not job.covered(p)]
+            agent.partitions_done += len(run) - len(missing)
+            if missing and not job.state.final:
+                code, message = error or ("INTERNAL", "the agent ended the task without all its partials")
+                event(log, "run.failed", level=logging.WARNING, job=job.id, partitions=f"{run.lo}-{run.hi}",
+                      agent=agent.id, code=code, message=message)
+                for p in missing:
+                    job.attempts[p] = job.attempts.get(p, 0) + 1
+                    job.failed_on.setdefault(p, set()).add(agent.id)
+                if code not in RETRYABLE:
+                    fatal = (code, f"partition {missing[0]} on {agent.id}: {message}")
+                elif max(job.attempts[p] for p in missing) >= self.max_attempts:
+                    fatal = (code, f"partition {missing[0]} failed {self.max_attempts} times; last error: {message}")
+                else:
+                    job.record.retries += 1
+                    job.pending = sorted(job.pending + missing)
+            self.cond.notify_all()
+        if fatal:
+            self.end(job, *fatal)
+        if error and error[0] == "UNAVAILABLE" and missing:
+            # Unreachable: drop it now; if it is alive, its next heartbeat makes it join again.
+            self.membership.remove(agent.id, f"unreachable: {error[1]}")

@@ -1,0 +1,161 @@
+"""gRPC servicers of the coordinator: thin translation between messages and `Coordinator`."""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent import futures
+
+import grpc
+import numpy as np
+
+from backends.errors import InvalidInput, LeptonError
+from coordinator.coordinator import Coordinator
+from coordinator.jobs import Job, JobRecord
+from coordinator.planner import Scheme
+from lepton import wire
+from lepton.v1 import agent_service_pb2 as agent_pb, agent_service_pb2_grpc as agent_grpc
+from lepton.v1 import coordinator_service_pb2 as pb, coordinator_service_pb2_grpc as pb_grpc, job_pb2, tensor_pb2
+
+log = logging.getLogger("lepton.coordinator")
+
+SCHEMES = {job_pb2.PARTITION_SCHEME_UNSPECIFIED: Scheme.ROW_BLOCKS,
+           job_pb2.PARTITION_SCHEME_ROW_BLOCKS: Scheme.ROW_BLOCKS,
+           job_pb2.PARTITION_SCHEME_HASH: Scheme.HASH,
+           job_pb2.PARTITION_SCHEME_ROUND_ROBIN: Scheme.ROUND_ROBIN}
+
+
+def job_status(r: JobRecord) -> job_pb2.JobStatus:
+    return job_pb2.JobStatus(job_id=r.job_id, op=r.op, label=r.label, state=r.state.value,
+                             bytes_received=r.bytes_received, bytes_total=r.bytes_total,
+                             partitions_done=r.partitions_done, partitions_total=r.partitions_total,
+                             submitted_at=r.submitted_at, finished_at=r.finished_at, error_code=r.error_code,
+                             error_message=r.error_message, retries=r.retries)
+
+
+def abort(context, error: LeptonError):
+    context.abort(grpc.StatusCode[error.code], str(error))
+
+
+class CoordinatorServicer(pb_grpc.CoordinatorServiceServicer):
+    def __init__(self, coordinator: Coordinator):
+        self.c = coordinator
+
+    def SubmitJob(self, request_iterator, context):
+        first = next(request_iterator, None)
+        if first is None or not first.HasField("spec"):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first SubmitJobRequest must carry the job spec")
+        spec = first.spec
+        remaining = context.time_remaining()
+        deadline = time.time() + remaining if remaining is not None and remaining < 1e9 else None
+        headers = []
+        for item in spec.inputs:
+            header = tensor_pb2.TensorHeader()
+            header.CopyFrom(item.tensor)
+            header.name = item.name or header.name
+            headers.append(header)
+        part = spec.partitioning
+        try:
+            scheme = SCHEMES.get(part.scheme)
+            if scheme is None:
+                raise InvalidInput(f"partitioning.scheme {part.scheme} is unknown")
+            job = self.c.submit(spec.op, wire.decode_params(spec.params), headers, scheme, part.count,
+                                part.target_bytes, part.key_column, spec.label, deadline)
+        except LeptonError as exc:
+            abort(context, exc)
+        context.add_callback(lambda: self.c.finished(job))
+        threading.Thread(target=self._read_input, args=(job, request_iterator), name=f"input-{job.id}",
+                         daemon=True).start()
+        yield pb.SubmitJobResponse(accepted=job_status(job.record))
+        while True:
+            kind = job.events.get()
+            if kind[0] == "done":
+                break
+            yield pb.SubmitJobResponse(progress=job_status(job.record))
+        record = job.record
+        if record.state.name != "SUCCEEDED":
+            context.abort(grpc.StatusCode[record.error_code], record.error_message)
+        arrays = [wire.little_endian(np.asarray(a)) for a in job.result.values()]
+        for name, array in zip(job.result, arrays):
+            yield pb.SubmitJobResponse(result_header=wire.header(name, array))
+        for chunk in wire.chunks(arrays):
+            yield pb.SubmitJobResponse(result_chunk=chunk)
+        yield pb.SubmitJobResponse(done=job_status(record))
+
+    def _read_input(self, job: Job, request_iterator) -> None:
+        try:
+            for request in request_iterator:
+                if job.state.final:
+                    return
+                if not request.HasField("chunk"):
+                    raise InvalidInput("only input chunks may follow the job spec")
+                before = job.ready_partitions()
+                job.add_chunk(request.chunk)
+                if job.ready_partitions() != before:
+                    self.c.scheduler.notify()
+            if not job.state.final:
+                self.c.input_ended(job)
+        except LeptonError as exc:
+            self.c.fail(job, exc.code, str(exc))
+        except Exception as exc:  # noqa: BLE001 - the client went away mid-stream
+            self.c.fail(job, "CANCELLED", f"the input stream broke: {exc!r}")
+
+    def GetJob(self, request, context):
+        try:
+            return pb.GetJobResponse(job=job_status(self.c.record(request.job_id)))
+        except LeptonError as exc:
+            abort(context, exc)
+
+    def ListJobs(self, request, context):
+        return pb.ListJobsResponse(jobs=[job_status(r) for r in self.c.records(request.limit or 100)])
+
+    def CancelJob(self, request, context):
+        try:
+            return pb.CancelJobResponse(job=job_status(self.c.cancel(request.job_id)))
+        except LeptonError as exc:
+            abort(context, exc)
+
+    def GetClusterStatus(self, request, context):
+        now = time.monotonic()
+        agents = [pb.AgentStatus(agent_id=a.id, name=a.name, address=a.address,
+                                 devices=[wire.device_to_proto(d) for d in a.devices], credits=a.credits,
+                                 in_flight=a.in_flight, last_heartbeat_age_seconds=now - a.last_seen,
+                                 partitions_done=a.partitions_done)
+                  for a in self.c.membership.agents()]
+        records = self.c.records(self.c.config.history)
+        return pb.GetClusterStatusResponse(agents=agents, jobs_total=len(records),
+                                           jobs_running=sum(not r.state.final for r in records))
+
+
+class AgentRegistryServicer(agent_grpc.AgentRegistryServiceServicer):
+    def __init__(self, coordinator: Coordinator):
+        self.c = coordinator
+
+    def JoinCluster(self, request, context):
+        if not request.address:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "JoinCluster needs the agent's address (host:port)")
+        agent = self.c.membership.join(request.name, request.address,
+                                       [wire.device_from_proto(d) for d in request.devices], request.credits)
+        return agent_pb.JoinClusterResponse(agent_id=agent.id,
+                                            heartbeat_interval_seconds=self.c.config.heartbeat_interval)
+
+    def Heartbeat(self, request, context):
+        devices = [wire.device_from_proto(d) for d in request.devices]
+        return agent_pb.HeartbeatResponse(known=self.c.membership.heartbeat(request.agent_id, devices))
+
+    def LeaveCluster(self, request, context):
+        self.c.membership.remove(request.agent_id, "left")
+        return agent_pb.LeaveClusterResponse()
+
+
+def serve(coordinator: Coordinator, address: str, max_workers: int = 128) -> tuple[grpc.Server, int]:
+    """Start serving; returns the server and the bound port (address may end in :0)."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
+                         maximum_concurrent_rpcs=max_workers - 8)
+    pb_grpc.add_CoordinatorServiceServicer_to_server(CoordinatorServicer(coordinator), server)
+    agent_grpc.add_AgentRegistryServiceServicer_to_server(AgentRegistryServicer(coordinator), server)
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot listen on {address}")
+    server.start()
+    return server, port

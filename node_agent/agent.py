@@ -1,0 +1,122 @@
+"""The agent as plain Python: one work queue per device, and local pre-combining of partials.
+
+A task is a contiguous run of partitions of one job. Each non-empty partition goes to the capable
+device with the least work queued; partials are folded with the job's aggregation tree as they
+finish, and every maximal tree node the run covers is handed back as soon as it is complete.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from typing import Callable, Iterator
+
+import numpy as np
+
+from backends.device import Device
+from backends.errors import FailedPrecondition, LeptonError
+from backends.ops import Op, get_op
+from backends.tree import Tree, TreeAggregator
+from lepton.logs import event
+
+log = logging.getLogger("lepton.agent")
+
+
+class DeviceWorker:
+    """A device and the one thread that feeds it from its queue."""
+
+    def __init__(self, device: Device, test_delay: float = 0.0):
+        self.device, self.test_delay = device, test_delay
+        self.queued_bytes = 0
+        self._queue: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._loop, name=f"device-{device.name}", daemon=True)
+        self._thread.start()
+
+    def submit(self, op: Op, inputs: dict[str, np.ndarray], params: dict) -> Future:
+        future: Future = Future()
+        nbytes = sum(a.nbytes for a in inputs.values())
+        self.queued_bytes += nbytes
+        self._queue.put((future, op, inputs, params, nbytes))
+        return future
+
+    def _loop(self) -> None:
+        while (item := self._queue.get()) is not None:
+            future, op, inputs, params, nbytes = item
+            try:
+                if future.set_running_or_notify_cancel():
+                    if self.test_delay:
+                        time.sleep(random.uniform(0, self.test_delay))  # test hook: shuffle arrival order
+                    start = time.perf_counter()
+                    partial = self.device.run(op, inputs, params)
+                    future.set_result((partial, time.perf_counter() - start))
+            except LeptonError as exc:
+                future.set_exception(exc)
+            except Exception as exc:  # noqa: BLE001 - a kernel bug fails its partition, not the agent
+                err = LeptonError(f"{self.device.name} failed running {op.name!r}: {exc!r}")
+                future.set_exception(err)
+            finally:
+                self.queued_bytes -= nbytes
+
+    def stop(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=10)
+        self.device.close()
+
+
+class Agent:
+    def __init__(self, devices: list[Device], credits: int = 0, test_delay: float = 0.0):
+        self.workers = [DeviceWorker(d, test_delay) for d in devices]
+        self.credits = credits or max(2, 2 * len(devices))
+
+    @property
+    def devices(self) -> list[Device]:
+        return [w.device for w in self.workers]
+
+    def run_task(self, job_id: str, op_name: str, params: dict, first: int, partitions: int,
+                 row_splits: list[int], arrays: dict[str, np.ndarray], split_inputs: list[str], arity: int,
+                 is_active: Callable[[], bool] = lambda: True) -> Iterator[tuple[int, int, dict, str]]:
+        """Run partitions [first, first + len(row_splits) - 1); yield (lo, hi, partial, device) per tree node."""
+        op = get_op(op_name)
+        workers = [w for w in self.workers if op.name in w.device.kernels]
+        if not workers:
+            raise FailedPrecondition(f"no device on this agent offers op {op.name!r}")
+        count = len(row_splits) - 1
+        aggregator = TreeAggregator(Tree(partitions, arity), op.combine, first, first + count)
+        futures: dict[Future, tuple[int, str]] = {}
+        for j in range(count):
+            r0, r1 = row_splits[j], row_splits[j + 1]
+            if r0 == r1:
+                aggregator.add(first + j, first + j + 1, {})  # an empty partition: the identity
+                continue
+            inputs = {n: (a[r0:r1] if n in split_inputs else a) for n, a in arrays.items()}
+            worker = min(workers, key=lambda w: w.queued_bytes)
+            futures[worker.submit(op, inputs, params)] = (first + j, worker.device.name)
+        sent: set = set()
+        devices: list[str] = []
+        try:
+            while True:
+                for node in [n for n in aggregator.done if n not in sent]:
+                    sent.add(node)
+                    yield node[0], node[1], aggregator.done[node], devices[0] if devices else ""
+                if not futures:
+                    return
+                finished, _ = wait(futures, timeout=0.5, return_when=FIRST_COMPLETED)
+                if not is_active():
+                    raise LeptonError("the coordinator cancelled the task")
+                for future in finished:
+                    partition, device = futures.pop(future)
+                    partial, seconds = future.result()
+                    event(log, "partition.done", level=logging.DEBUG, job=job_id, partition=partition,
+                          device=device, seconds=f"{seconds:.4f}")
+                    devices.append(device)
+                    aggregator.add(partition, partition + 1, partial)
+        finally:
+            for future in futures:
+                future.cancel()
+
+    def stop(self) -> None:
+        for worker in self.workers:
+            worker.stop()

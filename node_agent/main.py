@@ -1,0 +1,60 @@
+"""`lepton agent`: open the devices, serve AgentService, join the coordinator; stop on SIGTERM."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import threading
+
+from backends.discovery import open_devices
+from lepton.logs import configure, event
+from lepton.tuning import keep_large_buffers_in_heap
+from node_agent.agent import Agent
+from node_agent.membership import MembershipClient
+from node_agent.server import serve
+
+log = logging.getLogger("lepton.agent")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    env = os.environ.get
+    parser.add_argument("--coordinator", default=env("LEPTON_COORDINATOR", "127.0.0.1:50051"),
+                        help="coordinator host:port [LEPTON_COORDINATOR]")
+    parser.add_argument("--device", action="append", default=None,
+                        help="device spec: numpy[:N], opencl[:I|:NAME], mpi[:N]; repeatable or comma-separated "
+                             "[LEPTON_DEVICE, default numpy]")
+    parser.add_argument("--listen", default=env("LEPTON_AGENT_LISTEN", "127.0.0.1:0"),
+                        help="host:port to serve on (port 0 picks one) [LEPTON_AGENT_LISTEN]")
+    parser.add_argument("--advertise", default=env("LEPTON_ADVERTISE"),
+                        help="host:port the coordinator should dial (default: the listen address) [LEPTON_ADVERTISE]")
+    parser.add_argument("--name", default=env("LEPTON_AGENT_NAME", f"{socket.gethostname()}-{os.getpid()}"),
+                        help="name shown by `lepton status` [LEPTON_AGENT_NAME]")
+    parser.add_argument("--credits", type=int, default=int(env("LEPTON_CREDITS", 0)),
+                        help="partitions accepted at once (0: two per device) [LEPTON_CREDITS]")
+    parser.add_argument("--test-delay", type=float, default=float(env("LEPTON_TEST_DELAY", 0)),
+                        help=argparse.SUPPRESS)  # tests: random delay per partition, to shuffle arrivals
+
+
+def run(args: argparse.Namespace) -> int:
+    configure("agent")
+    keep_large_buffers_in_heap()
+    # Devices first: an MPI device may re-exec this process under mpiexec, before any thread exists.
+    devices = open_devices(args.device or [os.environ.get("LEPTON_DEVICE", "numpy")])
+    agent = Agent(devices, args.credits, args.test_delay)
+    server, port = serve(agent, args.listen)
+    address = args.advertise or f"{args.listen.rsplit(':', 1)[0]}:{port}"
+    event(log, "agent.serving", address=address, devices=",".join(d.name for d in devices),
+          credits=agent.credits)
+    membership = MembershipClient(agent, args.coordinator, args.name, address)
+    membership.start()
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    event(log, "agent.stopping", agent=membership.agent_id)
+    membership.stop()
+    server.stop(grace=3).wait()
+    agent.stop()
+    return 0

@@ -1,0 +1,52 @@
+"""gRPC servicer of the node agent: thin translation between messages and `Agent`."""
+from __future__ import annotations
+
+from concurrent import futures
+
+import grpc
+import numpy as np
+
+from backends.errors import InvalidInput, LeptonError
+from lepton import wire
+from lepton.v1 import agent_service_pb2 as pb, agent_service_pb2_grpc as pb_grpc
+from node_agent.agent import Agent
+
+
+class AgentServicer(pb_grpc.AgentServiceServicer):
+    def __init__(self, agent: Agent):
+        self.agent = agent
+
+    def RunTask(self, request_iterator, context):
+        try:
+            first = next(request_iterator, None)
+            if first is None or not first.HasField("task"):
+                raise InvalidInput("the first RunTaskRequest must carry the task")
+            task = first.task
+            inputs = wire.TensorAssembler(task.inputs)
+            for request in request_iterator:
+                inputs.add(request.chunk)
+            nodes = self.agent.run_task(task.job_id, task.op, wire.decode_params(task.params),
+                                        task.first_partition, task.partition_count, list(task.row_splits),
+                                        inputs.finish(), list(task.split_inputs), task.tree_arity,
+                                        context.is_active)
+            for lo, hi, partial, device in nodes:
+                names = list(partial)
+                arrays = [wire.little_endian(np.asarray(partial[n])) for n in names]
+                yield pb.RunTaskResponse(partial=pb.PartialHeader(
+                    range_start=lo, range_end=hi, device=device,
+                    tensors=[wire.header(n, a) for n, a in zip(names, arrays)]))
+                for chunk in wire.chunks(arrays):
+                    yield pb.RunTaskResponse(chunk=chunk)
+        except LeptonError as exc:
+            context.abort(grpc.StatusCode[exc.code], str(exc))
+
+
+def serve(agent: Agent, address: str) -> tuple[grpc.Server, int]:
+    # Enough threads for every credit plus a margin: a task holds its thread while it runs.
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=agent.credits + 8, thread_name_prefix="rpc"))
+    pb_grpc.add_AgentServiceServicer_to_server(AgentServicer(agent), server)
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot listen on {address}")
+    server.start()
+    return server, port
