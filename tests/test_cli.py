@@ -1,0 +1,40 @@
+"""The `lepton` command as a user runs it."""
+import subprocess
+import sys
+
+import numpy as np
+
+
+def lepton(*args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "lepton", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_run_on_an_npy_file(clusters, tmp_path):
+    x = np.random.default_rng(5).uniform(0, 1, size=(30_000, 2))
+    np.save(tmp_path / "x.npy", x)
+    out = lepton("run", "histogram", str(tmp_path / "x.npy"), "-p", "bins=4", "-p", "range=0,1",
+                 "--coordinator", clusters[2].address)
+    assert out.returncode == 0, out.stderr
+    counts = np.histogram(x[:, 0], bins=4, range=(0, 1))[0]
+    assert " ".join(map(str, counts)) in " ".join(out.stdout.split())
+    assert "edges" in out.stdout
+
+
+def test_status_lists_agents_devices_ops_and_jobs(clusters):
+    clusters[2].client().sum(np.ones(5))
+    out = lepton("status", "--coordinator", clusters[2].address)
+    assert out.returncode == 0, out.stderr
+    assert "2 agent(s)" in out.stdout and "numpy:0" in out.stdout
+    assert "count,histogram,max,mean,min,sum,var" in out.stdout
+    assert "SUCCEEDED" in out.stdout
+
+
+def test_unreachable_coordinator_says_what_to_do():
+    out = lepton("status", "--coordinator", "127.0.0.1:1", timeout=60)
+    assert out.returncode == 1 and "UNAVAILABLE" in out.stderr and "lepton up" in out.stderr
+
+
+def test_demo_verifies_every_result():
+    out = lepton("demo", "--rows", "2000000", timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "10/10 results match NumPy" in out.stdout

@@ -1,0 +1,47 @@
+"""A sum over 10^8 float32 values streams through with no gRPC message over 4 MiB."""
+import grpc
+import numpy as np
+
+from lepton.client import Client
+
+FOUR_MIB = 4 << 20
+
+
+class MessageSizes(grpc.StreamStreamClientInterceptor):
+    """Records the largest message each way on the client's streams."""
+
+    def __init__(self):
+        self.sent = self.received = 0
+
+    def intercept_stream_stream(self, continuation, details, requests):
+        def measured(messages):
+            for m in messages:
+                self.sent = max(self.sent, m.ByteSize())
+                yield m
+        call = continuation(details, measured(requests))
+        interceptor = self
+
+        class Measured:
+            def __iter__(self):
+                for m in call:
+                    interceptor.received = max(interceptor.received, m.ByteSize())
+                    yield m
+
+            def __getattr__(self, name):
+                return getattr(call, name)
+        return Measured()
+
+
+def test_sum_of_1e8_float32_streams_in_small_messages(clusters):
+    x = np.random.default_rng(1).random(100_000_000, dtype=np.float32)
+    sizes = MessageSizes()
+    client = Client(clusters[2].address, timeout=300)
+    # Servers and this client keep gRPC's default 4 MiB receive limit: a bigger message would fail.
+    client._channel = grpc.intercept_channel(client._channel, sizes)
+    client._stub = type(client._stub)(client._channel)
+    job = client.submit("sum", x)
+    total = job.result()["sum"]
+    assert abs(float(total) - x.sum(dtype=np.float64)) <= 1e-5 * x.sum(dtype=np.float64)
+    assert job.status.partitions_total >= 40  # 400 MB in 8 MiB partitions
+    assert 1 << 20 < sizes.sent < FOUR_MIB and sizes.received < FOUR_MIB
+    client.close()

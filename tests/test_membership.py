@@ -1,0 +1,50 @@
+"""Agents come and go: killed agents are dropped, new ones are used, and no job is lost."""
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+import lepton
+
+
+def status_text(address):
+    out = subprocess.run([sys.executable, "-m", "lepton", "status", "--coordinator", address],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_killed_agent_is_dropped_and_a_new_agent_is_used():
+    with lepton.LocalCluster(agents=2) as cluster:
+        client = cluster.client()
+        assert client.sum(np.ones(1000, np.float32)) == 1000
+        killed = cluster.client().cluster_status().agents[0]
+        cluster.kill_agent(0)  # SIGKILL: no goodbye
+        start = time.monotonic()
+        while killed.address in status_text(cluster.address):
+            assert time.monotonic() - start < 8, "killed agent still listed"
+            time.sleep(0.2)
+        dropped_after = time.monotonic() - start
+        assert dropped_after < 6  # heartbeat timeout is 3 s
+        cluster.add_agent("numpy")
+        new = [a for a in client.cluster_status().agents if a.address != killed.address]
+        assert len(new) == 2
+        x = np.arange(8_000_000, dtype=np.float64)
+        assert client.sum(x, partitions=16) == x.sum()
+        done = {a.name: a.partitions_done for a in client.cluster_status().agents}
+        assert all(count > 0 for count in done.values()), done  # the newcomer took work
+
+
+def test_agent_killed_mid_job_loses_no_job():
+    with lepton.LocalCluster(agents=3, agent_args=["--test-delay", "0.1"]) as cluster:
+        client = cluster.client()
+        x = np.random.default_rng(3).standard_normal(4_000_000)
+        job = client.submit("sum", x, partitions=60)
+        for status in job:
+            if status.partitions_done >= 5:
+                cluster.kill_agent(1)
+                break
+        total = job.result(timeout=120)["sum"]
+        assert abs(total - x.sum()) <= 1e-12 * np.abs(x).sum()
+        assert client.job(job.job_id).retries >= 1

@@ -1,0 +1,88 @@
+"""Tensors on the wire: every dtype and shape round-trips, and every malformed stream is refused."""
+import numpy as np
+import pytest
+
+from backends.errors import InvalidInput, ResourceExhausted
+from lepton import wire
+from lepton.v1 import tensor_pb2
+
+
+def roundtrip(arrays):
+    arrays = [wire.little_endian(a) for a in arrays]
+    assembler = wire.TensorAssembler([wire.header(f"t{i}", a) for i, a in enumerate(arrays)])
+    for chunk in wire.chunks(arrays):
+        assert len(chunk.data) <= wire.CHUNK_BYTES
+        assembler.add(chunk)
+    return list(assembler.finish().values())
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "int32", "int64", "int8", "uint8", "float16", "bool"])
+@pytest.mark.parametrize("shape", [(), (0,), (5,), (3, 4), (2, 0, 3), ((3 << 20) // 8 + 5,)])
+def test_roundtrip(dtype, shape):
+    a = (np.arange(int(np.prod(shape))).reshape(shape) % 7).astype(dtype)
+    (b,) = roundtrip([a])
+    assert b.dtype == a.dtype and b.shape == a.shape and np.array_equal(a, b)
+
+
+def test_big_endian_input_arrives_little_endian():
+    a = np.arange(10, dtype=">f8")
+    (b,) = roundtrip([a])
+    assert b.dtype == np.dtype("<f8") and np.array_equal(a, b)
+
+
+def test_chunks_are_at_most_one_mib():
+    a = np.zeros(5 << 20, dtype=np.uint8)
+    sizes = [len(c.data) for c in wire.chunks([a])]
+    assert max(sizes) == wire.CHUNK_BYTES and sum(sizes) == a.nbytes
+
+
+def _stream(a=None):
+    a = np.arange(1 << 19, dtype=np.float32) if a is None else a  # 2 MiB: two chunks
+    return wire.TensorAssembler([wire.header("x", a)]), list(wire.chunks([a]))
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda c: [c[1], c[0]], "expected 0"),                        # out of order
+    (lambda c: [c[0], c[0]], "expected 1048576"),                  # overlapping (repeated)
+    (lambda c: [c[0], tensor_pb2.TensorChunk(tensor_index=0, offset=c[1].offset, data=c[1].data + b"x")],
+     "past its total_bytes"),
+    (lambda c: [tensor_pb2.TensorChunk(tensor_index=3, offset=0, data=b"x")], "tensor_index 3"),
+])
+def test_bad_chunks_are_refused(mutate, message):
+    assembler, chunks = _stream()
+    with pytest.raises(InvalidInput, match=message):
+        for chunk in mutate(chunks):
+            assembler.add(chunk)
+
+
+def test_truncated_stream_and_bad_checksum_are_refused():
+    assembler, chunks = _stream()
+    assembler.add(chunks[0])
+    with pytest.raises(InvalidInput, match="stream ended after"):
+        assembler.finish()
+    assembler, chunks = _stream()
+    for chunk in chunks:
+        assembler.add(tensor_pb2.TensorChunk(tensor_index=0, offset=chunk.offset, data=bytes(len(chunk.data))))
+    with pytest.raises(InvalidInput, match="checksum mismatch"):
+        assembler.finish()
+
+
+@pytest.mark.parametrize("header, message", [
+    (tensor_pb2.TensorHeader(name="x", dtype=0, shape=[4], total_bytes=16), "dtype 0 is not set"),
+    (tensor_pb2.TensorHeader(name="x", dtype=1, shape=[4], total_bytes=15), "needs 16"),
+    (tensor_pb2.TensorHeader(name="x", dtype=1, shape=[-1], total_bytes=0), "negative"),
+])
+def test_bad_headers_are_refused(header, message):
+    with pytest.raises(InvalidInput, match=message):
+        wire.TensorAssembler([header])
+
+
+def test_size_limit_is_resource_exhausted():
+    header = wire.header("x", np.zeros(100, dtype=np.float64))
+    with pytest.raises(ResourceExhausted, match="at most 100"):
+        wire.TensorAssembler([header], max_bytes=100)
+
+
+def test_params_roundtrip():
+    params = {"bins": 5, "range": [0.0, 1.5], "edges": [1, 2, 3], "flag": True, "name": "a", "scale": 0.5, "none": []}
+    assert wire.decode_params(wire.encode_params(params)) == params
