@@ -48,3 +48,54 @@ def test_agent_killed_mid_job_loses_no_job():
         total = job.result(timeout=120)["sum"]
         assert abs(total - x.sum()) <= 1e-12 * np.abs(x).sum()
         assert client.job(job.job_id).retries >= 1
+
+
+def test_sigterm_stops_an_agent_cleanly_and_it_leaves_at_once():
+    import signal
+
+    with lepton.LocalCluster(agents=2) as cluster:
+        client = cluster.client()
+        process = cluster.agents[0]
+        start = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=15) == 0
+        while len(client.cluster_status().agents) != 1:  # it said goodbye: no heartbeat timeout needed
+            assert time.monotonic() - start < 2.5
+            time.sleep(0.05)
+        assert client.sum(np.ones(100)) == 100
+        assert cluster.coordinator.poll() is None
+
+
+def test_deadline_ends_the_job_and_the_cluster_stays_usable():
+    import grpc
+
+    with lepton.LocalCluster(agents=1, agent_args=["--test-delay", "0.3"]) as cluster:
+        client = cluster.client()
+        job = client.submit("sum", np.ones(1_000_000), partitions=40, timeout=1.0)
+        job_id = job.job_id
+        try:
+            job.result(timeout=30)
+            raise AssertionError("the job should have missed its deadline")
+        except lepton.LeptonError as exc:
+            assert exc.code == grpc.StatusCode.DEADLINE_EXCEEDED
+        start = time.monotonic()
+        while client.job(job_id).state not in (4, 5):  # FAILED or CANCELLED
+            assert time.monotonic() - start < 5
+            time.sleep(0.05)
+        assert client.sum(np.ones(10), partitions=1) == 10
+
+
+def test_coordinator_sigterm_fails_running_jobs_cleanly():
+    import grpc
+    import signal
+
+    with lepton.LocalCluster(agents=1, agent_args=["--test-delay", "0.3"]) as cluster:
+        job = cluster.client().submit("sum", np.ones(1_000_000), partitions=40)
+        assert job.job_id
+        cluster.coordinator.send_signal(signal.SIGTERM)
+        try:
+            job.result(timeout=30)
+            raise AssertionError("the job should have been stopped")
+        except lepton.LeptonError as exc:
+            assert exc.code == grpc.StatusCode.UNAVAILABLE and "shutting down" in exc.details
+        assert cluster.coordinator.wait(timeout=15) == 0
