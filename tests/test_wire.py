@@ -86,3 +86,13 @@ def test_size_limit_is_resource_exhausted():
 def test_params_roundtrip():
     params = {"bins": 5, "range": [0.0, 1.5], "edges": [1, 2, 3], "flag": True, "name": "a", "scale": 0.5, "none": []}
     assert wire.decode_params(wire.encode_params(params)) == params
+
+
+def test_checksum_is_optional_for_other_clients():
+    a = np.arange(10, dtype=np.int64)
+    h = wire.header("x", a)
+    h.ClearField("crc32c")
+    assembler = wire.TensorAssembler([h])
+    for chunk in wire.chunks([a]):
+        assembler.add(chunk)
+    assert np.array_equal(assembler.finish()["x"], a)
