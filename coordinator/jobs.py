@@ -23,6 +23,7 @@ import numpy as np
 from backends.errors import LeptonError
 from backends.ops import Op
 from backends.tree import Tree, TreeAggregator
+from coordinator import metrics
 from coordinator.planner import Plan
 
 
@@ -39,12 +40,30 @@ class JobState(enum.Enum):
 
 
 @dataclass
+class Attempt:
+    """One execution of one partition, for the job's trace (epoch seconds; 0 = did not happen)."""
+
+    partition: int
+    attempt: int
+    agent_id: str
+    queued_at: float
+    sent_at: float
+    rows: int
+    device: str = ""
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    received_at: float = 0.0
+    outcome: str = ""
+
+
+@dataclass
 class Run:
     """A contiguous run of partitions [lo, hi) sent to one agent as one task."""
 
     lo: int
     hi: int
     agent_id: str
+    attempts: dict[int, Attempt] = field(default_factory=dict)
     call: object = None  # the in-flight gRPC call, to cancel it
 
     def __len__(self) -> int:
@@ -68,6 +87,7 @@ class JobRecord:
     error_code: str = ""
     error_message: str = ""
     retries: int = 0
+    trace: list[Attempt] = field(default_factory=list)
 
 
 class Job:
@@ -91,6 +111,8 @@ class Job:
         self.attempts: dict[int, int] = {}
         self.failed_on: dict[int, set[str]] = {}
         self.waiting_since: float | None = None  # no capable agent since then
+        self.queued_at: dict[int, float] = {}  # when each partition (re)entered pending with its rows here
+        self.ready_seen = 0
         self._last_progress = 0.0
 
     # -- state -------------------------------------------------------------------------------
@@ -105,6 +127,8 @@ class Job:
             self.record.state, self.record.finished_at = state, time.time()
             self.record.error_code, self.record.error_message = code, message
             self.inputs = self._ordered = None  # free the data at once
+        metrics.JOBS.labels(self.op.name, state.name).inc()
+        metrics.JOB_SECONDS.labels(self.op.name).observe(self.record.finished_at - self.record.submitted_at)
         self.events.put(("done",))
         return True
 
@@ -122,6 +146,7 @@ class Job:
     def add_chunk(self, chunk) -> None:
         """Take one input chunk (raises InvalidInput on a bad one)."""
         self.inputs.add(chunk)
+        metrics.INPUT_BYTES.inc(len(chunk.data))
         self.record.bytes_received = self.inputs.bytes_received
         self._progress()
 

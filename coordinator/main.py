@@ -8,8 +8,10 @@ import signal
 import threading
 
 from coordinator.coordinator import Config, Coordinator
+from coordinator import metrics
 from coordinator.server import serve
 from lepton.logs import configure, event
+from lepton.serving import NOT_SERVING, start_metrics
 from lepton.tuning import keep_large_buffers_in_heap
 
 log = logging.getLogger("lepton.coordinator")
@@ -29,6 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds of agent silence before it is dropped [LEPTON_HEARTBEAT_TIMEOUT]")
     parser.add_argument("--max-job-mib", type=float, default=float(env("LEPTON_MAX_JOB_MIB", 16384)),
                         help="largest job input accepted, in MiB [LEPTON_MAX_JOB_MIB]")
+    parser.add_argument("--metrics-listen", default=env("LEPTON_METRICS", "127.0.0.1:0"),
+                        help="host:port of the Prometheus endpoint (port 0 picks one; 'off' disables) "
+                             "[LEPTON_METRICS]")
     parser.add_argument("--agent-wait", type=float, default=float(env("LEPTON_AGENT_WAIT", 30)),
                         help="seconds a job waits for a capable agent before failing [LEPTON_AGENT_WAIT]")
 
@@ -40,9 +45,11 @@ def run(args: argparse.Namespace) -> int:
                     heartbeat_timeout=args.heartbeat_timeout, max_job_bytes=int(args.max_job_mib * (1 << 20)),
                     agent_wait=args.agent_wait)
     coordinator = Coordinator(config)
-    server, port = serve(coordinator, args.listen)
+    metrics.register(coordinator)
+    metrics_address = start_metrics(args.metrics_listen)
+    server, port, health = serve(coordinator, args.listen, metrics_address)
     address = f"{args.listen.rsplit(':', 1)[0]}:{port}"
-    event(log, "coordinator.serving", address=address)
+    event(log, "coordinator.serving", address=address, metrics=metrics_address or "off")
     if args.ready_file:
         tmp = args.ready_file + ".tmp"
         with open(tmp, "w") as f:
@@ -53,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
     event(log, "coordinator.stopping")
+    health.set_all(NOT_SERVING)
     coordinator.stop()
     server.stop(grace=3).wait()
     return 0

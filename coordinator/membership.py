@@ -22,6 +22,7 @@ class Agent:
     devices: list[DeviceInfo]
     credits: int
     link: object  # coordinator.agent_link.AgentLink
+    metrics_address: str = ""
     last_seen: float = field(default_factory=time.monotonic)
     in_flight: int = 0  # partitions sent and not finished (scheduler-owned)
     partitions_done: int = 0
@@ -48,10 +49,11 @@ class Membership:
         with self._lock:
             return self._agents.get(agent_id)
 
-    def join(self, name: str, address: str, devices: list[DeviceInfo], credits: int) -> Agent:
+    def join(self, name: str, address: str, devices: list[DeviceInfo], credits: int,
+             metrics_address: str = "") -> Agent:
         with self._lock:
             agent = Agent(f"agent-{next(self._ids)}", name, address, devices, max(1, credits),
-                          self._make_link(address))
+                          self._make_link(address), metrics_address)
             self._agents[agent.id] = agent
         event(log, "agent.joined", agent=agent.id, name=name, address=address,
               devices=",".join(d.name for d in devices), credits=agent.credits)

@@ -16,7 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 
 from backends.errors import LeptonError
-from coordinator.jobs import Job, Run
+from coordinator import metrics
+from coordinator.jobs import Attempt, Job, Run
 from coordinator.membership import Agent, Membership
 from lepton.logs import event
 
@@ -102,6 +103,9 @@ class Scheduler:
                     expired.append((job, *problem))
                     continue
                 ready = job.ready_partitions()
+                for p in range(job.ready_seen, ready):
+                    job.queued_at[p] = now
+                job.ready_seen = max(job.ready_seen, ready)
                 for agent in sorted(capable, key=lambda a: a.in_flight / a.credits):
                     run = self._take_run(job, agent, ready, sole=len(capable) == 1)
                     if run:
@@ -135,9 +139,14 @@ class Scheduler:
         while (hi - first < limit and hi < ready and hi in job.pending and hi % job.tree_arity
                and (sole or agent.id not in job.failed_on.get(hi, ()))):
             hi += 1
+        now, splits = time.time(), job.plan.row_splits
+        run = Run(first, hi, agent.id)
         for p in range(first, hi):
             job.pending.remove(p)
-        run = Run(first, hi, agent.id)
+            run.attempts[p] = Attempt(p, job.attempts.get(p, 0) + 1, agent.id,
+                                      job.queued_at.get(p, job.record.submitted_at), now,
+                                      int(splits[p + 1] - splits[p]))
+            job.record.trace.append(run.attempts[p])
         job.runs.append(run)
         job.mark_running()
         agent.in_flight += len(run)
@@ -154,7 +163,13 @@ class Scheduler:
         event(log, "run.sent", job=job.id, partitions=f"{run.lo}-{run.hi}", agent=agent.id)
         error = None
         try:
-            for lo, hi, partial in agent.link.run_task(job, run, timeout, on_call):
+            for lo, hi, partial, timings in agent.link.run_task(job, run, timeout, on_call):
+                now = time.time()
+                for p, device, started, finished in timings:
+                    run.attempts[p].device, run.attempts[p].started_at, run.attempts[p].finished_at = \
+                        device, started, finished
+                for p in range(lo, hi):
+                    run.attempts[p].received_at, run.attempts[p].outcome = now, "done"
                 job.add_partial(lo, hi, partial)
         except grpc.RpcError as exc:
             error = (exc.code().name, exc.details() or "")
@@ -171,13 +186,17 @@ class Scheduler:
             agent.in_flight -= len(run)
             missing = [p for p in range(run.lo, run.hi) if not job.covered(p)]
             agent.partitions_done += len(run) - len(missing)
+            metrics.PARTITIONS.labels("done").inc(len(run) - len(missing))
             if missing and not job.state.final:
                 code, message = error or ("INTERNAL", "the agent ended the task without all its partials")
                 event(log, "run.failed", level=logging.WARNING, job=job.id, partitions=f"{run.lo}-{run.hi}",
                       agent=agent.id, code=code, message=message)
+                now = time.time()
                 for p in missing:
                     job.attempts[p] = job.attempts.get(p, 0) + 1
                     job.failed_on.setdefault(p, set()).add(agent.id)
+                    run.attempts[p].outcome = code
+                    job.queued_at[p] = now
                 if code not in RETRYABLE:
                     fatal = (code, f"partition {missing[0]} on {agent.id}: {message}")
                 elif max(job.attempts[p] for p in missing) >= self.max_attempts:
@@ -185,6 +204,7 @@ class Scheduler:
                 else:
                     job.record.retries += 1
                     job.pending = sorted(job.pending + missing)
+                metrics.PARTITIONS.labels("failed" if fatal else "retried").inc(len(missing))
             self.cond.notify_all()
         if fatal:
             self.end(job, *fatal)

@@ -13,7 +13,9 @@ from backends.errors import InvalidInput, LeptonError
 from coordinator.coordinator import Coordinator
 from coordinator.jobs import Job, JobRecord
 from coordinator.planner import Scheme
+from coordinator import metrics
 from lepton import wire
+from lepton.serving import add_standard_services
 from lepton.v1 import agent_service_pb2 as agent_pb, agent_service_pb2_grpc as agent_grpc
 from lepton.v1 import coordinator_service_pb2 as pb, coordinator_service_pb2_grpc as pb_grpc, job_pb2, tensor_pb2
 
@@ -38,8 +40,8 @@ def abort(context, error: LeptonError):
 
 
 class CoordinatorServicer(pb_grpc.CoordinatorServiceServicer):
-    def __init__(self, coordinator: Coordinator):
-        self.c = coordinator
+    def __init__(self, coordinator: Coordinator, metrics_address: str = ""):
+        self.c, self.metrics_address = coordinator, metrics_address
 
     def SubmitJob(self, request_iterator, context):
         first = next(request_iterator, None)
@@ -79,6 +81,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServiceServicer):
         for name, array in zip(job.result, arrays):
             yield pb.SubmitJobResponse(result_header=wire.header(name, array))
         for chunk in wire.chunks(arrays):
+            metrics.RESULT_BYTES.inc(len(chunk.data))
             yield pb.SubmitJobResponse(result_chunk=chunk)
         yield pb.SubmitJobResponse(done=job_status(record))
 
@@ -120,11 +123,24 @@ class CoordinatorServicer(pb_grpc.CoordinatorServiceServicer):
         agents = [pb.AgentStatus(agent_id=a.id, name=a.name, address=a.address,
                                  devices=[wire.device_to_proto(d) for d in a.devices], credits=a.credits,
                                  in_flight=a.in_flight, last_heartbeat_age_seconds=now - a.last_seen,
-                                 partitions_done=a.partitions_done)
+                                 partitions_done=a.partitions_done, metrics_address=a.metrics_address)
                   for a in self.c.membership.agents()]
         records = self.c.records(self.c.config.history)
         return pb.GetClusterStatusResponse(agents=agents, jobs_total=len(records),
-                                           jobs_running=sum(not r.state.final for r in records))
+                                           jobs_running=sum(not r.state.final for r in records),
+                                           metrics_address=self.metrics_address)
+
+    def GetJobTrace(self, request, context):
+        try:
+            record = self.c.record(request.job_id)
+        except LeptonError as exc:
+            abort(context, exc)
+        return pb.GetJobTraceResponse(job=job_status(record), partitions=[
+            pb.PartitionTrace(partition=a.partition, attempt=a.attempt, agent_id=a.agent_id, device=a.device,
+                              queued_at=a.queued_at, sent_at=a.sent_at, started_at=a.started_at,
+                              finished_at=a.finished_at, received_at=a.received_at, rows=a.rows,
+                              outcome=a.outcome or "running")
+            for a in list(record.trace)])
 
 
 class AgentRegistryServicer(agent_grpc.AgentRegistryServiceServicer):
@@ -135,7 +151,8 @@ class AgentRegistryServicer(agent_grpc.AgentRegistryServiceServicer):
         if not request.address:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "JoinCluster needs the agent's address (host:port)")
         agent = self.c.membership.join(request.name, request.address,
-                                       [wire.device_from_proto(d) for d in request.devices], request.credits)
+                                       [wire.device_from_proto(d) for d in request.devices], request.credits,
+                                       request.metrics_address)
         return agent_pb.JoinClusterResponse(agent_id=agent.id,
                                             heartbeat_interval_seconds=self.c.config.heartbeat_interval)
 
@@ -148,14 +165,16 @@ class AgentRegistryServicer(agent_grpc.AgentRegistryServiceServicer):
         return agent_pb.LeaveClusterResponse()
 
 
-def serve(coordinator: Coordinator, address: str, max_workers: int = 128) -> tuple[grpc.Server, int]:
-    """Start serving; returns the server and the bound port (address may end in :0)."""
+def serve(coordinator: Coordinator, address: str, metrics_address: str = "", max_workers: int = 128):
+    """Start serving; returns the server, the bound port (address may end in :0) and its health."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
                          maximum_concurrent_rpcs=max_workers - 8)
-    pb_grpc.add_CoordinatorServiceServicer_to_server(CoordinatorServicer(coordinator), server)
+    pb_grpc.add_CoordinatorServiceServicer_to_server(CoordinatorServicer(coordinator, metrics_address), server)
     agent_grpc.add_AgentRegistryServiceServicer_to_server(AgentRegistryServicer(coordinator), server)
+    health = add_standard_services(server, [pb.DESCRIPTOR.services_by_name["CoordinatorService"].full_name,
+                                            agent_pb.DESCRIPTOR.services_by_name["AgentRegistryService"].full_name])
     port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot listen on {address}")
     server.start()
-    return server, port
+    return server, port, health

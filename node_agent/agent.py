@@ -21,6 +21,7 @@ from backends.errors import FailedPrecondition, LeptonError
 from backends.ops import Op, get_op
 from backends.tree import Tree, TreeAggregator
 from lepton.logs import event
+from node_agent import metrics
 
 log = logging.getLogger("lepton.agent")
 
@@ -49,9 +50,12 @@ class DeviceWorker:
                 if future.set_running_or_notify_cancel():
                     if self.test_delay:
                         time.sleep(random.uniform(0, self.test_delay))  # test hook: shuffle arrival order
-                    start = time.perf_counter()
+                    start = time.time()
                     partial = self.device.run(op, inputs, params)
-                    future.set_result((partial, time.perf_counter() - start))
+                    end = time.time()
+                    metrics.PARTITIONS.labels(self.device.name, op.name).inc()
+                    metrics.BUSY_SECONDS.labels(self.device.name).inc(end - start)
+                    future.set_result((partial, start, end))
             except LeptonError as exc:
                 future.set_exception(exc)
             except Exception as exc:  # noqa: BLE001 - a kernel bug fails its partition, not the agent
@@ -77,8 +81,9 @@ class Agent:
 
     def run_task(self, job_id: str, op_name: str, params: dict, first: int, partitions: int,
                  row_splits: list[int], arrays: dict[str, np.ndarray], split_inputs: list[str], arity: int,
-                 is_active: Callable[[], bool] = lambda: True) -> Iterator[tuple[int, int, dict, str]]:
-        """Run partitions [first, first + len(row_splits) - 1); yield (lo, hi, partial, device) per tree node."""
+                 is_active: Callable[[], bool] = lambda: True) -> Iterator[tuple[int, int, dict, list]]:
+        """Run partitions [first, first + len(row_splits) - 1); yield each complete tree node as
+        (lo, hi, partial, timings), timings being (partition, device, started_at, finished_at)."""
         op = get_op(op_name)
         workers = [w for w in self.workers if op.name in w.device.kernels]
         if not workers:
@@ -95,12 +100,13 @@ class Agent:
             worker = min(workers, key=lambda w: w.queued_bytes)
             futures[worker.submit(op, inputs, params)] = (first + j, worker.device.name)
         sent: set = set()
-        devices: list[str] = []
+        timings: dict[int, tuple] = {}
         try:
             while True:
                 for node in [n for n in aggregator.done if n not in sent]:
                     sent.add(node)
-                    yield node[0], node[1], aggregator.done[node], devices[0] if devices else ""
+                    yield (*node, aggregator.done[node],
+                           [timings[p] for p in range(*node) if p in timings])
                 if not futures:
                     return
                 finished, _ = wait(futures, timeout=0.5, return_when=FIRST_COMPLETED)
@@ -108,10 +114,10 @@ class Agent:
                     raise LeptonError("the coordinator cancelled the task")
                 for future in finished:
                     partition, device = futures.pop(future)
-                    partial, seconds = future.result()
+                    partial, started, finished = future.result()
                     event(log, "partition.done", level=logging.DEBUG, job=job_id, partition=partition,
-                          device=device, seconds=f"{seconds:.4f}")
-                    devices.append(device)
+                          device=device, seconds=f"{finished - started:.4f}")
+                    timings[partition] = (partition, device, started, finished)
                     aggregator.add(partition, partition + 1, partial)
         finally:
             for future in futures:

@@ -11,6 +11,8 @@ import threading
 from backends.discovery import open_devices
 from lepton.logs import configure, event
 from lepton.tuning import keep_large_buffers_in_heap
+from lepton.serving import NOT_SERVING, start_metrics
+from node_agent import metrics
 from node_agent.agent import Agent
 from node_agent.membership import MembershipClient
 from node_agent.server import serve
@@ -33,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="name shown by `lepton status` [LEPTON_AGENT_NAME]")
     parser.add_argument("--credits", type=int, default=int(env("LEPTON_CREDITS", 0)),
                         help="partitions accepted at once (0: two per device) [LEPTON_CREDITS]")
+    parser.add_argument("--metrics-listen", default=env("LEPTON_AGENT_METRICS", "127.0.0.1:0"),
+                        help="host:port of the Prometheus endpoint (port 0 picks one; 'off' disables) "
+                             "[LEPTON_AGENT_METRICS]")
     parser.add_argument("--test-delay", type=float, default=float(env("LEPTON_TEST_DELAY", 0)),
                         help=argparse.SUPPRESS)  # tests: random delay per partition, to shuffle arrivals
 
@@ -43,17 +48,20 @@ def run(args: argparse.Namespace) -> int:
     # Devices first: an MPI device may re-exec this process under mpiexec, before any thread exists.
     devices = open_devices(args.device or [os.environ.get("LEPTON_DEVICE", "numpy")])
     agent = Agent(devices, args.credits, args.test_delay)
-    server, port = serve(agent, args.listen)
+    server, port, health = serve(agent, args.listen)
     address = args.advertise or f"{args.listen.rsplit(':', 1)[0]}:{port}"
+    metrics.register(agent)
+    metrics_address = start_metrics(args.metrics_listen)
     event(log, "agent.serving", address=address, devices=",".join(d.name for d in devices),
-          credits=agent.credits)
-    membership = MembershipClient(agent, args.coordinator, args.name, address)
+          credits=agent.credits, metrics=metrics_address or "off")
+    membership = MembershipClient(agent, args.coordinator, args.name, address, metrics_address)
     membership.start()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
     event(log, "agent.stopping", agent=membership.agent_id)
+    health.set_all(NOT_SERVING)
     membership.stop()
     server.stop(grace=3).wait()
     agent.stop()

@@ -15,8 +15,9 @@ log = logging.getLogger("lepton.agent")
 
 
 class MembershipClient:
-    def __init__(self, agent: Agent, coordinator: str, name: str, address: str):
+    def __init__(self, agent: Agent, coordinator: str, name: str, address: str, metrics_address: str = ""):
         self.agent, self.coordinator, self.name, self.address = agent, coordinator, name, address
+        self.metrics_address = metrics_address
         self.agent_id: str | None = None
         self.interval = 0.5
         self._channel = grpc.insecure_channel(coordinator)
@@ -37,7 +38,7 @@ class MembershipClient:
                 if self.agent_id is None:
                     reply = self._stub.JoinCluster(pb.JoinClusterRequest(
                         name=self.name, address=self.address, devices=self._devices(),
-                        credits=self.agent.credits), timeout=5)
+                        credits=self.agent.credits, metrics_address=self.metrics_address), timeout=5)
                     self.agent_id, self.interval = reply.agent_id, reply.heartbeat_interval_seconds or 0.5
                     event(log, "agent.joined", agent=self.agent_id, coordinator=self.coordinator)
                 elif not self._stub.Heartbeat(pb.HeartbeatRequest(agent_id=self.agent_id, devices=self._devices()),

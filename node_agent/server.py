@@ -9,6 +9,8 @@ import numpy as np
 from backends.errors import InvalidInput, LeptonError
 from lepton import wire
 from lepton.v1 import agent_service_pb2 as pb, agent_service_pb2_grpc as pb_grpc
+from lepton.serving import add_standard_services
+from node_agent import metrics
 from node_agent.agent import Agent
 
 
@@ -25,28 +27,35 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
             inputs = wire.TensorAssembler(task.inputs)
             for request in request_iterator:
                 inputs.add(request.chunk)
+            metrics.BYTES_IN.inc(inputs.bytes_received)
             nodes = self.agent.run_task(task.job_id, task.op, wire.decode_params(task.params),
                                         task.first_partition, task.partition_count, list(task.row_splits),
                                         inputs.finish(), list(task.split_inputs), task.tree_arity,
                                         context.is_active)
-            for lo, hi, partial, device in nodes:
+            for lo, hi, partial, timings in nodes:
                 names = list(partial)
                 arrays = [wire.little_endian(np.asarray(partial[n])) for n in names]
                 yield pb.RunTaskResponse(partial=pb.PartialHeader(
-                    range_start=lo, range_end=hi, device=device,
-                    tensors=[wire.header(n, a) for n, a in zip(names, arrays)]))
+                    range_start=lo, range_end=hi, tensors=[wire.header(n, a) for n, a in zip(names, arrays)],
+                    timings=[pb.PartitionTiming(partition=p, device=d, started_at=s, finished_at=f)
+                             for p, d, s, f in timings]))
                 for chunk in wire.chunks(arrays):
                     yield pb.RunTaskResponse(chunk=chunk)
+                metrics.BYTES_OUT.inc(sum(a.nbytes for a in arrays))
+            metrics.TASKS.labels("done").inc()
         except LeptonError as exc:
+            metrics.TASKS.labels(exc.code).inc()
             context.abort(grpc.StatusCode[exc.code], str(exc))
 
 
-def serve(agent: Agent, address: str) -> tuple[grpc.Server, int]:
+def serve(agent: Agent, address: str):
+    """Start serving; returns the server, the bound port and the health servicer."""
     # Enough threads for every credit plus a margin: a task holds its thread while it runs.
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=agent.credits + 8, thread_name_prefix="rpc"))
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=agent.credits + 16, thread_name_prefix="rpc"))
     pb_grpc.add_AgentServiceServicer_to_server(AgentServicer(agent), server)
+    health = add_standard_services(server, [pb.DESCRIPTOR.services_by_name["AgentService"].full_name])
     port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot listen on {address}")
     server.start()
-    return server, port
+    return server, port, health

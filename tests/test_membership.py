@@ -19,7 +19,8 @@ def test_killed_agent_is_dropped_and_a_new_agent_is_used():
     with lepton.LocalCluster(agents=2) as cluster:
         client = cluster.client()
         assert client.sum(np.ones(1000, np.float32)) == 1000
-        killed = cluster.client().cluster_status().agents[0]
+        pid = cluster.agents[0].pid
+        (killed,) = [a for a in client.cluster_status().agents if a.name.endswith(f"-{pid}")]
         cluster.kill_agent(0)  # SIGKILL: no goodbye
         start = time.monotonic()
         while killed.address in status_text(cluster.address):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -25,10 +26,19 @@ def _rate(bytes_per_second: float) -> str:
     return f"{bytes_per_second / 1e9:.1f} GB/s" if bytes_per_second >= 1e8 else f"{bytes_per_second / 1e6:.0f} MB/s"
 
 
+def as_json(*messages) -> str:
+    from google.protobuf.json_format import MessageToDict
+
+    return json.dumps([MessageToDict(m, preserving_proto_field_name=True) for m in messages], indent=2)
+
+
 def cmd_status(args) -> int:
     with Client(args.coordinator, timeout=10) as client:
         status = client.cluster_status()
         jobs = client.jobs(limit=args.jobs)
+    if args.json:
+        print(json.dumps({"cluster": json.loads(as_json(status))[0], "jobs": json.loads(as_json(*jobs))}, indent=2))
+        return 0
     rows = []
     for agent in status.agents:
         for i, d in enumerate(agent.devices):
@@ -37,7 +47,8 @@ def cmd_status(args) -> int:
                     f"{agent.last_heartbeat_age_seconds:.1f}s"] if i == 0 else [""] * 5
             rows.append(head + [d.name, d.description, ",".join(d.ops), speed])
     print(f"coordinator {args.coordinator}: {len(status.agents)} agent(s), "
-          f"{status.jobs_running} job(s) running, {status.jobs_total} known")
+          f"{status.jobs_running} job(s) running, {status.jobs_total} known; "
+          f"metrics at http://{status.metrics_address or '-'}/metrics")
     if rows:
         print(table(["AGENT", "NAME", "ADDRESS", "IN FLIGHT", "HEARTBEAT", "DEVICE", "MODEL", "OPS", "MEASURED"], rows))
     else:
@@ -115,6 +126,25 @@ def cmd_up(args) -> int:
             return 0
 
 
+def cmd_trace(args) -> int:
+    from lepton import trace
+
+    with Client(args.coordinator, timeout=10) as client:
+        result = client.trace(args.job_id)
+    if args.json:
+        print(as_json(result))
+        return 0
+    job = result.job
+    print(f"{job.job_id} {job.op} {state_name(job)}: {job.partitions_done}/{job.partitions_total} partitions, "
+          f"{(job.finished_at or time.time()) - job.submitted_at:.3f}s")
+    print(table(trace.HEADERS, trace.rows(result)))
+    print("\n".join(trace.summary(result)))
+    if args.plot:
+        trace.plot(result, args.plot)
+        print(f"timeline written to {args.plot}")
+    return 0
+
+
 def cmd_cancel(args) -> int:
     with Client(args.coordinator, timeout=10) as client:
         status = client.cancel(args.job_id)
@@ -148,7 +178,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = with_address(sub.add_parser("status", help="agents, devices, ops and recent jobs"))
     p.add_argument("--jobs", type=int, default=10, help="recent jobs to list")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_status)
+
+    p = with_address(sub.add_parser("trace", help="per-partition timings of a job"))
+    p.add_argument("job_id")
+    p.add_argument("--plot", metavar="FILE.png", help="draw a timeline, one row per device")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_trace)
 
     p = with_address(sub.add_parser("run", help="run an op on a .npy file"))
     p.add_argument("op")

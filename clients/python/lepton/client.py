@@ -201,3 +201,7 @@ class Client:
 
     def cluster_status(self) -> pb.GetClusterStatusResponse:
         return self._unary(self._stub.GetClusterStatus, pb.GetClusterStatusRequest())
+
+    def trace(self, job_id: str) -> pb.GetJobTraceResponse:
+        """Per-partition timings of a job (see `lepton trace`)."""
+        return self._unary(self._stub.GetJobTrace, pb.GetJobTraceRequest(job_id=job_id))

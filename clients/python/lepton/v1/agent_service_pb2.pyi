@@ -10,16 +10,18 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class JoinClusterRequest(_message.Message):
-    __slots__ = ("name", "address", "devices", "credits")
+    __slots__ = ("name", "address", "devices", "credits", "metrics_address")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     DEVICES_FIELD_NUMBER: _ClassVar[int]
     CREDITS_FIELD_NUMBER: _ClassVar[int]
+    METRICS_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     name: str
     address: str
     devices: _containers.RepeatedCompositeFieldContainer[_coordinator_service_pb2.DeviceInfo]
     credits: int
-    def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., devices: _Optional[_Iterable[_Union[_coordinator_service_pb2.DeviceInfo, _Mapping]]] = ..., credits: _Optional[int] = ...) -> None: ...
+    metrics_address: str
+    def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., devices: _Optional[_Iterable[_Union[_coordinator_service_pb2.DeviceInfo, _Mapping]]] = ..., credits: _Optional[int] = ..., metrics_address: _Optional[str] = ...) -> None: ...
 
 class JoinClusterResponse(_message.Message):
     __slots__ = ("agent_id", "heartbeat_interval_seconds")
@@ -91,18 +93,28 @@ class RunTaskRequest(_message.Message):
     def __init__(self, task: _Optional[_Union[Task, _Mapping]] = ..., chunk: _Optional[_Union[_tensor_pb2.TensorChunk, _Mapping]] = ...) -> None: ...
 
 class PartialHeader(_message.Message):
-    __slots__ = ("range_start", "range_end", "tensors", "device", "compute_seconds")
+    __slots__ = ("range_start", "range_end", "tensors", "timings")
     RANGE_START_FIELD_NUMBER: _ClassVar[int]
     RANGE_END_FIELD_NUMBER: _ClassVar[int]
     TENSORS_FIELD_NUMBER: _ClassVar[int]
-    DEVICE_FIELD_NUMBER: _ClassVar[int]
-    COMPUTE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    TIMINGS_FIELD_NUMBER: _ClassVar[int]
     range_start: int
     range_end: int
     tensors: _containers.RepeatedCompositeFieldContainer[_tensor_pb2.TensorHeader]
+    timings: _containers.RepeatedCompositeFieldContainer[PartitionTiming]
+    def __init__(self, range_start: _Optional[int] = ..., range_end: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[_tensor_pb2.TensorHeader, _Mapping]]] = ..., timings: _Optional[_Iterable[_Union[PartitionTiming, _Mapping]]] = ...) -> None: ...
+
+class PartitionTiming(_message.Message):
+    __slots__ = ("partition", "device", "started_at", "finished_at")
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    partition: int
     device: str
-    compute_seconds: float
-    def __init__(self, range_start: _Optional[int] = ..., range_end: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[_tensor_pb2.TensorHeader, _Mapping]]] = ..., device: _Optional[str] = ..., compute_seconds: _Optional[float] = ...) -> None: ...
+    started_at: float
+    finished_at: float
+    def __init__(self, partition: _Optional[int] = ..., device: _Optional[str] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ...) -> None: ...
 
 class RunTaskResponse(_message.Message):
     __slots__ = ("partial", "chunk")

@@ -71,14 +71,56 @@ class GetClusterStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetClusterStatusResponse(_message.Message):
-    __slots__ = ("agents", "jobs_running", "jobs_total")
+    __slots__ = ("agents", "jobs_running", "jobs_total", "metrics_address")
     AGENTS_FIELD_NUMBER: _ClassVar[int]
     JOBS_RUNNING_FIELD_NUMBER: _ClassVar[int]
     JOBS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    METRICS_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     agents: _containers.RepeatedCompositeFieldContainer[AgentStatus]
     jobs_running: int
     jobs_total: int
-    def __init__(self, agents: _Optional[_Iterable[_Union[AgentStatus, _Mapping]]] = ..., jobs_running: _Optional[int] = ..., jobs_total: _Optional[int] = ...) -> None: ...
+    metrics_address: str
+    def __init__(self, agents: _Optional[_Iterable[_Union[AgentStatus, _Mapping]]] = ..., jobs_running: _Optional[int] = ..., jobs_total: _Optional[int] = ..., metrics_address: _Optional[str] = ...) -> None: ...
+
+class GetJobTraceRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class GetJobTraceResponse(_message.Message):
+    __slots__ = ("job", "partitions")
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    PARTITIONS_FIELD_NUMBER: _ClassVar[int]
+    job: _job_pb2.JobStatus
+    partitions: _containers.RepeatedCompositeFieldContainer[PartitionTrace]
+    def __init__(self, job: _Optional[_Union[_job_pb2.JobStatus, _Mapping]] = ..., partitions: _Optional[_Iterable[_Union[PartitionTrace, _Mapping]]] = ...) -> None: ...
+
+class PartitionTrace(_message.Message):
+    __slots__ = ("partition", "attempt", "agent_id", "device", "queued_at", "sent_at", "started_at", "finished_at", "received_at", "rows", "outcome")
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_AT_FIELD_NUMBER: _ClassVar[int]
+    SENT_AT_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    RECEIVED_AT_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    partition: int
+    attempt: int
+    agent_id: str
+    device: str
+    queued_at: float
+    sent_at: float
+    started_at: float
+    finished_at: float
+    received_at: float
+    rows: int
+    outcome: str
+    def __init__(self, partition: _Optional[int] = ..., attempt: _Optional[int] = ..., agent_id: _Optional[str] = ..., device: _Optional[str] = ..., queued_at: _Optional[float] = ..., sent_at: _Optional[float] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., received_at: _Optional[float] = ..., rows: _Optional[int] = ..., outcome: _Optional[str] = ...) -> None: ...
 
 class DeviceInfo(_message.Message):
     __slots__ = ("name", "kind", "description", "memory_bytes", "ops", "throughput")
@@ -104,7 +146,7 @@ class DeviceInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., description: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., ops: _Optional[_Iterable[str]] = ..., throughput: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class AgentStatus(_message.Message):
-    __slots__ = ("agent_id", "name", "address", "devices", "credits", "in_flight", "last_heartbeat_age_seconds", "partitions_done")
+    __slots__ = ("agent_id", "name", "address", "devices", "credits", "in_flight", "last_heartbeat_age_seconds", "partitions_done", "metrics_address")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -113,6 +155,7 @@ class AgentStatus(_message.Message):
     IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     LAST_HEARTBEAT_AGE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     PARTITIONS_DONE_FIELD_NUMBER: _ClassVar[int]
+    METRICS_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     name: str
     address: str
@@ -121,4 +164,5 @@ class AgentStatus(_message.Message):
     in_flight: int
     last_heartbeat_age_seconds: float
     partitions_done: int
-    def __init__(self, agent_id: _Optional[str] = ..., name: _Optional[str] = ..., address: _Optional[str] = ..., devices: _Optional[_Iterable[_Union[DeviceInfo, _Mapping]]] = ..., credits: _Optional[int] = ..., in_flight: _Optional[int] = ..., last_heartbeat_age_seconds: _Optional[float] = ..., partitions_done: _Optional[int] = ...) -> None: ...
+    metrics_address: str
+    def __init__(self, agent_id: _Optional[str] = ..., name: _Optional[str] = ..., address: _Optional[str] = ..., devices: _Optional[_Iterable[_Union[DeviceInfo, _Mapping]]] = ..., credits: _Optional[int] = ..., in_flight: _Optional[int] = ..., last_heartbeat_age_seconds: _Optional[float] = ..., partitions_done: _Optional[int] = ..., metrics_address: _Optional[str] = ...) -> None: ...

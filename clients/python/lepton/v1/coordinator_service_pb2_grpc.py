@@ -60,6 +60,11 @@ class CoordinatorServiceStub:
                 request_serializer=lepton_dot_v1_dot_coordinator__service__pb2.GetClusterStatusRequest.SerializeToString,
                 response_deserializer=lepton_dot_v1_dot_coordinator__service__pb2.GetClusterStatusResponse.FromString,
                 _registered_method=True)
+        self.GetJobTrace = channel.unary_unary(
+                '/lepton.v1.CoordinatorService/GetJobTrace',
+                request_serializer=lepton_dot_v1_dot_coordinator__service__pb2.GetJobTraceRequest.SerializeToString,
+                response_deserializer=lepton_dot_v1_dot_coordinator__service__pb2.GetJobTraceResponse.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServiceServicer:
@@ -99,6 +104,13 @@ class CoordinatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetJobTrace(self, request, context):
+        """Per-partition timings of a job, for finding stragglers and idle devices.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -126,6 +138,11 @@ def add_CoordinatorServiceServicer_to_server(servicer, server):
                     servicer.GetClusterStatus,
                     request_deserializer=lepton_dot_v1_dot_coordinator__service__pb2.GetClusterStatusRequest.FromString,
                     response_serializer=lepton_dot_v1_dot_coordinator__service__pb2.GetClusterStatusResponse.SerializeToString,
+            ),
+            'GetJobTrace': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetJobTrace,
+                    request_deserializer=lepton_dot_v1_dot_coordinator__service__pb2.GetJobTraceRequest.FromString,
+                    response_serializer=lepton_dot_v1_dot_coordinator__service__pb2.GetJobTraceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -264,6 +281,33 @@ class CoordinatorService:
             '/lepton.v1.CoordinatorService/GetClusterStatus',
             lepton_dot_v1_dot_coordinator__service__pb2.GetClusterStatusRequest.SerializeToString,
             lepton_dot_v1_dot_coordinator__service__pb2.GetClusterStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetJobTrace(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lepton.v1.CoordinatorService/GetJobTrace',
+            lepton_dot_v1_dot_coordinator__service__pb2.GetJobTraceRequest.SerializeToString,
+            lepton_dot_v1_dot_coordinator__service__pb2.GetJobTraceResponse.FromString,
             options,
             channel_credentials,
             insecure,

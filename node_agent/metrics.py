@@ -1,0 +1,34 @@
+"""Prometheus metrics of a node agent."""
+from __future__ import annotations
+
+from prometheus_client import REGISTRY, Counter
+from prometheus_client.core import GaugeMetricFamily
+
+TASKS = Counter("lepton_agent_tasks_total", "Tasks (runs of partitions) by outcome", ["outcome"])
+PARTITIONS = Counter("lepton_device_partitions_total", "Partitions run, by device and op", ["device", "op"])
+BUSY_SECONDS = Counter("lepton_device_busy_seconds_total", "Seconds each device spent running kernels", ["device"])
+BYTES_IN = Counter("lepton_agent_input_bytes_total", "Partition bytes received from the coordinator")
+BYTES_OUT = Counter("lepton_agent_output_bytes_total", "Partial bytes sent to the coordinator")
+
+
+class DeviceCollector:
+    """Queue depth and measured throughput per device, read when Prometheus scrapes."""
+
+    def __init__(self, agent):
+        self.agent = agent
+
+    def collect(self):
+        queued = GaugeMetricFamily("lepton_device_queued_bytes", "Input bytes waiting in a device's queue",
+                                   labels=["device"])
+        speed = GaugeMetricFamily("lepton_device_throughput_bytes_per_second",
+                                  "Measured input bytes per second, by device and op", labels=["device", "op"])
+        for worker in self.agent.workers:
+            queued.add_metric([worker.device.name], worker.queued_bytes)
+            for op, rate in worker.device.info().throughput.items():
+                speed.add_metric([worker.device.name, op], rate)
+        yield queued
+        yield speed
+
+
+def register(agent) -> None:
+    REGISTRY.register(DeviceCollector(agent))
