@@ -25,6 +25,12 @@ class FailedPrecondition(LeptonError):
     code = "FAILED_PRECONDITION"
 
 
+class NotCached(LeptonError):
+    """A task referenced a cached tensor the agent no longer holds: the sender must send the bytes."""
+
+    code = "NOT_FOUND"
+
+
 class Unavailable(LeptonError):
     """A transient problem: an agent went away, no agent is connected yet."""
 

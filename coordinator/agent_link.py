@@ -17,20 +17,36 @@ class AgentLink:
         self._channel = grpc.insecure_channel(address)
         self._stub = pb_grpc.AgentServiceStub(self._channel)
 
-    def run_task(self, job, run, timeout: float | None, on_call: Callable[[object], None]
+    def run_task(self, job, run, cached: set[str], timeout: float | None, on_call: Callable[[object], None]
                  ) -> Iterator[tuple[int, int, dict[str, np.ndarray], list[tuple]]]:
         """Stream the run's inputs to the agent; yield (lo, hi, partial, timings) as the agent's nodes
-        arrive, timings being (partition, device, started_at, finished_at)."""
-        splits, arrays = job.task_inputs(run)
-        arrays = {n: wire.little_endian(a) for n, a in arrays.items()}
+        arrive, timings being (partition, device, started_at, finished_at).
+
+        Whole inputs are cached on the agent under a content key: `cached` holds the keys this agent
+        is believed to hold, and those go by reference instead of by value.
+        """
+        split, whole = job.task_inputs(run)
+        streamed: list[np.ndarray] = []
+
+        def task_input(name: str, array: np.ndarray, header=None, key: str = "") -> pb.TaskInput:
+            array = wire.little_endian(array)
+            header = header or wire.header(name, array)
+            if key and key in cached:
+                return pb.TaskInput(tensor=header, cache_key=key, by_reference=True)
+            if key:
+                cached.add(key)
+            streamed.append(array)
+            return pb.TaskInput(tensor=header, cache_key=key)
+
+        partitions = [pb.TaskPartition(inputs=[task_input(n, a) for n, a in rows.items()]) for rows in split]
+        whole_inputs = [task_input(n, *job.whole_input(n)) for n in whole]
         task = pb.Task(job_id=job.id, op=job.op.name, params=wire.encode_params(job.params),
-                       first_partition=run.lo, partition_count=job.plan.count, row_splits=splits,
-                       inputs=[wire.header(n, a) for n, a in arrays.items()], tree_arity=job.tree_arity,
-                       split_inputs=job.op.split_inputs)
+                       first_partition=run.lo, partition_count=job.plan.count, tree_arity=job.tree_arity,
+                       partitions=partitions, whole_inputs=whole_inputs)
 
         def requests():
             yield pb.RunTaskRequest(task=task)
-            for chunk in wire.chunks(arrays.values()):
+            for chunk in wire.chunks(streamed):
                 metrics.BYTES_TO_AGENTS.inc(len(chunk.data))
                 yield pb.RunTaskRequest(chunk=chunk)
 

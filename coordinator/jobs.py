@@ -25,6 +25,7 @@ from backends.ops import Op
 from backends.tree import Tree, TreeAggregator
 from coordinator import metrics
 from coordinator.planner import Plan
+from lepton import wire
 
 
 class JobState(enum.Enum):
@@ -113,6 +114,7 @@ class Job:
         self.waiting_since: float | None = None  # no capable agent since then
         self.queued_at: dict[int, float] = {}  # when each partition (re)entered pending with its rows here
         self.ready_seen = 0
+        self._whole: dict[str, tuple] = {}
         self._last_progress = 0.0
 
     # -- state -------------------------------------------------------------------------------
@@ -176,17 +178,33 @@ class Job:
         rows = min(self.inputs.rows_received(i) for i in split_index)
         return int(np.searchsorted(self.plan.row_splits, rows, side="right")) - 1
 
-    def task_inputs(self, run: Run) -> tuple[list[int], dict[str, np.ndarray]]:
-        """Row splits (relative) and the arrays of a run: views, no copies."""
-        splits = self.plan.row_splits[run.lo:run.hi + 1]
-        r0, r1 = int(splits[0]), int(splits[-1])
+    def _source(self) -> dict[str, np.ndarray]:
+        """The inputs: in plan order once complete, else views of what has arrived."""
         with self.lock:
-            source = self._ordered if self._ordered is not None else (
-                {n: self.inputs.array(i) for i, n in enumerate(self.names)} if self.inputs else None)
-        if source is None:
-            raise LeptonError("the job ended while its task was being sent")
-        arrays = {n: (source[n][r0:r1] if n in self.op.split_inputs else source[n]) for n in self.names}
-        return [int(s) - r0 for s in splits], arrays
+            if self._ordered is not None:
+                return self._ordered
+            if self.inputs is not None:
+                return {n: self.inputs.array(i) for i, n in enumerate(self.names)}
+        raise LeptonError("the job ended while its task was being sent")
+
+    def whole_input(self, name: str):
+        """A whole input as (little-endian array, header, content cache key), computed once per job."""
+        source = self._source()
+        with self.lock:
+            if name not in self._whole:
+                array = wire.little_endian(source[name])
+                header = wire.header(name, array)
+                key = f"blob:{header.crc32c:08x}:{array.dtype.str}:{'x'.join(map(str, array.shape))}"
+                self._whole[name] = (array, header, key)
+            return self._whole[name]
+
+    def task_inputs(self, run: Run) -> tuple[list[dict[str, np.ndarray]], dict[str, np.ndarray]]:
+        """Each partition's rows of the split inputs, and the whole inputs: views, no copies."""
+        source = self._source()
+        splits = self.plan.row_splits
+        split = [{n: source[n][splits[p]:splits[p + 1]] for n in self.op.split_inputs}
+                 for p in range(run.lo, run.hi)]
+        return split, {n: source[n] for n in self.op.whole_inputs}
 
     # -- partials ----------------------------------------------------------------------------
     def add_partial(self, lo: int, hi: int, partial) -> None:

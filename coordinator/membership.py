@@ -25,6 +25,7 @@ class Agent:
     metrics_address: str = ""
     last_seen: float = field(default_factory=time.monotonic)
     in_flight: int = 0  # partitions sent and not finished (scheduler-owned)
+    cached: set[str] = field(default_factory=set)  # tensor cache keys it is believed to hold
     partitions_done: int = 0
 
     @property

@@ -163,7 +163,7 @@ class Scheduler:
         event(log, "run.sent", job=job.id, partitions=f"{run.lo}-{run.hi}", agent=agent.id)
         error = None
         try:
-            for lo, hi, partial, timings in agent.link.run_task(job, run, timeout, on_call):
+            for lo, hi, partial, timings in agent.link.run_task(job, run, agent.cached, timeout, on_call):
                 now = time.time()
                 for p, device, started, finished in timings:
                     run.attempts[p].device, run.attempts[p].started_at, run.attempts[p].finished_at = \
@@ -187,7 +187,13 @@ class Scheduler:
             missing = [p for p in range(run.lo, run.hi) if not job.covered(p)]
             agent.partitions_done += len(run) - len(missing)
             metrics.PARTITIONS.labels("done").inc(len(run) - len(missing))
-            if missing and not job.state.final:
+            if missing and not job.state.final and error and error[0] == "NOT_FOUND":
+                # A cache miss, not a failure: forget what it holds and send the bytes next time.
+                agent.cached.clear()
+                job.pending = sorted(job.pending + missing)
+                for p in missing:
+                    run.attempts[p].outcome = "NOT_FOUND"
+            elif missing and not job.state.final:
                 code, message = error or ("INTERNAL", "the agent ended the task without all its partials")
                 event(log, "run.failed", level=logging.WARNING, job=job.id, partitions=f"{run.lo}-{run.hi}",
                       agent=agent.id, code=code, message=message)

@@ -22,6 +22,7 @@ from backends.ops import Op, get_op
 from backends.tree import Tree, TreeAggregator
 from lepton.logs import event
 from node_agent import metrics
+from node_agent.cache import TensorCache
 
 log = logging.getLogger("lepton.agent")
 
@@ -71,32 +72,33 @@ class DeviceWorker:
 
 
 class Agent:
-    def __init__(self, devices: list[Device], credits: int = 0, test_delay: float = 0.0):
+    def __init__(self, devices: list[Device], credits: int = 0, test_delay: float = 0.0,
+                 cache_bytes: int = 2 << 30):
         self.workers = [DeviceWorker(d, test_delay) for d in devices]
         self.credits = credits or max(2, 2 * len(devices))
+        self.cache = TensorCache(cache_bytes)
 
     @property
     def devices(self) -> list[Device]:
         return [w.device for w in self.workers]
 
-    def run_task(self, job_id: str, op_name: str, params: dict, first: int, partitions: int,
-                 row_splits: list[int], arrays: dict[str, np.ndarray], split_inputs: list[str], arity: int,
+    def run_task(self, job_id: str, op_name: str, params: dict, first: int, partitions: int, arity: int,
+                 split: list[dict[str, np.ndarray]], whole: dict[str, np.ndarray],
                  is_active: Callable[[], bool] = lambda: True) -> Iterator[tuple[int, int, dict, list]]:
-        """Run partitions [first, first + len(row_splits) - 1); yield each complete tree node as
-        (lo, hi, partial, timings), timings being (partition, device, started_at, finished_at)."""
+        """Run partitions [first, first + len(split)), `split[j]` holding partition j's rows of the split
+        inputs; yield each complete tree node as (lo, hi, partial, timings), timings being
+        (partition, device, started_at, finished_at)."""
         op = get_op(op_name)
         workers = [w for w in self.workers if op.name in w.device.kernels]
         if not workers:
             raise FailedPrecondition(f"no device on this agent offers op {op.name!r}")
-        count = len(row_splits) - 1
-        aggregator = TreeAggregator(Tree(partitions, arity), op.combine, first, first + count)
+        aggregator = TreeAggregator(Tree(partitions, arity), op.combine, first, first + len(split))
         futures: dict[Future, tuple[int, str]] = {}
-        for j in range(count):
-            r0, r1 = row_splits[j], row_splits[j + 1]
-            if r0 == r1:
+        for j, rows in enumerate(split):
+            if any(len(a) == 0 for a in rows.values()):
                 aggregator.add(first + j, first + j + 1, {})  # an empty partition: the identity
                 continue
-            inputs = {n: (a[r0:r1] if n in split_inputs else a) for n, a in arrays.items()}
+            inputs = {**rows, **whole}
             worker = min(workers, key=lambda w: w.queued_bytes)
             futures[worker.submit(op, inputs, params)] = (first + j, worker.device.name)
         sent: set = set()

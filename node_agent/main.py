@@ -35,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="name shown by `lepton status` [LEPTON_AGENT_NAME]")
     parser.add_argument("--credits", type=int, default=int(env("LEPTON_CREDITS", 0)),
                         help="partitions accepted at once (0: two per device) [LEPTON_CREDITS]")
+    parser.add_argument("--cache-mib", type=float, default=float(env("LEPTON_CACHE_MIB", 2048)),
+                        help="memory for tensors kept between tasks: dataset partitions, weights "
+                             "[LEPTON_CACHE_MIB]")
     parser.add_argument("--metrics-listen", default=env("LEPTON_AGENT_METRICS", "127.0.0.1:0"),
                         help="host:port of the Prometheus endpoint (port 0 picks one; 'off' disables) "
                              "[LEPTON_AGENT_METRICS]")
@@ -47,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     keep_large_buffers_in_heap()
     # Devices first: an MPI device may re-exec this process under mpiexec, before any thread exists.
     devices = open_devices(args.device or [os.environ.get("LEPTON_DEVICE", "numpy")])
-    agent = Agent(devices, args.credits, args.test_delay)
+    agent = Agent(devices, args.credits, args.test_delay, int(args.cache_mib * (1 << 20)))
     server, port, health = serve(agent, args.listen)
     address = args.advertise or f"{args.listen.rsplit(':', 1)[0]}:{port}"
     metrics.register(agent)

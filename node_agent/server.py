@@ -6,7 +6,7 @@ from concurrent import futures
 import grpc
 import numpy as np
 
-from backends.errors import InvalidInput, LeptonError
+from backends.errors import InvalidInput, LeptonError, NotCached
 from lepton import wire
 from lepton.v1 import agent_service_pb2 as pb, agent_service_pb2_grpc as pb_grpc
 from lepton.serving import add_standard_services
@@ -24,13 +24,9 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
             if first is None or not first.HasField("task"):
                 raise InvalidInput("the first RunTaskRequest must carry the task")
             task = first.task
-            inputs = wire.TensorAssembler(task.inputs)
-            for request in request_iterator:
-                inputs.add(request.chunk)
-            metrics.BYTES_IN.inc(inputs.bytes_received)
+            split, whole = self._receive(task, request_iterator)
             nodes = self.agent.run_task(task.job_id, task.op, wire.decode_params(task.params),
-                                        task.first_partition, task.partition_count, list(task.row_splits),
-                                        inputs.finish(), list(task.split_inputs), task.tree_arity,
+                                        task.first_partition, task.partition_count, task.tree_arity, split, whole,
                                         context.is_active)
             for lo, hi, partial, timings in nodes:
                 names = list(partial)
@@ -46,6 +42,32 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         except LeptonError as exc:
             metrics.TASKS.labels(exc.code).inc()
             context.abort(grpc.StatusCode[exc.code], str(exc))
+
+    def _receive(self, task, request_iterator):
+        """The task's inputs: streamed ones assembled (and cached when keyed), referenced ones from the cache."""
+        inputs = [*(i for p in task.partitions for i in p.inputs), *task.whole_inputs]
+        streamed = [i for i in inputs if not i.by_reference]
+        assembler = wire.TensorAssembler([i.tensor for i in streamed])
+        for request in request_iterator:
+            assembler.add(request.chunk)
+        received = iter(assembler.finish_list())  # names repeat across partitions: go by order
+        metrics.BYTES_IN.inc(assembler.bytes_received)
+        values = []
+        for item in inputs:
+            if item.by_reference:
+                array = self.agent.cache.get(item.cache_key)
+                if array is None:
+                    raise NotCached(f"{item.cache_key} is no longer cached here; send its bytes")
+            else:
+                array = next(received)
+                if item.cache_key:
+                    self.agent.cache.put(item.cache_key, array)
+            values.append((item.tensor.name, array))
+        split, position = [], 0
+        for partition in task.partitions:
+            split.append(dict(values[position:position + len(partition.inputs)]))
+            position += len(partition.inputs)
+        return split, dict(values[position:])
 
 
 def serve(agent: Agent, address: str):

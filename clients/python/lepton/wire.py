@@ -131,13 +131,17 @@ class TensorAssembler:
 
     def finish(self) -> dict[str, np.ndarray]:
         """Check every byte arrived and matches its checksum; return the arrays by name."""
+        return {h.name: a for h, a in zip(self.headers, self.finish_list())}
+
+    def finish_list(self) -> list[np.ndarray]:
+        """`finish`, as a list in header order (for streams whose names repeat)."""
         for h, m, got, crc in zip(self.headers, self.metas, self.received, self._crc):
             if got != m.nbytes:
                 raise InvalidInput(f"tensor {h.name!r}: stream ended after {got} of {m.nbytes} bytes")
             if h.HasField("crc32c") and crc != h.crc32c:
                 raise InvalidInput(f"tensor {h.name!r}: checksum mismatch (crc32c {crc:#010x}, header says "
                                    f"{h.crc32c:#010x}); the data was corrupted or the header is wrong")
-        return {h.name: self.array(i) for i, h in enumerate(self.headers)}
+        return [self.array(i) for i in range(len(self.headers))]
 
 
 def encode_params(params: dict[str, Any]) -> dict[str, job_pb2.Param]:

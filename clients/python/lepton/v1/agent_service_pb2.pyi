@@ -56,7 +56,7 @@ class LeaveClusterResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("job_id", "op", "params", "first_partition", "partition_count", "row_splits", "inputs", "tree_arity", "split_inputs")
+    __slots__ = ("job_id", "op", "params", "first_partition", "partition_count", "tree_arity", "partitions", "whole_inputs")
     class ParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -69,20 +69,34 @@ class Task(_message.Message):
     PARAMS_FIELD_NUMBER: _ClassVar[int]
     FIRST_PARTITION_FIELD_NUMBER: _ClassVar[int]
     PARTITION_COUNT_FIELD_NUMBER: _ClassVar[int]
-    ROW_SPLITS_FIELD_NUMBER: _ClassVar[int]
-    INPUTS_FIELD_NUMBER: _ClassVar[int]
     TREE_ARITY_FIELD_NUMBER: _ClassVar[int]
-    SPLIT_INPUTS_FIELD_NUMBER: _ClassVar[int]
+    PARTITIONS_FIELD_NUMBER: _ClassVar[int]
+    WHOLE_INPUTS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     op: str
     params: _containers.MessageMap[str, _job_pb2.Param]
     first_partition: int
     partition_count: int
-    row_splits: _containers.RepeatedScalarFieldContainer[int]
-    inputs: _containers.RepeatedCompositeFieldContainer[_tensor_pb2.TensorHeader]
     tree_arity: int
-    split_inputs: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, job_id: _Optional[str] = ..., op: _Optional[str] = ..., params: _Optional[_Mapping[str, _job_pb2.Param]] = ..., first_partition: _Optional[int] = ..., partition_count: _Optional[int] = ..., row_splits: _Optional[_Iterable[int]] = ..., inputs: _Optional[_Iterable[_Union[_tensor_pb2.TensorHeader, _Mapping]]] = ..., tree_arity: _Optional[int] = ..., split_inputs: _Optional[_Iterable[str]] = ...) -> None: ...
+    partitions: _containers.RepeatedCompositeFieldContainer[TaskPartition]
+    whole_inputs: _containers.RepeatedCompositeFieldContainer[TaskInput]
+    def __init__(self, job_id: _Optional[str] = ..., op: _Optional[str] = ..., params: _Optional[_Mapping[str, _job_pb2.Param]] = ..., first_partition: _Optional[int] = ..., partition_count: _Optional[int] = ..., tree_arity: _Optional[int] = ..., partitions: _Optional[_Iterable[_Union[TaskPartition, _Mapping]]] = ..., whole_inputs: _Optional[_Iterable[_Union[TaskInput, _Mapping]]] = ...) -> None: ...
+
+class TaskPartition(_message.Message):
+    __slots__ = ("inputs",)
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    inputs: _containers.RepeatedCompositeFieldContainer[TaskInput]
+    def __init__(self, inputs: _Optional[_Iterable[_Union[TaskInput, _Mapping]]] = ...) -> None: ...
+
+class TaskInput(_message.Message):
+    __slots__ = ("tensor", "cache_key", "by_reference")
+    TENSOR_FIELD_NUMBER: _ClassVar[int]
+    CACHE_KEY_FIELD_NUMBER: _ClassVar[int]
+    BY_REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    tensor: _tensor_pb2.TensorHeader
+    cache_key: str
+    by_reference: bool
+    def __init__(self, tensor: _Optional[_Union[_tensor_pb2.TensorHeader, _Mapping]] = ..., cache_key: _Optional[str] = ..., by_reference: _Optional[bool] = ...) -> None: ...
 
 class RunTaskRequest(_message.Message):
     __slots__ = ("task", "chunk")
