@@ -25,10 +25,18 @@ class FailedPrecondition(LeptonError):
     code = "FAILED_PRECONDITION"
 
 
-class NotCached(LeptonError):
-    """A task referenced a cached tensor the agent no longer holds: the sender must send the bytes."""
+class NotFound(LeptonError):
+    """A named thing (job, dataset) does not exist."""
 
     code = "NOT_FOUND"
+
+
+class AlreadyExists(LeptonError):
+    code = "ALREADY_EXISTS"
+
+
+class NotCached(NotFound):
+    """A task referenced a cached tensor the agent no longer holds: the sender must send the bytes."""
 
 
 class Unavailable(LeptonError):

@@ -38,7 +38,9 @@ class AgentLink:
             streamed.append(array)
             return pb.TaskInput(tensor=header, cache_key=key)
 
-        partitions = [pb.TaskPartition(inputs=[task_input(n, a) for n, a in rows.items()]) for rows in split]
+        partitions = [pb.TaskPartition(inputs=[task_input(n, a, key=job.split_key(n, run.lo + j))
+                                               for n, a in rows.items()])
+                      for j, rows in enumerate(split)]
         whole_inputs = [task_input(n, *job.whole_input(n)) for n in whole]
         task = pb.Task(job_id=job.id, op=job.op.name, params=wire.encode_params(job.params),
                        first_partition=run.lo, partition_count=job.plan.count, tree_arity=job.tree_arity,
@@ -67,6 +69,26 @@ class AgentLink:
                 assembler.add(response.chunk)
         if node is not None:
             yield node_done(node, assembler)
+
+    def cache_tensors(self, items: list[tuple[str, str, np.ndarray]], timeout: float) -> list[str]:
+        """Send (cache key, name, array) items to the agent's cache; returns the keys it kept."""
+        arrays = [wire.little_endian(a) for _, _, a in items]
+        header = pb.CacheTensorsHeader(tensors=[pb.TaskInput(tensor=wire.header(name, a), cache_key=key)
+                                                for (key, name, _), a in zip(items, arrays)])
+
+        def requests():
+            yield pb.CacheTensorsRequest(header=header)
+            for chunk in wire.chunks(arrays):
+                metrics.BYTES_TO_AGENTS.inc(len(chunk.data))
+                yield pb.CacheTensorsRequest(chunk=chunk)
+
+        return list(self._stub.CacheTensors(requests(), timeout=timeout).kept)
+
+    def drop_cached(self, prefix: str) -> None:
+        try:
+            self._stub.DropCached(pb.DropCachedRequest(prefix=prefix), timeout=5)
+        except grpc.RpcError:
+            pass  # best effort: its LRU evicts what it no longer needs
 
     def close(self) -> None:
         self._channel.close()

@@ -7,14 +7,20 @@ from __future__ import annotations
 import collections
 import itertools
 import logging
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
 
 from backends.errors import FailedPrecondition, InvalidInput, Unavailable
 from backends.ops import get_op
 from coordinator import planner
 from coordinator.agent_link import AgentLink
+from coordinator.datasets import DatasetStore
 from coordinator.jobs import Job, JobRecord
 from coordinator.membership import Membership
 from coordinator.scheduler import Scheduler
@@ -34,6 +40,8 @@ class Config:
     max_attempts: int = 3
     agent_wait: float = 30.0
     history: int = 1000
+    data_dir: str = ""  # where dataset copies live; empty: a temporary folder
+    steal_backlog: int = 16
 
 
 class Coordinator:
@@ -42,7 +50,10 @@ class Coordinator:
         self.membership = Membership(self.config.heartbeat_timeout, AgentLink,
                                      on_change=lambda: self.scheduler.notify(),
                                      on_remove=lambda agent: self.scheduler.on_agent_removed(agent))
-        self.scheduler = Scheduler(self.membership, self.config.max_attempts, self.config.agent_wait)
+        self.scheduler = Scheduler(self.membership, self.config.max_attempts, self.config.agent_wait,
+                                   self.config.steal_backlog)
+        self._tmp = None if self.config.data_dir else tempfile.TemporaryDirectory(prefix="lepton-data-")
+        self.datasets = DatasetStore(Path(self.config.data_dir or self._tmp.name))
         self._jobs: dict[str, Job] = {}
         self._records: collections.OrderedDict[str, JobRecord] = collections.OrderedDict()
         self._ids = itertools.count(1)
@@ -52,20 +63,29 @@ class Coordinator:
         self._reaper.start()
 
     def submit(self, op_name: str, params: dict, headers: list, scheme: planner.Scheme, count: int,
-               target_bytes: int, key_column: int, label: str, deadline: float | None) -> Job:
+               target_bytes: int, key_column: int, label: str, deadline: float | None,
+               dataset_inputs: dict[str, str] | None = None) -> Job:
+        """Validate and plan a job whose `headers` inputs stream and `dataset_inputs` (input name ->
+        dataset name) are resident."""
         op = get_op(op_name)
-        names = [h.name for h in headers]
+        dataset_inputs = dataset_inputs or {}
+        names = [h.name for h in headers] + list(dataset_inputs)
         if len(set(names)) != len(names):
             raise InvalidInput(f"input names must be unique; got {names}")
         if set(names) != set(op.inputs):
             raise InvalidInput(f"op {op.name!r} takes inputs {list(op.inputs)}; got {names}")
         inputs = TensorAssembler(headers, max_bytes=self.config.max_job_bytes)
-        metas = dict(zip(names, inputs.metas))
+        datasets = {name: self.datasets.get(d) for name, d in dataset_inputs.items()}
+        metas = {**dict(zip([h.name for h in headers], inputs.metas)), **{n: d.meta for n, d in datasets.items()}}
         params = op.validate(metas, params)
-        plan = planner.plan(op, metas, scheme, count, target_bytes or self.config.target_partition_bytes,
-                            key_column)
+        if datasets:
+            plan = self._dataset_plan(op, datasets)
+        else:
+            plan = planner.plan(op, metas, scheme, count, target_bytes or self.config.target_partition_bytes,
+                                key_column)
         self._check_capacity(op.name)
-        job = Job(f"job-{next(self._ids)}", op, params, label, inputs, plan, self.config.tree_arity, deadline)
+        job = Job(f"job-{next(self._ids)}", op, params, label, inputs, plan, self.config.tree_arity, deadline,
+                  datasets)
         with self._lock:
             self._jobs[job.id] = job
             self._records[job.id] = job.record
@@ -76,6 +96,83 @@ class Coordinator:
               scheme=plan.scheme.value)
         self.scheduler.add(job)
         return job
+
+    @staticmethod
+    def _dataset_plan(op, datasets: dict) -> planner.Plan:
+        """A job on datasets uses their partitioning: every split input must be one, all cut alike."""
+        outside = [n for n in datasets if n not in op.split_inputs]
+        if outside:
+            raise InvalidInput(f"input(s) {outside} of op {op.name!r} are used whole; only split inputs "
+                               f"{list(op.split_inputs)} can be datasets")
+        streamed = [n for n in op.split_inputs if n not in datasets]
+        if streamed:
+            raise InvalidInput(f"split inputs {streamed} must be datasets too, partitioned like the others")
+        first, *others = datasets.values()
+        for other in others:
+            if not np.array_equal(other.row_splits, first.row_splits):
+                raise InvalidInput(f"datasets {first.name!r} and {other.name!r} are partitioned differently")
+        return planner.Plan(planner.Scheme.ROW_BLOCKS, first.partitions, first.meta.shape[0],
+                            row_splits=first.row_splits)
+
+    # -- datasets ----------------------------------------------------------------------------
+    def put_dataset(self, name: str, header, chunks, scheme: planner.Scheme, count: int, target_bytes: int,
+                    key_column: int, replace: bool):
+        """Receive an array, keep the coordinator's copy, place its partitions on the agents."""
+        self.datasets.check_new(name, replace)
+        inputs = TensorAssembler([header], max_bytes=self.config.max_job_bytes)
+        meta = inputs.metas[0]
+        if not meta.shape:
+            raise InvalidInput("a dataset needs at least one dimension (its rows are partitioned)")
+        plan = planner.plan(planner.ROWS, {"x": meta}, scheme, count,
+                            target_bytes or self.config.target_partition_bytes, key_column)
+        for chunk in chunks:
+            inputs.add(chunk)
+        array = inputs.finish_list()[0]
+        order = plan.order([array])
+        dataset, old = self.datasets.create(name, array if order is None else array[order], plan.row_splits, replace)
+        if old is not None:
+            self._forget(old)
+        self.place(dataset)
+        event(log, "dataset.loaded", dataset=name, bytes=meta.nbytes, partitions=dataset.partitions,
+              agents=len(set(dataset.placement.values())))
+        return dataset
+
+    def place(self, dataset) -> None:
+        """Spread the partitions over the agents, round-robin, each agent's share in one stream."""
+        agents = sorted(self.membership.agents(), key=lambda a: a.id)
+        if not agents:
+            return  # jobs will place them as they run
+        shares: dict = {}
+        for p in range(dataset.partitions):
+            shares.setdefault(agents[p % len(agents)], []).append(p)
+
+        def send(agent, partitions):
+            items = [(dataset.key(p), "x", dataset.rows(p)) for p in partitions]
+            try:
+                kept = set(agent.link.cache_tensors(items, timeout=600))
+            except grpc.RpcError as exc:
+                event(log, "dataset.place_failed", level=logging.WARNING, dataset=dataset.name, agent=agent.id,
+                      code=exc.code().name)
+                return
+            agent.cached |= kept
+            for p in partitions:
+                if dataset.key(p) in kept:
+                    dataset.placement[p] = agent.id
+
+        threads = [threading.Thread(target=send, args=share) for share in shares.items()]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    def drop_dataset(self, name: str) -> None:
+        self._forget(self.datasets.drop(name))
+
+    def _forget(self, dataset) -> None:
+        self.datasets.remove_file(dataset)
+        for agent in self.membership.agents():
+            agent.cached = {k for k in agent.cached if not k.startswith(dataset.prefix)}
+            agent.link.drop_cached(dataset.prefix)
 
     def _check_capacity(self, op_name: str) -> None:
         agents = self.membership.agents()
@@ -134,11 +231,5 @@ class Coordinator:
         self.scheduler.stop()
         for agent in self.membership.agents():
             agent.link.close()
-
-    def wait_agents(self, count: int, timeout: float) -> bool:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if len(self.membership.agents()) >= count:
-                return True
-            time.sleep(0.05)
-        return False
+        if self._tmp is not None:
+            self._tmp.cleanup()

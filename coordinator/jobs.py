@@ -93,10 +93,11 @@ class JobRecord:
 
 class Job:
     def __init__(self, job_id: str, op: Op, params: dict, label: str, inputs, plan: Plan, tree_arity: int,
-                 deadline: float | None):
+                 deadline: float | None, datasets: dict | None = None):
         self.id, self.op, self.params, self.plan = job_id, op, params, plan
-        self.inputs = inputs  # a TensorAssembler over the job's declared inputs
+        self.inputs = inputs  # a TensorAssembler over the inputs streamed with the job
         self.names = [h.name for h in inputs.headers]
+        self.datasets = datasets or {}  # input name -> coordinator.datasets.Dataset
         self.tree_arity, self.deadline = tree_arity, deadline
         self.record = JobRecord(job_id, op.name, label, bytes_total=inputs.bytes_total,
                                 partitions_total=plan.count)
@@ -155,7 +156,7 @@ class Job:
     def end_input(self) -> None:
         """The client sent everything: check it, and order the rows for permuting schemes."""
         arrays = self.inputs.finish()
-        split = [arrays[n] for n in self.op.split_inputs]
+        split = [arrays[n] for n in self.op.split_inputs if n in arrays]
         order = self.plan.order(split)
         ordered = {n: (a if order is None or n not in self.op.split_inputs else a[order])
                    for n, a in arrays.items()}
@@ -170,6 +171,8 @@ class Job:
             return self.plan.count
         if self.plan.needs_whole_input or self.inputs is None:
             return 0
+        if self.datasets:  # split inputs are resident; only the whole inputs stream
+            return self.plan.count if self.inputs.complete() else 0
         split_index = [self.names.index(n) for n in self.op.split_inputs]
         whole_done = all(self.inputs.received[i] == self.inputs.metas[i].nbytes
                          for i in range(len(self.names)) if i not in split_index)
@@ -180,12 +183,28 @@ class Job:
 
     def _source(self) -> dict[str, np.ndarray]:
         """The inputs: in plan order once complete, else views of what has arrived."""
+        resident = {n: d.array for n, d in self.datasets.items()}
         with self.lock:
             if self._ordered is not None:
-                return self._ordered
+                return {**self._ordered, **resident}
             if self.inputs is not None:
-                return {n: self.inputs.array(i) for i, n in enumerate(self.names)}
+                return {**{n: self.inputs.array(i) for i, n in enumerate(self.names)}, **resident}
         raise LeptonError("the job ended while its task was being sent")
+
+    def split_key(self, name: str, partition: int) -> str:
+        """The agents' cache key of a split input's partition: set for dataset inputs only."""
+        dataset = self.datasets.get(name)
+        return dataset.key(partition) if dataset else ""
+
+    def home(self, partition: int) -> str | None:
+        """The agent where the partition's data is resident, if any."""
+        for dataset in self.datasets.values():
+            return dataset.placement.get(partition)
+        return None
+
+    def resident_on(self, partition: int, agent_id: str) -> None:
+        for dataset in self.datasets.values():
+            dataset.placement[partition] = agent_id
 
     def whole_input(self, name: str):
         """A whole input as (little-endian array, header, content cache key), computed once per job."""

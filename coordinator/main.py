@@ -34,6 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics-listen", default=env("LEPTON_METRICS", "127.0.0.1:0"),
                         help="host:port of the Prometheus endpoint (port 0 picks one; 'off' disables) "
                              "[LEPTON_METRICS]")
+    parser.add_argument("--data-dir", default=env("LEPTON_DATA_DIR", ""),
+                        help="where the coordinator keeps dataset copies (default: a temporary folder) "
+                             "[LEPTON_DATA_DIR]")
     parser.add_argument("--agent-wait", type=float, default=float(env("LEPTON_AGENT_WAIT", 30)),
                         help="seconds a job waits for a capable agent before failing [LEPTON_AGENT_WAIT]")
 
@@ -43,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     keep_large_buffers_in_heap()
     config = Config(tree_arity=args.tree_arity, target_partition_bytes=int(args.target_partition_mib * (1 << 20)),
                     heartbeat_timeout=args.heartbeat_timeout, max_job_bytes=int(args.max_job_mib * (1 << 20)),
-                    agent_wait=args.agent_wait)
+                    agent_wait=args.agent_wait, data_dir=args.data_dir)
     coordinator = Coordinator(config)
     metrics.register(coordinator)
     metrics_address = start_metrics(args.metrics_listen)

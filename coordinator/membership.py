@@ -14,7 +14,7 @@ from lepton.logs import event
 log = logging.getLogger("lepton.coordinator")
 
 
-@dataclass
+@dataclass(eq=False)  # identity: one record per membership
 class Agent:
     id: str
     name: str

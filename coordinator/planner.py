@@ -70,6 +70,15 @@ def hash_keys(keys: np.ndarray) -> np.ndarray:
         return z ^ (z >> np.uint64(31))
 
 
+class _Rows(Op):
+    """Stands for "any op over one split input" when planning a dataset."""
+
+    name = "dataset"
+
+
+ROWS = _Rows()
+
+
 def plan(op: Op, metas: dict[str, TensorMeta], scheme: Scheme, count: int, target_bytes: int,
          key_column: int = 0) -> Plan:
     split = [metas[name] for name in op.split_inputs]

@@ -8,6 +8,7 @@ until `max_attempts`; errors that retrying cannot fix fail the job at once.
 """
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
@@ -28,9 +29,13 @@ RETRYABLE = {"UNAVAILABLE", "CANCELLED", "RESOURCE_EXHAUSTED", "INTERNAL", "UNKN
 
 
 class Scheduler:
-    def __init__(self, membership: Membership, max_attempts: int = 3, agent_wait: float = 30.0):
+    def __init__(self, membership: Membership, max_attempts: int = 3, agent_wait: float = 30.0,
+                 steal_backlog: int = 16):
         self.membership = membership
         self.max_attempts, self.agent_wait = max_attempts, agent_wait
+        # Resident partitions move to an idle agent only when their own agent has more than this
+        # many of the job's partitions waiting: moving data costs more than a short wait.
+        self.steal_backlog = steal_backlog
         self.cond = threading.Condition()
         self.jobs: list[Job] = []  # active, in submission order
         self._pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="run")
@@ -90,6 +95,7 @@ class Scheduler:
     def _assign(self):
         self.jobs = [j for j in self.jobs if not j.state.final]
         agents = self.membership.agents()
+        live = {a.id for a in agents}
         launches, expired, now = [], [], time.time()
         progress = True
         while progress:  # one run per (job, agent) per pass, so concurrent jobs interleave
@@ -106,8 +112,9 @@ class Scheduler:
                 for p in range(job.ready_seen, ready):
                     job.queued_at[p] = now
                 job.ready_seen = max(job.ready_seen, ready)
+                backlog = collections.Counter(job.home(p) for p in job.pending) if job.datasets else {}
                 for agent in sorted(capable, key=lambda a: a.in_flight / a.credits):
-                    run = self._take_run(job, agent, ready, sole=len(capable) == 1)
+                    run = self._take_run(job, agent, ready, len(capable) == 1, live, backlog)
                     if run:
                         launches.append((agent, job, run))
                         progress = True
@@ -125,20 +132,36 @@ class Scheduler:
                                    f"start one with `lepton agent --coordinator ADDRESS --device ...`")
         return None
 
-    def _take_run(self, job: Job, agent: Agent, ready: int, sole: bool) -> Run | None:
+    def _take_run(self, job: Job, agent: Agent, ready: int, sole: bool, live: set[str],
+                  backlog: dict) -> Run | None:
         free = agent.credits - agent.in_flight
         # Half the credits per run, so the next run's transfer overlaps this one's compute.
         limit = min(free, max(1, agent.credits // 2), job.tree_arity)
         if limit <= 0:
             return None
-        first = next((p for p in job.pending
-                      if p < ready and (sole or agent.id not in job.failed_on.get(p, ()))), None)
-        if first is None:
+
+        def eligible(p: int, tier: int) -> bool:
+            if p >= ready or (not sole and agent.id in job.failed_on.get(p, ())):
+                return False
+            home = job.home(p)
+            if tier == 0:  # resident here, or resident nowhere
+                return home is None or home == agent.id
+            if tier == 1:  # its agent is gone
+                return home not in live
+            return backlog.get(home, 0) > self.steal_backlog  # its agent is far behind
+
+        for tier in range(3):
+            first = next((p for p in job.pending if eligible(p, tier)), None)
+            if first is not None:
+                break
+        else:
             return None
         hi = first + 1
-        while (hi - first < limit and hi < ready and hi in job.pending and hi % job.tree_arity
-               and (sole or agent.id not in job.failed_on.get(hi, ()))):
+        while hi - first < limit and hi in job.pending and hi % job.tree_arity and eligible(hi, tier):
             hi += 1
+        if tier:
+            for p in range(first, hi):
+                backlog[job.home(p)] -= 1
         now, splits = time.time(), job.plan.row_splits
         run = Run(first, hi, agent.id)
         for p in range(first, hi):
@@ -170,6 +193,8 @@ class Scheduler:
                         device, started, finished
                 for p in range(lo, hi):
                     run.attempts[p].received_at, run.attempts[p].outcome = now, "done"
+                    if job.datasets:
+                        job.resident_on(p, agent.id)
                 job.add_partial(lo, hi, partial)
         except grpc.RpcError as exc:
             error = (exc.code().name, exc.details() or "")

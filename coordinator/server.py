@@ -35,6 +35,22 @@ def job_status(r: JobRecord) -> job_pb2.JobStatus:
                              error_message=r.error_message, retries=r.retries)
 
 
+def scheme_of(partitioning) -> Scheme:
+    scheme = SCHEMES.get(partitioning.scheme)
+    if scheme is None:
+        raise InvalidInput(f"partitioning.scheme {partitioning.scheme} is unknown")
+    return scheme
+
+
+def dataset_info(d) -> pb.DatasetInfo:
+    placement: dict[str, int] = {}
+    for agent_id in d.placement.values():
+        placement[agent_id] = placement.get(agent_id, 0) + 1
+    return pb.DatasetInfo(name=d.name, dtype=wire.dtype_enum(d.array.dtype), shape=d.array.shape,
+                          total_bytes=d.array.nbytes, partitions=d.partitions, placement=placement,
+                          created_at=d.created_at)
+
+
 def abort(context, error: LeptonError):
     context.abort(grpc.StatusCode[error.code], str(error))
 
@@ -50,19 +66,19 @@ class CoordinatorServicer(pb_grpc.CoordinatorServiceServicer):
         spec = first.spec
         remaining = context.time_remaining()
         deadline = time.time() + remaining if remaining is not None and remaining < 1e9 else None
-        headers = []
+        headers, datasets = [], {}
         for item in spec.inputs:
+            if item.WhichOneof("source") == "dataset":
+                datasets[item.name] = item.dataset
+                continue
             header = tensor_pb2.TensorHeader()
             header.CopyFrom(item.tensor)
             header.name = item.name or header.name
             headers.append(header)
         part = spec.partitioning
         try:
-            scheme = SCHEMES.get(part.scheme)
-            if scheme is None:
-                raise InvalidInput(f"partitioning.scheme {part.scheme} is unknown")
-            job = self.c.submit(spec.op, wire.decode_params(spec.params), headers, scheme, part.count,
-                                part.target_bytes, part.key_column, spec.label, deadline)
+            job = self.c.submit(spec.op, wire.decode_params(spec.params), headers, scheme_of(part), part.count,
+                                part.target_bytes, part.key_column, spec.label, deadline, datasets)
         except LeptonError as exc:
             abort(context, exc)
         context.add_callback(lambda: self.c.finished(job))
@@ -141,6 +157,37 @@ class CoordinatorServicer(pb_grpc.CoordinatorServiceServicer):
                               finished_at=a.finished_at, received_at=a.received_at, rows=a.rows,
                               outcome=a.outcome or "running")
             for a in list(record.trace)])
+
+
+    def PutDataset(self, request_iterator, context):
+        first = next(request_iterator, None)
+        if first is None or not first.HasField("spec"):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first PutDatasetRequest must carry the spec")
+        spec = first.spec
+
+        def chunks():
+            for request in request_iterator:
+                if not request.HasField("chunk"):
+                    raise InvalidInput("only chunks may follow the dataset spec")
+                yield request.chunk
+
+        part = spec.partitioning
+        try:
+            dataset = self.c.put_dataset(spec.name, spec.tensor, chunks(), scheme_of(part), part.count,
+                                         part.target_bytes, part.key_column, spec.replace)
+        except LeptonError as exc:
+            abort(context, exc)
+        return pb.PutDatasetResponse(dataset=dataset_info(dataset))
+
+    def ListDatasets(self, request, context):
+        return pb.ListDatasetsResponse(datasets=[dataset_info(d) for d in self.c.datasets.all()])
+
+    def DropDataset(self, request, context):
+        try:
+            self.c.drop_dataset(request.name)
+        except LeptonError as exc:
+            abort(context, exc)
+        return pb.DropDatasetResponse()
 
 
 class AgentRegistryServicer(agent_grpc.AgentRegistryServiceServicer):

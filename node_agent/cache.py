@@ -25,20 +25,21 @@ class TensorCache:
             self.hits += 1
             return array
 
-    def put(self, key: str, array: np.ndarray) -> None:
+    def put(self, key: str, array: np.ndarray) -> bool:
         """Keep `array` under `key`, evicting the least recently used; one larger than the budget is not kept."""
         with self._lock:
             old = self._items.pop(key, None)
             if old is not None:
                 self.bytes -= old.nbytes
             if array.nbytes > self.budget:
-                return
+                return False
             self._items[key] = array
             self.bytes += array.nbytes
             while self.bytes > self.budget:
                 _, evicted = self._items.popitem(last=False)
                 self.bytes -= evicted.nbytes
                 self.evictions += 1
+            return key in self._items
 
     def drop_prefix(self, prefix: str) -> None:
         with self._lock:

@@ -43,6 +43,25 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
             metrics.TASKS.labels(exc.code).inc()
             context.abort(grpc.StatusCode[exc.code], str(exc))
 
+    def CacheTensors(self, request_iterator, context):
+        try:
+            first = next(request_iterator, None)
+            if first is None or not first.HasField("header"):
+                raise InvalidInput("the first CacheTensorsRequest must carry the header")
+            items = list(first.header.tensors)
+            assembler = wire.TensorAssembler([i.tensor for i in items])
+            for request in request_iterator:
+                assembler.add(request.chunk)
+            metrics.BYTES_IN.inc(assembler.bytes_received)
+            kept = [i.cache_key for i, a in zip(items, assembler.finish_list()) if self.agent.cache.put(i.cache_key, a)]
+            return pb.CacheTensorsResponse(kept=kept)
+        except LeptonError as exc:
+            context.abort(grpc.StatusCode[exc.code], str(exc))
+
+    def DropCached(self, request, context):
+        self.agent.cache.drop_prefix(request.prefix)
+        return pb.DropCachedResponse()
+
     def _receive(self, task, request_iterator):
         """The task's inputs: streamed ones assembled (and cached when keyed), referenced ones from the cache."""
         inputs = [*(i for p in task.partitions for i in p.inputs), *task.whole_inputs]

@@ -25,6 +25,13 @@ SCHEMES = {"row_blocks": job_pb2.PARTITION_SCHEME_ROW_BLOCKS, "hash": job_pb2.PA
 STATES = {v: k.removeprefix("JOB_STATE_") for k, v in job_pb2.JobState.items()}
 
 
+def _partitioning(scheme: str, count: int, target_bytes: int, key_column: int) -> job_pb2.Partitioning:
+    if scheme not in SCHEMES:
+        raise ValueError(f"partitioning must be one of {sorted(SCHEMES)}; got {scheme!r}")
+    return job_pb2.Partitioning(scheme=SCHEMES[scheme], count=count, target_bytes=target_bytes,
+                                key_column=key_column)
+
+
 class LeptonError(Exception):
     """A failed call or job: `code` is the grpc.StatusCode, `details` the server's explanation."""
 
@@ -108,6 +115,24 @@ class Job:
         self._call.cancel()
 
 
+class Dataset:
+    """A dataset resident in the cluster; pass it wherever an input array goes."""
+
+    def __init__(self, info):
+        self.info = info
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.info.shape)
+
+    def __repr__(self) -> str:
+        return f"Dataset({self.name!r}, shape={self.shape}, partitions={self.info.partitions})"
+
+
 def _scalar(array: np.ndarray):
     return array[()] if array.ndim == 0 else array
 
@@ -138,19 +163,22 @@ class Client:
     def submit(self, op: str, inputs: np.ndarray | Mapping[str, np.ndarray] | None = None, *,
                partitioning: str = "row_blocks", partitions: int = 0, target_bytes: int = 0,
                key_column: int = 0, label: str = "", timeout: float | None = None, **params: Any) -> Job:
-        """Submit `op` on `inputs` (one array is named "x"); returns at once with a Job."""
+        """Submit `op` on `inputs` (one array is named "x"); returns at once with a Job.
+
+        An input may be a `Dataset` (or a dataset's name as a string): it is resident on the agents
+        and nothing is shipped for it.
+        """
         if inputs is None:
             inputs = {}
         elif not isinstance(inputs, Mapping):
             inputs = {"x": inputs}
-        arrays = {name: wire.little_endian(a) for name, a in inputs.items()}
-        if partitioning not in SCHEMES:
-            raise ValueError(f"partitioning must be one of {sorted(SCHEMES)}; got {partitioning!r}")
+        arrays = {name: wire.little_endian(a) for name, a in inputs.items() if not isinstance(a, (Dataset, str))}
+        resident = {name: getattr(a, "name", a) for name, a in inputs.items() if isinstance(a, (Dataset, str))}
         spec = job_pb2.JobSpec(
             op=op, params=wire.encode_params(params), label=label,
-            inputs=[job_pb2.JobInput(name=n, tensor=wire.header(n, a)) for n, a in arrays.items()],
-            partitioning=job_pb2.Partitioning(scheme=SCHEMES[partitioning], count=partitions,
-                                              target_bytes=target_bytes, key_column=key_column))
+            inputs=[job_pb2.JobInput(name=n, tensor=wire.header(n, a)) for n, a in arrays.items()]
+            + [job_pb2.JobInput(name=n, dataset=d) for n, d in resident.items()],
+            partitioning=_partitioning(partitioning, partitions, target_bytes, key_column))
 
         def requests():
             yield pb.SubmitJobRequest(spec=spec)
@@ -188,6 +216,31 @@ class Client:
         params = {k: v for k, v in (("bins", bins), ("range", range), ("edges", edges)) if v is not None}
         out = self.run("histogram", x, **params, **kw)
         return out["counts"], out["edges"]
+
+    # -- datasets ----------------------------------------------------------------------------
+    def put(self, name: str, array: np.ndarray, *, partitioning: str = "row_blocks", partitions: int = 0,
+            target_bytes: int = 0, key_column: int = 0, replace: bool = False) -> Dataset:
+        """Load `array` into the cluster once; its partitions stay resident on the agents."""
+        array = wire.little_endian(array)
+        spec = pb.DatasetSpec(name=name, tensor=wire.header("x", array), replace=replace,
+                              partitioning=_partitioning(partitioning, partitions, target_bytes, key_column))
+
+        def requests():
+            yield pb.PutDatasetRequest(spec=spec)
+            for chunk in wire.chunks([array]):
+                yield pb.PutDatasetRequest(chunk=chunk)
+
+        try:
+            reply = self._stub.PutDataset(requests(), timeout=self.timeout)
+        except grpc.RpcError as exc:
+            raise LeptonError(exc.code(), exc.details() or "") from None
+        return Dataset(reply.dataset)
+
+    def datasets(self) -> list[Dataset]:
+        return [Dataset(d) for d in self._unary(self._stub.ListDatasets, pb.ListDatasetsRequest()).datasets]
+
+    def drop(self, name: str) -> None:
+        self._unary(self._stub.DropDataset, pb.DropDatasetRequest(name=name))
 
     # -- cluster -----------------------------------------------------------------------------
     def job(self, job_id: str) -> job_pb2.JobStatus:

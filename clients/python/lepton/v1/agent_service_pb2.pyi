@@ -55,6 +55,36 @@ class LeaveClusterResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class CacheTensorsRequest(_message.Message):
+    __slots__ = ("header", "chunk")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    header: CacheTensorsHeader
+    chunk: _tensor_pb2.TensorChunk
+    def __init__(self, header: _Optional[_Union[CacheTensorsHeader, _Mapping]] = ..., chunk: _Optional[_Union[_tensor_pb2.TensorChunk, _Mapping]] = ...) -> None: ...
+
+class CacheTensorsHeader(_message.Message):
+    __slots__ = ("tensors",)
+    TENSORS_FIELD_NUMBER: _ClassVar[int]
+    tensors: _containers.RepeatedCompositeFieldContainer[TaskInput]
+    def __init__(self, tensors: _Optional[_Iterable[_Union[TaskInput, _Mapping]]] = ...) -> None: ...
+
+class CacheTensorsResponse(_message.Message):
+    __slots__ = ("kept",)
+    KEPT_FIELD_NUMBER: _ClassVar[int]
+    kept: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, kept: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class DropCachedRequest(_message.Message):
+    __slots__ = ("prefix",)
+    PREFIX_FIELD_NUMBER: _ClassVar[int]
+    prefix: str
+    def __init__(self, prefix: _Optional[str] = ...) -> None: ...
+
+class DropCachedResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class Task(_message.Message):
     __slots__ = ("job_id", "op", "params", "first_partition", "partition_count", "tree_arity", "partitions", "whole_inputs")
     class ParamsEntry(_message.Message):

@@ -205,6 +205,16 @@ class AgentServiceStub:
                 request_serializer=lepton_dot_v1_dot_agent__service__pb2.RunTaskRequest.SerializeToString,
                 response_deserializer=lepton_dot_v1_dot_agent__service__pb2.RunTaskResponse.FromString,
                 _registered_method=True)
+        self.CacheTensors = channel.stream_unary(
+                '/lepton.v1.AgentService/CacheTensors',
+                request_serializer=lepton_dot_v1_dot_agent__service__pb2.CacheTensorsRequest.SerializeToString,
+                response_deserializer=lepton_dot_v1_dot_agent__service__pb2.CacheTensorsResponse.FromString,
+                _registered_method=True)
+        self.DropCached = channel.unary_unary(
+                '/lepton.v1.AgentService/DropCached',
+                request_serializer=lepton_dot_v1_dot_agent__service__pb2.DropCachedRequest.SerializeToString,
+                response_deserializer=lepton_dot_v1_dot_agent__service__pb2.DropCachedResponse.FromString,
+                _registered_method=True)
 
 
 class AgentServiceServicer:
@@ -220,6 +230,21 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CacheTensors(self, request_iterator, context):
+        """Keep tensors in the agent's cache (dataset partitions): the first request
+        lists them (each with a cache key), the others carry their bytes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DropCached(self, request, context):
+        """Forget cached tensors whose key starts with a prefix (a dropped dataset).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -227,6 +252,16 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.RunTask,
                     request_deserializer=lepton_dot_v1_dot_agent__service__pb2.RunTaskRequest.FromString,
                     response_serializer=lepton_dot_v1_dot_agent__service__pb2.RunTaskResponse.SerializeToString,
+            ),
+            'CacheTensors': grpc.stream_unary_rpc_method_handler(
+                    servicer.CacheTensors,
+                    request_deserializer=lepton_dot_v1_dot_agent__service__pb2.CacheTensorsRequest.FromString,
+                    response_serializer=lepton_dot_v1_dot_agent__service__pb2.CacheTensorsResponse.SerializeToString,
+            ),
+            'DropCached': grpc.unary_unary_rpc_method_handler(
+                    servicer.DropCached,
+                    request_deserializer=lepton_dot_v1_dot_agent__service__pb2.DropCachedRequest.FromString,
+                    response_serializer=lepton_dot_v1_dot_agent__service__pb2.DropCachedResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -257,6 +292,60 @@ class AgentService:
             '/lepton.v1.AgentService/RunTask',
             lepton_dot_v1_dot_agent__service__pb2.RunTaskRequest.SerializeToString,
             lepton_dot_v1_dot_agent__service__pb2.RunTaskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CacheTensors(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/lepton.v1.AgentService/CacheTensors',
+            lepton_dot_v1_dot_agent__service__pb2.CacheTensorsRequest.SerializeToString,
+            lepton_dot_v1_dot_agent__service__pb2.CacheTensorsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DropCached(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lepton.v1.AgentService/DropCached',
+            lepton_dot_v1_dot_agent__service__pb2.DropCachedRequest.SerializeToString,
+            lepton_dot_v1_dot_agent__service__pb2.DropCachedResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -26,47 +26,67 @@ from lepton.v1 import job_pb2 as lepton_dot_v1_dot_job__pb2
 from lepton.v1 import tensor_pb2 as lepton_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#lepton/v1/coordinator_service.proto\x12\tlepton.v1\x1a\x13lepton/v1/job.proto\x1a\x16lepton/v1/tensor.proto\"j\n\x10SubmitJobRequest\x12\"\n\x04spec\x18\x01 \x01(\x0b\x32\x12.lepton.v1.JobSpecH\x00\x12\'\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x16.lepton.v1.TensorChunkH\x00\x42\t\n\x07payload\"\xf8\x01\n\x11SubmitJobResponse\x12(\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x0b\x32\x14.lepton.v1.JobStatusH\x00\x12(\n\x08progress\x18\x02 \x01(\x0b\x32\x14.lepton.v1.JobStatusH\x00\x12\x30\n\rresult_header\x18\x03 \x01(\x0b\x32\x17.lepton.v1.TensorHeaderH\x00\x12.\n\x0cresult_chunk\x18\x04 \x01(\x0b\x32\x16.lepton.v1.TensorChunkH\x00\x12$\n\x04\x64one\x18\x05 \x01(\x0b\x32\x14.lepton.v1.JobStatusH\x00\x42\x07\n\x05\x65vent\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"3\n\x0eGetJobResponse\x12!\n\x03job\x18\x01 \x01(\x0b\x32\x14.lepton.v1.JobStatus\" \n\x0fListJobsRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\"6\n\x10ListJobsResponse\x12\"\n\x04jobs\x18\x01 \x03(\x0b\x32\x14.lepton.v1.JobStatus\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"6\n\x11\x43\x61ncelJobResponse\x12!\n\x03job\x18\x01 \x01(\x0b\x32\x14.lepton.v1.JobStatus\"\x19\n\x17GetClusterStatusRequest\"\x85\x01\n\x18GetClusterStatusResponse\x12&\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x16.lepton.v1.AgentStatus\x12\x14\n\x0cjobs_running\x18\x02 \x01(\x05\x12\x12\n\njobs_total\x18\x03 \x01(\x05\x12\x17\n\x0fmetrics_address\x18\x04 \x01(\t\"$\n\x12GetJobTraceRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"g\n\x13GetJobTraceResponse\x12!\n\x03job\x18\x01 \x01(\x0b\x32\x14.lepton.v1.JobStatus\x12-\n\npartitions\x18\x02 \x03(\x0b\x32\x19.lepton.v1.PartitionTrace\"\xd7\x01\n\x0ePartitionTrace\x12\x11\n\tpartition\x18\x01 \x01(\x05\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x10\n\x08\x61gent_id\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\x12\x11\n\tqueued_at\x18\x05 \x01(\x01\x12\x0f\n\x07sent_at\x18\x06 \x01(\x01\x12\x12\n\nstarted_at\x18\x07 \x01(\x01\x12\x13\n\x0b\x66inished_at\x18\x08 \x01(\x01\x12\x13\n\x0breceived_at\x18\t \x01(\x01\x12\x0c\n\x04rows\x18\n \x01(\x03\x12\x0f\n\x07outcome\x18\x0b \x01(\t\"\xce\x01\n\nDeviceInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x14\n\x0cmemory_bytes\x18\x04 \x01(\x03\x12\x0b\n\x03ops\x18\x05 \x03(\t\x12\x39\n\nthroughput\x18\x06 \x03(\x0b\x32%.lepton.v1.DeviceInfo.ThroughputEntry\x1a\x31\n\x0fThroughputEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xe0\x01\n\x0b\x41gentStatus\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12&\n\x07\x64\x65vices\x18\x04 \x03(\x0b\x32\x15.lepton.v1.DeviceInfo\x12\x0f\n\x07\x63redits\x18\x05 \x01(\x05\x12\x11\n\tin_flight\x18\x06 \x01(\x05\x12\"\n\x1alast_heartbeat_age_seconds\x18\x07 \x01(\x01\x12\x17\n\x0fpartitions_done\x18\x08 \x01(\x03\x12\x17\n\x0fmetrics_address\x18\t \x01(\t2\xd7\x03\n\x12\x43oordinatorService\x12J\n\tSubmitJob\x12\x1b.lepton.v1.SubmitJobRequest\x1a\x1c.lepton.v1.SubmitJobResponse(\x01\x30\x01\x12=\n\x06GetJob\x12\x18.lepton.v1.GetJobRequest\x1a\x19.lepton.v1.GetJobResponse\x12\x43\n\x08ListJobs\x12\x1a.lepton.v1.ListJobsRequest\x1a\x1b.lepton.v1.ListJobsResponse\x12\x46\n\tCancelJob\x12\x1b.lepton.v1.CancelJobRequest\x1a\x1c.lepton.v1.CancelJobResponse\x12[\n\x10GetClusterStatus\x12\".lepton.v1.GetClusterStatusRequest\x1a#.lepton.v1.GetClusterStatusResponse\x12L\n\x0bGetJobTrace\x12\x1d.lepton.v1.GetJobTraceRequest\x1a\x1e.lepton.v1.GetJobTraceResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#lepton/v1/coordinator_service.proto\x12\tlepton.v1\x1a\x13lepton/v1/job.proto\x1a\x16lepton/v1/tensor.proto\"\x84\x01\n\x0b\x44\x61tasetSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\'\n\x06tensor\x18\x02 \x01(\x0b\x32\x17.lepton.v1.TensorHeader\x12-\n\x0cpartitioning\x18\x03 \x01(\x0b\x32\x17.lepton.v1.Partitioning\x12\x0f\n\x07replace\x18\x04 \x01(\x08\"o\n\x11PutDatasetRequest\x12&\n\x04spec\x18\x01 \x01(\x0b\x32\x16.lepton.v1.DatasetSpecH\x00\x12\'\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x16.lepton.v1.TensorChunkH\x00\x42\t\n\x07payload\"\xf7\x01\n\x0b\x44\x61tasetInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\"\n\x05\x64type\x18\x02 \x01(\x0e\x32\x13.lepton.v1.DataType\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x13\n\x0btotal_bytes\x18\x04 \x01(\x03\x12\x12\n\npartitions\x18\x05 \x01(\x05\x12\x38\n\tplacement\x18\x06 \x03(\x0b\x32%.lepton.v1.DatasetInfo.PlacementEntry\x12\x12\n\ncreated_at\x18\x07 \x01(\x01\x1a\x30\n\x0ePlacementEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\"=\n\x12PutDatasetResponse\x12\'\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\x16.lepton.v1.DatasetInfo\"\x15\n\x13ListDatasetsRequest\"@\n\x14ListDatasetsResponse\x12(\n\x08\x64\x61tasets\x18\x01 \x03(\x0b\x32\x16.lepton.v1.DatasetInfo\"\"\n\x12\x44ropDatasetRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x15\n\x13\x44ropDatasetResponse\"j\n\x10SubmitJobRequest\x12\"\n\x04spec\x18\x01 \x01(\x0b\x32\x12.lepton.v1.JobSpecH\x00\x12\'\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x16.lepton.v1.TensorChunkH\x00\x42\t\n\x07payload\"\xf8\x01\n\x11SubmitJobResponse\x12(\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x0b\x32\x14.lepton.v1.JobStatusH\x00\x12(\n\x08progress\x18\x02 \x01(\x0b\x32\x14.lepton.v1.JobStatusH\x00\x12\x30\n\rresult_header\x18\x03 \x01(\x0b\x32\x17.lepton.v1.TensorHeaderH\x00\x12.\n\x0cresult_chunk\x18\x04 \x01(\x0b\x32\x16.lepton.v1.TensorChunkH\x00\x12$\n\x04\x64one\x18\x05 \x01(\x0b\x32\x14.lepton.v1.JobStatusH\x00\x42\x07\n\x05\x65vent\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"3\n\x0eGetJobResponse\x12!\n\x03job\x18\x01 \x01(\x0b\x32\x14.lepton.v1.JobStatus\" \n\x0fListJobsRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\"6\n\x10ListJobsResponse\x12\"\n\x04jobs\x18\x01 \x03(\x0b\x32\x14.lepton.v1.JobStatus\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"6\n\x11\x43\x61ncelJobResponse\x12!\n\x03job\x18\x01 \x01(\x0b\x32\x14.lepton.v1.JobStatus\"\x19\n\x17GetClusterStatusRequest\"\x85\x01\n\x18GetClusterStatusResponse\x12&\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x16.lepton.v1.AgentStatus\x12\x14\n\x0cjobs_running\x18\x02 \x01(\x05\x12\x12\n\njobs_total\x18\x03 \x01(\x05\x12\x17\n\x0fmetrics_address\x18\x04 \x01(\t\"$\n\x12GetJobTraceRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"g\n\x13GetJobTraceResponse\x12!\n\x03job\x18\x01 \x01(\x0b\x32\x14.lepton.v1.JobStatus\x12-\n\npartitions\x18\x02 \x03(\x0b\x32\x19.lepton.v1.PartitionTrace\"\xd7\x01\n\x0ePartitionTrace\x12\x11\n\tpartition\x18\x01 \x01(\x05\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x10\n\x08\x61gent_id\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\x12\x11\n\tqueued_at\x18\x05 \x01(\x01\x12\x0f\n\x07sent_at\x18\x06 \x01(\x01\x12\x12\n\nstarted_at\x18\x07 \x01(\x01\x12\x13\n\x0b\x66inished_at\x18\x08 \x01(\x01\x12\x13\n\x0breceived_at\x18\t \x01(\x01\x12\x0c\n\x04rows\x18\n \x01(\x03\x12\x0f\n\x07outcome\x18\x0b \x01(\t\"\xce\x01\n\nDeviceInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x14\n\x0cmemory_bytes\x18\x04 \x01(\x03\x12\x0b\n\x03ops\x18\x05 \x03(\t\x12\x39\n\nthroughput\x18\x06 \x03(\x0b\x32%.lepton.v1.DeviceInfo.ThroughputEntry\x1a\x31\n\x0fThroughputEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xe0\x01\n\x0b\x41gentStatus\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12&\n\x07\x64\x65vices\x18\x04 \x03(\x0b\x32\x15.lepton.v1.DeviceInfo\x12\x0f\n\x07\x63redits\x18\x05 \x01(\x05\x12\x11\n\tin_flight\x18\x06 \x01(\x05\x12\"\n\x1alast_heartbeat_age_seconds\x18\x07 \x01(\x01\x12\x17\n\x0fpartitions_done\x18\x08 \x01(\x03\x12\x17\n\x0fmetrics_address\x18\t \x01(\t2\xc3\x05\n\x12\x43oordinatorService\x12J\n\tSubmitJob\x12\x1b.lepton.v1.SubmitJobRequest\x1a\x1c.lepton.v1.SubmitJobResponse(\x01\x30\x01\x12=\n\x06GetJob\x12\x18.lepton.v1.GetJobRequest\x1a\x19.lepton.v1.GetJobResponse\x12\x43\n\x08ListJobs\x12\x1a.lepton.v1.ListJobsRequest\x1a\x1b.lepton.v1.ListJobsResponse\x12\x46\n\tCancelJob\x12\x1b.lepton.v1.CancelJobRequest\x1a\x1c.lepton.v1.CancelJobResponse\x12[\n\x10GetClusterStatus\x12\".lepton.v1.GetClusterStatusRequest\x1a#.lepton.v1.GetClusterStatusResponse\x12L\n\x0bGetJobTrace\x12\x1d.lepton.v1.GetJobTraceRequest\x1a\x1e.lepton.v1.GetJobTraceResponse\x12K\n\nPutDataset\x12\x1c.lepton.v1.PutDatasetRequest\x1a\x1d.lepton.v1.PutDatasetResponse(\x01\x12O\n\x0cListDatasets\x12\x1e.lepton.v1.ListDatasetsRequest\x1a\x1f.lepton.v1.ListDatasetsResponse\x12L\n\x0b\x44ropDataset\x12\x1d.lepton.v1.DropDatasetRequest\x1a\x1e.lepton.v1.DropDatasetResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'lepton.v1.coordinator_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_DATASETINFO_PLACEMENTENTRY']._loaded_options = None
+  _globals['_DATASETINFO_PLACEMENTENTRY']._serialized_options = b'8\001'
   _globals['_DEVICEINFO_THROUGHPUTENTRY']._loaded_options = None
   _globals['_DEVICEINFO_THROUGHPUTENTRY']._serialized_options = b'8\001'
-  _globals['_SUBMITJOBREQUEST']._serialized_start=95
-  _globals['_SUBMITJOBREQUEST']._serialized_end=201
-  _globals['_SUBMITJOBRESPONSE']._serialized_start=204
-  _globals['_SUBMITJOBRESPONSE']._serialized_end=452
-  _globals['_GETJOBREQUEST']._serialized_start=454
-  _globals['_GETJOBREQUEST']._serialized_end=485
-  _globals['_GETJOBRESPONSE']._serialized_start=487
-  _globals['_GETJOBRESPONSE']._serialized_end=538
-  _globals['_LISTJOBSREQUEST']._serialized_start=540
-  _globals['_LISTJOBSREQUEST']._serialized_end=572
-  _globals['_LISTJOBSRESPONSE']._serialized_start=574
-  _globals['_LISTJOBSRESPONSE']._serialized_end=628
-  _globals['_CANCELJOBREQUEST']._serialized_start=630
-  _globals['_CANCELJOBREQUEST']._serialized_end=664
-  _globals['_CANCELJOBRESPONSE']._serialized_start=666
-  _globals['_CANCELJOBRESPONSE']._serialized_end=720
-  _globals['_GETCLUSTERSTATUSREQUEST']._serialized_start=722
-  _globals['_GETCLUSTERSTATUSREQUEST']._serialized_end=747
-  _globals['_GETCLUSTERSTATUSRESPONSE']._serialized_start=750
-  _globals['_GETCLUSTERSTATUSRESPONSE']._serialized_end=883
-  _globals['_GETJOBTRACEREQUEST']._serialized_start=885
-  _globals['_GETJOBTRACEREQUEST']._serialized_end=921
-  _globals['_GETJOBTRACERESPONSE']._serialized_start=923
-  _globals['_GETJOBTRACERESPONSE']._serialized_end=1026
-  _globals['_PARTITIONTRACE']._serialized_start=1029
-  _globals['_PARTITIONTRACE']._serialized_end=1244
-  _globals['_DEVICEINFO']._serialized_start=1247
-  _globals['_DEVICEINFO']._serialized_end=1453
-  _globals['_DEVICEINFO_THROUGHPUTENTRY']._serialized_start=1404
-  _globals['_DEVICEINFO_THROUGHPUTENTRY']._serialized_end=1453
-  _globals['_AGENTSTATUS']._serialized_start=1456
-  _globals['_AGENTSTATUS']._serialized_end=1680
-  _globals['_COORDINATORSERVICE']._serialized_start=1683
-  _globals['_COORDINATORSERVICE']._serialized_end=2154
+  _globals['_DATASETSPEC']._serialized_start=96
+  _globals['_DATASETSPEC']._serialized_end=228
+  _globals['_PUTDATASETREQUEST']._serialized_start=230
+  _globals['_PUTDATASETREQUEST']._serialized_end=341
+  _globals['_DATASETINFO']._serialized_start=344
+  _globals['_DATASETINFO']._serialized_end=591
+  _globals['_DATASETINFO_PLACEMENTENTRY']._serialized_start=543
+  _globals['_DATASETINFO_PLACEMENTENTRY']._serialized_end=591
+  _globals['_PUTDATASETRESPONSE']._serialized_start=593
+  _globals['_PUTDATASETRESPONSE']._serialized_end=654
+  _globals['_LISTDATASETSREQUEST']._serialized_start=656
+  _globals['_LISTDATASETSREQUEST']._serialized_end=677
+  _globals['_LISTDATASETSRESPONSE']._serialized_start=679
+  _globals['_LISTDATASETSRESPONSE']._serialized_end=743
+  _globals['_DROPDATASETREQUEST']._serialized_start=745
+  _globals['_DROPDATASETREQUEST']._serialized_end=779
+  _globals['_DROPDATASETRESPONSE']._serialized_start=781
+  _globals['_DROPDATASETRESPONSE']._serialized_end=802
+  _globals['_SUBMITJOBREQUEST']._serialized_start=804
+  _globals['_SUBMITJOBREQUEST']._serialized_end=910
+  _globals['_SUBMITJOBRESPONSE']._serialized_start=913
+  _globals['_SUBMITJOBRESPONSE']._serialized_end=1161
+  _globals['_GETJOBREQUEST']._serialized_start=1163
+  _globals['_GETJOBREQUEST']._serialized_end=1194
+  _globals['_GETJOBRESPONSE']._serialized_start=1196
+  _globals['_GETJOBRESPONSE']._serialized_end=1247
+  _globals['_LISTJOBSREQUEST']._serialized_start=1249
+  _globals['_LISTJOBSREQUEST']._serialized_end=1281
+  _globals['_LISTJOBSRESPONSE']._serialized_start=1283
+  _globals['_LISTJOBSRESPONSE']._serialized_end=1337
+  _globals['_CANCELJOBREQUEST']._serialized_start=1339
+  _globals['_CANCELJOBREQUEST']._serialized_end=1373
+  _globals['_CANCELJOBRESPONSE']._serialized_start=1375
+  _globals['_CANCELJOBRESPONSE']._serialized_end=1429
+  _globals['_GETCLUSTERSTATUSREQUEST']._serialized_start=1431
+  _globals['_GETCLUSTERSTATUSREQUEST']._serialized_end=1456
+  _globals['_GETCLUSTERSTATUSRESPONSE']._serialized_start=1459
+  _globals['_GETCLUSTERSTATUSRESPONSE']._serialized_end=1592
+  _globals['_GETJOBTRACEREQUEST']._serialized_start=1594
+  _globals['_GETJOBTRACEREQUEST']._serialized_end=1630
+  _globals['_GETJOBTRACERESPONSE']._serialized_start=1632
+  _globals['_GETJOBTRACERESPONSE']._serialized_end=1735
+  _globals['_PARTITIONTRACE']._serialized_start=1738
+  _globals['_PARTITIONTRACE']._serialized_end=1953
+  _globals['_DEVICEINFO']._serialized_start=1956
+  _globals['_DEVICEINFO']._serialized_end=2162
+  _globals['_DEVICEINFO_THROUGHPUTENTRY']._serialized_start=2113
+  _globals['_DEVICEINFO_THROUGHPUTENTRY']._serialized_end=2162
+  _globals['_AGENTSTATUS']._serialized_start=2165
+  _globals['_AGENTSTATUS']._serialized_end=2389
+  _globals['_COORDINATORSERVICE']._serialized_start=2392
+  _globals['_COORDINATORSERVICE']._serialized_end=3099
 # @@protoc_insertion_point(module_scope)

@@ -65,6 +65,21 @@ class CoordinatorServiceStub:
                 request_serializer=lepton_dot_v1_dot_coordinator__service__pb2.GetJobTraceRequest.SerializeToString,
                 response_deserializer=lepton_dot_v1_dot_coordinator__service__pb2.GetJobTraceResponse.FromString,
                 _registered_method=True)
+        self.PutDataset = channel.stream_unary(
+                '/lepton.v1.CoordinatorService/PutDataset',
+                request_serializer=lepton_dot_v1_dot_coordinator__service__pb2.PutDatasetRequest.SerializeToString,
+                response_deserializer=lepton_dot_v1_dot_coordinator__service__pb2.PutDatasetResponse.FromString,
+                _registered_method=True)
+        self.ListDatasets = channel.unary_unary(
+                '/lepton.v1.CoordinatorService/ListDatasets',
+                request_serializer=lepton_dot_v1_dot_coordinator__service__pb2.ListDatasetsRequest.SerializeToString,
+                response_deserializer=lepton_dot_v1_dot_coordinator__service__pb2.ListDatasetsResponse.FromString,
+                _registered_method=True)
+        self.DropDataset = channel.unary_unary(
+                '/lepton.v1.CoordinatorService/DropDataset',
+                request_serializer=lepton_dot_v1_dot_coordinator__service__pb2.DropDatasetRequest.SerializeToString,
+                response_deserializer=lepton_dot_v1_dot_coordinator__service__pb2.DropDatasetResponse.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServiceServicer:
@@ -111,6 +126,26 @@ class CoordinatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PutDataset(self, request_iterator, context):
+        """Load an array once: the first request carries the spec, the others its
+        bytes. Its partitions are placed on agents and stay resident there.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDatasets(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DropDataset(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -143,6 +178,21 @@ def add_CoordinatorServiceServicer_to_server(servicer, server):
                     servicer.GetJobTrace,
                     request_deserializer=lepton_dot_v1_dot_coordinator__service__pb2.GetJobTraceRequest.FromString,
                     response_serializer=lepton_dot_v1_dot_coordinator__service__pb2.GetJobTraceResponse.SerializeToString,
+            ),
+            'PutDataset': grpc.stream_unary_rpc_method_handler(
+                    servicer.PutDataset,
+                    request_deserializer=lepton_dot_v1_dot_coordinator__service__pb2.PutDatasetRequest.FromString,
+                    response_serializer=lepton_dot_v1_dot_coordinator__service__pb2.PutDatasetResponse.SerializeToString,
+            ),
+            'ListDatasets': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDatasets,
+                    request_deserializer=lepton_dot_v1_dot_coordinator__service__pb2.ListDatasetsRequest.FromString,
+                    response_serializer=lepton_dot_v1_dot_coordinator__service__pb2.ListDatasetsResponse.SerializeToString,
+            ),
+            'DropDataset': grpc.unary_unary_rpc_method_handler(
+                    servicer.DropDataset,
+                    request_deserializer=lepton_dot_v1_dot_coordinator__service__pb2.DropDatasetRequest.FromString,
+                    response_serializer=lepton_dot_v1_dot_coordinator__service__pb2.DropDatasetResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -308,6 +358,87 @@ class CoordinatorService:
             '/lepton.v1.CoordinatorService/GetJobTrace',
             lepton_dot_v1_dot_coordinator__service__pb2.GetJobTraceRequest.SerializeToString,
             lepton_dot_v1_dot_coordinator__service__pb2.GetJobTraceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutDataset(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/lepton.v1.CoordinatorService/PutDataset',
+            lepton_dot_v1_dot_coordinator__service__pb2.PutDatasetRequest.SerializeToString,
+            lepton_dot_v1_dot_coordinator__service__pb2.PutDatasetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDatasets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lepton.v1.CoordinatorService/ListDatasets',
+            lepton_dot_v1_dot_coordinator__service__pb2.ListDatasetsRequest.SerializeToString,
+            lepton_dot_v1_dot_coordinator__service__pb2.ListDatasetsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DropDataset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lepton.v1.CoordinatorService/DropDataset',
+            lepton_dot_v1_dot_coordinator__service__pb2.DropDatasetRequest.SerializeToString,
+            lepton_dot_v1_dot_coordinator__service__pb2.DropDatasetResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -75,12 +75,14 @@ class Partitioning(_message.Message):
     def __init__(self, scheme: _Optional[_Union[PartitionScheme, str]] = ..., count: _Optional[int] = ..., target_bytes: _Optional[int] = ..., key_column: _Optional[int] = ...) -> None: ...
 
 class JobInput(_message.Message):
-    __slots__ = ("name", "tensor")
+    __slots__ = ("name", "tensor", "dataset")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TENSOR_FIELD_NUMBER: _ClassVar[int]
+    DATASET_FIELD_NUMBER: _ClassVar[int]
     name: str
     tensor: _tensor_pb2.TensorHeader
-    def __init__(self, name: _Optional[str] = ..., tensor: _Optional[_Union[_tensor_pb2.TensorHeader, _Mapping]] = ...) -> None: ...
+    dataset: str
+    def __init__(self, name: _Optional[str] = ..., tensor: _Optional[_Union[_tensor_pb2.TensorHeader, _Mapping]] = ..., dataset: _Optional[str] = ...) -> None: ...
 
 class JobSpec(_message.Message):
     __slots__ = ("op", "params", "inputs", "partitioning", "label")

@@ -1,0 +1,90 @@
+"""Datasets: loaded once, resident on agents, used by name; evictions and lost agents lose nothing."""
+import json
+import urllib.request
+
+import grpc
+import numpy as np
+import pytest
+
+import lepton
+
+
+def bytes_sent(client):
+    """The coordinator's counter of bytes shipped to agents."""
+    address = client.cluster_status().metrics_address
+    for line in urllib.request.urlopen(f"http://{address}/metrics", timeout=10).read().decode().splitlines():
+        if line.startswith("lepton_agent_bytes_sent_total "):
+            return float(line.split()[1])
+    raise AssertionError("no lepton_agent_bytes_sent_total metric")
+
+
+def test_jobs_on_a_dataset_ship_no_input_bytes(clusters, rng):
+    client = clusters[2].client()
+    x = rng.standard_normal((1_000_000, 4))
+    ds = client.put("resident-x", x, partitions=8, replace=True)
+    assert ds.shape == x.shape and ds.info.partitions == 8
+    assert sorted(ds.info.placement.values()) == [4, 4]  # spread over both agents
+    before = bytes_sent(client)
+    for _ in range(3):
+        assert np.allclose(client.sum(ds), x.sum(axis=0), rtol=1e-12)
+        assert np.allclose(client.var("resident-x"), x.var(axis=0), rtol=1e-12)
+        assert np.array_equal(client.max(ds), x.max(axis=0))
+    assert bytes_sent(client) - before == 0
+    assert "resident-x" in [d.name for d in client.datasets()]
+    client.drop("resident-x")
+    with pytest.raises(lepton.LeptonError) as info:
+        client.sum(ds)
+    assert info.value.code == grpc.StatusCode.NOT_FOUND and "client.put" in info.value.details
+
+
+def test_hash_partitioned_dataset_matches_numpy(clusters, rng):
+    client = clusters[3].client()
+    x = rng.integers(0, 100, size=(300_000, 2)).astype(np.float64)
+    ds = client.put("hashed", x, partitioning="hash", partitions=6, key_column=1, replace=True)
+    counts, _ = client.histogram(ds, bins=10, range=[0, 100])
+    assert np.array_equal(counts, np.stack([np.histogram(c, bins=10, range=(0, 100))[0] for c in x.T]))
+    client.drop("hashed")
+
+
+def test_names_and_existence_are_checked(clusters):
+    client = clusters[1].client()
+    client.put("once", np.arange(10.0), replace=True)
+    with pytest.raises(lepton.LeptonError) as info:
+        client.put("once", np.arange(10.0))
+    assert info.value.code == grpc.StatusCode.ALREADY_EXISTS
+    replaced = client.put("once", np.arange(20.0), replace=True)
+    assert client.sum(replaced) == np.arange(20.0).sum()
+    with pytest.raises(lepton.LeptonError) as info:
+        client.put("bad name!", np.arange(3.0))
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT and "dataset name" in info.value.details
+    with pytest.raises(lepton.LeptonError) as info:
+        client.drop("never-loaded")
+    assert info.value.code == grpc.StatusCode.NOT_FOUND
+    client.drop("once")
+
+
+def test_evicted_partitions_are_reloaded_from_the_coordinator_copy(rng):
+    # Each agent caches at most 1 MiB: most of the 16 MB dataset is evicted at once.
+    with lepton.LocalCluster(agents=2, agent_args=["--cache-mib", "1"]) as cluster:
+        client = cluster.client()
+        x = rng.standard_normal(2_000_000)
+        ds = client.put("big", x, partitions=16)
+        for _ in range(2):
+            assert abs(client.sum(ds) - x.sum()) <= 1e-12 * np.abs(x).sum()
+        trace = client.trace(client.jobs(limit=1)[0].job_id)
+        assert all(p.outcome in ("done", "NOT_FOUND") for p in trace.partitions)
+
+
+def test_a_lost_agent_loses_no_dataset_job(rng):
+    with lepton.LocalCluster(agents=3) as cluster:
+        client = cluster.client()
+        x = rng.standard_normal((600_000, 2))
+        ds = client.put("kept", x, partitions=12)
+        assert len(ds.info.placement) == 3
+        pid = cluster.agents[0].pid
+        (killed,) = [a.agent_id for a in client.cluster_status().agents if a.name.endswith(f"-{pid}")]
+        cluster.kill_agent(0)
+        for _ in range(2):
+            assert np.allclose(client.sum(ds), x.sum(axis=0), rtol=1e-12)
+        placement = {d.name: d for d in client.datasets()}["kept"].info.placement
+        assert sum(placement.values()) == 12 and killed not in placement  # moved to the live agents
