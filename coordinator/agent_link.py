@@ -39,7 +39,8 @@ class AgentLink:
             return pb.TaskInput(tensor=header, cache_key=key)
 
         partitions = [pb.TaskPartition(inputs=[task_input(n, a, key=job.split_key(n, run.lo + j))
-                                               for n, a in rows.items()])
+                                               for n, a in rows.items()],
+                                       row_offset=int(job.plan.row_splits[run.lo + j]))
                       for j, rows in enumerate(split)]
         whole_inputs = [task_input(n, *job.whole_input(n)) for n in whole]
         task = pb.Task(job_id=job.id, op=job.op.name, params=wire.encode_params(job.params),

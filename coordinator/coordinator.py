@@ -72,11 +72,11 @@ class Coordinator:
         names = [h.name for h in headers] + list(dataset_inputs)
         if len(set(names)) != len(names):
             raise InvalidInput(f"input names must be unique; got {names}")
-        if set(names) != set(op.inputs):
-            raise InvalidInput(f"op {op.name!r} takes inputs {list(op.inputs)}; got {names}")
+        op.check_inputs(names)
         inputs = TensorAssembler(headers, max_bytes=self.config.max_job_bytes)
         datasets = {name: self.datasets.get(d) for name, d in dataset_inputs.items()}
         metas = {**dict(zip([h.name for h in headers], inputs.metas)), **{n: d.meta for n, d in datasets.items()}}
+        op = op.resolve(metas, params)
         params = op.validate(metas, params)
         if datasets:
             plan = self._dataset_plan(op, datasets)

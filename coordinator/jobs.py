@@ -64,6 +64,7 @@ class Run:
     lo: int
     hi: int
     agent_id: str
+    round: int = 0
     attempts: dict[int, Attempt] = field(default_factory=dict)
     call: object = None  # the in-flight gRPC call, to cancel it
 
@@ -88,6 +89,7 @@ class JobRecord:
     error_code: str = ""
     error_message: str = ""
     retries: int = 0
+    iteration: int = 0
     trace: list[Attempt] = field(default_factory=list)
 
 
@@ -115,7 +117,10 @@ class Job:
         self.waiting_since: float | None = None  # no capable agent since then
         self.queued_at: dict[int, float] = {}  # when each partition (re)entered pending with its rows here
         self.ready_seen = 0
-        self._whole: dict[str, tuple] = {}
+        self._whole: dict[str, tuple] = {}  # name -> (array, header, cache key), per round
+        self._prepared: dict[str, np.ndarray] | None = None  # whole inputs after op.prepare
+        self.round = 0
+        self.round_ready = False  # a new round's partitions wait to go back to pending
         self._last_progress = 0.0
 
     # -- state -------------------------------------------------------------------------------
@@ -157,7 +162,7 @@ class Job:
         """The client sent everything: check it, and order the rows for permuting schemes."""
         arrays = self.inputs.finish()
         split = [arrays[n] for n in self.op.split_inputs if n in arrays]
-        order = self.plan.order(split)
+        order = self.plan.order(split) if split else None
         ordered = {n: (a if order is None or n not in self.op.split_inputs else a[order])
                    for n, a in arrays.items()}
         with self.lock:
@@ -206,12 +211,22 @@ class Job:
         for dataset in self.datasets.values():
             dataset.placement[partition] = agent_id
 
+    def whole(self) -> dict[str, np.ndarray]:
+        """The whole inputs as kernels see them: after `op.prepare`, computed once per job."""
+        if self._prepared is None:
+            source = self._source()
+            raw = {n: source[n] for n in source if n not in self.op.split_inputs}
+            prepared = self.op.prepare(raw, self.params)
+            with self.lock:
+                self._prepared = self._prepared if self._prepared is not None else prepared
+        return self._prepared
+
     def whole_input(self, name: str):
-        """A whole input as (little-endian array, header, content cache key), computed once per job."""
-        source = self._source()
+        """A whole input as (little-endian array, header, content cache key), computed once per round."""
+        whole = self.whole()
         with self.lock:
             if name not in self._whole:
-                array = wire.little_endian(source[name])
+                array = wire.little_endian(whole[name])
                 header = wire.header(name, array)
                 key = f"blob:{header.crc32c:08x}:{array.dtype.str}:{'x'.join(map(str, array.shape))}"
                 self._whole[name] = (array, header, key)
@@ -221,30 +236,52 @@ class Job:
         """Each partition's rows of the split inputs, and the whole inputs: views, no copies."""
         source = self._source()
         splits = self.plan.row_splits
-        split = [{n: source[n][splits[p]:splits[p + 1]] for n in self.op.split_inputs}
-                 for p in range(run.lo, run.hi)]
-        return split, {n: source[n] for n in self.op.whole_inputs}
+        split = [self.op.take(source, int(splits[p]), int(splits[p + 1])) for p in range(run.lo, run.hi)]
+        return split, self.whole()
 
     # -- partials ----------------------------------------------------------------------------
-    def add_partial(self, lo: int, hi: int, partial) -> None:
+    def add_partial(self, lo: int, hi: int, partial, round: int = 0) -> None:
         with self.lock:
-            if self.record.state.final or not self.aggregator.add(lo, hi, partial):
+            if self.record.state.final or round != self.round or not self.aggregator.add(lo, hi, partial):
                 return
             self.record.partitions_done = sum(self.aggregator.covered)
             complete = self.aggregator.complete
-        if complete:
-            try:
-                result = self.op.finalize(self.aggregator.done[(0, self.plan.count)], self.params)
-            except Exception as exc:  # a finalize bug must fail the job, not the server
-                self.fail("INTERNAL", f"finalize of {self.op.name!r} failed: {exc!r}")
-                return
-            self.result = result
-            self._finish(JobState.SUCCEEDED)
-        else:
+        if not complete:
             self._progress()
+            return
+        root = self.aggregator.done[(0, self.plan.count)]
+        try:
+            if self.op.iterative:
+                params, value = self.op.next_round(self.params, self.whole(), root, self.round)
+                if params is not None:
+                    self._next_round(params, value)
+                    return
+                result = value
+            else:
+                result = self.op.finalize(root, self.params)
+        except LeptonError as exc:
+            self.fail(exc.code, str(exc))
+            return
+        except Exception as exc:  # a finalize bug must fail the job, not the server
+            self.fail("INTERNAL", f"finalize of {self.op.name!r} failed: {exc!r}")
+            return
+        self.result = result
+        self._finish(JobState.SUCCEEDED)
 
-    def covered(self, partition: int) -> bool:
-        return bool(self.aggregator.covered[partition])
+    def _next_round(self, params: dict, whole: dict[str, np.ndarray]) -> None:
+        """Start over on the same partitions with new params and whole inputs (the scheduler
+        puts the partitions back in pending when it sees round_ready)."""
+        with self.lock:
+            self.params, self._prepared, self._whole = params, whole, {}
+            self.round += 1
+            self.aggregator = TreeAggregator(Tree(self.plan.count, self.tree_arity), self.op.combine)
+            self.record.iteration, self.record.partitions_done = self.round, 0
+            self.round_ready = True
+        self.events.put(("progress",))
+
+    def covered(self, partition: int, round: int = 0) -> bool:
+        """Done in this round (a run of an earlier round counts as done: its round completed)."""
+        return round != self.round or bool(self.aggregator.covered[partition])
 
     def _progress(self) -> None:
         now = time.monotonic()

@@ -82,11 +82,7 @@ ROWS = _Rows()
 def plan(op: Op, metas: dict[str, TensorMeta], scheme: Scheme, count: int, target_bytes: int,
          key_column: int = 0) -> Plan:
     split = [metas[name] for name in op.split_inputs]
-    rows = split[0].shape[0]
-    for name, m in zip(op.split_inputs, split):
-        if m.shape[0] != rows:
-            raise InvalidInput(f"split inputs must have the same number of rows: {op.split_inputs[0]!r} has "
-                               f"{rows}, {name!r} has {m.shape[0]}")
+    rows = op.rows(metas)
     if op.order_sensitive and scheme is not Scheme.ROW_BLOCKS:
         raise InvalidInput(f"op {op.name!r} concatenates rows in order: use row-block partitioning, not {scheme.value}")
     if scheme is Scheme.HASH:

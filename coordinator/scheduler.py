@@ -103,6 +103,10 @@ class Scheduler:
             for job in self.jobs:
                 if any(j is job for j, _, _ in expired):
                     continue
+                if job.round_ready:  # an iterative job's next round: every partition again
+                    job.round_ready = False
+                    job.pending, job.attempts, job.failed_on = list(range(job.plan.count)), {}, {}
+                    job.queued_at = dict.fromkeys(job.pending, now)
                 capable = [a for a in agents if job.op.name in a.ops]
                 problem = self._expired(job, capable, now)
                 if problem:
@@ -163,7 +167,7 @@ class Scheduler:
             for p in range(first, hi):
                 backlog[job.home(p)] -= 1
         now, splits = time.time(), job.plan.row_splits
-        run = Run(first, hi, agent.id)
+        run = Run(first, hi, agent.id, job.round)
         for p in range(first, hi):
             job.pending.remove(p)
             run.attempts[p] = Attempt(p, job.attempts.get(p, 0) + 1, agent.id,
@@ -195,7 +199,7 @@ class Scheduler:
                     run.attempts[p].received_at, run.attempts[p].outcome = now, "done"
                     if job.datasets:
                         job.resident_on(p, agent.id)
-                job.add_partial(lo, hi, partial)
+                job.add_partial(lo, hi, partial, run.round)
         except grpc.RpcError as exc:
             error = (exc.code().name, exc.details() or "")
         except LeptonError as exc:
@@ -209,7 +213,7 @@ class Scheduler:
         with self.cond:
             job.runs.remove(run)
             agent.in_flight -= len(run)
-            missing = [p for p in range(run.lo, run.hi) if not job.covered(p)]
+            missing = [p for p in range(run.lo, run.hi) if not job.covered(p, run.round)]
             agent.partitions_done += len(run) - len(missing)
             metrics.PARTITIONS.labels("done").inc(len(run) - len(missing))
             if missing and not job.state.final and error and error[0] == "NOT_FOUND":

@@ -32,7 +32,7 @@ def job_status(r: JobRecord) -> job_pb2.JobStatus:
                              bytes_received=r.bytes_received, bytes_total=r.bytes_total,
                              partitions_done=r.partitions_done, partitions_total=r.partitions_total,
                              submitted_at=r.submitted_at, finished_at=r.finished_at, error_code=r.error_code,
-                             error_message=r.error_message, retries=r.retries)
+                             error_message=r.error_message, retries=r.retries, iteration=r.iteration)
 
 
 def scheme_of(partitioning) -> Scheme:

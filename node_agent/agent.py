@@ -83,7 +83,7 @@ class Agent:
         return [w.device for w in self.workers]
 
     def run_task(self, job_id: str, op_name: str, params: dict, first: int, partitions: int, arity: int,
-                 split: list[dict[str, np.ndarray]], whole: dict[str, np.ndarray],
+                 split: list[dict[str, np.ndarray]], whole: dict[str, np.ndarray], row_offsets: list[int],
                  is_active: Callable[[], bool] = lambda: True) -> Iterator[tuple[int, int, dict, list]]:
         """Run partitions [first, first + len(split)), `split[j]` holding partition j's rows of the split
         inputs; yield each complete tree node as (lo, hi, partial, timings), timings being
@@ -99,8 +99,9 @@ class Agent:
                 aggregator.add(first + j, first + j + 1, {})  # an empty partition: the identity
                 continue
             inputs = {**rows, **whole}
+            kernel_params = {**params, "row_offset": row_offsets[j]} if op.needs_row_offset else params
             worker = min(workers, key=lambda w: w.queued_bytes)
-            futures[worker.submit(op, inputs, params)] = (first + j, worker.device.name)
+            futures[worker.submit(op, inputs, kernel_params)] = (first + j, worker.device.name)
         sent: set = set()
         timings: dict[int, tuple] = {}
         try:

@@ -24,10 +24,10 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
             if first is None or not first.HasField("task"):
                 raise InvalidInput("the first RunTaskRequest must carry the task")
             task = first.task
-            split, whole = self._receive(task, request_iterator)
+            split, whole, offsets = self._receive(task, request_iterator)
             nodes = self.agent.run_task(task.job_id, task.op, wire.decode_params(task.params),
                                         task.first_partition, task.partition_count, task.tree_arity, split, whole,
-                                        context.is_active)
+                                        offsets, context.is_active)
             for lo, hi, partial, timings in nodes:
                 names = list(partial)
                 arrays = [wire.little_endian(np.asarray(partial[n])) for n in names]
@@ -86,7 +86,7 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         for partition in task.partitions:
             split.append(dict(values[position:position + len(partition.inputs)]))
             position += len(partition.inputs)
-        return split, dict(values[position:])
+        return split, dict(values[position:]), [p.row_offset for p in task.partitions]
 
 
 def serve(agent: Agent, address: str):

@@ -35,16 +35,50 @@ class Op:
     """Base class. Subclasses set `name` and the input names and override the hooks."""
 
     name: str = ""
-    #: Inputs cut by rows into partitions (they must share axis 0); other inputs go whole.
+    #: Inputs cut into partitions along `split_axis` (they must agree on its length).
     split_inputs: tuple[str, ...] = ("x",)
-    #: Inputs sent whole to every agent.
+    #: Inputs sent whole to every agent (cached there by content, so shipped once).
     whole_inputs: tuple[str, ...] = ()
+    split_axis: int = 0
     #: True when combine depends on row order (concatenation): only row blocks keep it.
     order_sensitive: bool = False
+    #: Kernels get params["row_offset"]: the index of the partition's first row in the input.
+    needs_row_offset: bool = False
+    #: The job repeats over the same partitions until `next_round` says it is done (k-means).
+    iterative: bool = False
 
     @property
     def inputs(self) -> tuple[str, ...]:
         return self.split_inputs + self.whole_inputs
+
+    def check_inputs(self, names: list[str]) -> None:
+        """Raise InvalidInput unless `names` are the inputs this op takes."""
+        if set(names) != set(self.inputs):
+            from backends.errors import InvalidInput
+
+            raise InvalidInput(f"op {self.name!r} takes inputs {list(self.inputs)}; got {names}")
+
+    def resolve(self, inputs: dict[str, TensorMeta], params: Params) -> "Op":
+        """The op that actually runs (matmul picks a row or an inner-dimension plan by shape)."""
+        return self
+
+    def rows(self, inputs: dict[str, TensorMeta]) -> int:
+        """Length of the split dimension."""
+        return inputs[self.split_inputs[0]].shape[self.split_axis]
+
+    def take(self, source: dict[str, np.ndarray], start: int, stop: int) -> dict[str, np.ndarray]:
+        """One partition's share of the split inputs: rows [start, stop) along the split axis."""
+        index = (slice(None),) * self.split_axis + (slice(start, stop),)
+        return {n: source[n][index] for n in self.split_inputs}
+
+    def prepare(self, whole: dict[str, np.ndarray], params: Params) -> dict[str, np.ndarray]:
+        """Transform the whole inputs once per job at the coordinator (e.g. quantize weights)."""
+        return whole
+
+    def next_round(self, params: Params, whole: dict[str, np.ndarray], partial: Partial, round: int):
+        """Iterative ops: after round `round`, return (params, whole) for the next round, or
+        (None, result) when done."""
+        raise NotImplementedError
 
     def validate(self, inputs: dict[str, TensorMeta], params: Params) -> Params:
         """Reject bad input (raise InvalidInput naming the field); return normalized params.

@@ -113,10 +113,12 @@ class Task(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., op: _Optional[str] = ..., params: _Optional[_Mapping[str, _job_pb2.Param]] = ..., first_partition: _Optional[int] = ..., partition_count: _Optional[int] = ..., tree_arity: _Optional[int] = ..., partitions: _Optional[_Iterable[_Union[TaskPartition, _Mapping]]] = ..., whole_inputs: _Optional[_Iterable[_Union[TaskInput, _Mapping]]] = ...) -> None: ...
 
 class TaskPartition(_message.Message):
-    __slots__ = ("inputs",)
+    __slots__ = ("inputs", "row_offset")
     INPUTS_FIELD_NUMBER: _ClassVar[int]
+    ROW_OFFSET_FIELD_NUMBER: _ClassVar[int]
     inputs: _containers.RepeatedCompositeFieldContainer[TaskInput]
-    def __init__(self, inputs: _Optional[_Iterable[_Union[TaskInput, _Mapping]]] = ...) -> None: ...
+    row_offset: int
+    def __init__(self, inputs: _Optional[_Iterable[_Union[TaskInput, _Mapping]]] = ..., row_offset: _Optional[int] = ...) -> None: ...
 
 class TaskInput(_message.Message):
     __slots__ = ("tensor", "cache_key", "by_reference")

@@ -106,7 +106,7 @@ class JobSpec(_message.Message):
     def __init__(self, op: _Optional[str] = ..., params: _Optional[_Mapping[str, Param]] = ..., inputs: _Optional[_Iterable[_Union[JobInput, _Mapping]]] = ..., partitioning: _Optional[_Union[Partitioning, _Mapping]] = ..., label: _Optional[str] = ...) -> None: ...
 
 class JobStatus(_message.Message):
-    __slots__ = ("job_id", "op", "label", "state", "bytes_received", "bytes_total", "partitions_done", "partitions_total", "submitted_at", "finished_at", "error_code", "error_message", "retries")
+    __slots__ = ("job_id", "op", "label", "state", "bytes_received", "bytes_total", "partitions_done", "partitions_total", "submitted_at", "finished_at", "error_code", "error_message", "retries", "iteration")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     OP_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
@@ -120,6 +120,7 @@ class JobStatus(_message.Message):
     ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
     ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     RETRIES_FIELD_NUMBER: _ClassVar[int]
+    ITERATION_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     op: str
     label: str
@@ -133,4 +134,5 @@ class JobStatus(_message.Message):
     error_code: str
     error_message: str
     retries: int
-    def __init__(self, job_id: _Optional[str] = ..., op: _Optional[str] = ..., label: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., bytes_received: _Optional[int] = ..., bytes_total: _Optional[int] = ..., partitions_done: _Optional[int] = ..., partitions_total: _Optional[int] = ..., submitted_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., error_code: _Optional[str] = ..., error_message: _Optional[str] = ..., retries: _Optional[int] = ...) -> None: ...
+    iteration: int
+    def __init__(self, job_id: _Optional[str] = ..., op: _Optional[str] = ..., label: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., bytes_received: _Optional[int] = ..., bytes_total: _Optional[int] = ..., partitions_done: _Optional[int] = ..., partitions_total: _Optional[int] = ..., submitted_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., error_code: _Optional[str] = ..., error_message: _Optional[str] = ..., retries: _Optional[int] = ..., iteration: _Optional[int] = ...) -> None: ...
