@@ -19,7 +19,7 @@ class NumpyDevice(Device):
     kind = "numpy"
     # Every registered op's reference kernel.
     kernels = {name: (lambda op: lambda device, inputs, params: op.reference(inputs, params))(op)
-               for name, op in REGISTRY.items()}
+               for name, op in REGISTRY.items() if not op.abstract}
 
     def __init__(self, index: int = 0):
         super().__init__(f"numpy:{index}", f"NumPy on {platform.processor() or platform.machine()}",

@@ -1,6 +1,7 @@
 """The coordinator's side of AgentService: send a run of partitions, receive its partials."""
 from __future__ import annotations
 
+import itertools
 from typing import Callable, Iterator
 
 import grpc
@@ -22,19 +23,23 @@ class AgentLink:
         """Stream the run's inputs to the agent; yield (lo, hi, partial, timings) as the agent's nodes
         arrive, timings being (partition, device, started_at, finished_at).
 
-        Whole inputs are cached on the agent under a content key: `cached` holds the keys this agent
-        is believed to hold, and those go by reference instead of by value.
+        Whole inputs (by content) and dataset partitions are cached on the agent: `cached` holds the
+        keys this agent is known to hold, and those go by reference instead of by value. A key is
+        added once the agent has the bytes (it answers only after receiving all of them), and the
+        referenced keys are dropped when it reports a miss.
         """
         split, whole = job.task_inputs(run)
         streamed: list[np.ndarray] = []
+        sending, referenced = set(), set()
 
         def task_input(name: str, array: np.ndarray, header=None, key: str = "") -> pb.TaskInput:
             array = wire.little_endian(array)
             header = header or wire.header(name, array)
             if key and key in cached:
+                referenced.add(key)
                 return pb.TaskInput(tensor=header, cache_key=key, by_reference=True)
             if key:
-                cached.add(key)
+                sending.add(key)
             streamed.append(array)
             return pb.TaskInput(tensor=header, cache_key=key)
 
@@ -61,7 +66,15 @@ class AgentLink:
             return node.range_start, node.range_end, assembler.finish(), timings
 
         node = assembler = None
-        for response in call:
+        try:
+            responses = iter(call)
+            first = next(responses, None)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                cached.difference_update(referenced)
+            raise
+        cached.update(sending)
+        for response in itertools.chain([first] if first is not None else [], responses):
             if response.HasField("partial"):
                 if node is not None:
                     yield node_done(node, assembler)

@@ -161,8 +161,12 @@ class Job:
     def end_input(self) -> None:
         """The client sent everything: check it, and order the rows for permuting schemes."""
         arrays = self.inputs.finish()
+        self.op.check_data({**arrays, **{n: d.array for n, d in self.datasets.items()}}, self.params)
         split = [arrays[n] for n in self.op.split_inputs if n in arrays]
         order = self.plan.order(split) if split else None
+        weights = self.op.row_weights(arrays) if split else None
+        if weights is not None:
+            self.plan.balance(weights)
         ordered = {n: (a if order is None or n not in self.op.split_inputs else a[order])
                    for n, a in arrays.items()}
         with self.lock:
@@ -214,9 +218,7 @@ class Job:
     def whole(self) -> dict[str, np.ndarray]:
         """The whole inputs as kernels see them: after `op.prepare`, computed once per job."""
         if self._prepared is None:
-            source = self._source()
-            raw = {n: source[n] for n in source if n not in self.op.split_inputs}
-            prepared = self.op.prepare(raw, self.params)
+            prepared = self.op.prepare(self._source(), self.params)
             with self.lock:
                 self._prepared = self._prepared if self._prepared is not None else prepared
         return self._prepared

@@ -34,10 +34,19 @@ class Plan:
     #: order is known (hash needs the data).
     row_splits: np.ndarray | None = None
 
+    balanced: bool = False  # row splits follow per-row weights, known once every row is in
+
     @property
     def needs_whole_input(self) -> bool:
-        """Row blocks can start while the input still streams; permuting schemes cannot."""
-        return self.scheme is not Scheme.ROW_BLOCKS
+        """Row blocks can start while the input still streams; permuting or balanced plans cannot."""
+        return self.scheme is not Scheme.ROW_BLOCKS or self.balanced
+
+    def balance(self, weights: np.ndarray) -> None:
+        """Row blocks of about equal total weight (e.g. non-zeros per row of a sparse matrix)."""
+        cumulative = np.concatenate([[0], np.cumsum(weights, dtype=np.float64)])
+        targets = cumulative[-1] * np.arange(1, self.count) / self.count
+        inner = np.searchsorted(cumulative, targets, side="left")
+        self.row_splits = np.concatenate([[0], np.maximum.accumulate(inner), [self.rows]]).astype(np.int64)
 
     def order(self, split: list[np.ndarray]) -> np.ndarray | None:
         """The row permutation of a permuting scheme (and set `row_splits`); None for row blocks."""
@@ -101,7 +110,7 @@ def plan(op: Op, metas: dict[str, TensorMeta], scheme: Scheme, count: int, targe
         count = min(MAX_PARTITIONS, -(-split_bytes // target_bytes))
     # Row blocks never leave a partition empty; hash may (the empty partial is every op's identity).
     count = max(1, min(count, rows) if scheme is not Scheme.HASH else count)
-    p = Plan(scheme, count, rows, key_column)
+    p = Plan(scheme, count, rows, key_column, balanced=op.balanced)
     if scheme is Scheme.ROW_BLOCKS:
         p.row_splits = np.arange(count + 1, dtype=np.int64) * rows // count
     return p

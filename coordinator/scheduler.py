@@ -117,8 +117,9 @@ class Scheduler:
                     job.queued_at[p] = now
                 job.ready_seen = max(job.ready_seen, ready)
                 backlog = collections.Counter(job.home(p) for p in job.pending) if job.datasets else {}
+                capable_ids = {a.id for a in capable}
                 for agent in sorted(capable, key=lambda a: a.in_flight / a.credits):
-                    run = self._take_run(job, agent, ready, len(capable) == 1, live, backlog)
+                    run = self._take_run(job, agent, ready, capable_ids, live, backlog)
                     if run:
                         launches.append((agent, job, run))
                         progress = True
@@ -136,7 +137,7 @@ class Scheduler:
                                    f"start one with `lepton agent --coordinator ADDRESS --device ...`")
         return None
 
-    def _take_run(self, job: Job, agent: Agent, ready: int, sole: bool, live: set[str],
+    def _take_run(self, job: Job, agent: Agent, ready: int, capable: set[str], live: set[str],
                   backlog: dict) -> Run | None:
         free = agent.credits - agent.in_flight
         # Half the credits per run, so the next run's transfer overlaps this one's compute.
@@ -145,7 +146,9 @@ class Scheduler:
             return None
 
         def eligible(p: int, tier: int) -> bool:
-            if p >= ready or (not sole and agent.id in job.failed_on.get(p, ())):
+            failed_on = job.failed_on.get(p, set())
+            # Retry elsewhere while some capable agent has not failed it yet.
+            if p >= ready or (agent.id in failed_on and not failed_on >= capable):
                 return False
             home = job.home(p)
             if tier == 0:  # resident here, or resident nowhere
@@ -217,8 +220,7 @@ class Scheduler:
             agent.partitions_done += len(run) - len(missing)
             metrics.PARTITIONS.labels("done").inc(len(run) - len(missing))
             if missing and not job.state.final and error and error[0] == "NOT_FOUND":
-                # A cache miss, not a failure: forget what it holds and send the bytes next time.
-                agent.cached.clear()
+                # A cache miss, not a failure: the link forgot those keys; the bytes go next time.
                 job.pending = sorted(job.pending + missing)
                 for p in missing:
                     run.attempts[p].outcome = "NOT_FOUND"

@@ -46,6 +46,10 @@ class Op:
     needs_row_offset: bool = False
     #: The job repeats over the same partitions until `next_round` says it is done (k-means).
     iterative: bool = False
+    #: Partitions are balanced by `row_weights`, so they wait for every row to arrive.
+    balanced: bool = False
+    #: Only resolves to other ops (see `resolve`): no kernel runs it.
+    abstract: bool = False
 
     @property
     def inputs(self) -> tuple[str, ...]:
@@ -71,9 +75,19 @@ class Op:
         index = (slice(None),) * self.split_axis + (slice(start, stop),)
         return {n: source[n][index] for n in self.split_inputs}
 
-    def prepare(self, whole: dict[str, np.ndarray], params: Params) -> dict[str, np.ndarray]:
-        """Transform the whole inputs once per job at the coordinator (e.g. quantize weights)."""
-        return whole
+    def check_data(self, arrays: dict[str, np.ndarray], params: Params) -> None:
+        """Reject bad values once the streamed inputs are in (raise InvalidInput); shapes were
+        checked by `validate` already."""
+
+    def row_weights(self, arrays: dict[str, np.ndarray]) -> np.ndarray | None:
+        """Per-row cost, when rows differ (sparse rows): partitions are then balanced by it, which
+        needs every row to have arrived first. None: rows cost the same."""
+        return None
+
+    def prepare(self, arrays: dict[str, np.ndarray], params: Params) -> dict[str, np.ndarray]:
+        """The whole inputs the kernels get, computed once per job at the coordinator from all the
+        inputs (quantized weights, degree normalisation). Default: the whole inputs as given."""
+        return {n: a for n, a in arrays.items() if n not in self.split_inputs}
 
     def next_round(self, params: Params, whole: dict[str, np.ndarray], partial: Partial, round: int):
         """Iterative ops: after round `round`, return (params, whole) for the next round, or

@@ -133,6 +133,13 @@ class Dataset:
         return f"Dataset({self.name!r}, shape={self.shape}, partitions={self.info.partitions})"
 
 
+def _csr(a) -> tuple[dict[str, np.ndarray], int]:
+    """The three CSR inputs and the column count of a scipy-like matrix or a 4-tuple."""
+    indptr, indices, data, shape = (a.indptr, a.indices, a.data, a.shape) if hasattr(a, "indptr") else a
+    return {"a_indptr": np.asarray(indptr, dtype=np.int64), "a_indices": np.asarray(indices),
+            "a_data": np.asarray(data)}, int(shape[1])
+
+
 def _scalar(array: np.ndarray):
     return array[()] if array.ndim == 0 else array
 
@@ -216,6 +223,58 @@ class Client:
         params = {k: v for k, v in (("bins", bins), ("range", range), ("edges", edges)) if v is not None}
         out = self.run("histogram", x, **params, **kw)
         return out["counts"], out["edges"]
+
+    # -- the op catalog ----------------------------------------------------------------------
+    def matmul(self, a, b, plan: str = "auto", **kw) -> np.ndarray:
+        """a @ b; plan "rows" (b cached on agents), "inner" (split k, add) or "auto" (by shape)."""
+        return self.run("matmul", {"a": a, "b": b}, plan=plan, **kw)["c"]
+
+    def linear(self, x, w, b, activation: str = "none", **kw) -> np.ndarray:
+        return self.run("linear", {"x": x, "w": w, "b": b}, activation=activation, **kw)["y"]
+
+    def mlp(self, x, layers, activation: str = "relu", output: str = "none", **kw) -> np.ndarray:
+        """Inference through `layers`, a list of (weights, bias); hidden `activation`, last `output`."""
+        inputs = {"x": x}
+        for i, (w, b) in enumerate(layers):
+            inputs[f"w{i}"], inputs[f"b{i}"] = w, b
+        return self.run("mlp", inputs, activation=activation, output=output, **kw)["y"]
+
+    def qmatmul(self, x, w=None, *, w_q=None, w_scale=None, **kw) -> dict[str, np.ndarray]:
+        """x @ w with int8 weights: float w (quantized by the service; the result reports the error
+        against float32) or int8 w_q with per-column w_scale."""
+        inputs = {"x": x, **({"w": w} if w is not None else {}), **({"w_q": w_q} if w_q is not None else {}),
+                  **({"w_scale": w_scale} if w_scale is not None else {})}
+        return {k: _scalar(v) for k, v in self.run("qmatmul", inputs, **kw).items()}
+
+    def gram(self, x, y=None, **kw) -> dict[str, np.ndarray]:
+        return self.run("gram", {"x": x, **({"y": y} if y is not None else {})}, **kw)
+
+    def lstsq(self, x, y, ridge: float = 0.0, **kw) -> np.ndarray:
+        return self.run("lstsq", {"x": x, "y": y}, ridge=float(ridge), **kw)["coef"]
+
+    def pca(self, x, k: int, **kw) -> dict[str, np.ndarray]:
+        return self.run("pca", x, k=k, **kw)
+
+    def topk(self, x, k: int, largest: bool = True, **kw) -> tuple[np.ndarray, np.ndarray]:
+        out = self.run("topk", x, k=k, largest=largest, **kw)
+        return out["values"], out["indices"]
+
+    def kmeans(self, x, k: int | None = None, centroids=None, max_iter: int = 50, tol: float = 1e-4,
+               seed: int = 0, **kw) -> dict[str, np.ndarray]:
+        """Lloyd's k-means; k-means++ on a sample unless initial `centroids` are given."""
+        inputs = {"x": x, **({"centroids": centroids} if centroids is not None else {})}
+        params = {"max_iter": max_iter, "tol": float(tol), "seed": seed, **({"k": k} if k is not None else {})}
+        return {k_: _scalar(v) for k_, v in self.run("kmeans", inputs, **params, **kw).items()}
+
+    def spmm(self, a, x, **kw) -> np.ndarray:
+        """a @ x for a CSR matrix `a` (scipy.sparse, or (indptr, indices, data, shape))."""
+        inputs, cols = _csr(a)
+        return self.run("spmm", {**inputs, "x": x}, a_cols=cols, **kw)["y"]
+
+    def gcn_layer(self, a, x, w, activation: str = "relu", **kw) -> np.ndarray:
+        """act(Â x w) with Â the symmetrically normalised adjacency (self loops added)."""
+        inputs, cols = _csr(a)
+        return self.run("gcn_layer", {**inputs, "x": x, "w": w}, a_cols=cols, activation=activation, **kw)["y"]
 
     # -- datasets ----------------------------------------------------------------------------
     def put(self, name: str, array: np.ndarray, *, partitioning: str = "row_blocks", partitions: int = 0,

@@ -1,0 +1,193 @@
+"""The op catalog through a real cluster, against NumPy references.
+
+Tolerances: float64 results to 1e-10 relative (different summation orders and BLAS blockings);
+float32 to 1e-4 relative to the magnitude of the terms summed (|a| @ |b| for products), since
+float32 has 24 bits and a length-k dot product may lose log2(k) of them.
+"""
+import urllib.request
+
+import grpc
+import numpy as np
+import pytest
+
+import lepton
+
+
+def close(got, want, scale=None, rtol=1e-10):
+    scale = np.abs(want) if scale is None else scale
+    assert got.shape == want.shape, (got.shape, want.shape)
+    assert np.all(np.abs(got - want) <= rtol * (scale + 1e-300) + 1e-300), np.max(np.abs(got - want))
+
+
+def csr(dense):
+    rows, cols = np.nonzero(dense)
+    indptr = np.concatenate([[0], np.cumsum((dense != 0).sum(axis=1))]).astype(np.int64)
+    return indptr, cols.astype(np.int32), dense[rows, cols], dense.shape
+
+
+@pytest.fixture(scope="module")
+def client(clusters):
+    return clusters[2].client(timeout=120)
+
+
+@pytest.mark.parametrize("dtype, rtol", [(np.float64, 1e-10), (np.float32, 1e-4)])
+@pytest.mark.parametrize("shape, plan", [((500, 64, 48), "rows"), ((16, 2000, 12), "inner"), ((300, 40, 30), "auto")])
+def test_matmul(client, rng, dtype, rtol, shape, plan):
+    m, k, n = shape
+    a, b = rng.standard_normal((m, k)).astype(dtype), rng.standard_normal((k, n)).astype(dtype)
+    c = client.matmul(a, b, plan=plan, partitions=7)
+    assert c.dtype == dtype
+    close(c, a @ b, np.abs(a) @ np.abs(b), rtol)
+
+
+def test_mlp_and_linear(client, rng):
+    x = rng.standard_normal((1000, 32)).astype(np.float32)
+    layers = [(rng.standard_normal((32, 64)).astype(np.float32) / 6, rng.standard_normal(64).astype(np.float32)),
+              (rng.standard_normal((64, 10)).astype(np.float32) / 8, rng.standard_normal(10).astype(np.float32))]
+    for act, f in [("relu", lambda z: np.maximum(z, 0)), ("tanh", np.tanh), ("sigmoid", lambda z: 1 / (1 + np.exp(-z)))]:
+        y = client.mlp(x, layers, activation=act, output="softmax", partitions=5)
+        z = f(x @ layers[0][0] + layers[0][1]) @ layers[1][0] + layers[1][1]
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        close(y, e / e.sum(axis=1, keepdims=True), np.ones_like(y), 1e-5)  # probabilities: absolute 1e-5
+    y = client.linear(x, *layers[0], activation="gelu")
+    z = x @ layers[0][0] + layers[0][1]
+    close(y, 0.5 * z * (1 + np.tanh(np.sqrt(2 / np.pi) * (z + 0.044715 * z ** 3))), np.abs(z) + 1, 1e-5)
+
+
+def test_qmatmul_reports_its_error(client, rng):
+    x = rng.standard_normal((400, 256)).astype(np.float32)
+    w = rng.standard_normal((256, 64)).astype(np.float32)
+    out = client.qmatmul(x, w, partitions=4)
+    ref = x @ w
+    measured = np.linalg.norm(out["y"] - ref) / np.linalg.norm(ref)
+    assert abs(out["relative_error"] - measured) <= 1e-3 * measured
+    assert 0 < measured < 0.02  # int8 with per-channel and per-row scales: about 1% error
+    # Given int8 weights and scales, the result is the exact dequantized integer product.
+    scale = (np.abs(w).max(axis=0) / 127).astype(np.float32)
+    w_q = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
+    exact = client.qmatmul(x, w_q=w_q, w_scale=scale)["y"]
+    assert np.array_equal(exact, out["y"])
+
+
+def test_gram_lstsq_pca(client, rng):
+    x = rng.standard_normal((5000, 12)) @ rng.standard_normal((12, 12))
+    y = x @ rng.standard_normal(12) + 0.01 * rng.standard_normal(5000)
+    g = client.gram(x, y, partitions=6)
+    close(g["xtx"], x.T @ x, np.abs(x).T @ np.abs(x))
+    close(g["xty"], x.T @ y, np.abs(x).T @ np.abs(y))
+    close(client.lstsq(x, y), np.linalg.lstsq(x, y, rcond=None)[0], rtol=1e-6)  # normal equations: cond^2
+    pca = client.pca(x + 100, k=4, partitions=6)  # an offset mean: centring must not cancel
+    values, vectors = np.linalg.eigh(np.cov(x.T))
+    close(pca["explained_variance"], values[::-1][:4], rtol=1e-9)
+    for got, want in zip(pca["components"], vectors[:, ::-1].T):
+        assert min(np.abs(got - want).max(), np.abs(got + want).max()) < 1e-8  # equal up to sign
+    close(pca["mean"], x.mean(axis=0) + 100)
+
+
+def test_topk(client, rng):
+    x = rng.integers(-50, 50, size=(3000, 3)).astype(np.int64)  # many ties
+    values, indices = client.topk(x, k=7, partitions=9)
+    assert np.array_equal(values, -np.sort(-x, axis=0, kind="stable")[:7])
+    assert np.array_equal(np.take_along_axis(x, indices, axis=0), values)
+    order = np.lexsort((np.arange(3000)[:, None].repeat(3, 1), -x), axis=0)[:7]
+    assert np.array_equal(indices, order)  # ties: the lower row first
+    values, _ = client.topk(x[:, 0].astype(np.float32), k=4, largest=False)
+    assert np.array_equal(values, np.sort(x[:, 0])[:4].astype(np.float32))
+
+
+def lloyd(x, centroids, max_iter, tol):
+    for i in range(1, max_iter + 1):
+        labels = np.argmin(((x[:, None, :] - centroids[None]) ** 2).sum(-1), axis=1)
+        new = np.array([x[labels == j].mean(axis=0) if np.any(labels == j) else centroids[j]
+                        for j in range(len(centroids))])
+        shift = np.max(np.linalg.norm(new - centroids, axis=1))
+        centroids = new
+        if shift <= tol:
+            break
+    return centroids, i
+
+
+def test_kmeans_matches_numpy_lloyd_from_the_same_start(client, rng):
+    x = np.concatenate([rng.normal(c, 0.7, size=(3000, 3)) for c in rng.uniform(-6, 6, size=(5, 3))])
+    start = x[rng.choice(len(x), 5, replace=False)]
+    got = client.kmeans(x, centroids=start, max_iter=30, tol=1e-9, partitions=8)
+    want, iterations = lloyd(x, start, 30, 1e-9)
+    close(got["centroids"], want, np.abs(want) + 1, 1e-9)
+    assert got["iterations"] == iterations
+    assert got["counts"].sum() == len(x)
+    # k-means++ seeding on a sample finds the five blobs.
+    seeded = client.kmeans(x, k=5, seed=3)
+    assert seeded["inertia"] <= 1.2 * (got["inertia"])
+
+
+def bytes_sent(client):
+    address = client.cluster_status().metrics_address
+    text = urllib.request.urlopen(f"http://{address}/metrics", timeout=10).read().decode()
+    return float(next(line.split()[1] for line in text.splitlines()
+                      if line.startswith("lepton_agent_bytes_sent_total ")))
+
+
+def test_kmeans_on_a_resident_dataset_ships_almost_nothing(client, rng):
+    x = rng.standard_normal((400_000, 8))  # 25.6 MB
+    ds = client.put("kmeans-points", x, partitions=16, replace=True)
+    before = bytes_sent(client)
+    result = client.kmeans(ds, k=16, max_iter=10, tol=0.0, seed=1)
+    shipped = bytes_sent(client) - before
+    assert result["iterations"] == 10
+    assert shipped < 0.01 * x.nbytes, f"shipped {shipped} bytes for a {x.nbytes}-byte dataset"
+    client.drop("kmeans-points")
+
+
+def test_weights_ship_once_per_agent(client, rng):
+    x = rng.standard_normal((64, 512))
+    w = rng.standard_normal((512, 512))  # 2 MB of weights
+    client.matmul(x, w, plan="rows", partitions=4)
+    before = bytes_sent(client)
+    for _ in range(3):
+        client.matmul(x, w, plan="rows", partitions=4)
+    assert bytes_sent(client) - before <= 3 * x.nbytes  # the rows, not the weights again
+
+
+def test_spmm_balances_by_nonzeros_and_gcn_normalises(client, rng):
+    n = 3000
+    degree = np.minimum((rng.pareto(1.2, n) + 1) * 3, n).astype(int)  # power law
+    dense = np.zeros((n, n))
+    for i, d in enumerate(degree):
+        dense[i, rng.choice(n, d, replace=False)] = rng.random(d)
+    x = rng.standard_normal((n, 16))
+    job = client.submit("spmm", {**dict(zip(("a_indptr", "a_indices", "a_data"), csr(dense)[:3])), "x": x},
+                        a_cols=n, partitions=8)
+    close(job.result()["y"], dense @ x, np.abs(dense) @ np.abs(x))
+    nnz = [p.rows for p in client.trace(job.job_id).partitions]
+    assert len(set(nnz)) > 1  # rows differ per partition: balanced by non-zeros instead
+    w = rng.standard_normal((16, 4))
+    sym = np.maximum(dense, dense.T)
+    a_hat = sym + np.eye(n)
+    d = a_hat.sum(axis=1)
+    want = np.maximum((a_hat / np.sqrt(d)[:, None] / np.sqrt(d)[None, :]) @ x @ w, 0)
+    got = client.gcn_layer(csr(sym), x, w, partitions=6)
+    close(got, want, np.abs(want) + 1, 1e-9)
+
+
+BAD = {
+    "matmul inner dimensions": ("matmul", {"a": np.ones((3, 4)), "b": np.ones((5, 2))}, {}, "inner dimensions differ"),
+    "csr unsorted": ("spmm", {"a_indptr": np.array([0, 2], np.int64), "a_indices": np.array([1, 0], np.int32),
+                              "a_data": np.ones(2), "x": np.ones((2, 3))}, {"a_cols": 2}, "strictly increasing"),
+    "csr out of range": ("spmm", {"a_indptr": np.array([0, 1], np.int64), "a_indices": np.array([5], np.int32),
+                                  "a_data": np.ones(1), "x": np.ones((2, 3))}, {"a_cols": 2}, "outside [0, 2)"),
+    "k larger than points": ("kmeans", {"x": np.ones((3, 2))}, {"k": 5}, "larger than the number of points"),
+    "int8 without scales": ("qmatmul", {"x": np.ones((2, 3), np.float32), "w_q": np.ones((3, 2), np.int8)}, {},
+                            "w_scale"),
+    "nan in kmeans": ("kmeans", {"x": np.array([[0.0, 1.0], [np.nan, 2.0], [3.0, 4.0]])}, {"k": 2}, "NaN"),
+    "mlp layer mismatch": ("mlp", {"x": np.ones((2, 3)), "w0": np.ones((4, 2)), "b0": np.ones(2)}, {},
+                           "layer 0 does not fit"),
+}
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_bad_input_per_op_is_invalid_argument(client, case):
+    op, inputs, params, message = BAD[case]
+    with pytest.raises(lepton.LeptonError) as info:
+        client.run(op, inputs, **params)
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT, info.value
+    assert message in info.value.details
