@@ -79,7 +79,7 @@ class Coordinator:
         op = op.resolve(metas, params)
         params = op.validate(metas, params)
         if datasets:
-            plan = self._dataset_plan(op, datasets)
+            plan = self._dataset_plan(op, datasets, names)
         else:
             plan = planner.plan(op, metas, scheme, count, target_bytes or self.config.target_partition_bytes,
                                 key_column)
@@ -98,13 +98,13 @@ class Coordinator:
         return job
 
     @staticmethod
-    def _dataset_plan(op, datasets: dict) -> planner.Plan:
+    def _dataset_plan(op, datasets: dict, names: list[str]) -> planner.Plan:
         """A job on datasets uses their partitioning: every split input must be one, all cut alike."""
         outside = [n for n in datasets if n not in op.split_inputs]
         if outside:
             raise InvalidInput(f"input(s) {outside} of op {op.name!r} are used whole; only split inputs "
                                f"{list(op.split_inputs)} can be datasets")
-        streamed = [n for n in op.split_inputs if n not in datasets]
+        streamed = [n for n in op.split_inputs if n in names and n not in datasets]
         if streamed:
             raise InvalidInput(f"split inputs {streamed} must be datasets too, partitioned like the others")
         first, *others = datasets.values()

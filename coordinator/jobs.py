@@ -182,7 +182,7 @@ class Job:
             return 0
         if self.datasets:  # split inputs are resident; only the whole inputs stream
             return self.plan.count if self.inputs.complete() else 0
-        split_index = [self.names.index(n) for n in self.op.split_inputs]
+        split_index = [i for i, n in enumerate(self.names) if n in self.op.split_inputs]
         whole_done = all(self.inputs.received[i] == self.inputs.metas[i].nbytes
                          for i in range(len(self.names)) if i not in split_index)
         if not whole_done:

@@ -90,7 +90,7 @@ ROWS = _Rows()
 
 def plan(op: Op, metas: dict[str, TensorMeta], scheme: Scheme, count: int, target_bytes: int,
          key_column: int = 0) -> Plan:
-    split = [metas[name] for name in op.split_inputs]
+    split = [metas[name] for name in op.split_inputs if name in metas]  # some are optional
     rows = op.rows(metas)
     if op.order_sensitive and scheme is not Scheme.ROW_BLOCKS:
         raise InvalidInput(f"op {op.name!r} concatenates rows in order: use row-block partitioning, not {scheme.value}")

@@ -191,3 +191,13 @@ def test_bad_input_per_op_is_invalid_argument(client, case):
         client.run(op, inputs, **params)
     assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT, info.value
     assert message in info.value.details
+
+
+def test_optional_inputs_and_datasets_work_together(client, rng):
+    x = rng.standard_normal((20_000, 6))
+    assert set(client.gram(x)) == {"xtx"}
+    ds = client.put("gram-x", x, partitions=5, replace=True)
+    close(client.gram(ds)["xtx"], x.T @ x, np.abs(x).T @ np.abs(x))
+    values, indices = client.topk(ds, k=3)
+    assert np.array_equal(np.take_along_axis(x, indices, axis=0), values)
+    client.drop("gram-x")

@@ -40,3 +40,17 @@ def test_demo_verifies_every_result():
     out = lepton("demo", "--rows", "2000000", timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "10/10 results match NumPy" in out.stdout
+
+
+def test_run_with_named_inputs_and_json(clusters, tmp_path):
+    rng = np.random.default_rng(6)
+    a, b = rng.standard_normal((50, 8)), rng.standard_normal((8, 3))
+    np.save(tmp_path / "a.npy", a)
+    np.save(tmp_path / "b.npy", b)
+    out = lepton("run", "matmul", "-i", f"a={tmp_path / 'a.npy'}", "-i", f"b={tmp_path / 'b.npy'}", "--json",
+                 "-o", str(tmp_path / "c.npz"), "--coordinator", clusters[2].address)
+    assert out.returncode == 0, out.stderr
+    import json
+
+    assert np.allclose(json.loads(out.stdout)["c"], a @ b, rtol=1e-12)
+    assert np.allclose(np.load(tmp_path / "c.npz")["c"], a @ b, rtol=1e-12)

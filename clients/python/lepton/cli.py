@@ -92,21 +92,34 @@ def run_with_progress(job, description: str, quiet: bool = False) -> dict:
 
 
 def cmd_run(args) -> int:
-    x = np.load(args.file, mmap_mode="r")
+    inputs = {"x": args.file} if args.file else {}
+    for item in args.input:
+        name, _, path = item.partition("=")
+        if not path:
+            raise SystemExit(f"lepton run: --input takes NAME=FILE.npy or NAME=@DATASET; got {item!r}")
+        inputs[name] = path
+    if not inputs:
+        raise SystemExit("lepton run: give a .npy file, or --input NAME=FILE.npy (NAME=@DATASET for a dataset)")
+    arrays = {n: p[1:] if p.startswith("@") else np.asarray(np.load(p, mmap_mode="r")) for n, p in inputs.items()}
     params = {}
     for item in args.param:
         key, _, value = item.partition("=")
         params[key] = _parse_value(value)
     with Client(args.coordinator) as client:
-        job = client.submit(args.op, np.asarray(x), partitioning=args.partitioning, partitions=args.partitions,
-                            label=os.path.basename(args.file), **params)
+        job = client.submit(args.op, arrays, partitioning=args.partitioning, partitions=args.partitions,
+                            label=" ".join(os.path.basename(p) for p in inputs.values()), **params)
         start = time.perf_counter()
-        result = run_with_progress(job, f"{args.op} {args.file}")
+        result = run_with_progress(job, f"{args.op} {' '.join(inputs.values())}")
         seconds = time.perf_counter() - start
-    np.set_printoptions(threshold=20, edgeitems=4)
-    for name, value in result.items():
-        print(f"{name} = {value}")
-    print(f"{job.status.job_id}: {x.nbytes / 1e6:.1f} MB in {seconds:.2f}s, "
+    if args.output:
+        np.savez(args.output, **result)
+    if args.json:
+        print(json.dumps({k: np.asarray(v).tolist() for k, v in result.items()}))
+    else:
+        np.set_printoptions(threshold=20, edgeitems=4)
+        for name, value in result.items():
+            print(f"{name} = {value}")
+    print(f"{job.status.job_id}: {job.status.bytes_total / 1e6:.1f} MB in {seconds:.2f}s, "
           f"{job.status.partitions_total} partitions", file=sys.stderr)
     return 0
 
@@ -187,10 +200,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_trace)
 
-    p = with_address(sub.add_parser("run", help="run an op on a .npy file"))
+    p = with_address(sub.add_parser("run", help="run an op on .npy files or datasets"))
     p.add_argument("op")
-    p.add_argument("file")
+    p.add_argument("file", nargs="?", help="the input x (a .npy file)")
+    p.add_argument("-i", "--input", action="append", default=[],
+                   help="a named input NAME=FILE.npy, or NAME=@DATASET for a loaded dataset (repeatable)")
     p.add_argument("-p", "--param", action="append", default=[], help="op parameter KEY=VALUE (lists: a,b)")
+    p.add_argument("-o", "--output", help="save the results to this .npz file")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--partitioning", default="row_blocks", choices=["row_blocks", "hash", "round_robin"])
     p.add_argument("--partitions", type=int, default=0, help="partition count (0: by size)")
     p.set_defaults(func=cmd_run)
