@@ -68,13 +68,14 @@ class TreeAggregator:
         self.tree, self.combine = tree, combine
         self.lo, self.hi = lo, tree.leaves if hi is None else hi
         self.covered = bytearray(tree.leaves)
+        self.covered_count = 0
         self.done: dict[Range, Partial] = {}
         # parent (level, index) -> [next child to fold, folded prefix, {child: partial}]
         self._pending: dict[tuple[int, int], list] = {}
 
     @property
     def complete(self) -> bool:
-        return sum(self.covered[self.lo:self.hi]) == self.hi - self.lo
+        return self.covered_count == self.hi - self.lo
 
     def add(self, lo: int, hi: int, partial: Partial) -> bool:
         seen = sum(self.covered[lo:hi])
@@ -84,6 +85,7 @@ class TreeAggregator:
             raise ValueError(f"partial [{lo}, {hi}) overlaps what was already aggregated or lies outside "
                              f"[{self.lo}, {self.hi})")
         self.covered[lo:hi] = b"\x01" * (hi - lo)
+        self.covered_count += hi - lo
         level = self.tree.level_of(lo, hi)
         self._insert(level, lo // self.tree.arity ** level, partial)
         return True

@@ -246,7 +246,7 @@ class Job:
         with self.lock:
             if self.record.state.final or round != self.round or not self.aggregator.add(lo, hi, partial):
                 return
-            self.record.partitions_done = sum(self.aggregator.covered)
+            self.record.partitions_done = self.aggregator.covered_count
             complete = self.aggregator.complete
         if not complete:
             self._progress()
