@@ -8,7 +8,7 @@ from backends.device import Device
 from backends.ops import REGISTRY
 
 
-def _memory_bytes() -> int:
+def physical_memory() -> int:
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError):
@@ -23,4 +23,4 @@ class NumpyDevice(Device):
 
     def __init__(self, index: int = 0):
         super().__init__(f"numpy:{index}", f"NumPy on {platform.processor() or platform.machine()}",
-                         _memory_bytes())
+                         physical_memory())

@@ -16,7 +16,8 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from backends.errors import FailedPrecondition, InvalidInput, Unavailable
+from backends.errors import FailedPrecondition, InvalidInput, ResourceExhausted, Unavailable
+from backends.numpy_device import physical_memory
 from backends.ops import get_op
 from coordinator import planner
 from coordinator.agent_link import AgentLink
@@ -37,6 +38,7 @@ class Config:
     heartbeat_interval: float = 0.5
     heartbeat_timeout: float = 3.0
     max_job_bytes: int = 16 << 30
+    max_active_bytes: int = 0  # input bytes of all unfinished jobs together; 0: half the memory
     max_attempts: int = 3
     agent_wait: float = 30.0
     history: int = 1000
@@ -84,6 +86,7 @@ class Coordinator:
             plan = planner.plan(op, metas, scheme, count, target_bytes or self.config.target_partition_bytes,
                                 key_column)
         self._check_capacity(op.name)
+        self._check_memory(inputs.bytes_total)
         job = Job(f"job-{next(self._ids)}", op, params, label, inputs, plan, self.config.tree_arity, deadline,
                   datasets)
         with self._lock:
@@ -173,6 +176,15 @@ class Coordinator:
         for agent in self.membership.agents():
             agent.cached = {k for k in agent.cached if not k.startswith(dataset.prefix)}
             agent.link.drop_cached(dataset.prefix)
+
+    def _check_memory(self, incoming: int) -> None:
+        limit = self.config.max_active_bytes or physical_memory() // 2
+        with self._lock:
+            active = sum(j.record.bytes_total for j in self._jobs.values() if not j.state.final)
+        if active + incoming > limit:
+            raise ResourceExhausted(f"the coordinator holds {active >> 20} MiB of unfinished jobs' input and this job "
+                                    f"adds {incoming >> 20} MiB, over its {limit >> 20} MiB limit: retry when jobs "
+                                    f"finish, load the data once with client.put, or raise --max-active-mib")
 
     def _check_capacity(self, op_name: str) -> None:
         agents = self.membership.agents()

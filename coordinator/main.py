@@ -37,6 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", default=env("LEPTON_DATA_DIR", ""),
                         help="where the coordinator keeps dataset copies (default: a temporary folder) "
                              "[LEPTON_DATA_DIR]")
+    parser.add_argument("--max-active-mib", type=float, default=float(env("LEPTON_MAX_ACTIVE_MIB", 0)),
+                        help="input MiB of all unfinished jobs together (0: half the memory) [LEPTON_MAX_ACTIVE_MIB]")
     parser.add_argument("--agent-wait", type=float, default=float(env("LEPTON_AGENT_WAIT", 30)),
                         help="seconds a job waits for a capable agent before failing [LEPTON_AGENT_WAIT]")
 
@@ -46,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
     keep_large_buffers_in_heap()
     config = Config(tree_arity=args.tree_arity, target_partition_bytes=int(args.target_partition_mib * (1 << 20)),
                     heartbeat_timeout=args.heartbeat_timeout, max_job_bytes=int(args.max_job_mib * (1 << 20)),
-                    agent_wait=args.agent_wait, data_dir=args.data_dir)
+                    agent_wait=args.agent_wait, data_dir=args.data_dir,
+                    max_active_bytes=int(args.max_active_mib * (1 << 20)))
     coordinator = Coordinator(config)
     metrics.register(coordinator)
     metrics_address = start_metrics(args.metrics_listen)

@@ -101,3 +101,18 @@ def test_cancel_stops_a_job(clusters):
     assert info.value.code == grpc.StatusCode.CANCELLED
     assert client.job(job_id).state == job_pb2.JOB_STATE_CANCELLED
     assert client.sum(np.ones(3, np.float32)) == 3
+
+
+def test_memory_limit_of_active_jobs_is_resource_exhausted():
+    import lepton
+
+    with lepton.LocalCluster(agents=1, coordinator_args=["--max-active-mib", "10"],
+                             agent_args=["--test-delay", "0.2"]) as cluster:
+        client = cluster.client()
+        first = client.submit("sum", np.ones(1_000_000), partitions=20)  # 8 MB, held while it runs
+        assert first.job_id
+        with pytest.raises(lepton.LeptonError) as info:
+            client.sum(np.ones(500_000))  # 4 MB more: over 10 MiB
+        assert info.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "--max-active-mib" in info.value.details
+        assert first.result()["sum"] == 1_000_000
+        assert client.sum(np.ones(500_000)) == 500_000  # room again
