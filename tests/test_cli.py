@@ -29,6 +29,8 @@ def test_status_lists_agents_devices_ops_and_jobs(clusters):
 
     assert ",".join(sorted(n for n, op in REGISTRY.items() if not op.abstract)) in out.stdout
     assert "SUCCEEDED" in out.stdout
+    jobs = lepton("jobs", "--json", "--coordinator", clusters[2].address)
+    assert jobs.returncode == 0 and '"state": "JOB_STATE_SUCCEEDED"' in jobs.stdout
 
 
 def test_unreachable_coordinator_says_what_to_do():

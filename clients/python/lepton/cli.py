@@ -55,11 +55,21 @@ def cmd_status(args) -> int:
         print("no agents: start one with `lepton agent --coordinator ADDRESS`")
     if jobs:
         print()
-        print(table(["JOB", "OP", "STATE", "PARTITIONS", "MB", "SECONDS", "ERROR"],
-                    [[j.job_id, j.op, state_name(j), f"{j.partitions_done}/{j.partitions_total}",
-                      f"{j.bytes_total / 1e6:.1f}",
-                      f"{(j.finished_at or time.time()) - j.submitted_at:.2f}",
-                      f"{j.error_code} {j.error_message}".strip()] for j in jobs]))
+        print(jobs_table(jobs))
+    return 0
+
+
+def jobs_table(jobs) -> str:
+    return table(["JOB", "OP", "LABEL", "STATE", "PARTITIONS", "MB", "SECONDS", "ERROR"],
+                 [[j.job_id, j.op, j.label, state_name(j), f"{j.partitions_done}/{j.partitions_total}",
+                   f"{j.bytes_total / 1e6:.1f}", f"{(j.finished_at or time.time()) - j.submitted_at:.2f}",
+                   f"{j.error_code} {j.error_message}".strip()] for j in jobs])
+
+
+def cmd_jobs(args) -> int:
+    with Client(args.coordinator, timeout=10) as client:
+        jobs = client.jobs(limit=args.limit)
+    print(as_json(*jobs) if args.json else jobs_table(jobs) if jobs else "no jobs yet")
     return 0
 
 
@@ -193,6 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=10, help="recent jobs to list")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_status)
+
+    p = with_address(sub.add_parser("jobs", help="recent jobs, newest first"))
+    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_jobs)
 
     p = with_address(sub.add_parser("trace", help="per-partition timings of a job"))
     p.add_argument("job_id")
