@@ -4,14 +4,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
-import threading
 
 from coordinator.coordinator import Config, Coordinator
 from coordinator import metrics
 from coordinator.server import serve
 from lepton.logs import configure, event
-from lepton.serving import NOT_SERVING, start_metrics
+from lepton.serving import NOT_SERVING, start_metrics, wait_for_stop_signal
 from lepton.tuning import keep_large_buffers_in_heap
 
 log = logging.getLogger("lepton.coordinator")
@@ -61,10 +59,7 @@ def run(args: argparse.Namespace) -> int:
         with open(tmp, "w") as f:
             f.write(address)
         os.replace(tmp, args.ready_file)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
+    wait_for_stop_signal()
     event(log, "coordinator.stopping")
     health.set_all(NOT_SERVING)
     coordinator.stop()

@@ -4,14 +4,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import socket
-import threading
 
 from backends.discovery import open_devices
 from lepton.logs import configure, event
 from lepton.tuning import keep_large_buffers_in_heap
-from lepton.serving import NOT_SERVING, start_metrics
+from lepton.serving import NOT_SERVING, start_metrics, wait_for_stop_signal
 from node_agent import metrics
 from node_agent.agent import Agent
 from node_agent.membership import MembershipClient
@@ -59,10 +57,7 @@ def run(args: argparse.Namespace) -> int:
           credits=agent.credits, metrics=metrics_address or "off")
     membership = MembershipClient(agent, args.coordinator, args.name, address, metrics_address)
     membership.start()
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
+    wait_for_stop_signal()
     event(log, "agent.stopping", agent=membership.agent_id)
     health.set_all(NOT_SERVING)
     membership.stop()

@@ -56,6 +56,16 @@ def add_standard_services(server: grpc.Server, services: list[str]) -> Health:
     return health
 
 
+def wait_for_stop_signal() -> None:
+    """Block until SIGTERM or SIGINT (Ctrl-C)."""
+    import signal
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+
+
 def start_metrics(listen: str) -> str:
     """Serve Prometheus text metrics on host:port (port 0 picks one); returns the bound address."""
     if not listen or listen == "off":
