@@ -33,6 +33,9 @@ class Device:
 
     kind: str = ""
     kernels: dict[str, Kernel] = {}
+    #: Set by the agent: a device that breaks for good (an MPI rank died) calls it with the reason,
+    #: and the agent stops so that it can be restarted; its partitions run elsewhere meanwhile.
+    on_failure: Callable[[str], None] | None = None
 
     def __init__(self, name: str, description: str, memory_bytes: int):
         self.name = name

@@ -5,6 +5,7 @@ import argparse
 import logging
 import os
 import socket
+import threading
 
 from backends.discovery import open_devices
 from lepton.logs import configure, event
@@ -23,7 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--coordinator", default=env("LEPTON_COORDINATOR", "127.0.0.1:50051"),
                         help="coordinator host:port [LEPTON_COORDINATOR]")
     parser.add_argument("--device", action="append", default=None,
-                        help="device spec: numpy[:N], opencl[:I|:NAME], mpi[:N]; repeatable or comma-separated "
+                        help="device spec: numpy[:N], opencl[:I|:NAME], mpi (under mpiexec), mpi:N[@HOSTFILE] "
+                             "(launches N ranks; LEPTON_MPI_HOSTFILE); repeatable or comma-separated "
                              "[LEPTON_DEVICE, default numpy]")
     parser.add_argument("--listen", default=env("LEPTON_AGENT_LISTEN", "127.0.0.1:0"),
                         help="host:port to serve on (port 0 picks one) [LEPTON_AGENT_LISTEN]")
@@ -57,10 +59,16 @@ def run(args: argparse.Namespace) -> int:
           credits=agent.credits, metrics=metrics_address or "off")
     membership = MembershipClient(agent, args.coordinator, args.name, address, metrics_address)
     membership.start()
-    wait_for_stop_signal()
+    broken: list[str] = []
+    stop = threading.Event()
+    for device in devices:
+        device.on_failure = lambda reason, name=device.name: (broken.append(f"{name}: {reason}"), stop.set())
+    wait_for_stop_signal(stop)
+    if broken:
+        event(log, "agent.device_failed", level=logging.ERROR, reasons="; ".join(broken))
     event(log, "agent.stopping", agent=membership.agent_id)
     health.set_all(NOT_SERVING)
     membership.stop()
     server.stop(grace=3).wait()
     agent.stop()
-    return 0
+    return 1 if broken else 0

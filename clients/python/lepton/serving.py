@@ -56,11 +56,11 @@ def add_standard_services(server: grpc.Server, services: list[str]) -> Health:
     return health
 
 
-def wait_for_stop_signal() -> None:
-    """Block until SIGTERM or SIGINT (Ctrl-C)."""
+def wait_for_stop_signal(stop: threading.Event | None = None) -> None:
+    """Block until SIGTERM or SIGINT (Ctrl-C), or until `stop` is set."""
     import signal
 
-    stop = threading.Event()
+    stop = stop or threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()

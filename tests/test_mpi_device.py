@@ -1,0 +1,458 @@
+"""The MPI device on a 2-rank pool, driven directly (no cluster).
+
+Each test starts this file as a driver script (the `__main__` part below) under mpiexec, or as plain
+Python with 'mpi:2' so the device re-execs it under mpiexec itself. Every process of a run carries a
+unique LEPTON_TEST_TAG in its environment; hydra puts each rank in its own session, so cleanup finds
+them by that tag rather than by process group.
+"""
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import numpy as np
+import pytest
+
+from backends.ops import REGISTRY, TensorMeta
+from backends.ops.base import Op
+
+HERE = os.path.abspath(__file__)
+BIN = os.path.dirname(sys.executable)
+MPIEXEC = os.path.join(BIN, "mpiexec")
+
+pytestmark = pytest.mark.timeout(60)
+
+
+# ---------------------------------------------------------------- test ops (registered on every rank)
+
+class _TestOp(Op):
+    def validate(self, inputs, params):
+        return dict(params)
+
+    def finalize(self, partial, params):
+        return partial
+
+
+class Boom(_TestOp):
+    """Fails on the rank whose rows hold a negative value."""
+
+    name = "test_boom"
+
+    def reference(self, inputs, params):
+        if (inputs["x"] < 0).any():
+            raise ValueError("negative input")
+        return {"n": np.int64(len(inputs["x"]))}
+
+    def merge(self, left, right):
+        return {"n": left["n"] + right["n"]}
+
+
+class Slow(_TestOp):
+    """Sleeps on the rank whose rows hold a positive value (rank 0 itself stays quick)."""
+
+    name = "test_slow"
+
+    def reference(self, inputs, params):
+        if (inputs["x"] > 0).any():
+            time.sleep(params["seconds"])
+        return {"n": np.int64(len(inputs["x"]))}
+
+    def merge(self, left, right):
+        return {"n": left["n"] + right["n"]}
+
+
+class Exit(_TestOp):
+    """The rank whose rows hold a positive value exits mid-kernel (no signal: a crash in Python)."""
+
+    name = "test_exit"
+
+    def reference(self, inputs, params):
+        if (inputs["x"] > 0).any():
+            time.sleep(0.2)
+            os._exit(3)
+        return {"n": np.int64(len(inputs["x"]))}
+
+    def merge(self, left, right):
+        return {"n": left["n"] + right["n"]}
+
+
+class RowDot(_TestOp):
+    """x @ w per row: a whole input broadcast to every rank and a bulky, order-sensitive partial."""
+
+    name = "test_rowdot"
+    whole_inputs = ("w",)
+    order_sensitive = True
+
+    def reference(self, inputs, params):
+        return {"y": inputs["x"] @ inputs["w"]}
+
+    def merge(self, left, right):
+        return {"y": np.concatenate([left["y"], right["y"]])}
+
+
+def register_test_ops() -> None:
+    for op in (Boom(), Slow(), Exit(), RowDot()):
+        REGISTRY[op.name] = op
+
+
+# ---------------------------------------------------------------- checks against NumPy
+
+def numpy_result(name: str, x: np.ndarray, params: dict) -> dict[str, np.ndarray]:
+    """NumPy's answer. Float sums, means and variances accumulate in float64 (then take NumPy's
+    result dtype): NumPy's own float32 accumulation is the less accurate side of the comparison."""
+    if name == "histogram":
+        columns = [x] if x.ndim == 1 else x.T
+        counts = [np.histogram(c, bins=params["bins"], range=params["range"])[0] for c in columns]
+        return {"counts": counts[0] if x.ndim == 1 else np.stack(counts)}
+    if name == "count":
+        full = np.full(x.shape[1:], len(x))
+        return {"count": np.count_nonzero(~np.isnan(x), axis=0) if x.dtype.kind == "f" else full}
+    fn = {"sum": np.sum, "min": np.min, "max": np.max, "mean": np.mean, "var": np.var}[name]
+    if name in ("sum", "mean", "var") and x.dtype.kind == "f":
+        return {name: fn(x, axis=0, dtype=np.float64).astype(fn(x[:1], axis=0).dtype)}
+    return {name: fn(x, axis=0)}
+
+
+def assert_close(op: str, key: str, got: np.ndarray, ref: np.ndarray, x: np.ndarray) -> None:
+    """The stated tolerances: min, max, count, histogram and integer sums exact; sums within
+    1e-5 (float32) or 1e-12 (float64) of sum|x|, means of mean|x|, variances of the variance."""
+    got, ref = np.asarray(got), np.asarray(ref)
+    assert got.shape == ref.shape, (op, key, got.shape, ref.shape)
+    if op in ("min", "max", "count", "histogram") or (op == "sum" and x.dtype.kind == "i"):
+        assert np.array_equal(got, ref, equal_nan=True), (op, key, got, ref)
+        return
+    scale = {"sum": np.sum(np.abs(x.astype(np.float64)), axis=0),
+             "mean": np.mean(np.abs(x.astype(np.float64)), axis=0),
+             "var": np.abs(ref.astype(np.float64))}[op]
+    tolerance = (1e-5 if x.dtype == np.float32 else 1e-12) * scale
+    close = np.abs(got.astype(np.float64) - ref) <= tolerance
+    assert np.all(close | (np.isnan(got) & np.isnan(ref))), (op, key, got, ref)
+
+
+def cases():
+    """(name, x, raw params) for every reduction op, dtype and shape; NaN in a float column.
+
+    (1, 2) leaves rank 1 without rows: its partial is the empty one.
+    """
+    rng = np.random.default_rng(7)
+    for dtype in ("float32", "float64", "int32", "int64"):
+        for shape in ((10_001,), (4_099, 3), (1, 2)):
+            x = (rng.standard_normal(shape) * 1000).astype(dtype)
+            clean = x.copy()
+            if dtype.startswith("float") and x.ndim == 2 and len(x) > 1:
+                x[5, 1] = np.nan
+            for name in ("sum", "min", "max", "count", "mean", "var"):
+                yield name, x, {}
+            yield "histogram", clean, {"bins": 64, "range": [-3000.0, 3000.0]}
+
+
+def check_all_ops(device) -> int:
+    checks = 0
+    for name, x, raw in cases():
+        op = REGISTRY[name]
+        params = op.validate({"x": TensorMeta(x.dtype, x.shape)}, raw)
+        got = op.finalize(device.run(op, {"x": x}, params), params)
+        reference = op.finalize(op.reference({"x": x}, params), params)
+        for key, want in numpy_result(name, x, params).items():
+            assert got[key].dtype == reference[key].dtype, (name, key, got[key].dtype, reference[key].dtype)
+            assert_close(name, key, got[key], want, x)
+            checks += 1
+        if name in ("min", "max", "count", "histogram"):  # bitwise the NumPy device's answer
+            assert all(np.array_equal(got[k], reference[k], equal_nan=True) for k in reference), name
+    # Read-only, non-contiguous and big-endian inputs, a whole input and an order-sensitive partial.
+    x = np.frombuffer(np.arange(4_000, dtype=np.float64).tobytes(), np.float64).reshape(1_000, 4)[:, ::2]
+    assert device.run(REGISTRY["sum"], {"x": x}, {})["sum"].tolist() == x.sum(axis=0).tolist()
+    big = np.arange(999, dtype=">i4")
+    assert device.run(REGISTRY["max"], {"x": big}, {})["max"] == 998
+    w = np.random.default_rng(1).standard_normal((4, 3))
+    x = np.random.default_rng(2).standard_normal((1_001, 4))
+    assert np.array_equal(device.run(REGISTRY["test_rowdot"], {"x": x, "w": w}, {})["y"], x @ w)
+    # Bitwise repeatable: a fixed split and a fixed combine order.
+    x = np.random.default_rng(3).standard_normal(1 << 20).astype(np.float32)
+    sums = {device.run(REGISTRY["sum"], {"x": x}, {})["sum"].tobytes() for _ in range(5)}
+    assert len(sums) == 1
+    return checks + 4
+
+
+# ---------------------------------------------------------------- the driver (rank 0 prints JSON)
+
+def driver(mode: str, spec: str) -> None:
+    from backends.discovery import open_devices
+    from backends.errors import LeptonError, Unavailable
+
+    register_test_ops()
+    [device] = open_devices([spec])  # ranks 1..N-1 never return from here
+    say = lambda **kw: print(json.dumps(kw), flush=True)  # noqa: E731
+    if mode == "ops":
+        say(checks=check_all_ops(device), size=device.comm.size)
+    elif mode == "boom":
+        x = np.arange(-10, 90, dtype=np.float64)[::-1].copy()  # negatives only in the last rows: rank 1
+        try:
+            device.run(REGISTRY["test_boom"], {"x": x}, {})
+            say(error=None)
+        except LeptonError as exc:
+            after = int(device.run(REGISTRY["count"], {"x": x}, {})["count"])  # the pool stays usable
+            say(error=str(exc), type=type(exc).__name__, code=exc.code, after=after)
+    elif mode == "exit":
+        start = time.monotonic()
+        results = []
+        for op in ("test_exit", "sum"):  # the failing run, then the device staying failed
+            try:
+                device.run(REGISTRY[op], {"x": np.repeat([0.0, 1.0], 5)}, {})
+                results.append("ok")
+            except Unavailable as exc:
+                results.append(str(exc))
+        say(results=results, seconds=time.monotonic() - start, description=device.description)
+    elif mode == "slow":  # a long partition; the test kills a worker meanwhile
+        say(ready=True, rank0=os.getpid(), workers=list(device.worker_pids.values()))
+        try:
+            device.run(REGISTRY["test_slow"], {"x": np.repeat([0.0, 1.0], 5)}, {"seconds": 30.0})
+            say(result="ok")
+        except Unavailable as exc:
+            say(result=str(exc))
+    elif mode == "serve":  # like the agent: stop on SIGTERM/SIGINT, close the device, exit
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        device.on_failure = lambda reason: (say(failed=reason), stop.set())
+        device.run(REGISTRY["sum"], {"x": np.ones(100)}, {})
+        say(ready=True, rank0=os.getpid(), workers=list(device.worker_pids.values()), size=device.comm.size)
+        stop.wait()
+        device.close()
+        say(closed=True)
+
+
+# ---------------------------------------------------------------- pytest side
+
+def _tagged(tag: str) -> list[int]:
+    """PIDs of live processes whose environment carries `tag`."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/environ", "rb") as f:
+                    if f"LEPTON_TEST_TAG={tag}".encode() in f.read().split(b"\0"):
+                        with open(f"/proc/{entry}/stat") as s:
+                            if s.read().rpartition(")")[2].split()[0] != "Z":
+                                pids.append(int(entry))
+            except OSError:
+                pass
+    return pids
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+class Run:
+    """A driver run; its processes are found by tag and killed in teardown."""
+
+    def __init__(self, tag: str, argv: list[str], env: dict | None = None):
+        self.tag, self.stderr = tag, []
+        self.lines: queue.Queue = queue.Queue()
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     start_new_session=True, env={**os.environ, **(env or {}), "LEPTON_TEST_TAG": tag})
+        # Readers in threads: a timeout on a blocked read, and stderr can never fill its pipe.
+        threading.Thread(target=lambda: [self.lines.put(t) for t in self.proc.stdout] + [self.lines.put("")],
+                         daemon=True).start()
+        threading.Thread(target=lambda: self.stderr.extend(self.proc.stderr), daemon=True).start()
+
+    def line(self, timeout: float = 20) -> dict:
+        """The next JSON line rank 0 prints."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                text = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                text = ""
+            if not text:
+                raise AssertionError(f"no result from the driver; stderr:\n{''.join(self.stderr)}")
+            if text.startswith("{"):
+                return json.loads(text)
+
+    def finish(self, timeout: float = 20) -> tuple[int, str]:
+        """Exit status and stderr once the launched process (mpiexec, after a re-exec) ends."""
+        code = self.proc.wait(timeout=timeout)
+        time.sleep(0.05)  # let the stderr reader drain
+        return code, "".join(self.stderr)
+
+    def kill(self) -> None:
+        for pid in _tagged(self.tag):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def launch():
+    runs: list[Run] = []
+
+    def start(mode: str, spec: str = "mpi:2", mpiexec: list[str] | None = None, env: dict | None = None) -> Run:
+        argv = [sys.executable, HERE, mode, spec]
+        run = Run(uuid.uuid4().hex, (mpiexec or []) + argv, env)
+        runs.append(run)
+        return run
+
+    yield start
+    for run in runs:
+        run.kill()
+        assert _gone(run.tag, 5), "stray processes left"
+
+
+def _gone(tag: str, within: float) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if not _tagged(tag):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_specs_and_the_mpiexec_command_line(monkeypatch, tmp_path):
+    from backends.discovery import open_devices
+    from backends.errors import FailedPrecondition, InvalidInput
+    from backends.mpi import launch
+
+    for var in ("PMI_RANK", "PMI_SIZE", "PMIX_RANK", "OMPI_COMM_WORLD_SIZE", "HYDI_CONTROL_FD",
+                "LEPTON_MPI_HOSTFILE", "LEPTON_MPI_LAUNCHED"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(FailedPrecondition, match="needs to run under mpiexec"):
+        open_devices(["mpi"])
+    for bad in ("0", "x", "2@/no/such/hostfile"):
+        with pytest.raises(InvalidInput):
+            launch.parse_spec(bad)
+    hosts = tmp_path / "hosts"
+    hosts.write_text("localhost\n")
+    assert launch.parse_spec(f"3@{hosts}") == (3, str(hosts))
+    monkeypatch.setenv("LEPTON_MPI_HOSTFILE", str(hosts))
+    assert launch.parse_spec("3") == (3, str(hosts))
+    command = launch.mpiexec_command(3, str(hosts))
+    assert command[0] == MPIEXEC and command[command.index("-n") + 1] == "3"
+    assert command[command.index("-f") + 1] == str(hosts) and "-disable-auto-cleanup" in command
+    assert command[command.index("-n") + 2:] == [sys.executable, *sys.orig_argv[1:]]
+    monkeypatch.setenv("LEPTON_MPI_LAUNCHED", "3")  # we already re-exec'd, yet no MPI environment
+    with pytest.raises(FailedPrecondition, match="no MPI environment"):
+        launch.relaunch(3, None)
+
+
+def test_every_op_matches_numpy_under_mpiexec(launch):
+    run = launch("ops", "mpi", mpiexec=[MPIEXEC, "-n", "2"])
+    result = run.line()
+    assert result == {"size": 2, "checks": 4 * 3 * 7 + 4}
+    assert run.finish()[0] == 0
+
+
+def test_mpi_n_relaunches_itself_with_a_hostfile(launch, tmp_path):
+    hosts = tmp_path / "hosts"
+    hosts.write_text("localhost\nlocalhost\n")  # two slots on one machine stand in for two hosts
+    run = launch("ops", f"mpi:2@{hosts}")
+    assert run.line()["size"] == 2
+    assert run.finish()[0] == 0
+
+
+def test_hostfile_from_the_environment(launch, tmp_path):
+    hosts = tmp_path / "hosts"
+    hosts.write_text("localhost\nlocalhost\n")
+    run = launch("serve", "mpi:2", env={"LEPTON_MPI_HOSTFILE": str(hosts)})
+    assert run.line()["size"] == 2
+    run.proc.send_signal(signal.SIGTERM)
+    assert _gone(run.tag, 5)
+
+
+def test_rank_count_must_match_mpiexec(launch):
+    run = launch("ops", "mpi:3", mpiexec=[MPIEXEC, "-n", "2"])
+    code, err = run.finish()
+    assert code != 0 and "mpiexec started 2 ranks" in err
+
+
+def test_kernel_exception_on_a_worker_fails_the_partition_and_the_pool_stays_usable(launch):
+    run = launch("boom")
+    result = run.line()
+    assert result["type"] == "KernelError" and result["code"] == "INTERNAL"
+    assert "rank 1 of 2" in result["error"] and "ValueError: negative input" in result["error"]
+    assert result["after"] == 100
+    assert run.finish()[0] == 0
+
+
+def test_worker_exiting_mid_job_gives_unavailable_not_a_hang(launch):
+    run = launch("exit")
+    result = run.line()
+    first, second = result["results"]
+    assert "stays failed" in first and ("exited" in first or "died" in first), first
+    assert "stays failed" in second
+    assert result["seconds"] < 2
+    assert "FAILED" in result["description"]
+    assert _gone(run.tag, 10)
+
+
+def test_worker_killed_by_a_signal_takes_the_pool_down_without_hanging(launch):
+    # Hydra's proxy SIGKILLs every rank it started when one of them dies by a signal, whatever
+    # -disable-auto-cleanup says: rank 0 (the agent) goes too, and the coordinator reschedules.
+    run = launch("slow")
+    ready = run.line()
+    time.sleep(0.3)  # mid-partition: the worker sleeps 30 s in its kernel
+    os.kill(ready["workers"][0], signal.SIGKILL)
+    assert _gone(run.tag, 10)
+    assert run.finish()[0] != 0
+
+
+@pytest.mark.parametrize("target", ["mpiexec", "rank0"])
+def test_sigterm_stops_every_rank_within_seconds(launch, target):
+    run = launch("serve")
+    ready = run.line()
+    assert len(_tagged(run.tag)) >= 4  # mpiexec, hydra's proxy, two ranks
+    # mpiexec: what `kill <agent pid>` hits after mpi:N re-exec'd (hydra forwards it to every rank);
+    # rank0: the agent process alone, as under a manual mpiexec.
+    os.kill(run.proc.pid if target == "mpiexec" else ready["rank0"], signal.SIGTERM)
+    start = time.monotonic()
+    assert _gone(run.tag, 8)
+    assert time.monotonic() - start < 5
+
+
+def test_sigterm_to_a_worker_alone_fails_the_idle_device(launch):
+    run = launch("serve")
+    ready = run.line()
+    start = time.monotonic()
+    os.kill(ready["workers"][0], signal.SIGTERM)  # no STOP follows: it leaves after its grace
+    assert "exited" in run.line()["failed"]  # on_failure, from hydra's SIGUSR1, with no job running
+    assert time.monotonic() - start < 5
+    assert run.line() == {"closed": True}
+    assert _gone(run.tag, 5)
+
+
+def test_killed_rank0_takes_the_workers_down(launch):
+    run = launch("serve")
+    ready = run.line()
+    os.kill(ready["rank0"], signal.SIGKILL)
+    assert _gone(run.tag, 8)
+
+
+def test_idle_pool_uses_little_cpu(launch):
+    run = launch("serve")
+    ready = run.line()
+    time.sleep(0.5)  # let start-up settle
+    pids = _tagged(run.tag)
+    before = {pid: _cpu_seconds(pid) for pid in pids}
+    time.sleep(10)
+    used = {pid: _cpu_seconds(pid) - before[pid] for pid in pids}
+    print(f"idle CPU over 10 s: workers {[used[p] for p in ready['workers']]} s, "
+          f"rank 0 {used[ready['rank0']]} s, all {len(pids)} processes {sum(used.values()):.3f} s")
+    assert sum(used[p] for p in ready["workers"]) + used[ready["rank0"]] < 0.5
+    assert sum(used.values()) < 0.5
+
+
+if __name__ == "__main__":
+    driver(sys.argv[1], sys.argv[2])
