@@ -4,8 +4,9 @@ from __future__ import annotations
 import os
 import platform
 
+from backends.blocks import run_blocked
 from backends.device import Device
-from backends.ops import REGISTRY
+from backends.ops import REGISTRY, Op
 
 
 def physical_memory() -> int:
@@ -15,11 +16,16 @@ def physical_memory() -> int:
         return 0
 
 
+def reference_kernel(op: Op):
+    """The op's NumPy reference as a device kernel, blocked canonically where its merge is inexact."""
+    if op.block_bytes:
+        return lambda device, inputs, params: run_blocked(op, op.reference, inputs, params)
+    return lambda device, inputs, params: op.reference(inputs, params)
+
+
 class NumpyDevice(Device):
     kind = "numpy"
-    # Every registered op's reference kernel.
-    kernels = {name: (lambda op: lambda device, inputs, params: op.reference(inputs, params))(op)
-               for name, op in REGISTRY.items() if not op.abstract}
+    kernels = {name: reference_kernel(op) for name, op in REGISTRY.items() if not op.abstract}
 
     def __init__(self, index: int = 0):
         super().__init__(f"numpy:{index}", f"NumPy on {platform.processor() or platform.machine()}",

@@ -50,6 +50,9 @@ class Op:
     balanced: bool = False
     #: Only resolves to other ops (see `resolve`): no kernel runs it.
     abstract: bool = False
+    #: Ops whose merge is not exact (float sums) compute a partition as a fixed fold of blocks of
+    #: about this many bytes, whatever a device's split (backends/blocks.py). None: merge is exact.
+    block_bytes: int | None = None
 
     @property
     def inputs(self) -> tuple[str, ...]:

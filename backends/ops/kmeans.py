@@ -40,6 +40,7 @@ def assign(x: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray
 
 class Kmeans(Op):
     name = "kmeans"
+    block_bytes = 4 << 20  # float sums: fold fixed blocks (backends/blocks.py)
     iterative = True
     needs_row_offset = True
 

@@ -54,6 +54,7 @@ class MatmulRows(Concat):
 
 class MatmulInner(Op):
     name = "matmul.inner"
+    block_bytes = 4 << 20  # float sums: fold fixed blocks (backends/blocks.py)
     split_inputs = ("a", "b")
     order_sensitive = True  # A's columns and B's rows must stay paired
 
@@ -148,6 +149,7 @@ class Qmatmul(Concat):
     """
 
     name = "qmatmul"
+    block_bytes = 4 << 20  # float sums: fold fixed blocks (backends/blocks.py)
 
     def check_inputs(self, names):
         if set(names) == {"x", "w_q"}:

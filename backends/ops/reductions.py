@@ -44,6 +44,7 @@ class _Reduction(Op):
 
 class Sum(_Reduction):
     name = "sum"
+    block_bytes = 4 << 20  # float sums: fold fixed blocks (backends/blocks.py)
     needs_rows = False
 
     def validate(self, inputs, params):
@@ -118,6 +119,7 @@ def _result_float(params: Params) -> np.dtype:
 
 class Mean(_Reduction):
     name = "mean"
+    block_bytes = 4 << 20  # float sums: fold fixed blocks (backends/blocks.py)
 
     def reference(self, inputs, params):
         x = inputs["x"]
@@ -134,6 +136,7 @@ class Var(_Reduction):
     """Variance with Chan et al.'s pairwise update: stable where sum-of-squares cancels."""
 
     name = "var"
+    block_bytes = 4 << 20  # float sums: fold fixed blocks (backends/blocks.py)
     params = ("ddof",)
 
     def validate(self, inputs, params):

@@ -12,6 +12,7 @@ class Gram(Op):
     """XᵀX, and Xᵀy when y is given (inputs x, optional y): partials add."""
 
     name = "gram"
+    block_bytes = 4 << 20  # float sums: fold fixed blocks (backends/blocks.py)
     split_inputs = ("x", "y")
 
     def check_inputs(self, names):
@@ -78,6 +79,7 @@ class Pca(Op):
     not cancel catastrophically."""
 
     name = "pca"
+    block_bytes = 4 << 20  # float sums: fold fixed blocks (backends/blocks.py)
 
     def validate(self, inputs, params):
         check_params(self, params, ("k",))
