@@ -1,0 +1,139 @@
+"""OpenCL reduction kernels beside NumPy on the same data (a benchmark, not a test).
+
+    python benchmarks/bench_opencl.py                      # opencl:0, float32, 2^28 values
+    python benchmarks/bench_opencl.py --device opencl:gpu --repeats 20 --torch
+
+For each op it prints medians of --repeats runs and ratios against NumPy (GB/s of input bytes):
+  e2e       device.run as an agent calls it: the caller's array in, the partial out, wall clock
+            (includes the host->device copy on discrete GPUs; CPUs such as PoCL read in place)
+  resident  the same launches with the input already in device memory, wall clock
+  kernel    those launches' own time on the device clock (OpenCL profiling events)
+  xfer      copying the input into device memory once: what e2e adds to resident on a GPU
+--torch adds torch.sum on CUDA over the same values, timed with CUDA events (the H100 target).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+
+from backends import discovery
+from backends.ops import REGISTRY, TensorMeta
+
+NUMPY = {"sum": np.sum, "min": np.min, "max": np.max, "mean": np.mean, "var": np.var,
+         "count": lambda x: np.count_nonzero(~np.isnan(x)) if x.dtype.kind == "f" else len(x),
+         "histogram": lambda x: np.histogram(x, bins=100, range=(0.0, 1.0))}
+
+
+def median_seconds(fn, repeats: int) -> float:
+    fn()  # warm: builds, page faults, caches
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+def kernel_only(device, name: str, x: np.ndarray, resident):
+    """The op's device launches on resident data (None where there is no resident form: histogram)."""
+    if name in ("sum", "min", "max", "count"):
+        return lambda: device.reduce(name, x, resident=resident)
+    if name == "mean":
+        return lambda: device.reduce("fsum", x, resident=resident)
+    if name == "var":
+        def var():
+            total, _, lo, hi = device.reduce("fsum", x, resident=resident)
+            shift = (total / (hi - lo)).astype(np.float32 if x.dtype == np.float32 else np.float64)
+            device.reduce("m2", x, shift=shift, resident=resident)
+        return var
+    return None
+
+
+def torch_sum(x: np.ndarray, repeats: int) -> float | None:
+    """Median seconds of torch.sum on CUDA, on the device clock; None without torch or CUDA."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    t = torch.from_numpy(x).cuda()
+    torch.sum(t)
+    samples = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        torch.sum(t)
+        end.record()
+        end.synchronize()
+        samples.append(start.elapsed_time(end) / 1e3)
+    return statistics.median(samples)
+
+
+def kernel_seconds(device, fn, repeats: int) -> float:
+    """Median over runs of the summed device-clock time of the kernels one call of fn launches."""
+    fn()
+    samples = []
+    for _ in range(repeats):
+        device.profile = []
+        fn()
+        samples.append(sum(e.profile.end - e.profile.start for e in device.profile) * 1e-9)
+    device.profile = None
+    return statistics.median(samples)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="opencl:0", help="device spec (default opencl:0)")
+    parser.add_argument("--log2", type=int, default=28, help="values per op: 2^N (default 28)")
+    parser.add_argument("--histogram-log2", type=int, default=24, help="values for histogram (NumPy's is slow)")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--ops", default="sum,min,max,mean,var,count,histogram")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--torch", action="store_true", help="also time torch.sum on CUDA")
+    args = parser.parse_args()
+
+    (device,) = discovery.open_devices([args.device])[:1]
+    rng = np.random.default_rng(0)
+    big = rng.random(1 << args.log2, dtype=np.float32).astype(args.dtype, copy=False)
+    print(f"device: {device.name} = {device.description}")
+    print(f"data: {args.dtype}, 2^{args.log2} values ({big.nbytes / 2**30:.2f} GiB; histogram 2^{args.histogram_log2}), "
+          f"medians of {args.repeats} runs, GB/s of input")
+    print(f"{'op':<10}{'numpy ms':>9}{'GB/s':>7}{'e2e ms':>9}{'GB/s':>7}{'vs np':>7}{'resid ms':>9}{'GB/s':>7}"
+          f"{'kernel ms':>10}{'GB/s':>7}{'vs np':>7}{'xfer ms':>9}")
+    transfer = {}
+    for name in args.ops.split(","):
+        x = big[: 1 << args.histogram_log2] if name == "histogram" else big
+        op = REGISTRY[name]
+        params = {"bins": 100, "range": [0.0, 1.0]} if name == "histogram" else {}
+        p = op.validate({"x": TensorMeta(x.dtype, x.shape)}, params)
+        t_np = median_seconds(lambda: NUMPY[name](x), args.repeats)
+        t_e2e = median_seconds(lambda: device.run(op, {"x": x}, p), args.repeats)
+        with device._run_lock:  # resident data lives outside the agent's path
+            if x.nbytes not in transfer:
+                start = time.perf_counter()
+                resident = device.upload(x, keep=True)
+                device.queue.finish()
+                transfer[x.nbytes] = (time.perf_counter() - start, resident)
+            fn = kernel_only(device, name, x, transfer[x.nbytes][1]) or (lambda: device.run(op, {"x": x}, p))
+            t_res = median_seconds(fn, args.repeats)
+            t_k = kernel_seconds(device, fn, args.repeats)
+        gbs = lambda t: x.nbytes / t / 1e9  # noqa: E731
+        resident_cell = f"{t_res * 1e3:>9.2f}{gbs(t_res):>7.1f}" if name != "histogram" else f"{'-':>9}{'-':>7}"
+        print(f"{name:<10}{t_np * 1e3:>9.2f}{gbs(t_np):>7.1f}{t_e2e * 1e3:>9.2f}{gbs(t_e2e):>7.1f}"
+              f"{t_np / t_e2e:>6.2f}x{resident_cell}{t_k * 1e3:>10.2f}{gbs(t_k):>7.1f}{t_np / t_k:>6.2f}x"
+              f"{transfer[x.nbytes][0] * 1e3:>9.1f}")
+    if args.torch and "sum" in args.ops:
+        t_torch = torch_sum(big, args.repeats)
+        if t_torch is None:
+            print("torch: not installed or no CUDA device")
+        else:
+            print(f"torch.sum on CUDA (device clock): {t_torch * 1e3:.3f} ms, {big.nbytes / t_torch / 1e9:.1f} GB/s")
+    device.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# The OpenCL tests and kernel benchmarks on a machine with an NVIDIA GPU.
+#
+#   benchmarks/gpu_check.sh            # from the repository root or anywhere
+#
+# Containers often ship NVIDIA's OpenCL driver (libnvidia-opencl.so.1, e.g. under
+# /usr/local/nvidia/lib64) without registering it with the ICD loader (no
+# /etc/OpenCL/vendors/nvidia.icd): then OpenCL sees only PoCL. This script registers it first
+# (in /etc when writable, else in a private vendors directory named by OCL_ICD_VENDORS), checks that
+# a GPU device shows up, runs the OpenCL tests against it (LEPTON_TEST_OPENCL_DEVICE=gpu), then the
+# benchmark, with torch.sum beside it when torch with CUDA is installed.
+# Environment: PYTHON (default .venv/bin/python, else python3), BENCH_ARGS (extra benchmark flags).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
+
+driver=""
+for candidate in /usr/local/nvidia/lib64/libnvidia-opencl.so.1 /usr/lib/x86_64-linux-gnu/libnvidia-opencl.so.1 \
+                 /usr/lib64/libnvidia-opencl.so.1 /usr/lib/libnvidia-opencl.so.1; do
+    if [ -e "$candidate" ]; then driver=$candidate; break; fi
+done
+if [ -z "$driver" ]; then
+    echo "gpu_check: no libnvidia-opencl.so.1 found; is this an NVIDIA machine with the driver mounted?" >&2
+elif grep -qs libnvidia-opencl /etc/OpenCL/vendors/*.icd; then
+    echo "gpu_check: NVIDIA OpenCL driver already registered"
+else
+    if mkdir -p /etc/OpenCL/vendors 2>/dev/null && echo "$driver" > /etc/OpenCL/vendors/nvidia.icd 2>/dev/null; then
+        echo "gpu_check: registered $driver in /etc/OpenCL/vendors/nvidia.icd"
+    else
+        vendors=$(mktemp -d)
+        echo "$driver" > "$vendors/nvidia.icd"
+        export OCL_ICD_VENDORS=$vendors   # pyopencl's loader still finds its bundled PoCL
+        echo "gpu_check: /etc is read-only; registered $driver via OCL_ICD_VENDORS=$vendors"
+    fi
+fi
+# The driver's own dependencies (libcuda and friends) live beside it.
+[ -n "$driver" ] && export LD_LIBRARY_PATH="$(dirname "$driver")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# Fresh caches: PoCL's and ours, so nothing stale from another machine or version is used.
+cache=$(mktemp -d)
+export LEPTON_OPENCL_CACHE=$cache/opencl POCL_CACHE_DIR=$cache/pocl
+
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+"$PYTHON" - <<'EOF'
+import sys
+from backends.opencl import describe_devices
+devices = describe_devices()
+for d in devices:
+    print(f"opencl:{d['index']}  {d['type']:<12} {d['name']}  ({d['platform']}, driver {d['driver_version']}, "
+          f"{d['compute_units']} CUs, {d['global_memory_bytes'] / 2**30:.1f} GiB)")
+if not any("gpu" in d["type"] for d in devices):
+    sys.exit("gpu_check: no GPU OpenCL device; see the registration messages above")
+EOF
+
+status=0
+LEPTON_TEST_OPENCL_DEVICE=gpu "$PYTHON" -m pytest -q tests/test_opencl_device.py tests/test_opencl_cluster.py || status=$?
+"$PYTHON" benchmarks/bench_opencl.py --device opencl:gpu --repeats 20 --torch ${BENCH_ARGS:-} || status=$?
+exit $status

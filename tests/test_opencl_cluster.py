@@ -1,0 +1,125 @@
+"""The OpenCL backend through a real cluster: a coordinator and agents started with --device opencl.
+
+Tolerances are those of tests/test_opencl_device.py (float32 sums within 1e-5 * sum(|x|), float64
+within 1e-12 * sum(|x|); variances relative to the variance; extremes, counts, histograms and integer
+sums exact), plus the rounding of the final result to the input's float type.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pyopencl")
+lepton = pytest.importorskip("lepton")
+
+from backends.errors import LeptonError  # noqa: E402
+from backends.opencl import OpenCLDevice, ProgramCache, all_devices, export_binaries, select_devices  # noqa: E402
+
+# PoCL's CPU device unless benchmarks/gpu_check.sh asks for the GPU; agents name it by index.
+SELECTOR = os.environ.get("LEPTON_TEST_OPENCL_DEVICE", "cpu")
+try:
+    CL_DEVICE = select_devices(SELECTOR)[0]
+except LeptonError:
+    pytest.skip(f"no OpenCL device matches {SELECTOR!r}", allow_module_level=True)
+SPEC = f"opencl:{all_devices().index(CL_DEVICE)}"
+
+TOL = {"float32": 1e-5, "float64": 1e-12, "int32": 1e-12, "int64": 1e-12}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with lepton.LocalCluster(agents=2, devices=SPEC) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def client(cluster):
+    return cluster.client(timeout=120)
+
+
+def data(dtype: str, shape: tuple) -> np.ndarray:
+    rng = np.random.default_rng(7)
+    if dtype.startswith("int"):
+        return rng.integers(-(1 << 20), 1 << 20, size=shape).astype(dtype)
+    return (100 + 10 * rng.standard_normal(shape)).astype(dtype)
+
+
+def assert_reductions(client, x: np.ndarray) -> None:
+    tol, wide = TOL[x.dtype.name], x.astype(np.float64)
+    scale = np.abs(wide).sum(axis=0)
+    kw = {"partitions": 4}  # several partials per job: the OpenCL partials meet the op's combine
+    assert np.array_equal(client.min(x, **kw), x.min(axis=0))
+    assert np.array_equal(client.max(x, **kw), x.max(axis=0))
+    assert np.array_equal(client.count(x, **kw), np.full(x.shape[1:], len(x)))
+    total = client.sum(x, **kw)
+    if x.dtype.kind == "i":
+        assert np.array_equal(total, x.sum(axis=0, dtype=np.int64))
+    else:
+        assert np.all(np.abs(total - wide.sum(axis=0)) <= tol * scale)
+    assert np.all(np.abs(client.mean(x, **kw) - wide.mean(axis=0)) <= tol * scale / len(x))
+    want = wide.var(axis=0, ddof=1)
+    assert np.all(np.abs(client.var(x, ddof=1, **kw) - want) <= tol * want)
+    if x.ndim <= 2:
+        for params in ({"bins": 50, "range": [float(x.min()), float(x.max())]}, {"edges": [80, 95, 100, 101, 130]}):
+            counts, edges = client.histogram(x, **params, **kw)
+            columns = [x] if x.ndim == 1 else x.T
+            want = [np.histogram(c, bins=params.get("edges", params.get("bins")), range=params.get("range"))
+                    for c in columns]
+            assert np.array_equal(counts, want[0][0] if x.ndim == 1 else np.stack([w[0] for w in want]))
+            np.testing.assert_array_equal(edges, want[0][1])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "int32", "int64"])
+def test_reductions_equal_numpy_through_a_cluster(client, dtype):
+    assert_reductions(client, data(dtype, (400_003,)))
+
+
+def test_columns_through_a_cluster(client):
+    assert_reductions(client, data("float32", (50_001, 4)))
+    assert_reductions(client, data("int64", (30_001, 3)))
+
+
+def test_status_shows_opencl_devices_with_measured_throughput(client):
+    agents = client.cluster_status().agents
+    assert len(agents) == 2
+    for agent in agents:
+        (device,) = agent.devices
+        assert device.kind == "opencl" and device.name == "opencl:0"
+        assert set(device.ops) >= {"sum", "min", "max", "mean", "var", "count", "histogram"}
+        assert device.throughput["sum"] > 0  # calibrated when the agent opened the device
+
+
+@pytest.fixture(scope="module")
+def sum_only_manifest(tmp_path_factory):
+    device = OpenCLDevice(CL_DEVICE, "export", cache=ProgramCache(tmp_path_factory.mktemp("cache")), calibrate=False)
+    try:
+        return export_binaries(device, ["reduce.sum.float32.flat"], tmp_path_factory.mktemp("binaries"))
+    finally:
+        device.close()
+
+
+def test_binary_only_agent_runs_what_its_binaries_cover(sum_only_manifest, tmp_path):
+    env = {"LEPTON_OPENCL_CACHE": str(tmp_path / "cache"), "POCL_CACHE_DIR": str(tmp_path / "pocl")}
+    with lepton.LocalCluster(agents=1, devices=f"{SPEC}@{sum_only_manifest}", env=env) as cluster:
+        client = cluster.client(timeout=60)
+        (agent,) = client.cluster_status().agents
+        assert list(agent.devices[0].ops) == ["mean", "sum"]  # a float mean is the same float sum program
+        x = data("float32", (300_001,))
+        assert abs(client.sum(x, partitions=3) - x.astype(np.float64).sum()) <= 1e-5 * np.abs(x).sum()
+        with pytest.raises(lepton.LeptonError) as info:
+            client.var(x)
+        assert "FAILED_PRECONDITION" in str(info.value.code)
+
+
+def test_agent_with_a_corrupt_binary_refuses_to_start(sum_only_manifest, tmp_path):
+    manifest = json.loads(sum_only_manifest.read_text())
+    (entry,) = manifest["programs"].values()
+    binary = (sum_only_manifest.parent / entry["file"]).read_bytes()
+    (tmp_path / entry["file"]).write_bytes(binary[: len(binary) // 2])
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with lepton.LocalCluster(agents=0) as cluster:
+        with pytest.raises(RuntimeError, match="corrupt"):
+            cluster.add_agent(devices=f"{SPEC}@{tmp_path / 'manifest.json'}")

@@ -1,0 +1,429 @@
+"""The OpenCL device, kernel by kernel, against the NumPy reference (PoCL here and in CI).
+
+Tolerances, and why:
+- float32 sums (sum, mean's sum): |got - ref| <= 1e-5 * sum(|x|). Work-items and vector lanes each
+  sum their own slice, in float32 for BLOCK loads, then in float64: a different association from
+  NumPy's pairwise sum, with an error bound proportional to sum(|x|), not to |sum|.
+- float64 sums: 1e-12 * sum(|x|), the same argument at float64's precision.
+- var: mean within tol * mean(|x|), m2 within tol * m2 (the shifted two-pass algorithm has no
+  cancellation), tol as above by dtype; integer data uses the float64 tolerance.
+- integer sums, min, max, count and histogram counts: exact.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+
+import numpy as np
+import pytest
+
+# Fresh caches for the run, set before pyopencl initialises PoCL (conftest sets them for the whole
+# run, which lets the cluster tests' agents load what these tests built).
+_CACHE = tempfile.mkdtemp(prefix="lepton-opencl-test-")
+os.environ.setdefault("POCL_CACHE_DIR", os.path.join(_CACHE, "pocl"))
+os.environ.setdefault("LEPTON_OPENCL_CACHE", os.path.join(_CACHE, "opencl"))
+
+cl = pytest.importorskip("pyopencl")
+
+from backends import discovery  # noqa: E402
+from backends.errors import FailedPrecondition, InvalidInput, LeptonError, ResourceExhausted  # noqa: E402
+from backends.numpy_device import NumpyDevice  # noqa: E402
+from backends.ops import REGISTRY, TensorMeta  # noqa: E402
+from backends.opencl import (OpenCLDevice, ProgramCache, all_devices, describe_devices,  # noqa: E402
+                             export_binaries, read_manifest, select_devices)
+from backends.opencl.errors import cl_errors, translate  # noqa: E402
+
+# The device under test: PoCL's CPU device unless benchmarks/gpu_check.sh asks for the GPU.
+SELECTOR = os.environ.get("LEPTON_TEST_OPENCL_DEVICE", "cpu")
+try:
+    CL_DEVICE = select_devices(SELECTOR)[0]
+except LeptonError:
+    pytest.skip(f"no OpenCL device matches {SELECTOR!r}", allow_module_level=True)
+INDEX = all_devices().index(CL_DEVICE)  # its opencl:I in device specs
+
+DTYPES = ["float32", "float64", "int32", "int64"]
+TOL = {"float32": 1e-5, "float64": 1e-12, "int32": 1e-12, "int64": 1e-12}
+
+
+@pytest.fixture(scope="module")
+def cache():
+    """The run's program cache ($LEPTON_OPENCL_CACHE): each variant compiles once per test run."""
+    return ProgramCache()
+
+
+@pytest.fixture(scope="module")
+def cl_device():
+    return CL_DEVICE
+
+
+@pytest.fixture(scope="module")
+def device(cl_device, cache):
+    dev = OpenCLDevice(cl_device, "opencl:0", cache=cache)
+    yield dev
+    dev.close()
+
+
+def make(dtype: str, shape: tuple, seed: int = 0, nan: bool = False) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    if dtype.startswith("int"):
+        info = np.iinfo(dtype)
+        # int32: the full range (sums need int64); int64: large values (sums wrap like NumPy's).
+        x = rng.integers(info.min, info.max, size=shape, dtype=dtype, endpoint=True)
+    else:
+        x = (1000 + 10 * rng.standard_normal(shape)).astype(dtype)  # an offset mean tests var's stability
+        if nan:
+            x.reshape(-1)[:: max(1, x.size // 5)] = np.nan
+    return x
+
+
+def run(dev, name: str, x: np.ndarray, **params):
+    op = REGISTRY[name]
+    p = op.validate({"x": TensorMeta(x.dtype, x.shape)}, params)
+    return dev.run(op, {"x": x}, p), op.reference({"x": x}, p)
+
+
+EXACT = {"min", "max", "count", "histogram"}
+
+
+def check(name: str, x: np.ndarray, got: dict, ref: dict) -> None:
+    """Same keys, types, dtypes and shapes as the reference; values within the module's tolerances."""
+    assert got.keys() == ref.keys()
+    for key in ref:
+        g, r = got[key], ref[key]
+        assert type(g) is type(r), (key, type(g), type(r))
+        assert np.asarray(g).dtype == np.asarray(r).dtype and np.shape(g) == np.shape(r), (key, g, r)
+    where = f"{name} {x.dtype} {x.shape}"
+    if name in EXACT or (name == "sum" and x.dtype.kind == "i"):
+        for key in ref:
+            np.testing.assert_array_equal(got[key], ref[key], err_msg=where)
+        return
+    tol = TOL[x.dtype.name]
+    abs_sum = np.nansum(np.abs(x.astype(np.float64)), axis=0)
+    for key in ref:
+        g, r = np.asarray(got[key], dtype=np.float64), np.asarray(ref[key], dtype=np.float64)
+        if key == "n":
+            assert g == r, where
+            continue
+        bound = {"sum": tol * abs_sum, "mean": tol * abs_sum / len(x), "m2": tol * np.abs(r)}[key]
+        nan = np.isnan(r)
+        assert np.array_equal(nan, np.isnan(g)), where
+        assert np.all((np.abs(g - r) <= bound) | nan), f"{where} [{key}]: {g} vs {r}, bound {bound}"
+
+
+SHAPES = [
+    (300_007,),      # several work-items, a tail of rows the vector loads leave to the host
+    (40_000, 4),     # columns that divide the vector width: lanes map to columns
+    (9_001, 3),      # columns that do not: the per-column kernel
+    (5,),            # smaller than one vector load: all on the host
+]
+
+
+# Per-column kernels for float32 and int64 only: each (op, dtype, layout) is one more build.
+CASES = [(shape, dtype) for shape in SHAPES for dtype in DTYPES
+         if not (shape[1:] == (3,) and dtype in ("float64", "int32"))]
+
+
+@pytest.mark.parametrize("name", ["sum", "min", "max", "count", "mean", "var"])
+@pytest.mark.parametrize("shape, dtype", CASES, ids=str)
+def test_reductions_match_numpy(device, name, dtype, shape):
+    x = make(dtype, shape)
+    check(name, x, *run(device, name, x))
+
+
+def test_unaligned_views_and_nd_inputs(device):
+    base = make("float32", (300_100,))
+    # 1-D from an unaligned start (in place from the first aligned row); rows that never align (copied);
+    # and 3-D input (columns 2 x 2 folded from vector lanes).
+    for x in (base[3:], base[1:300_001].reshape(-1, 4), make("float32", (3_001, 2, 2))):
+        for name in ("sum", "min", "var"):
+            check(name, x, *run(device, name, x))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_nan_propagates_like_numpy(device, dtype):
+    x = make(dtype, (200_003,), nan=True)
+    for name in ("sum", "min", "max", "count", "mean"):
+        got, ref = run(device, name, x)
+        check(name, x, got, ref)
+    assert np.isnan(run(device, "min", x)[0]["min"]) and run(device, "count", x)[0]["count"] == np.sum(~np.isnan(x))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_histogram_matches_numpy(device, dtype):
+    x = make(dtype, (100_003,), nan=True) if dtype.startswith("f") else \
+        np.random.default_rng(1).integers(-50, 50, 100_003).astype(dtype)
+    lo, hi = (980.0, 1020.0) if dtype.startswith("f") else (-40.0, 40.0)
+    for params in (dict(bins=16, range=[lo, hi]), dict(bins=1000, range=[lo + 0.1, hi - 0.3]),
+                   dict(edges=[lo, lo + 1, (lo + hi) / 2, hi - 2.5, hi])):
+        check("histogram", x, *run(device, "histogram", x, **params))
+    x2 = x[: 30_000].reshape(-1, 3)
+    check("histogram", x2, *run(device, "histogram", x2, bins=7, range=[lo, hi]))
+
+
+def test_histogram_bin_edges_exactly_as_numpy(device):
+    # Values on and one ulp around every edge, where arithmetic bin guesses go wrong.
+    edges = np.linspace(np.float32(0.1), np.float32(0.7), 13, dtype=np.float32)
+    near = np.concatenate([edges, np.nextafter(edges, np.float32(-1)), np.nextafter(edges, np.float32(2))])
+    x = np.tile(near, 2000).astype(np.float32)
+    check("histogram", x, *run(device, "histogram", x, bins=12, range=[0.1, 0.7]))
+
+
+def test_partials_combine_with_numpy_devices(device):
+    x = make("float32", (250_000,))
+    numpy_dev = NumpyDevice()
+    for name in ("sum", "var", "histogram"):
+        op = REGISTRY[name]
+        params = {"bins": 10, "range": [990, 1010]} if name == "histogram" else {}
+        p = op.validate({"x": TensorMeta(x.dtype, x.shape)}, params)
+        left = device.run(op, {"x": x[:100_001]}, p)
+        right = numpy_dev.run(op, {"x": x[100_001:]}, p)
+        got = op.finalize(op.combine(left, right), p)
+        want = op.finalize(op.reference({"x": x}, p), p)
+        for key in want:
+            np.testing.assert_allclose(got[key], want[key], rtol=1e-6)
+
+
+def _gpu_layout_device(cl_device, cache):
+    # The GPU kernels (grid-stride loads, local-memory tree), run here where no GPU is. PoCL takes
+    # about a second to generate each barrier kernel, so the quick test builds two.
+    return OpenCLDevice(cl_device, "opencl:gpu-layout", cache=cache, gpu_layout=True, calibrate=False)
+
+
+def test_gpu_layout_runs_on_pocl(cl_device, cache):
+    dev = _gpu_layout_device(cl_device, cache)
+    try:
+        for x in (make("float32", (300_007,), nan=True), make("float32", (50_001, 2))):
+            for name in ("sum", "max"):
+                check(name, x, *run(dev, name, x))
+    finally:
+        dev.close()
+
+
+@pytest.mark.slow
+def test_gpu_layout_all_ops_on_pocl(cl_device, cache):
+    dev = _gpu_layout_device(cl_device, cache)
+    try:
+        for dtype in ("float32", "int64"):
+            for x in (make(dtype, (300_007,)), make(dtype, (50_001, 4))):
+                for name in ("sum", "min", "count", "mean", "var"):
+                    check(name, x, *run(dev, name, x))
+        x = make("float32", (100_003,), nan=True)
+        check("histogram", x, *run(dev, "histogram", x, bins=10, range=[990, 1010]))
+    finally:
+        dev.close()
+
+
+def test_without_fp64_float32_stays_on_device_and_float64_goes_to_host(cl_device, cache):
+    dev = OpenCLDevice(cl_device, "opencl:fp32", cache=cache, fp64=False, calibrate=False)
+    try:
+        for name in ("sum", "mean", "var"):
+            x = make("float32", (300_007,))
+            check(name, x, *run(dev, name, x))
+            x64 = make("float64", (1000,))
+            check(name, x64, *run(dev, name, x64))
+        assert all("float64" not in v and "HAS_FP64" not in dev._options(v) for v in dev._programs)
+    finally:
+        dev.close()
+
+
+def test_copy_path_reuses_and_grows_buffers(cl_device, cache):
+    dev = OpenCLDevice(cl_device, "opencl:copy", cache=cache, zero_copy=False, calibrate=False)
+    try:
+        x = make("float32", (100_000,))
+        check("sum", x, *run(dev, "sum", x))
+        first = dev._buffers["x"]
+        check("var", x[:90_000], *run(dev, "var", x[:90_000]))
+        assert dev._buffers["x"] is first  # kept between calls
+        y = make("float32", (300_000,))
+        check("sum", y, *run(dev, "sum", y))
+        assert dev._buffers["x"].size >= y.nbytes
+    finally:
+        dev.close()
+
+
+def test_concurrent_runs_on_one_device(device):
+    xs = [make("float32", (200_000 + i,), seed=i) for i in range(8)]
+    results = [None] * len(xs)
+
+    def work(i):
+        results[i] = run(device, "sum", xs[i])
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(xs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for x, (got, ref) in zip(xs, results):
+        check("sum", x, got, ref)
+
+
+# -- program cache -----------------------------------------------------------------------------------
+
+def test_cache_hit_skips_compilation(cl_device, tmp_path):
+    variant = "reduce.max.float32.flat"
+    cold = ProgramCache(tmp_path)
+    OpenCLDevice(cl_device, "opencl:0", cache=cold, calibrate=False).program(variant)
+    assert cold.stats["compiled"] == 1 and cold.stats["loaded"] == 0
+
+    warm = ProgramCache(tmp_path)  # a new process would start like this
+    dev = OpenCLDevice(cl_device, "opencl:0", cache=warm, calibrate=False)
+    dev.program(variant)
+    dev.program(variant)  # in memory from now on
+    assert warm.stats["compiled"] == 0 and warm.stats["loaded"] == 1
+    # PoCL loads in milliseconds what takes it a fraction of a second to compile; other drivers
+    # (NVIDIA: PTX) finish their binaries at load, so only "faster" is asked of them.
+    faster = 5 if "Portable Computing Language" in cl_device.platform.name else 1
+    assert warm.stats["loaded_seconds"] < cold.stats["compiled_seconds"] / faster, (cold.stats, warm.stats)
+    x = make("float32", (50_000,))
+    check("max", x, *run(dev, "max", x))
+
+
+def test_cache_keys_and_corrupt_entries(cl_device, tmp_path):
+    cache = ProgramCache(tmp_path)
+    assert cache.key(cl_device, "a", "-DX") != cache.key(cl_device, "b", "-DX") != cache.key(cl_device, "a", "-DY")
+    dev = OpenCLDevice(cl_device, "opencl:0", cache=cache, calibrate=False)
+    dev.program("reduce.min.int32.flat")
+    (entry,) = tmp_path.glob("*.bin")
+    entry.write_bytes(entry.read_bytes()[:100])  # torn write: must not reach the driver (PoCL crashes)
+    fresh = ProgramCache(tmp_path)
+    OpenCLDevice(cl_device, "opencl:0", cache=fresh, calibrate=False).program("reduce.min.int32.flat")
+    assert fresh.stats["stale"] == 1 and fresh.stats["compiled"] == 1
+
+
+def test_calibration_fills_throughput_quickly(cl_device, cache):
+    OpenCLDevice(cl_device, "warm-up", cache=cache, calibrate=True).close()  # the build is not calibration
+    start = time.perf_counter()
+    dev = OpenCLDevice(cl_device, "opencl:0", cache=cache, calibrate=True)
+    elapsed = time.perf_counter() - start
+    assert dev.info().throughput["sum"] > 1e8 and elapsed < 1.0
+    assert dev.info().ops == ["count", "histogram", "max", "mean", "min", "sum", "var"]
+    dev.close()
+
+
+# -- errors ------------------------------------------------------------------------------------------
+
+def test_build_failure_is_failed_precondition_with_log(cl_device, tmp_path):
+    dev = OpenCLDevice(cl_device, "opencl:0", cache=ProgramCache(tmp_path), calibrate=False)
+    with pytest.raises(FailedPrecondition) as info:
+        dev.cache.build(dev.context, cl_device, "reduce.cl", "-DOP_SUM -DVEC=16 -DT=no_such_type -w")
+    assert "no_such_type" in str(info.value)  # the compiler's log is in the message
+
+
+def test_oversized_partition_is_resource_exhausted(cl_device, cache):
+    dev = OpenCLDevice(cl_device, "opencl:0", cache=cache, zero_copy=False, calibrate=False)
+    dev.max_alloc = 1 << 16
+    with pytest.raises(ResourceExhausted):
+        run(dev, "sum", make("float32", (100_000,)))
+
+
+def test_opencl_errors_map_to_lepton_errors():
+    def error(kind, code):
+        return kind(cl._cl._ErrorRecord(msg="test", code=code, routine="clTest"))
+
+    for code in (cl.status_code.MEM_OBJECT_ALLOCATION_FAILURE, cl.status_code.OUT_OF_RESOURCES):
+        assert isinstance(translate(error(cl.MemoryError, code), "testing"), ResourceExhausted)
+    assert isinstance(translate(error(cl.RuntimeError, cl.status_code.BUILD_PROGRAM_FAILURE), "x"), FailedPrecondition)
+    with pytest.raises(LeptonError):
+        with cl_errors("testing"):
+            raise error(cl.LogicError, cl.status_code.INVALID_KERNEL_ARGS)
+
+
+# -- discovery ---------------------------------------------------------------------------------------
+
+def test_describe_and_specs(monkeypatch, tmp_path):
+    monkeypatch.setenv("LEPTON_OPENCL_CACHE", str(tmp_path))
+    listing = describe_devices()
+    assert {"index", "platform", "name", "type", "compute_units", "global_memory_bytes",
+            "driver_version"} <= listing[0].keys()
+    devices = discovery.open_devices(["numpy", "opencl:0", "opencl:cpu"])
+    try:
+        assert [d.name for d in devices] == ["numpy:0", "opencl:0", "opencl:1"]
+        assert all(d.info().throughput for d in devices[1:])
+    finally:
+        for d in devices:
+            d.close()
+    with pytest.raises(InvalidInput):
+        discovery.open_devices([f"opencl:{len(listing)}"])
+    with pytest.raises(InvalidInput):
+        discovery.open_devices(["opencl:no-such-device"])
+
+
+# -- prebuilt binaries (the FPGA path) --------------------------------------------------------------
+
+FLOAT32_VARIANTS = ["reduce.sum.float32.flat", "reduce.m2.float32.flat", "reduce.min.float32.flat",
+                    "reduce.max.float32.flat", "reduce.count.float32.flat", "histogram.float32.float"]
+
+
+@pytest.fixture(scope="module")
+def manifest(device, tmp_path_factory):
+    return export_binaries(device, FLOAT32_VARIANTS, tmp_path_factory.mktemp("binaries"))
+
+
+def test_binaries_load_in_a_fresh_process_without_compiling(manifest, tmp_path):
+    script = textwrap.dedent(f"""
+        import json, numpy as np
+        from backends import discovery
+        from backends.ops import REGISTRY, TensorMeta
+        (dev,) = discovery.open_devices(["opencl:{INDEX}@{manifest}"])
+        x = (1000 + 10 * np.random.default_rng(0).standard_normal(300_007)).astype(np.float32)
+        out = {{}}
+        for name in dev.info().ops:
+            op = REGISTRY[name]
+            params = {{"bins": 10, "range": [990, 1010]}} if name == "histogram" else {{}}
+            p = op.validate({{"x": TensorMeta(x.dtype, x.shape)}}, params)
+            got, ref = dev.run(op, {{"x": x}}, p), op.reference({{"x": x}}, p)
+            out[name] = {{k: [float(np.max(np.abs(np.asarray(got[k], float) - np.asarray(ref[k], float)))),
+                             float(np.max(np.abs(np.asarray(ref[k], float))))] for k in ref}}
+        print(json.dumps({{"ops": dev.info().ops, "stats": dict(dev.cache.stats), "errors": out,
+                          "throughput": dev.info().throughput}}))
+    """)
+    env = {**os.environ, "LEPTON_OPENCL_CACHE": str(tmp_path / "empty-cache"),
+           "POCL_CACHE_DIR": str(tmp_path / "empty-pocl-cache")}
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["ops"] == ["count", "histogram", "max", "mean", "min", "sum", "var"]
+    assert report["stats"].get("compiled", 0) == 0 and report["stats"].get("loaded", 0) == 0
+    assert report["throughput"]["sum"] > 0
+    abs_sum = 300_007 * 1000
+    for name, keys in report["errors"].items():
+        for key, (err, scale) in keys.items():
+            bound = 0 if name in ("min", "max", "count", "histogram") else 1e-5 * (abs_sum if key == "sum" else scale)
+            assert err <= bound, (name, key, err)
+
+
+def test_binary_only_device_refuses_other_variants(cl_device, manifest):
+    dev = OpenCLDevice(cl_device, "opencl:0", binaries=read_manifest(manifest), calibrate=False)
+    x = make("float64", (100_000,))
+    with pytest.raises(FailedPrecondition, match="prebuilt"):
+        run(dev, "sum", x)
+    assert dev.cache.stats["compiled"] == 0
+
+
+def test_corrupt_binary_is_refused_at_open(manifest, tmp_path):
+    entries = json.loads(manifest.read_text())
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for entry in entries["programs"].values():
+        (broken / entry["file"]).write_bytes((manifest.parent / entry["file"]).read_bytes())
+    victim = broken / entries["programs"]["reduce.sum.float32.flat"]["file"]
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])  # truncated
+    (broken / "manifest.json").write_text(json.dumps(entries))
+    with pytest.raises(FailedPrecondition, match="corrupt"):
+        discovery.open_devices([f"opencl:{INDEX}@{broken / 'manifest.json'}"])
+
+    # Bytes the manifest vouches for but the driver rejects: refused by the driver, still a clear error.
+    victim.write_bytes(b"not a program binary" * 50)
+    import hashlib
+    entries["programs"]["reduce.sum.float32.flat"]["sha256"] = hashlib.sha256(victim.read_bytes()).hexdigest()
+    (broken / "manifest.json").write_text(json.dumps(entries))
+    with pytest.raises(FailedPrecondition, match="reduce.sum.float32.flat"):
+        discovery.open_devices([f"opencl:{INDEX}@{broken / 'manifest.json'}"])
+    with pytest.raises(FailedPrecondition, match="cannot read"):
+        discovery.open_devices([f"opencl:{INDEX}@{tmp_path / 'missing.json'}"])
