@@ -33,6 +33,12 @@ def test_status_lists_agents_devices_ops_and_jobs(clusters):
     assert jobs.returncode == 0 and '"state": "JOB_STATE_SUCCEEDED"' in jobs.stdout
 
 
+def test_devices_lists_what_an_agent_can_open():
+    out = lepton("devices")
+    assert out.returncode == 0, out.stderr
+    assert "numpy" in out.stdout and "opencl:0" in out.stdout and "mpi:N" in out.stdout
+
+
 def test_unreachable_coordinator_says_what_to_do():
     out = lepton("status", "--coordinator", "127.0.0.1:1", timeout=60)
     assert out.returncode == 1 and "UNAVAILABLE" in out.stderr and "lepton up" in out.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 
@@ -168,6 +169,23 @@ def cmd_trace(args) -> int:
     return 0
 
 
+def cmd_devices(args) -> int:
+    """What `lepton agent --device` can open on this machine."""
+    rows = [["numpy", "NumPy reference", "-", "always"]]
+    try:
+        from backends.opencl import describe_devices
+
+        rows += [[f"opencl:{d['index']}", f"{d['name']} ({d['platform']})", d["type"],
+                  f"{d['compute_units']} CUs, {d['global_memory_bytes'] >> 20} MiB, driver {d['driver_version']}"]
+                 for d in describe_devices()]
+    except ImportError as exc:
+        rows.append(["opencl", f"unavailable: {exc}", "-", "-"])
+    mpiexec = shutil.which("mpiexec", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    rows.append(["mpi:N", "MPI pool of N ranks", "cpu", mpiexec or "no mpiexec found"])
+    print(table(["SPEC", "DEVICE", "TYPE", "DETAILS"], rows))
+    return 0
+
+
 def cmd_cancel(args) -> int:
     with Client(args.coordinator, timeout=10) as client:
         status = client.cancel(args.job_id)
@@ -226,6 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--partitioning", default="row_blocks", choices=["row_blocks", "hash", "round_robin"])
     p.add_argument("--partitions", type=int, default=0, help="partition count (0: by size)")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("devices", help="the devices an agent on this machine can open")
+    p.set_defaults(func=cmd_devices)
 
     p = with_address(sub.add_parser("cancel", help="cancel a job"))
     p.add_argument("job_id")
