@@ -181,6 +181,78 @@ def check_all_ops(device) -> int:
     return checks + 4
 
 
+def _same(got: dict, want: dict) -> bool:
+    """Bitwise equal partials: the same keys, dtypes, shapes and bytes."""
+    return got.keys() == want.keys() and all(
+        np.asarray(got[k]).dtype == np.asarray(want[k]).dtype and np.shape(got[k]) == np.shape(want[k])
+        and np.asarray(got[k]).tobytes() == np.asarray(want[k]).tobytes() for k in want)
+
+
+def bitwise_cases():
+    """(label, op name, inputs, params) for ops with inexact merges, sized in blocks of the op
+    (about 4 MiB each): one row, one block, fewer blocks than ranks, and more blocks than ranks
+    (split unevenly), for plain rows (zero-copy scatter) and matmul.inner's columns of A (packed)."""
+    from backends.blocks import block_rows
+
+    rng = np.random.default_rng(21)
+    per_block = block_rows(REGISTRY["sum"], {"x": np.empty((1_000, 16), np.float32)})
+    for blocks in (None, 1, 2, 4, 7):
+        rows = 1 if blocks is None else (blocks - 1) * per_block + per_block // 3 + 1
+        x = rng.standard_normal((rows, 16)).astype(np.float32) * 100 + 3
+        for name in ("sum", "var", "gram"):
+            op = REGISTRY[name]
+            yield f"{name} {blocks} blocks", name, {"x": x}, op.validate({"x": TensorMeta(x.dtype, x.shape)}, {})
+    x = rng.standard_normal(3 * (4 << 20) // 4 + 17).astype(np.float32)  # 1-D: 4 blocks
+    yield "sum 1-D", "sum", {"x": x}, {}
+    y = rng.standard_normal((len(x), 2)).astype(np.float32)
+    yield "gram with y", "gram", {"x": x[:, None].copy(), "y": y}, {}
+    a = rng.standard_normal((16, 90_000)).astype(np.float32)  # 3 blocks of A's columns and B's rows
+    b = rng.standard_normal((90_000, 12)).astype(np.float32)
+    yield "matmul.inner", "matmul.inner", {"a": a, "b": b}, {"plan": "inner"}
+    x = rng.standard_normal((300_000, 4))  # 3 blocks; row offsets seed the sample
+    params = {"k": 3, "seed": 1, "rows": 1_000_000, "phase": "sample", "row_offset": 5_000, "max_iter": 5,
+              "tol": 0.0, "iterations": 0}
+    yield "kmeans sample", "kmeans", {"x": x}, params
+    yield "kmeans step", "kmeans", {"x": x, "centroids": rng.standard_normal((3, 4))}, {**params, "phase": "step"}
+
+
+def check_bitwise(device) -> list[str]:
+    """Labels of the cases where the pool's partial is not bitwise the NumPy device's; exact ops with
+    row offsets and CSR shares too."""
+    from backends.numpy_device import NumpyDevice
+
+    numpy_device, wrong = NumpyDevice(), []
+    for label, name, inputs, params in bitwise_cases():
+        op = REGISTRY[name]
+        if not _same(device.run(op, inputs, params), numpy_device.run(op, inputs, params)):
+            wrong.append(label)
+    rng = np.random.default_rng(22)
+    x = rng.integers(-50, 50, (3_001, 3))  # many ties; indices count from the partition's row offset
+    params = {"k": 7, "largest": True, "row_offset": 100}
+    if not _same(device.run(REGISTRY["topk"], {"x": x}, params), numpy_device.run(REGISTRY["topk"], {"x": x}, params)):
+        wrong.append("topk")
+    n = 501
+    dense = np.where(rng.random((n, n)) < 0.02, rng.random((n, n)), 0)
+    dense[7] = 0  # an empty row
+    rows, cols = np.nonzero(dense)
+    indptr = np.concatenate([[0], np.cumsum((dense != 0).sum(axis=1))]).astype(np.int64)
+    csr = {"a_indptr": indptr, "a_indices": cols.astype(np.int32), "a_data": dense[rows, cols]}
+    x = rng.standard_normal((n, 8))
+    y = device.run(REGISTRY["spmm"], {**csr, "x": x}, {"a_cols": n})["y"]
+    if not np.array_equal(y, numpy_device.run(REGISTRY["spmm"], {**csr, "x": x}, {"a_cols": n})["y"]):
+        wrong.append("spmm")
+    gcn, w = REGISTRY["gcn_layer"], rng.standard_normal((8, 4))
+    whole = gcn.prepare({**csr, "x": x, "w": w}, {})
+    whole["w"].flags.writeable = False  # whole inputs may arrive read-only
+    lo, hi = indptr[100], indptr[300]  # a partition of rows [100, 300)
+    part = {"a_indptr": indptr[100:301] - lo, "a_indices": csr["a_indices"][lo:hi], "a_data": csr["a_data"][lo:hi]}
+    params = {"a_cols": n, "activation": "relu", "row_offset": 100}
+    got, want = device.run(gcn, {**part, **whole}, params)["y"], numpy_device.run(gcn, {**part, **whole}, params)["y"]
+    if got.shape != want.shape or not np.allclose(got, want, rtol=1e-12, atol=1e-12):  # BLAS rows: not bitwise
+        wrong.append("gcn_layer")
+    return wrong
+
+
 # ---------------------------------------------------------------- the driver (rank 0 prints JSON)
 
 def driver(mode: str, spec: str) -> None:
@@ -192,6 +264,8 @@ def driver(mode: str, spec: str) -> None:
     say = lambda **kw: print(json.dumps(kw), flush=True)  # noqa: E731
     if mode == "ops":
         say(checks=check_all_ops(device), size=device.comm.size)
+    elif mode == "bitwise":
+        say(wrong=check_bitwise(device), size=device.comm.size)
     elif mode == "boom":
         x = np.arange(-10, 90, dtype=np.float64)[::-1].copy()  # negatives only in the last rows: rank 1
         try:
@@ -352,6 +426,15 @@ def test_every_op_matches_numpy_under_mpiexec(launch):
     run = launch("ops", "mpi", mpiexec=[MPIEXEC, "-n", "2"])
     result = run.line()
     assert result == {"size": 2, "checks": 4 * 3 * 7 + 4}
+    assert run.finish()[0] == 0
+
+
+def test_partials_are_bitwise_the_numpy_devices_on_3_ranks(launch):
+    """The pool cuts partitions on the canonical block boundaries (backends/blocks.py) and folds the
+    same block tree, so its partials are the NumPy device's bit for bit; on 3 ranks, some partitions
+    have fewer blocks than ranks."""
+    run = launch("bitwise", "mpi", mpiexec=[MPIEXEC, "-n", "3"])
+    assert run.line(timeout=45) == {"wrong": [], "size": 3}
     assert run.finish()[0] == 0
 
 

@@ -14,9 +14,13 @@ Launching:
                                                  reaches remote hosts with ssh. Rank 0 runs on the
                                                  first host and is the agent.
 
-A partition is split by rows across all ranks (rank 0 included), each rank runs the op's NumPy
-reference on its rows, and rank 0 combines the partials in rank order (see pool.py). Importing this
-module only registers the factory; MPI starts when a device is opened.
+A partition is split across all ranks (rank 0 included) with the op's own `take` (rows; columns of
+A with rows of B for matmul.inner; CSR rows with their non-zeros), each rank runs the op's NumPy
+reference on its share, and rank 0 combines the partials. Ops with inexact merges (float sums) are
+split on their canonical block boundaries and folded in the same block tree as the NumPy device, so
+a partition's partial is the same bits on either device; the others are split evenly by rows and
+combined in rank order (see pool.py). Importing this module only registers the factory; MPI starts
+when a device is opened.
 
 When a rank dies the pool is over: the device raises Unavailable from then on (or, if the rank was
 killed by a signal on rank 0's host, hydra kills the agent outright); either way the coordinator

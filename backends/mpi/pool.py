@@ -1,16 +1,32 @@
 """The MPI pool: rank 0 is the agent's device, ranks 1..N-1 are workers; all run one generic protocol.
 
+How a partition is divided (rank 0 decides, before any worker is told to start):
+  - ops with an inexact merge (`op.block_bytes`: float sums) are *defined* as a fixed fold of blocks
+    (backends/blocks.py). Each rank gets a contiguous range of whole blocks [first_r, last_r),
+    balanced by count (ranks past the last block get none), folds it into the maximal nodes of the
+    partition's block tree, and rank 0 folds all nodes up to the root: bitwise the NumPy device's
+    partial for the same partition.
+  - ops with an exact merge (min, max, counts, concatenations) get an even split of rows, combined
+    in rank order: exact too.
+  Each rank's share is cut with `op.take` (rows along axis 0, columns of A and rows of B for
+  matmul.inner, CSR rows with their non-zeros for spmm and gcn_layer); inputs the op does not split
+  go whole to every rank. Kernels of `needs_row_offset` ops get the row offset of what they compute.
+
 Per partition, on every rank in the same order (collectives must match):
   1. command   Ibcast int64[2] = (RUN, header size). Idle workers wait on it with Test + a short
                sleep: a blocking bcast was measured burning a whole core while idle.
-  2. header    Ibcast of a small pickle: op name, params, input dtypes and shapes, rows per rank.
-  3. inputs    Iscatterv of each split input's row blocks as raw bytes (rank 0 keeps the first block
-               in place); Ibcast of each whole input. Bulk data is never pickled.
-  4. compute   op.reference on this rank's rows; an empty share gives the empty partial {}.
-  5. partials  Igather of (status, meta size, data size), then Igatherv of meta (a pickle of keys,
-               dtypes and shapes, or the error text) and of the raw bytes of the arrays.
-Rank 0 combines the partials with op.combine in rank order: a fixed order, so a result is bitwise
-the same run to run. Nothing here is per op, so every op in the registry runs on the pool.
+  2. header    Ibcast of a small pickle: op name, params, each rank's rows (and blocks), the dtype
+               and shape of each rank's share of each split input, dtypes and shapes of whole inputs.
+  3. inputs    Iscatterv of each split input's shares as raw bytes: straight from the input's buffer
+               when the shares are disjoint C-contiguous views of it in rank order (rows along axis
+               0, a CSR's indices and data), else from a packed copy of the workers' shares
+               (matmul.inner's column blocks of A, a CSR's re-based indptr). Rank 0 keeps its share
+               in place. Ibcast of each whole input. Bulk data is never pickled.
+  4. compute   op.reference on this rank's blocks (folded) or rows; an empty share gives no partial.
+  5. partials  Igather of (status, meta size, data size), then Igatherv of meta (a pickle of tree
+               nodes, keys, dtypes and shapes, or the error text) and of the raw bytes of the arrays.
+               Rank 0 keeps its own partial where it is.
+Nothing here is per op, so every op in the registry runs on the pool.
 
 Failures: a kernel exception on any rank is reported through step 5, so every rank still takes part
 in every collective and the pool stays usable (KernelError). A rank that exits is noticed on rank 0
@@ -51,10 +67,12 @@ mpi4py.rc.finalize = False
 os.environ["MPI4PY_RC_FINALIZE"] = "false"
 from mpi4py import MPI  # noqa: E402 - after the rc settings, which MPI_Init_thread reads
 
+from backends.blocks import fold_blocks, layout, run_blocked  # noqa: E402
 from backends.device import Device  # noqa: E402
 from backends.errors import FailedPrecondition, InvalidInput, LeptonError, Unavailable  # noqa: E402
 from backends.mpi import KernelError  # noqa: E402
 from backends.ops import REGISTRY, Op, Partial  # noqa: E402
+from backends.tree import Tree, TreeAggregator  # noqa: E402
 
 log = logging.getLogger("lepton.mpi")
 
@@ -93,72 +111,158 @@ def _scratch(name: str, shape: tuple, dtype: np.dtype) -> np.ndarray:
     allocation is a fresh mmap, and page-faulting it in cost more than the transfer itself (a 64 MiB
     sum's scatter took 11-12 ms with fresh arrays, 8 ms reused). Kernels only read their inputs."""
     nbytes = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
-    if _scratches.get(name, np.empty(0, np.uint8)).size < nbytes:
+    if name not in _scratches or _scratches[name].size < nbytes:
         _scratches[name] = np.empty(nbytes, np.uint8)
     return _scratches[name][:nbytes].view(dtype).reshape(shape)
 
 
-def _encode(partial: Partial) -> tuple[bytes, np.ndarray]:
-    """A partial as (pickled list of (key, dtype, shape, is_scalar, offset), raw aligned bytes)."""
+Nodes = list  # [((lo, hi), partial)]: block-tree nodes (blocked ops) or this rank's one partial
+
+
+def _encode(nodes: Nodes) -> tuple[bytes, np.ndarray]:
+    """Partials as (pickled [(node, [(key, dtype, shape, is_scalar, offset)])], raw aligned bytes)."""
     meta, arrays, offset = [], [], 0
-    for key, value in partial.items():
-        array = np.ascontiguousarray(value)
-        if array.dtype.hasobject:
-            raise TypeError(f"partial {key!r} has dtype object; only plain arrays can be gathered")
-        meta.append((key, array.dtype.str, np.shape(value), np.ndim(value) == 0 and not isinstance(value, np.ndarray),
-                     offset))
-        arrays.append((offset, array))
-        offset += -(-array.nbytes // ALIGN) * ALIGN
+    for node, partial in nodes:
+        entries = []
+        for key, value in partial.items():
+            array = np.ascontiguousarray(value)
+            if array.dtype.hasobject:
+                raise TypeError(f"partial {key!r} has dtype object; only plain arrays can be gathered")
+            entries.append((key, array.dtype.str, np.shape(value),
+                            np.ndim(value) == 0 and not isinstance(value, np.ndarray), offset))
+            arrays.append((offset, array))
+            offset += -(-array.nbytes // ALIGN) * ALIGN
+        meta.append((node, entries))
     data = np.zeros(offset, np.uint8)
     for start, array in arrays:
         data[start:start + array.nbytes] = _as_bytes(array)
     return pickle.dumps(meta), data
 
 
-def _decode(meta: bytes, data: np.ndarray) -> Partial:
-    partial = {}
-    for key, dtype, shape, scalar, offset in pickle.loads(meta):
-        dtype = np.dtype(dtype)
-        array = data[offset:offset + dtype.itemsize * int(np.prod(shape, dtype=np.int64))].view(dtype).reshape(shape)
-        partial[key] = array[()] if scalar else array
-    return partial
+def _decode(meta: bytes, data: np.ndarray) -> Nodes:
+    nodes = []
+    for node, entries in pickle.loads(meta):
+        partial = {}
+        for key, dtype, shape, scalar, offset in entries:
+            dtype = np.dtype(dtype)
+            size = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
+            array = data[offset:offset + size].view(dtype).reshape(shape)
+            partial[key] = array[()] if scalar else array
+        nodes.append((node, partial))
+    return nodes
 
 
-def _exchange(comm, header: dict, inputs: dict | None, check=lambda: None, timings: dict | None = None):
-    """Steps 3-5 on any rank. At rank 0 returns [(status, meta bytes, data)] per rank; elsewhere None."""
-    rank, rows = comm.rank, header["rows"]
-    mine = rows[rank]
-    local, requests = {}, []
-    t0 = time.perf_counter()
-    for name, dtype, tail in header["split"]:
-        dtype = np.dtype(dtype)
-        row_bytes = dtype.itemsize * int(np.prod(tail, dtype=np.int64))
-        counts = [r * row_bytes for r in rows]
-        displs = np.concatenate(([0], np.cumsum(counts[:-1]))).tolist()
-        if rank == 0:  # inputs are C-contiguous here (run_on_pool)
-            local[name] = inputs[name][:mine]
-            send, recv = [_as_bytes(inputs[name]), counts, displs, MPI.BYTE], MPI.IN_PLACE
+def _address(array: np.ndarray) -> int:
+    return array.__array_interface__["data"][0]
+
+
+def _scatter_source(base: np.ndarray | None, shares: list[np.ndarray]) -> tuple[np.ndarray, list[int], list[int]]:
+    """(send buffer, byte counts, byte displacements) for Scatterv of `shares` (one per rank).
+
+    Shares that are disjoint C-contiguous views of `base`'s buffer, in rank order (rows along axis 0,
+    a CSR's non-zeros), are sent from that buffer without a copy. Anything else is packed: the
+    workers' shares made contiguous one after another (rank 0 keeps its own, MPI.IN_PLACE).
+    """
+    counts = [share.nbytes for share in shares]
+    if base is not None and base.flags.c_contiguous:
+        start, end = _address(base), _address(base) + base.nbytes
+        displs, position = [], 0
+        for share, count in zip(shares, counts):
+            if count:
+                if not share.flags.c_contiguous or not start + position <= _address(share) <= end - count:
+                    break
+                position = _address(share) - start
+            displs.append(position)
+            position += count
         else:
-            local[name] = _scratch(name, (mine, *tail), dtype)
-            send, recv = None, [_as_bytes(local[name]), MPI.BYTE]
-        requests.append(comm.Iscatterv(send, recv, root=0))
-    for name, dtype, shape in header["whole"]:
-        array = inputs[name] if rank == 0 else _scratch(name, shape, np.dtype(dtype))
-        local[name] = array
-        requests.append(comm.Ibcast([_as_bytes(array), MPI.BYTE], root=0))
+            return _as_bytes(base), counts, displs
+    packed = [_as_bytes(np.ascontiguousarray(share)) for share in shares[1:]]
+    data = np.concatenate(packed) if packed else np.zeros(0, np.uint8)
+    counts[0] = 0
+    return data, counts, np.concatenate(([0], np.cumsum(counts[:-1]))).tolist()
+
+
+def _spread(count: int, ranks: int) -> list[tuple[int, int]]:
+    """[first, last) of `count` items per rank: contiguous, balanced by count, earlier ranks first."""
+    base, extra = divmod(count, ranks)
+    bounds = np.cumsum([0] + [base + (r < extra) for r in range(ranks)]).tolist()
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def _divide(op: Op, inputs: dict[str, np.ndarray], ranks: int) -> tuple[list[tuple[int, int]], tuple | None]:
+    """Each rank's rows [start, stop) of the partition, and for blocked ops (rows, rows per block,
+    blocks, each rank's blocks [first, last)); None for ops with exact merges."""
+    if not op.block_bytes:
+        return _spread(op.rows(inputs), ranks), None
+    rows, per_block, blocks = layout(op, inputs)
+    spans = _spread(blocks, ranks)
+    return [(min(first * per_block, rows), min(last * per_block, rows)) for first, last in spans], \
+        (rows, per_block, blocks, spans)
+
+
+def _compute(op: Op, header: dict, local: dict[str, np.ndarray], rank: int) -> Nodes:
+    """This rank's partials: maximal block-tree nodes of its blocks, or one partial of its rows."""
+    start, stop = header["ranges"][rank]
+    params = header["params"]
+    if header["blocked"] is not None:
+        rows, per_block, blocks, spans = header["blocked"]
+        first, last = spans[rank]
+        if first == last:
+            return []
+        return list(fold_blocks(op, op.reference, local, params, first, last, blocks, per_block, rows,
+                                row_shift=first * per_block).items())
+    if stop == start:
+        return []
+    if op.needs_row_offset:
+        params = {**params, "row_offset": params["row_offset"] + start}
+    return [((rank, rank + 1), op.reference(local, params))]
+
+
+def _error_text(exc: BaseException) -> str:
+    """`CODE|text`: the gRPC code of a LeptonError (bad input stays INVALID_ARGUMENT), else INTERNAL."""
+    where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+    at = f" (at {os.path.basename(where.filename)}:{where.lineno})" if where else ""
+    code = exc.code if isinstance(exc, LeptonError) else KernelError.code
+    return f"{code}|{type(exc).__name__}: {exc}{at}"
+
+
+def _exchange(comm, header: dict, local: dict | None = None, sources: dict | None = None,
+              check=lambda: None, timings: dict | None = None):
+    """Steps 3-5 on any rank. Rank 0 passes its own share with the whole inputs (`local`) and the
+    Scatterv sources of the split inputs (`sources`), and gets [(error text or None, nodes)] per rank;
+    elsewhere None."""
+    rank = comm.rank
+    requests = []
+    t0 = time.perf_counter()
+    if rank == 0:
+        for name, (data, counts, displs) in sources.items():
+            requests.append(comm.Iscatterv([data, counts, displs, MPI.BYTE], MPI.IN_PLACE, root=0))
+        for name, _, _ in header["whole"]:
+            requests.append(comm.Ibcast([_as_bytes(local[name]), MPI.BYTE], root=0))
+    else:
+        local = {}
+        for name, shares in header["split"]:
+            dtype, shape = shares[rank]
+            local[name] = _scratch(name, shape, np.dtype(dtype))
+            requests.append(comm.Iscatterv(None, [_as_bytes(local[name]), MPI.BYTE], root=0))
+        for name, dtype, shape in header["whole"]:
+            local[name] = _scratch(name, shape, np.dtype(dtype))
+            requests.append(comm.Ibcast([_as_bytes(local[name]), MPI.BYTE], root=0))
     _wait(requests, check=check)
     t1 = time.perf_counter()
 
+    error, nodes = None, []
     try:  # the kernel, and anything that can fail with it, must not skip the collectives below
-        partial = REGISTRY[header["op"]].reference(local, header["params"]) if mine else {}
-        status, (meta, data) = 0, _encode(partial)
+        nodes = _compute(REGISTRY[header["op"]], header, local, rank)
+        meta, data = (b"", np.zeros(0, np.uint8)) if rank == 0 else _encode(nodes)
     except Exception as exc:  # noqa: BLE001 - reported to rank 0 as this partition's error
-        where = traceback.extract_tb(exc.__traceback__)[-1]
-        text = f"{type(exc).__name__}: {exc} (at {os.path.basename(where.filename)}:{where.lineno})"
-        status, meta, data = 1, text.encode(), np.zeros(0, np.uint8)
+        error = _error_text(exc)
+        meta, data = error.encode(), np.zeros(0, np.uint8)
+        if rank == 0:
+            meta = b""
     t2 = time.perf_counter()
 
-    sizes = np.array([status, len(meta), data.size], np.int64)
+    sizes = np.array([error is not None, len(meta), data.size], np.int64)
     table = np.zeros((comm.size, 3), np.int64) if rank == 0 else None
     _wait([comm.Igather(sizes, table, root=0)], check=check)
     meta_in = data_in = None
@@ -178,16 +282,12 @@ def _exchange(comm, header: dict, inputs: dict | None, check=lambda: None, timin
         return None
     if timings is not None:
         timings.update(scatter=t1 - t0, compute=t2 - t1, gather=time.perf_counter() - t2)
-    results, m, d = [], 0, 0
-    for status, meta_size, data_size in table.tolist():
-        results.append((status, meta_in[m:m + meta_size].tobytes(), data_in[d:d + data_size]))
+    results, m, d = [(error, nodes)], int(table[0, 1]), int(table[0, 2])
+    for status, meta_size, data_size in table[1:].tolist():
+        meta, data = meta_in[m:m + meta_size].tobytes(), data_in[d:d + data_size]
+        results.append((meta.decode(), []) if status else (None, _decode(meta, data)))
         m, d = m + meta_size, d + data_size
     return results
-
-
-def _split_rows(rows: int, ranks: int) -> list[int]:
-    base, extra = divmod(rows, ranks)
-    return [base + (r < extra) for r in range(ranks)]
 
 
 def _alive(pid: int) -> bool:
@@ -264,35 +364,50 @@ class MpiDevice(Device):
             if self._closed:
                 raise Unavailable(f"{self.name} is closed")
             self._check()
-            split = [n for n in op.split_inputs if n in inputs]
-            if not split:  # nothing to divide: rank 0 alone
-                return op.reference(inputs, params)
             # Everything that can fail on rank 0 alone happens before the workers are told to start.
             t0 = time.perf_counter()
-            inputs = {n: np.ascontiguousarray(a) for n, a in inputs.items()}
-            header = {"op": op.name, "params": params,
-                      "rows": _split_rows(len(inputs[split[0]]), self.comm.size),
-                      "split": [(n, inputs[n].dtype.str, inputs[n].shape[1:]) for n in split],
-                      "whole": [(n, a.dtype.str, a.shape) for n, a in inputs.items() if n not in split]}
+            if self.comm.size == 1 or not any(n in inputs for n in op.split_inputs) or op.rows(inputs) == 0:
+                # nothing to divide: rank 0 alone, as the NumPy device would
+                return run_blocked(op, op.reference, inputs, params) if op.block_bytes else op.reference(inputs, params)
+            ranges, blocked = _divide(op, inputs, self.comm.size)
+            shares = [op.take(inputs, start, stop) for start, stop in ranges]
+            whole = {n: np.ascontiguousarray(a) for n, a in inputs.items() if n not in shares[0]}
+            sources = {n: _scatter_source(inputs.get(n), [share[n] for share in shares]) for n in shares[0]}
+            header = {"op": op.name, "params": params, "ranges": ranges, "blocked": blocked,
+                      "split": [(n, [(share[n].dtype.str, share[n].shape) for share in shares]) for n in shares[0]],
+                      "whole": [(n, a.dtype.str, a.shape) for n, a in whole.items()]}
             blob = np.frombuffer(bytearray(pickle.dumps(header)), np.uint8)
+            timings = {"cut": time.perf_counter() - t0}
             try:
                 _wait([self.comm.Ibcast(np.array([RUN, blob.size], np.int64), root=0)], check=self._check)
                 _wait([self.comm.Ibcast(blob, root=0)], check=self._check)
-                timings = {"header": time.perf_counter() - t0}
-                results = _exchange(self.comm, header, inputs, self._check, timings)
+                timings["header"] = time.perf_counter() - t0 - timings["cut"]
+                results = _exchange(self.comm, header, {**shares[0], **whole}, sources, self._check, timings)
             except Unavailable:
                 raise
             except BaseException as exc:  # an MPI error, or rank 0 failing mid-protocol: out of step for good
                 self._fail(f"MPI protocol error on rank 0: {exc!r}")
                 self._check()
             t1 = time.perf_counter()
-            errors = [(r, meta.decode()) for r, (status, meta, _) in enumerate(results) if status]
+            errors = [(r, error) for r, (error, _) in enumerate(results) if error is not None]
             if errors:
                 r, text = errors[0]
-                raise KernelError(f"op {op.name!r} failed on MPI rank {r} of {self.comm.size}: {text}")
-            combined: Partial = {}
-            for _, meta, data in results:  # rank order: bitwise repeatable
-                combined = op.combine(combined, _decode(meta, data))
+                code, _, text = text.partition("|")
+                error = KernelError(f"op {op.name!r} failed on MPI rank {r} of {self.comm.size}: {text}")
+                error.code = code  # the kernel's own code: INVALID_ARGUMENT is not retried elsewhere
+                raise error
+            if blocked is not None:  # the partition's block tree, folded as the NumPy device folds it
+                blocks = blocked[2]
+                aggregator = TreeAggregator(Tree(blocks, 2), op.combine)
+                for _, nodes in results:
+                    for (lo, hi), partial in nodes:
+                        aggregator.add(lo, hi, partial)
+                combined = aggregator.done[(0, blocks)]
+            else:
+                combined = {}
+                for _, nodes in results:  # rank order is row order
+                    for _, partial in nodes:
+                        combined = op.combine(combined, partial)
             timings["combine"] = time.perf_counter() - t1
             self.last_timings = timings
             return combined
@@ -348,7 +463,7 @@ def _serve_worker(comm) -> None:
             return
         blob = np.empty(int(command[1]), np.uint8)
         _wait([comm.Ibcast(blob, root=0)])
-        _exchange(comm, pickle.loads(blob.tobytes()), None)
+        _exchange(comm, pickle.loads(blob.tobytes()))
 
 
 _opened: list[MpiDevice] = []
