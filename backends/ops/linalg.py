@@ -43,6 +43,7 @@ class Matmul(Op):
 
 class MatmulRows(Concat):
     name = "matmul.rows"
+    block_bytes = 4 << 20  # BLAS rounds a row differently in different row blocks: fix the blocks
     split_inputs, whole_inputs = ("a",), ("b",)
 
     def validate(self, inputs, params):
@@ -86,6 +87,7 @@ class Mlp(Concat):
     class probabilities). Weights are cached on each agent, so a model ships once per agent."""
 
     name = "mlp"
+    block_bytes = 4 << 20  # BLAS rounds a row differently in different row blocks: fix the blocks
     _layer = re.compile(r"^([wb])(\d+)$")
 
     def layers(self, names) -> int:

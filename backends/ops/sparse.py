@@ -115,6 +115,7 @@ class GcnLayer(_SparseRows):
     node features x, weights w; parameter `activation` (default relu)."""
 
     name = "gcn_layer"
+    block_bytes = 4 << 20  # BLAS rounds a row differently in different row blocks: fix the blocks
     whole_inputs = ("x", "w")
     needs_row_offset = True
 
