@@ -10,6 +10,14 @@ For each op it prints medians of --repeats runs and ratios against NumPy (GB/s o
   kernel    those launches' own time on the device clock (OpenCL profiling events)
   xfer      copying the input into device memory once: what e2e adds to resident on a GPU
 --torch adds torch.sum on CUDA over the same values, timed with CUDA events (the H100 target).
+
+    python benchmarks/bench_opencl.py --ops none --matmul 1024,2048          # SGEMM on PoCL
+    python benchmarks/bench_opencl.py --device opencl:gpu --ops none --matmul 4096,8192 --torch
+
+--matmul N,N,...: n^3 products (GFLOP/s, medians): NumPy's a @ b; the OpenCL GEMM as an agent runs
+matmul.rows (e2e: host arrays in and out) and its kernel alone on the device clock; with --torch,
+torch.matmul on CUDA in FP32 with TF32 off (CUDA events). --tiles TM,TN,TK,WM,WN,VW overrides the
+device's tile shape for the kernel column (tuning), or a single VN for the CPU kernel.
 """
 from __future__ import annotations
 
@@ -94,18 +102,25 @@ def main() -> None:
     parser.add_argument("--ops", default="sum,min,max,mean,var,count,histogram")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--torch", action="store_true", help="also time torch.sum on CUDA")
+    parser.add_argument("--matmul", default="", help="comma-separated n for n^3 matmuls (e.g. 1024,2048)")
+    parser.add_argument("--matmul-dtype", default="float32")
+    parser.add_argument("--tiles", default="", help="tile override, e.g. 128,128,16,8,8,4 (GPU) or 8 (CPU)")
     args = parser.parse_args()
+    if args.ops == "none":
+        args.ops = ""
 
     (device,) = discovery.open_devices([args.device])[:1]
     rng = np.random.default_rng(0)
-    big = rng.random(1 << args.log2, dtype=np.float32).astype(args.dtype, copy=False)
     print(f"device: {device.name} = {device.description}")
-    print(f"data: {args.dtype}, 2^{args.log2} values ({big.nbytes / 2**30:.2f} GiB; histogram 2^{args.histogram_log2}), "
-          f"medians of {args.repeats} runs, GB/s of input")
-    print(f"{'op':<10}{'numpy ms':>9}{'GB/s':>7}{'e2e ms':>9}{'GB/s':>7}{'vs np':>7}{'resid ms':>9}{'GB/s':>7}"
+    big = rng.random(1 << args.log2 if args.ops else 0, dtype=np.float32).astype(args.dtype, copy=False)
+    if args.ops:
+        print(f"data: {args.dtype}, 2^{args.log2} values ({big.nbytes / 2**30:.2f} GiB; histogram "
+              f"2^{args.histogram_log2}), medians of {args.repeats} runs, GB/s of input")
+    if args.ops:
+        print(f"{'op':<10}{'numpy ms':>9}{'GB/s':>7}{'e2e ms':>9}{'GB/s':>7}{'vs np':>7}{'resid ms':>9}{'GB/s':>7}"
           f"{'kernel ms':>10}{'GB/s':>7}{'vs np':>7}{'xfer ms':>9}")
     transfer = {}
-    for name in args.ops.split(","):
+    for name in filter(None, args.ops.split(",")):
         x = big[: 1 << args.histogram_log2] if name == "histogram" else big
         op = REGISTRY[name]
         params = {"bins": 100, "range": [0.0, 1.0]} if name == "histogram" else {}
@@ -132,7 +147,64 @@ def main() -> None:
             print("torch: not installed or no CUDA device")
         else:
             print(f"torch.sum on CUDA (device clock): {t_torch * 1e3:.3f} ms, {big.nbytes / t_torch / 1e9:.1f} GB/s")
+    if args.matmul:
+        bench_matmul(device, [int(n) for n in args.matmul.split(",")], np.dtype(args.matmul_dtype), args)
     device.close()
+
+
+def torch_matmul(a: np.ndarray, b: np.ndarray, repeats: int) -> float | None:
+    """Median seconds of torch.matmul on CUDA with TF32 off (true FP32), on the device clock."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    ta, tb = torch.from_numpy(a).cuda(), torch.from_numpy(b).cuda()
+    torch.matmul(ta, tb)
+    samples = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        torch.matmul(ta, tb)
+        end.record()
+        end.synchronize()
+        samples.append(start.elapsed_time(end) / 1e3)
+    return statistics.median(samples)
+
+
+def bench_matmul(device, sizes: list[int], dtype: np.dtype, args) -> None:
+    from backends.opencl import catalog
+
+    tiles = None
+    if args.tiles:
+        values = [int(v) for v in args.tiles.split(",")]
+        tiles = values[0] if len(values) == 1 else (*values, False)
+    op = REGISTRY["matmul.rows"]
+    print(f"\nmatmul {dtype}, n^3, medians of {args.repeats} runs, GFLOP/s (tiles: "
+          f"{tiles or catalog.gemm_config(device, catalog.CL[dtype])})")
+    print(f"{'n':>6}{'numpy ms':>10}{'GF/s':>8}{'e2e ms':>10}{'GF/s':>8}{'kernel ms':>11}{'GF/s':>8}{'vs np':>7}"
+          f"{'torch ms':>10}{'GF/s':>8}{'vs torch':>9}")
+    rng = np.random.default_rng(1)
+    for n in sizes:
+        a = rng.standard_normal((n, n), dtype=np.float32).astype(dtype, copy=False)
+        b = rng.standard_normal((n, n), dtype=np.float32).astype(dtype, copy=False)
+        flop = 2.0 * n ** 3
+        p = op.validate({"a": TensorMeta(a.dtype, a.shape), "b": TensorMeta(b.dtype, b.shape)}, {})
+        t_np = median_seconds(lambda: a @ b, args.repeats)
+        t_e2e = median_seconds(lambda: device.run(op, {"a": a, "b": b}, p), args.repeats)
+        with device._run_lock:
+            t_k = kernel_seconds(device, lambda: catalog.gemm_host(device, a, b, tiles=tiles), args.repeats)
+            c = catalog.gemm_host(device, a, b, tiles=tiles)
+        check = np.max(np.abs(c[:64] - a[:64] @ b) / (np.abs(a[:64]) @ np.abs(b)))
+        t_torch = torch_matmul(a, b, args.repeats) if args.torch and dtype == np.float32 else None
+        gf = lambda t: flop / t / 1e9  # noqa: E731
+        torch_cells = (f"{t_torch * 1e3:>10.2f}{gf(t_torch):>8.0f}{t_torch / t_k:>8.0%} "
+                       if t_torch else f"{'-':>10}{'-':>8}{'-':>9}")
+        print(f"{n:>6}{t_np * 1e3:>10.1f}{gf(t_np):>8.1f}{t_e2e * 1e3:>10.1f}{gf(t_e2e):>8.1f}{t_k * 1e3:>11.1f}"
+              f"{gf(t_k):>8.1f}{t_np / t_k:>6.2f}x{torch_cells}  (max rel. error {check:.1e})")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import pyopencl as cl
 
 from backends.device import Device
 from backends.errors import FailedPrecondition, ResourceExhausted
-from backends.opencl import kernels
+from backends.opencl import catalog, kernels
 from backends.opencl.compiler import ProgramCache, load_binary
 from backends.opencl.errors import cl_errors
 
@@ -117,6 +117,11 @@ class OpenCLDevice(Device):
         return acc
 
     def _options(self, variant: str) -> str:
+        if variant.split(".")[0] in catalog.SOURCES:
+            try:
+                return catalog.options(self, variant)
+            except ValueError:
+                raise FailedPrecondition(f"unknown OpenCL program variant {variant!r}") from None
         try:
             source, *rest = variant.split(".")
             prim, dtype, layout = rest if source == "reduce" else ["histogram", *rest]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from backends.opencl import catalog
 from backends.ops import REGISTRY
 from backends.ops.base import Partial
 
@@ -103,7 +104,7 @@ KERNELS = {"sum": _simple("sum", "sum", "sum"), "min": _simple("min", "min", "mi
 def offered(device) -> dict:
     """All ops, or on a binary-only device those whose programs it holds for some dtype and layout."""
     if not device.binary_only:
-        return dict(KERNELS)
+        return {**KERNELS, **catalog.offered(device)}
     held = set(device._programs)
     layouts = ("flat", "columns")
     offered_ops = {}
