@@ -13,6 +13,7 @@ Only ACCEPTED -> RUNNING and {ACCEPTED, RUNNING} -> a final state happen. Partit
 from __future__ import annotations
 
 import enum
+import logging
 import queue
 import threading
 import time
@@ -26,6 +27,9 @@ from backends.tree import Tree, TreeAggregator
 from coordinator import metrics
 from coordinator.planner import Plan
 from lepton import wire
+from lepton.logs import event
+
+log = logging.getLogger("lepton.coordinator")
 
 
 class JobState(enum.Enum):
@@ -135,6 +139,8 @@ class Job:
             self.record.state, self.record.finished_at = state, time.time()
             self.record.error_code, self.record.error_message = code, message
             self.inputs = self._ordered = None  # free the data at once
+        event(log, "job.finished", job=self.id, op=self.op.name, state=state.name,
+              seconds=f"{self.record.finished_at - self.record.submitted_at:.3f}", retries=self.record.retries)
         metrics.JOBS.labels(self.op.name, state.name).inc()
         metrics.JOB_SECONDS.labels(self.op.name).observe(self.record.finished_at - self.record.submitted_at)
         self.events.put(("done",))

@@ -54,9 +54,8 @@ class Scheduler:
 
     def end(self, job: Job, code: str, message: str) -> None:
         """Fail (or, with code CANCELLED, cancel) a job and stop its runs on the agents."""
-        ended = job.cancel(message) if code == "CANCELLED" else job.fail(code, message)
-        if ended:
-            event(log, "job.ended", job=job.id, state=job.state.name, code=code, message=message)
+        if job.cancel(message) if code == "CANCELLED" else job.fail(code, message):
+            event(log, "job.stopped", job=job.id, code=code, message=message)
         with self.cond:
             for run in job.runs:
                 if run.call is not None:
