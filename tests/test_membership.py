@@ -25,17 +25,14 @@ def test_killed_agent_is_dropped_and_a_new_agent_is_used():
         cluster.kill_agent(0)  # SIGKILL: no goodbye
         start = time.monotonic()
         while killed.address in status_text(cluster.address):
-            assert time.monotonic() - start < 8, "killed agent still listed"
+            assert time.monotonic() - start < 10, "killed agent still listed"
             time.sleep(0.2)
-        dropped_after = time.monotonic() - start
-        assert dropped_after < 6  # heartbeat timeout is 3 s
-        cluster.add_agent("numpy")
-        new = [a for a in client.cluster_status().agents if a.address != killed.address]
-        assert len(new) == 2
+        assert time.monotonic() - start < 8  # heartbeat timeout 3 s; `lepton status` itself takes ~0.5 s
+        newcomer = cluster.add_agent("numpy")
         x = np.arange(8_000_000, dtype=np.float64)
         assert client.sum(x, partitions=16) == x.sum()
-        done = {a.name: a.partitions_done for a in client.cluster_status().agents}
-        assert all(count > 0 for count in done.values()), done  # the newcomer took work
+        (record,) = [a for a in client.cluster_status().agents if a.name.endswith(f"-{newcomer.pid}")]
+        assert record.partitions_done > 0  # the newcomer took work
 
 
 def test_agent_killed_mid_job_loses_no_job():
