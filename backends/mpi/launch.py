@@ -67,6 +67,10 @@ def relaunch(ranks: int, hostfile: str | None) -> None:
                                  "is the mpiexec found a different MPI than mpi4py's?")
     command = mpiexec_command(ranks, hostfile)
     os.environ[_LAUNCHED] = str(ranks)
+    if not hostfile:  # the ranks share this machine's cores: one BLAS pool each would oversubscribe them
+        threads = str(max(1, int(os.environ.get("OPENBLAS_NUM_THREADS", os.cpu_count() or 1)) // ranks))
+        for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[name] = threads
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(command[0], command)
