@@ -8,21 +8,14 @@ import urllib.request
 
 import grpc
 import numpy as np
+from references import close, csr, lloyd
 import pytest
 
 import lepton
 
 
-def close(got, want, scale=None, rtol=1e-10):
-    scale = np.abs(want) if scale is None else scale
-    assert got.shape == want.shape, (got.shape, want.shape)
-    assert np.all(np.abs(got - want) <= rtol * (scale + 1e-300) + 1e-300), np.max(np.abs(got - want))
 
 
-def csr(dense):
-    rows, cols = np.nonzero(dense)
-    indptr = np.concatenate([[0], np.cumsum((dense != 0).sum(axis=1))]).astype(np.int64)
-    return indptr, cols.astype(np.int32), dense[rows, cols], dense.shape
 
 
 @pytest.fixture(scope="module")
@@ -95,16 +88,6 @@ def test_topk(client, rng):
     assert np.array_equal(values, np.sort(x[:, 0])[:4].astype(np.float32))
 
 
-def lloyd(x, centroids, max_iter, tol):
-    for i in range(1, max_iter + 1):
-        labels = np.argmin(((x[:, None, :] - centroids[None]) ** 2).sum(-1), axis=1)
-        new = np.array([x[labels == j].mean(axis=0) if np.any(labels == j) else centroids[j]
-                        for j in range(len(centroids))])
-        shift = np.max(np.linalg.norm(new - centroids, axis=1))
-        centroids = new
-        if shift <= tol:
-            break
-    return centroids, i
 
 
 def test_kmeans_matches_numpy_lloyd_from_the_same_start(client, rng):

@@ -12,6 +12,7 @@ import sys
 import uuid
 
 import numpy as np
+from references import close, csr, lloyd
 import pytest
 
 lepton = pytest.importorskip("lepton")
@@ -135,10 +136,6 @@ def test_float_reductions_are_bitwise_the_numpy_clusters_run_to_run(mixed_client
 # Tolerances as in tests/test_catalog.py. Ops with inexact merges (matmul.inner, pca, kmeans) are
 # sized past one block (about 4 MiB) per partition, so the pool gives each rank blocks of its own.
 
-def close(got, want, scale=None, rtol=1e-10):
-    scale = np.abs(want) if scale is None else scale
-    assert got.shape == want.shape, (got.shape, want.shape)
-    assert np.all(np.abs(got - want) <= rtol * (scale + 1e-300) + 1e-300), np.max(np.abs(got - want))
 
 
 def test_matmul_inner_and_rows(mpi_client):
@@ -153,10 +150,6 @@ def test_matmul_inner_and_rows(mpi_client):
         close(c, a @ b, np.abs(a) @ np.abs(b), rtol)
 
 
-def csr(dense):
-    rows, cols = np.nonzero(dense)
-    indptr = np.concatenate([[0], np.cumsum((dense != 0).sum(axis=1))]).astype(np.int64)
-    return indptr, cols.astype(np.int32), dense[rows, cols], dense.shape
 
 
 def test_spmm_and_gcn_layer(mpi_client):
@@ -199,16 +192,6 @@ def test_pca(mpi_client):
     close(pca["mean"], x.mean(axis=0) + 100)
 
 
-def lloyd(x, centroids, max_iter, tol):
-    for i in range(1, max_iter + 1):
-        labels = np.argmin(((x[:, None, :] - centroids[None]) ** 2).sum(-1), axis=1)
-        new = np.array([x[labels == j].mean(axis=0) if np.any(labels == j) else centroids[j]
-                        for j in range(len(centroids))])
-        shift = np.max(np.linalg.norm(new - centroids, axis=1))
-        centroids = new
-        if shift <= tol:
-            break
-    return centroids, i
 
 
 def test_kmeans(mpi_client):

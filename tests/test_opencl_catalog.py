@@ -18,6 +18,7 @@ import os
 import tempfile
 
 import numpy as np
+from references import close, csr
 import pytest
 
 _CACHE = tempfile.mkdtemp(prefix="lepton-opencl-catalog-")
@@ -48,10 +49,6 @@ def device():
     dev.close()
 
 
-def close(got, want, scale=None, rtol=1e-10):
-    scale = np.abs(want) if scale is None else scale
-    assert got.shape == np.shape(want), (got.shape, np.shape(want))
-    assert np.all(np.abs(got - want) <= rtol * (scale + 1e-300) + 1e-300), np.max(np.abs(got - want))
 
 
 def run(device, name, inputs, **params):
@@ -73,10 +70,6 @@ def run(device, name, inputs, **params):
     return got, want
 
 
-def csr(dense, index=np.int32):
-    rows, cols = np.nonzero(dense)
-    indptr = np.concatenate([[0], np.cumsum((dense != 0).sum(axis=1))]).astype(np.int64)
-    return indptr, cols.astype(index), dense[rows, cols], dense.shape
 
 
 RTOL = {np.float32: 1e-4, np.float64: 1e-10}
