@@ -16,7 +16,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from backends.errors import FailedPrecondition, InvalidInput, ResourceExhausted, Unavailable
+from backends.errors import FailedPrecondition, InvalidInput, NotFound, ResourceExhausted, Unavailable
 from backends.numpy_device import physical_memory
 from backends.ops import get_op
 from coordinator import planner
@@ -223,7 +223,7 @@ class Coordinator:
         with self._lock:
             record = self._records.get(job_id)
         if record is None:
-            raise InvalidInput(f"no job {job_id!r} (known jobs are kept for the last {self.config.history})")
+            raise NotFound(f"no job {job_id!r} (the coordinator keeps the last {self.config.history} jobs)")
         return record
 
     def records(self, limit: int) -> list[JobRecord]:

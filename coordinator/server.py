@@ -116,8 +116,10 @@ class CoordinatorServicer(pb_grpc.CoordinatorServiceServicer):
                 self.c.input_ended(job)
         except LeptonError as exc:
             self.c.fail(job, exc.code, str(exc))
-        except Exception as exc:  # noqa: BLE001 - the client went away mid-stream
+        except grpc.RpcError as exc:  # the client went away mid-stream
             self.c.fail(job, "CANCELLED", f"the input stream broke: {exc!r}")
+        except Exception as exc:  # noqa: BLE001 - a bug must fail the job, not leave it waiting
+            self.c.fail(job, "INTERNAL", f"reading the input failed: {exc!r}")
 
     def GetJob(self, request, context):
         try:

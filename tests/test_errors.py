@@ -72,7 +72,7 @@ def test_first_message_must_be_the_spec(stub):
 def test_unknown_job_and_oversized_job(stub, clusters):
     with pytest.raises(grpc.RpcError) as info:
         stub.GetJob(pb.GetJobRequest(job_id="job-999999"), timeout=10)
-    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "no job" in info.value.details()
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND and "no job" in info.value.details()
     huge = tensor_pb2.TensorHeader(name="x", dtype=1, shape=[1 << 40], total_bytes=4 << 40)
     with pytest.raises(grpc.RpcError) as info:
         submit(stub, "sum", huge, [])
