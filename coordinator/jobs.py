@@ -124,6 +124,7 @@ class Job:
         self._whole: dict[str, tuple] = {}  # name -> (array, header, cache key), per round
         self._prepared: dict[str, np.ndarray] | None = None  # whole inputs after op.prepare
         self.round = 0
+        self._finishing = -1  # the round whose completion is being handled
         self.round_ready = False  # a new round's partitions wait to go back to pending
         self._last_progress = 0.0
 
@@ -176,9 +177,11 @@ class Job:
         ordered = {n: (a if order is None or n not in self.op.split_inputs else a[order])
                    for n, a in arrays.items()}
         with self.lock:
-            if not self.record.state.final:
-                self._ordered = ordered
-                self.input_complete = True
+            if self.record.state.final:
+                return
+            self._ordered = ordered
+            self.input_complete = True
+        self._round_complete()  # partitions may all be done already: only now is the input verified
 
     def ready_partitions(self) -> int:
         """Partitions 0..n-1 have all their rows here (row blocks stream; others wait for all)."""
@@ -253,10 +256,16 @@ class Job:
             if self.record.state.final or round != self.round or not self.aggregator.add(lo, hi, partial):
                 return
             self.record.partitions_done = self.aggregator.covered_count
-            complete = self.aggregator.complete
-        if not complete:
-            self._progress()
-            return
+        self._progress()
+        self._round_complete()
+
+    def _round_complete(self) -> None:
+        """Finish the round once every partition is in and the input was verified (the last chunk's
+        checksum), whichever comes last; exactly once."""
+        with self.lock:
+            if not (self.aggregator.complete and self.input_complete) or self._finishing == self.round:
+                return
+            self._finishing = self.round
         root = self.aggregator.done[(0, self.plan.count)]
         try:
             if self.op.iterative:

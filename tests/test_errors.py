@@ -116,3 +116,22 @@ def test_memory_limit_of_active_jobs_is_resource_exhausted():
         assert info.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "--max-active-mib" in info.value.details
         assert first.result()["sum"] == 1_000_000
         assert client.sum(np.ones(500_000)) == 500_000  # room again
+
+
+def test_no_result_before_the_input_is_verified(stub):
+    """Every partition may be done before the stream ends; the checksum still decides."""
+    import time
+
+    header, chunks = valid(X)
+    chunks[-1] = chunk(chunks[-1].offset, bytes(len(chunks[-1].data)))  # corrupt the last chunk
+    spec = job_pb2.JobSpec(op="sum", inputs=[job_pb2.JobInput(name="x", tensor=header)])
+
+    def requests():
+        yield pb.SubmitJobRequest(spec=spec)
+        for c in chunks:
+            yield pb.SubmitJobRequest(chunk=c)
+        time.sleep(1.5)  # the partitions finish meanwhile
+
+    with pytest.raises(grpc.RpcError) as info:
+        list(stub.SubmitJob(requests(), timeout=30))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "checksum" in info.value.details()
