@@ -71,6 +71,8 @@ class Run:
     round: int = 0
     attempts: dict[int, Attempt] = field(default_factory=dict)
     call: object = None  # the in-flight gRPC call, to cancel it
+    started: float = field(default_factory=time.monotonic)
+    duplicated: bool = False  # a speculative copy of it runs elsewhere
 
     def __len__(self) -> int:
         return self.hi - self.lo
@@ -119,6 +121,7 @@ class Job:
         self.attempts: dict[int, int] = {}
         self.failed_on: dict[int, set[str]] = {}
         self.waiting_since: float | None = None  # no capable agent since then
+        self.run_seconds: list[float] = []  # per partition, of finished runs: what "slow" means
         self.queued_at: dict[int, float] = {}  # when each partition (re)entered pending with its rows here
         self.ready_seen = 0
         self._whole: dict[str, tuple] = {}  # name -> (array, header, cache key), per round

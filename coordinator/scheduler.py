@@ -36,6 +36,9 @@ class Scheduler:
         # Resident partitions move to an idle agent only when their own agent has more than this
         # many of the job's partitions waiting: moving data costs more than a short wait.
         self.steal_backlog = steal_backlog
+        # A run is a straggler once it has taken this many times the job's median per partition
+        # (and at least straggler_min seconds), with nothing left to schedule.
+        self.straggler_factor, self.straggler_min = 3.0, 0.5
         self.cond = threading.Condition()
         self.jobs: list[Job] = []  # active, in submission order
         self._pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="run")
@@ -118,7 +121,8 @@ class Scheduler:
                 backlog = collections.Counter(job.home(p) for p in job.pending) if job.datasets else {}
                 capable_ids = {a.id for a in capable}
                 for agent in sorted(capable, key=lambda a: a.in_flight / a.credits):
-                    run = self._take_run(job, agent, ready, capable_ids, live, backlog)
+                    run = self._take_run(job, agent, ready, capable_ids, live, backlog) or \
+                        self._speculate(job, agent)
                     if run:
                         launches.append((agent, job, run))
                         progress = True
@@ -181,6 +185,34 @@ class Scheduler:
         agent.in_flight += len(run)
         return run
 
+    def _speculate(self, job: Job, agent: Agent) -> Run | None:
+        """Near the end of a job, run a copy of a straggling run on an idle agent; whichever finishes
+        first counts (partials are de-duplicated by range) and the other is cancelled."""
+        if job.pending or job.op.iterative and job.round_ready:
+            return None
+        median = sorted(job.run_seconds)[len(job.run_seconds) // 2] if job.run_seconds else None
+        if median is None:
+            return None
+        now = time.monotonic()
+        slow = [r for r in job.runs if not r.duplicated and r.agent_id != agent.id and r.round == job.round
+                and now - r.started > max(self.straggler_factor * median * len(r), self.straggler_min)
+                and agent.credits - agent.in_flight >= len(r)]
+        if not slow:
+            return None
+        original = min(slow, key=lambda r: r.started)
+        original.duplicated = True
+        copy = Run(original.lo, original.hi, agent.id, job.round, duplicated=True)
+        now_epoch = time.time()
+        for p in range(copy.lo, copy.hi):
+            copy.attempts[p] = Attempt(p, job.attempts.get(p, 0) + 1, agent.id, now_epoch, now_epoch,
+                                       original.attempts[p].rows, outcome="")
+            job.record.trace.append(copy.attempts[p])
+        job.runs.append(copy)
+        agent.in_flight += len(copy)
+        event(log, "run.speculative", job=job.id, partitions=f"{copy.lo}-{copy.hi}", agent=agent.id,
+              straggler=original.agent_id, seconds=f"{now - original.started:.2f}", median=f"{median:.3f}")
+        return copy
+
     # -- execution ---------------------------------------------------------------------------
     def _execute(self, agent: Agent, job: Job, run: Run) -> None:
         def on_call(call):
@@ -217,6 +249,18 @@ class Scheduler:
             agent.in_flight -= len(run)
             missing = [p for p in range(run.lo, run.hi) if not job.covered(p, run.round)]
             agent.partitions_done += len(run) - len(missing)
+            if error is None and len(run):
+                job.run_seconds.append((time.monotonic() - run.started) / len(run))
+            twins = [o for o in job.runs if (o.lo, o.hi, o.round) == (run.lo, run.hi, run.round)]
+            if job.state.final or not missing:  # won or lost a race, or the job is over: stop its twin
+                for other in twins:
+                    if other.call is not None:
+                        other.call.cancel()
+            elif twins:  # failed, but a speculative twin still computes these partitions
+                missing = []
+            for attempt in run.attempts.values():
+                if not attempt.outcome and job.covered(attempt.partition, run.round):
+                    attempt.outcome = "superseded"  # the other copy of the run got there first
             metrics.PARTITIONS.labels("done").inc(len(run) - len(missing))
             if missing and not job.state.final and error and error[0] == "NOT_FOUND":
                 # A cache miss, not a failure: the link forgot those keys; the bytes go next time.

@@ -30,7 +30,7 @@ log = logging.getLogger("lepton.agent")
 class DeviceWorker:
     """A device and the one thread that feeds it from its queue."""
 
-    def __init__(self, device: Device, test_delay: float = 0.0):
+    def __init__(self, device: Device, test_delay: tuple[float, float] = (0.0, 0.0)):
         self.device, self.test_delay = device, test_delay
         self.queued_bytes = 0
         self._queue: queue.Queue = queue.Queue()
@@ -49,8 +49,8 @@ class DeviceWorker:
             future, op, inputs, params, nbytes = item
             try:
                 if future.set_running_or_notify_cancel():
-                    if self.test_delay:
-                        time.sleep(random.uniform(0, self.test_delay))  # test hook: shuffle arrival order
+                    if self.test_delay[1]:  # test hook: shuffle arrival order, or make a straggler
+                        time.sleep(random.uniform(*self.test_delay))
                     start = time.time()
                     partial = self.device.run(op, inputs, params)
                     end = time.time()
@@ -72,7 +72,7 @@ class DeviceWorker:
 
 
 class Agent:
-    def __init__(self, devices: list[Device], credits: int = 0, test_delay: float = 0.0,
+    def __init__(self, devices: list[Device], credits: int = 0, test_delay: tuple[float, float] = (0.0, 0.0),
                  cache_bytes: int = 2 << 30):
         self.workers = [DeviceWorker(d, test_delay) for d in devices]
         self.credits = credits or max(2, 2 * len(devices))

@@ -19,6 +19,11 @@ from node_agent.server import serve
 log = logging.getLogger("lepton.agent")
 
 
+def _delay(text: str) -> tuple[float, float]:
+    low, _, high = text.rpartition(":")
+    return float(low or 0), float(high)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     env = os.environ.get
     parser.add_argument("--coordinator", default=env("LEPTON_COORDINATOR", "127.0.0.1:50051"),
@@ -41,8 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics-listen", default=env("LEPTON_AGENT_METRICS", "127.0.0.1:0"),
                         help="host:port of the Prometheus endpoint (port 0 picks one; 'off' disables) "
                              "[LEPTON_AGENT_METRICS]")
-    parser.add_argument("--test-delay", type=float, default=float(env("LEPTON_TEST_DELAY", 0)),
-                        help=argparse.SUPPRESS)  # tests: random delay per partition, to shuffle arrivals
+    # Tests: sleep before each partition, uniformly in [0, MAX] or [MIN, MAX] ("MIN:MAX").
+    parser.add_argument("--test-delay", type=_delay, default=_delay(env("LEPTON_TEST_DELAY", "0")),
+                        help=argparse.SUPPRESS)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,4 +1,5 @@
 """Agents come and go: killed agents are dropped, new ones are used, and no job is lost."""
+import collections
 import subprocess
 import sys
 import time
@@ -97,3 +98,19 @@ def test_coordinator_sigterm_fails_running_jobs_cleanly():
         assert info.value.code == grpc.StatusCode.UNAVAILABLE, (info.value, cluster.logs())
         assert "shutting down" in info.value.details, (info.value, cluster.logs())
         assert cluster.coordinator.wait(timeout=20) == 0, cluster.logs()
+
+
+def test_a_straggling_agent_is_outrun_by_speculative_copies():
+    with lepton.LocalCluster(agents=1) as cluster:
+        cluster.add_agent("numpy", ["--test-delay", "12:12"])  # every partition there takes 12 s
+        client = cluster.client()
+        x = np.random.default_rng(4).standard_normal(2_000_000)
+        start = time.monotonic()
+        total = client.sum(x, partitions=16)
+        assert time.monotonic() - start < 8, "the job waited for the straggler"
+        assert abs(total - x.sum()) <= 1e-12 * np.abs(x).sum()
+        trace = client.trace(client.jobs(limit=1)[0].job_id)
+        tries = collections.Counter(p.partition for p in trace.partitions)
+        assert max(tries.values()) == 2, tries  # some partitions ran twice: the straggler's and a copy
+        assert {p.outcome for p in trace.partitions} == {"done", "superseded"}
+        assert client.sum(np.ones(10), partitions=1) == 10  # the cluster is fine afterwards
