@@ -33,6 +33,23 @@ def test_status_lists_agents_devices_ops_and_jobs(clusters):
     assert jobs.returncode == 0 and '"state": "JOB_STATE_SUCCEEDED"' in jobs.stdout
 
 
+def test_put_run_on_and_drop_a_dataset(clusters, tmp_path):
+    x = np.random.default_rng(9).standard_normal((40_000, 3))
+    np.save(tmp_path / "x.npy", x)
+    address = ["--coordinator", clusters[2].address]
+    out = lepton("put", "cli-x", str(tmp_path / "x.npy"), "--partitions", "4", "--replace", *address)
+    assert out.returncode == 0 and "4 partitions" in out.stdout, out.stderr
+    assert "cli-x" in lepton("datasets", *address).stdout
+    out = lepton("run", "max", "-i", "x=@cli-x", "--json", *address)
+    assert out.returncode == 0, out.stderr
+    import json
+
+    assert json.loads(out.stdout)["max"] == x.max(axis=0).tolist()
+    assert lepton("drop", "cli-x", *address).returncode == 0
+    out = lepton("run", "max", "-i", "x=@cli-x", *address)
+    assert out.returncode == 1 and "NOT_FOUND" in out.stderr and "client.put" in out.stderr
+
+
 def test_devices_lists_what_an_agent_can_open():
     out = lepton("devices")
     assert out.returncode == 0, out.stderr

@@ -186,6 +186,38 @@ def cmd_devices(args) -> int:
     return 0
 
 
+def cmd_put(args) -> int:
+    array = np.asarray(np.load(args.file, mmap_mode="r"))
+    with Client(args.coordinator) as client:
+        dataset = client.put(args.name, array, partitioning=args.partitioning, partitions=args.partitions,
+                             key_column=args.key_column, replace=args.replace)
+    placement = ", ".join(f"{agent}: {n}" for agent, n in sorted(dataset.info.placement.items()))
+    print(f"{dataset.name}: {array.nbytes / 1e6:.1f} MB in {dataset.info.partitions} partitions ({placement}); "
+          f"use it as `lepton run OP -i x=@{dataset.name}`")
+    return 0
+
+
+def cmd_datasets(args) -> int:
+    with Client(args.coordinator, timeout=10) as client:
+        datasets = client.datasets()
+    if args.json:
+        print(as_json(*(d.info for d in datasets)))
+    elif not datasets:
+        print("no datasets: load one with `lepton put NAME FILE.npy`")
+    else:
+        print(table(["NAME", "SHAPE", "MB", "PARTITIONS", "RESIDENT ON"],
+                    [[d.name, "x".join(map(str, d.shape)), f"{d.info.total_bytes / 1e6:.1f}", d.info.partitions,
+                      ", ".join(f"{a}: {n}" for a, n in sorted(d.info.placement.items())) or "-"] for d in datasets]))
+    return 0
+
+
+def cmd_drop(args) -> int:
+    with Client(args.coordinator, timeout=30) as client:
+        client.drop(args.name)
+    print(f"dropped {args.name}")
+    return 0
+
+
 def cmd_cancel(args) -> int:
     with Client(args.coordinator, timeout=10) as client:
         status = client.cancel(args.job_id)
@@ -244,6 +276,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--partitioning", default="row_blocks", choices=["row_blocks", "hash", "round_robin"])
     p.add_argument("--partitions", type=int, default=0, help="partition count (0: by size)")
     p.set_defaults(func=cmd_run)
+
+    p = with_address(sub.add_parser("put", help="load a .npy file into the cluster as a dataset"))
+    p.add_argument("name")
+    p.add_argument("file")
+    p.add_argument("--partitioning", default="row_blocks", choices=["row_blocks", "hash", "round_robin"])
+    p.add_argument("--partitions", type=int, default=0, help="partition count (0: by size)")
+    p.add_argument("--key-column", type=int, default=0, help="column hashed by --partitioning hash")
+    p.add_argument("--replace", action="store_true", help="replace a dataset of the same name")
+    p.set_defaults(func=cmd_put)
+
+    p = with_address(sub.add_parser("datasets", help="datasets resident in the cluster"))
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_datasets)
+
+    p = with_address(sub.add_parser("drop", help="drop a dataset"))
+    p.add_argument("name")
+    p.set_defaults(func=cmd_drop)
 
     p = sub.add_parser("devices", help="the devices an agent on this machine can open")
     p.set_defaults(func=cmd_devices)
