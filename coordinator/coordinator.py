@@ -18,10 +18,10 @@ import numpy as np
 
 from backends.errors import FailedPrecondition, InvalidInput, NotFound, ResourceExhausted, Unavailable
 from backends.numpy_device import physical_memory
-from backends.ops import get_op
+from backends.ops import TensorMeta, get_op, sparse
 from coordinator import planner
 from coordinator.agent_link import AgentLink
-from coordinator.datasets import DatasetStore
+from coordinator.datasets import CSR_PARTS, DatasetStore
 from coordinator.jobs import Job, JobRecord
 from coordinator.membership import Membership
 from coordinator.scheduler import Scheduler
@@ -70,14 +70,19 @@ class Coordinator:
         """Validate and plan a job whose `headers` inputs stream and `dataset_inputs` (input name ->
         dataset name) are resident."""
         op = get_op(op_name)
-        dataset_inputs = dataset_inputs or {}
-        names = [h.name for h in headers] + list(dataset_inputs)
+        datasets = {}  # op input name -> (dataset, part): a sparse dataset stands for three inputs
+        for name, dataset_name in (dataset_inputs or {}).items():
+            dataset = self.datasets.get(dataset_name)
+            datasets.update({n: (dataset, part) for n, part in dataset.inputs(name).items()})
+            if dataset.sparse:
+                params.setdefault(f"{name}_cols", dataset.cols)
+        names = [h.name for h in headers] + list(datasets)
         if len(set(names)) != len(names):
             raise InvalidInput(f"input names must be unique; got {names}")
         op.check_inputs(names)
         inputs = TensorAssembler(headers, max_bytes=self.config.max_job_bytes)
-        datasets = {name: self.datasets.get(d) for name, d in dataset_inputs.items()}
-        metas = {**dict(zip([h.name for h in headers], inputs.metas)), **{n: d.meta for n, d in datasets.items()}}
+        metas = {**dict(zip([h.name for h in headers], inputs.metas)),
+                 **{n: TensorMeta(d.arrays[part].dtype, d.arrays[part].shape) for n, (d, part) in datasets.items()}}
         op = op.resolve(metas, params)
         params = op.validate(metas, params)
         if datasets:
@@ -110,33 +115,48 @@ class Coordinator:
         streamed = [n for n in op.split_inputs if n in names and n not in datasets]
         if streamed:
             raise InvalidInput(f"split inputs {streamed} must be datasets too, partitioned like the others")
-        first, *others = datasets.values()
-        for other in others:
+        (first, _), *others = datasets.values()
+        for other, _ in others:
             if not np.array_equal(other.row_splits, first.row_splits):
                 raise InvalidInput(f"datasets {first.name!r} and {other.name!r} are partitioned differently")
-        return planner.Plan(planner.Scheme.ROW_BLOCKS, first.partitions, first.meta.shape[0],
-                            row_splits=first.row_splits)
+        return planner.Plan(planner.Scheme.ROW_BLOCKS, first.partitions, first.shape[0], row_splits=first.row_splits)
 
     # -- datasets ----------------------------------------------------------------------------
-    def put_dataset(self, name: str, header, chunks, scheme: planner.Scheme, count: int, target_bytes: int,
-                    key_column: int, replace: bool):
-        """Receive an array, keep the coordinator's copy, place its partitions on the agents."""
+    def put_dataset(self, name: str, headers: list, chunks, scheme: planner.Scheme, count: int, target_bytes: int,
+                    key_column: int, replace: bool, cols: int | None = None):
+        """Receive an array (one header) or a CSR matrix (indptr, indices, data headers and `cols`), keep
+        the coordinator's copy, place its partitions on the agents."""
         self.datasets.check_new(name, replace)
-        inputs = TensorAssembler([header], max_bytes=self.config.max_job_bytes)
-        meta = inputs.metas[0]
-        if not meta.shape:
-            raise InvalidInput("a dataset needs at least one dimension (its rows are partitioned)")
-        plan = planner.plan(planner.ROWS, {"x": meta}, scheme, count,
-                            target_bytes or self.config.target_partition_bytes, key_column)
+        inputs = TensorAssembler(headers, max_bytes=self.config.max_job_bytes)
+        target = target_bytes or self.config.target_partition_bytes
+        if cols is None:
+            meta = inputs.metas[0]
+            if not meta.shape:
+                raise InvalidInput("a dataset needs at least one dimension (its rows are partitioned)")
+            plan = planner.plan(planner.ROWS, {"x": meta}, scheme, count, target, key_column)
+        else:
+            metas = dict(zip(sparse.CSR, inputs.metas))
+            sparse.check_csr(sparse.SPMM, metas, {"a_cols": cols})
+            if scheme is not planner.Scheme.ROW_BLOCKS:
+                raise InvalidInput("a sparse dataset is partitioned in row blocks balanced by non-zeros; "
+                                   "leave partitioning.scheme unset or ROW_BLOCKS")
+            plan = planner.plan(sparse.SPMM, metas, scheme, count, target)
         for chunk in chunks:
             inputs.add(chunk)
-        array = inputs.finish_list()[0]
-        order = plan.order([array])
-        dataset, old = self.datasets.create(name, array if order is None else array[order], plan.row_splits, replace)
+        arrays = inputs.finish_list()
+        if cols is None:
+            order = plan.order(arrays)
+            parts = {"x": arrays[0] if order is None else arrays[0][order]}
+        else:
+            parts = dict(zip(sparse.CSR, arrays))
+            sparse.check_csr_values(sparse.SPMM, parts, cols)
+            plan.balance(sparse.SPMM.row_weights(parts))
+            parts = {part: parts[f"a_{part}"] for part in CSR_PARTS}
+        dataset, old = self.datasets.create(name, parts, plan.row_splits, replace, cols)
         if old is not None:
             self._forget(old)
         self.place(dataset)
-        event(log, "dataset.loaded", dataset=name, bytes=meta.nbytes, partitions=dataset.partitions,
+        event(log, "dataset.loaded", dataset=name, bytes=dataset.nbytes, partitions=dataset.partitions,
               agents=len(set(dataset.placement.values())))
         return dataset
 
@@ -150,7 +170,7 @@ class Coordinator:
             shares.setdefault(agents[p % len(agents)], []).append(p)
 
         def send(agent, partitions):
-            items = [(dataset.key(p), "x", dataset.rows(p)) for p in partitions]
+            items = [(dataset.key(p, part), part, array) for p in partitions for part, array in dataset.share(p).items()]
             try:
                 kept = set(agent.link.cache_tensors(items, timeout=600))
             except grpc.RpcError as exc:
@@ -159,7 +179,7 @@ class Coordinator:
                 return
             agent.cached |= kept
             for p in partitions:
-                if dataset.key(p) in kept:
+                if all(dataset.key(p, part) in kept for part in dataset.arrays):
                     dataset.placement[p] = agent.id
 
         threads = [threading.Thread(target=send, args=share) for share in shares.items()]

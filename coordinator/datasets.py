@@ -15,38 +15,64 @@ from pathlib import Path
 import numpy as np
 
 from backends.errors import AlreadyExists, InvalidInput, NotFound
-from backends.ops import TensorMeta
+from backends.ops.sparse import take_csr
 
 NAME = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 
 
+CSR_PARTS = ("indptr", "indices", "data")
+
+
 @dataclass
 class Dataset:
+    """A dense array ({"x": array}) or a CSR matrix ({"indptr", "indices", "data"} and `cols`)."""
+
     name: str
     generation: int
-    array: np.ndarray  # read-only memory map, rows in partition order
+    arrays: dict[str, np.ndarray]  # read-only memory maps; dense rows in partition order
     row_splits: np.ndarray
+    cols: int | None = None  # set for a sparse matrix
     created_at: float = field(default_factory=time.time)
     placement: dict[int, str] = field(default_factory=dict)  # partition -> agent id
 
     @property
-    def meta(self) -> TensorMeta:
-        return TensorMeta(self.array.dtype, self.array.shape)
+    def sparse(self) -> bool:
+        return self.cols is not None
 
     @property
     def partitions(self) -> int:
         return len(self.row_splits) - 1
 
     @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.arrays["indptr"]) - 1, self.cols) if self.sparse else self.arrays["x"].shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.arrays["data" if self.sparse else "x"].dtype
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.arrays.values())
+
+    @property
     def prefix(self) -> str:
         return f"ds:{self.name}:{self.generation}:"
 
-    def key(self, partition: int) -> str:
-        """The agents' cache key of one partition."""
-        return f"{self.prefix}{partition}"
+    def key(self, partition: int, part: str = "x") -> str:
+        """The agents' cache key of one partition (of one part of a sparse matrix)."""
+        return f"{self.prefix}{partition}" + (f".{part}" if self.sparse else "")
 
-    def rows(self, partition: int) -> np.ndarray:
-        return self.array[self.row_splits[partition]:self.row_splits[partition + 1]]
+    def inputs(self, name: str) -> dict[str, str]:
+        """A job input named `name` as the op inputs it stands for -> the part each one is."""
+        return {f"{name}_{part}": part for part in CSR_PARTS} if self.sparse else {name: "x"}
+
+    def share(self, partition: int) -> dict[str, np.ndarray]:
+        """One partition's parts, exactly as ops cut them."""
+        start, stop = int(self.row_splits[partition]), int(self.row_splits[partition + 1])
+        if self.sparse:
+            return dict(zip(CSR_PARTS, take_csr(*(self.arrays[p] for p in CSR_PARTS), start, stop)))
+        return {"x": self.arrays["x"][start:stop]}
 
 
 class DatasetStore:
@@ -68,15 +94,19 @@ class DatasetStore:
             if name in self._datasets and not replace:
                 raise AlreadyExists(f"dataset {name!r} exists; drop it first or put it with replace=True")
 
-    def create(self, name: str, ordered: np.ndarray, row_splits: np.ndarray, replace: bool) -> tuple[Dataset, Dataset | None]:
+    def create(self, name: str, arrays: dict[str, np.ndarray], row_splits: np.ndarray, replace: bool,
+               cols: int | None = None) -> tuple[Dataset, Dataset | None]:
         """Write the coordinator's copy and register it; returns it and the dataset it replaced."""
         self.check_new(name, replace)
         with self._lock:
             self._generation += 1
             generation = self._generation
-        path = self.directory / f"{name}.{generation}.npy"
-        np.save(path, ordered)
-        dataset = Dataset(name, generation, np.load(path, mmap_mode="r"), row_splits)
+        maps = {}
+        for part, array in arrays.items():
+            path = self.directory / f"{name}.{generation}.{part}.npy"
+            np.save(path, array)
+            maps[part] = np.load(path, mmap_mode="r")
+        dataset = Dataset(name, generation, maps, row_splits, cols)
         with self._lock:
             old = self._datasets.get(name)
             self._datasets[name] = dataset
@@ -98,8 +128,9 @@ class DatasetStore:
         return dataset
 
     def remove_file(self, dataset: Dataset) -> None:
-        # Jobs still reading keep their memory map: unlinking does not disturb them.
-        (self.directory / f"{dataset.name}.{dataset.generation}.npy").unlink(missing_ok=True)
+        # Jobs still reading keep their memory maps: unlinking does not disturb them.
+        for part in dataset.arrays:
+            (self.directory / f"{dataset.name}.{dataset.generation}.{part}.npy").unlink(missing_ok=True)
 
     def all(self) -> list[Dataset]:
         with self._lock:

@@ -105,7 +105,7 @@ class Job:
         self.id, self.op, self.params, self.plan = job_id, op, params, plan
         self.inputs = inputs  # a TensorAssembler over the inputs streamed with the job
         self.names = [h.name for h in inputs.headers]
-        self.datasets = datasets or {}  # input name -> coordinator.datasets.Dataset
+        self.datasets = datasets or {}  # op input name -> (coordinator.datasets.Dataset, part)
         self.tree_arity, self.deadline = tree_arity, deadline
         self.record = JobRecord(job_id, op.name, label, bytes_total=inputs.bytes_total,
                                 partitions_total=plan.count)
@@ -171,7 +171,7 @@ class Job:
     def end_input(self) -> None:
         """The client sent everything: check it, and order the rows for permuting schemes."""
         arrays = self.inputs.finish()
-        self.op.check_data({**arrays, **{n: d.array for n, d in self.datasets.items()}}, self.params)
+        self.op.check_data({**arrays, **self._resident()}, self.params)
         split = [arrays[n] for n in self.op.split_inputs if n in arrays]
         order = self.plan.order(split) if split else None
         weights = self.op.row_weights(arrays) if split else None
@@ -204,7 +204,7 @@ class Job:
 
     def _source(self) -> dict[str, np.ndarray]:
         """The inputs: in plan order once complete, else views of what has arrived."""
-        resident = {n: d.array for n, d in self.datasets.items()}
+        resident = self._resident()
         with self.lock:
             if self._ordered is not None:
                 return {**self._ordered, **resident}
@@ -212,19 +212,22 @@ class Job:
                 return {**{n: self.inputs.array(i) for i, n in enumerate(self.names)}, **resident}
         raise LeptonError("the job ended while its task was being sent")
 
+    def _resident(self) -> dict[str, np.ndarray]:
+        return {n: dataset.arrays[part] for n, (dataset, part) in self.datasets.items()}
+
     def split_key(self, name: str, partition: int) -> str:
         """The agents' cache key of a split input's partition: set for dataset inputs only."""
-        dataset = self.datasets.get(name)
-        return dataset.key(partition) if dataset else ""
+        dataset, part = self.datasets.get(name, (None, ""))
+        return dataset.key(partition, part) if dataset else ""
 
     def home(self, partition: int) -> str | None:
         """The agent where the partition's data is resident, if any."""
-        for dataset in self.datasets.values():
+        for dataset, _ in self.datasets.values():
             return dataset.placement.get(partition)
         return None
 
     def resident_on(self, partition: int, agent_id: str) -> None:
-        for dataset in self.datasets.values():
+        for dataset, _ in self.datasets.values():
             dataset.placement[partition] = agent_id
 
     def whole(self) -> dict[str, np.ndarray]:

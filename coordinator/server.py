@@ -46,9 +46,8 @@ def dataset_info(d) -> pb.DatasetInfo:
     placement: dict[str, int] = {}
     for agent_id in d.placement.values():
         placement[agent_id] = placement.get(agent_id, 0) + 1
-    return pb.DatasetInfo(name=d.name, dtype=wire.dtype_enum(d.array.dtype), shape=d.array.shape,
-                          total_bytes=d.array.nbytes, partitions=d.partitions, placement=placement,
-                          created_at=d.created_at)
+    return pb.DatasetInfo(name=d.name, dtype=wire.dtype_enum(d.dtype), shape=d.shape, total_bytes=d.nbytes,
+                          partitions=d.partitions, placement=placement, created_at=d.created_at, sparse=d.sparse)
 
 
 def abort(context, error: LeptonError):
@@ -174,9 +173,13 @@ class CoordinatorServicer(pb_grpc.CoordinatorServiceServicer):
                 yield request.chunk
 
         part = spec.partitioning
+        if spec.WhichOneof("data") == "csr":
+            headers, cols = [spec.csr.indptr, spec.csr.indices, spec.csr.data], spec.csr.cols
+        else:
+            headers, cols = [spec.tensor], None
         try:
-            dataset = self.c.put_dataset(spec.name, spec.tensor, chunks(), scheme_of(part), part.count,
-                                         part.target_bytes, part.key_column, spec.replace)
+            dataset = self.c.put_dataset(spec.name, headers, chunks(), scheme_of(part), part.count,
+                                         part.target_bytes, part.key_column, spec.replace, cols)
         except LeptonError as exc:
             abort(context, exc)
         return pb.PutDatasetResponse(dataset=dataset_info(dataset))

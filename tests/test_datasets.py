@@ -88,3 +88,30 @@ def test_a_lost_agent_loses_no_dataset_job(rng):
             assert np.allclose(client.sum(ds), x.sum(axis=0), rtol=1e-12)
         placement = {d.name: d for d in client.datasets()}["kept"].info.placement
         assert sum(placement.values()) == 12 and killed not in placement  # moved to the live agents
+
+
+def test_a_sparse_dataset_is_one_input_to_spmm_and_gcn(clusters, rng):
+    from references import close, csr
+
+    client = clusters[2].client()
+    n = 2000
+    dense = (rng.random((n, n)) < 0.01) * rng.random((n, n))
+    dense[:20] = (rng.random((20, n)) < 0.5) * rng.random((20, n))  # a few heavy rows
+    ds = client.put("sparse-graph", csr(dense), partitions=6, replace=True)
+    assert ds.info.sparse and ds.shape == (n, n) and ds.info.partitions == 6
+    x = rng.standard_normal((n, 8))
+    close(client.spmm(ds, x), dense @ x, np.abs(dense) @ np.abs(x))
+    before = bytes_sent(client)
+    close(client.spmm("sparse-graph", x), dense @ x, np.abs(dense) @ np.abs(x))
+    assert bytes_sent(client) - before == 0  # the matrix is resident and x is cached by content
+    trace = client.trace(client.jobs(limit=1)[0].job_id)
+    assert len({p.rows for p in trace.partitions}) > 1  # balanced by non-zeros, not rows
+    client.drop("sparse-graph")
+    bad = list(csr(dense))
+    bad[1] = bad[1][::-1].copy()  # columns out of order
+    with pytest.raises(lepton.LeptonError) as info:
+        client.put("bad-graph", tuple(bad))
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT and "strictly increasing" in info.value.details
+    with pytest.raises(lepton.LeptonError) as info:
+        client.put("hashed-graph", csr(dense), partitioning="hash")
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT and "balanced by non-zeros" in info.value.details

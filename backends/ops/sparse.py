@@ -53,6 +53,12 @@ def check_csr_values(op: Op, arrays, cols: int) -> None:
         raise InvalidInput(f"{op.name}: a_indices must be strictly increasing within each row; row {row} is not")
 
 
+def take_csr(indptr, indices, data, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows [start, stop) of a CSR matrix, its indptr re-based to 0."""
+    lo, hi = indptr[start], indptr[stop]
+    return indptr[start:stop + 1] - lo, indices[lo:hi], data[lo:hi]
+
+
 def csr_times_dense(indptr, indices, data, x) -> np.ndarray:
     """Rows of A @ x, in blocks of about CHUNK_NNZ non-zeros."""
     rows = len(indptr) - 1
@@ -78,10 +84,7 @@ class _SparseRows(Concat):
         return inputs["a_indptr"].shape[0] - 1
 
     def take(self, source, start, stop):
-        indptr = source["a_indptr"]
-        lo, hi = indptr[start], indptr[stop]
-        return {"a_indptr": indptr[start:stop + 1] - lo, "a_indices": source["a_indices"][lo:hi],
-                "a_data": source["a_data"][lo:hi]}
+        return dict(zip(CSR, take_csr(*(source[n] for n in CSR), start, stop)))
 
     def row_weights(self, arrays):
         return np.diff(arrays["a_indptr"]) + 1  # non-zeros, plus a little per row
@@ -147,4 +150,5 @@ class GcnLayer(_SparseRows):
         return {"y": ACTIVATIONS[params["activation"]](h @ inputs["w"]).astype(x_scaled.dtype)}
 
 
-OPS = (Spmm(), GcnLayer())
+SPMM = Spmm()
+OPS = (SPMM, GcnLayer())

@@ -140,6 +140,15 @@ def _csr(a) -> tuple[dict[str, np.ndarray], int]:
             "a_data": np.asarray(data)}, int(shape[1])
 
 
+def _sparse_input(a) -> dict:
+    """A resident sparse dataset goes by name (as input "a"); a matrix goes as its three arrays."""
+    return {"a": a} if isinstance(a, (Dataset, str)) else _csr(a)[0]
+
+
+def _sparse_cols(a) -> dict:
+    return {} if isinstance(a, (Dataset, str)) else {"a_cols": _csr(a)[1]}
+
+
 def _scalar(array: np.ndarray):
     return array[()] if array.ndim == 0 else array
 
@@ -267,26 +276,37 @@ class Client:
         return {k_: _scalar(v) for k_, v in self.run("kmeans", inputs, **params, **kw).items()}
 
     def spmm(self, a, x, **kw) -> np.ndarray:
-        """a @ x for a CSR matrix `a` (scipy.sparse, or (indptr, indices, data, shape))."""
-        inputs, cols = _csr(a)
-        return self.run("spmm", {**inputs, "x": x}, a_cols=cols, **kw)["y"]
+        """a @ x for a CSR matrix `a` (scipy.sparse, (indptr, indices, data, shape), or a sparse Dataset)."""
+        return self.run("spmm", {**_sparse_input(a), "x": x}, **_sparse_cols(a), **kw)["y"]
 
     def gcn_layer(self, a, x, w, activation: str = "relu", **kw) -> np.ndarray:
         """act(Â x w) with Â the symmetrically normalised adjacency (self loops added)."""
-        inputs, cols = _csr(a)
-        return self.run("gcn_layer", {**inputs, "x": x, "w": w}, a_cols=cols, activation=activation, **kw)["y"]
+        return self.run("gcn_layer", {**_sparse_input(a), "x": x, "w": w}, **_sparse_cols(a),
+                        activation=activation, **kw)["y"]
 
     # -- datasets ----------------------------------------------------------------------------
-    def put(self, name: str, array: np.ndarray, *, partitioning: str = "row_blocks", partitions: int = 0,
+    def put(self, name: str, array, *, partitioning: str = "row_blocks", partitions: int = 0,
             target_bytes: int = 0, key_column: int = 0, replace: bool = False) -> Dataset:
-        """Load `array` into the cluster once; its partitions stay resident on the agents."""
-        array = wire.little_endian(array)
-        spec = pb.DatasetSpec(name=name, tensor=wire.header("x", array), replace=replace,
+        """Load `array` into the cluster once; its partitions stay resident on the agents.
+
+        `array` may be a sparse CSR matrix (scipy.sparse, or (indptr, indices, data, shape)): ops then
+        name it as one input (client.spmm(dataset, x)), partitioned by rows balanced by non-zeros.
+        """
+        spec = pb.DatasetSpec(name=name, replace=replace,
                               partitioning=_partitioning(partitioning, partitions, target_bytes, key_column))
+        if hasattr(array, "indptr") or isinstance(array, tuple):
+            parts, cols = _csr(array)
+            arrays = [wire.little_endian(parts[n]) for n in ("a_indptr", "a_indices", "a_data")]
+            spec.csr.CopyFrom(pb.CsrMatrix(indptr=wire.header("indptr", arrays[0]),
+                                           indices=wire.header("indices", arrays[1]),
+                                           data=wire.header("data", arrays[2]), cols=cols))
+        else:
+            arrays = [wire.little_endian(array)]
+            spec.tensor.CopyFrom(wire.header("x", arrays[0]))
 
         def requests():
             yield pb.PutDatasetRequest(spec=spec)
-            for chunk in wire.chunks([array]):
+            for chunk in wire.chunks(arrays):
                 yield pb.PutDatasetRequest(chunk=chunk)
 
         try:

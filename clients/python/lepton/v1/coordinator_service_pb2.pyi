@@ -9,16 +9,30 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class DatasetSpec(_message.Message):
-    __slots__ = ("name", "tensor", "partitioning", "replace")
+    __slots__ = ("name", "tensor", "csr", "partitioning", "replace")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TENSOR_FIELD_NUMBER: _ClassVar[int]
+    CSR_FIELD_NUMBER: _ClassVar[int]
     PARTITIONING_FIELD_NUMBER: _ClassVar[int]
     REPLACE_FIELD_NUMBER: _ClassVar[int]
     name: str
     tensor: _tensor_pb2.TensorHeader
+    csr: CsrMatrix
     partitioning: _job_pb2.Partitioning
     replace: bool
-    def __init__(self, name: _Optional[str] = ..., tensor: _Optional[_Union[_tensor_pb2.TensorHeader, _Mapping]] = ..., partitioning: _Optional[_Union[_job_pb2.Partitioning, _Mapping]] = ..., replace: _Optional[bool] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., tensor: _Optional[_Union[_tensor_pb2.TensorHeader, _Mapping]] = ..., csr: _Optional[_Union[CsrMatrix, _Mapping]] = ..., partitioning: _Optional[_Union[_job_pb2.Partitioning, _Mapping]] = ..., replace: _Optional[bool] = ...) -> None: ...
+
+class CsrMatrix(_message.Message):
+    __slots__ = ("indptr", "indices", "data", "cols")
+    INDPTR_FIELD_NUMBER: _ClassVar[int]
+    INDICES_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    COLS_FIELD_NUMBER: _ClassVar[int]
+    indptr: _tensor_pb2.TensorHeader
+    indices: _tensor_pb2.TensorHeader
+    data: _tensor_pb2.TensorHeader
+    cols: int
+    def __init__(self, indptr: _Optional[_Union[_tensor_pb2.TensorHeader, _Mapping]] = ..., indices: _Optional[_Union[_tensor_pb2.TensorHeader, _Mapping]] = ..., data: _Optional[_Union[_tensor_pb2.TensorHeader, _Mapping]] = ..., cols: _Optional[int] = ...) -> None: ...
 
 class PutDatasetRequest(_message.Message):
     __slots__ = ("spec", "chunk")
@@ -29,7 +43,7 @@ class PutDatasetRequest(_message.Message):
     def __init__(self, spec: _Optional[_Union[DatasetSpec, _Mapping]] = ..., chunk: _Optional[_Union[_tensor_pb2.TensorChunk, _Mapping]] = ...) -> None: ...
 
 class DatasetInfo(_message.Message):
-    __slots__ = ("name", "dtype", "shape", "total_bytes", "partitions", "placement", "created_at")
+    __slots__ = ("name", "dtype", "shape", "total_bytes", "partitions", "placement", "created_at", "sparse")
     class PlacementEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -44,6 +58,7 @@ class DatasetInfo(_message.Message):
     PARTITIONS_FIELD_NUMBER: _ClassVar[int]
     PLACEMENT_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    SPARSE_FIELD_NUMBER: _ClassVar[int]
     name: str
     dtype: _tensor_pb2.DataType
     shape: _containers.RepeatedScalarFieldContainer[int]
@@ -51,7 +66,8 @@ class DatasetInfo(_message.Message):
     partitions: int
     placement: _containers.ScalarMap[str, int]
     created_at: float
-    def __init__(self, name: _Optional[str] = ..., dtype: _Optional[_Union[_tensor_pb2.DataType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., total_bytes: _Optional[int] = ..., partitions: _Optional[int] = ..., placement: _Optional[_Mapping[str, int]] = ..., created_at: _Optional[float] = ...) -> None: ...
+    sparse: bool
+    def __init__(self, name: _Optional[str] = ..., dtype: _Optional[_Union[_tensor_pb2.DataType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., total_bytes: _Optional[int] = ..., partitions: _Optional[int] = ..., placement: _Optional[_Mapping[str, int]] = ..., created_at: _Optional[float] = ..., sparse: _Optional[bool] = ...) -> None: ...
 
 class PutDatasetResponse(_message.Message):
     __slots__ = ("dataset",)
