@@ -17,7 +17,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from backends.device import Device
-from backends.errors import FailedPrecondition, LeptonError
+from backends.errors import FailedPrecondition, LeptonError, ResourceExhausted
 from backends.ops import Op, get_op
 from backends.tree import Tree, TreeAggregator
 from lepton.logs import event
@@ -25,6 +25,27 @@ from node_agent import metrics
 from node_agent.cache import TensorCache
 
 log = logging.getLogger("lepton.agent")
+
+
+MAX_SPLITS = 6  # halve a partition at most this many times (64 pieces) when a device runs out of memory
+
+
+def run_in_pieces(device: Device, op: Op, inputs: dict[str, np.ndarray], params: dict, depth: int = 0) -> dict:
+    """Run a partition; if the device runs out of memory, run its two halves and combine them (the
+    partial of a partition is the combine of its pieces', so the answer stays right)."""
+    try:
+        return device.run(op, inputs, params)
+    except ResourceExhausted:
+        rows = op.rows(inputs)
+        if depth >= MAX_SPLITS or rows < 2:
+            raise
+    event(log, "partition.split", level=logging.WARNING, device=device.name, op=op.name, rows=rows, depth=depth + 1)
+    halves = []
+    for start, stop in ((0, rows // 2), (rows // 2, rows)):
+        piece = {**inputs, **op.take(inputs, start, stop)}
+        piece_params = {**params, "row_offset": params["row_offset"] + start} if op.needs_row_offset else params
+        halves.append(run_in_pieces(device, op, piece, piece_params, depth + 1))
+    return op.combine(*halves)
 
 
 class DeviceWorker:
@@ -52,7 +73,7 @@ class DeviceWorker:
                     if self.test_delay[1]:  # test hook: shuffle arrival order, or make a straggler
                         time.sleep(random.uniform(*self.test_delay))
                     start = time.time()
-                    partial = self.device.run(op, inputs, params)
+                    partial = run_in_pieces(self.device, op, inputs, params)
                     end = time.time()
                     metrics.PARTITIONS.labels(self.device.name, op.name).inc()
                     metrics.BUSY_SECONDS.labels(self.device.name).inc(end - start)

@@ -1,0 +1,47 @@
+"""The agent's device handling, without a network: pieces on out-of-memory."""
+import numpy as np
+import pytest
+
+from backends.errors import ResourceExhausted
+from backends.numpy_device import NumpyDevice
+from backends.ops import TensorMeta, get_op
+from node_agent.agent import run_in_pieces
+
+
+class SmallMemoryDevice(NumpyDevice):
+    """A NumPy device that pretends to run out of memory above a number of rows (a unit-test edge)."""
+
+    def __init__(self, max_rows: int):
+        super().__init__()
+        self.max_rows, self.calls = max_rows, []
+
+    def run(self, op, inputs, params):
+        rows = op.rows(inputs)
+        self.calls.append(rows)
+        if rows > self.max_rows:
+            raise ResourceExhausted(f"{rows} rows do not fit")
+        return super().run(op, inputs, params)
+
+
+@pytest.mark.parametrize("op_name, params", [("sum", {}), ("max", {}), ("histogram", {"bins": 5, "range": [0, 1]}),
+                                             ("topk", {"k": 3})])
+def test_out_of_memory_runs_the_partition_in_pieces(op_name, params):
+    x = np.random.default_rng(0).random((1000, 2))
+    op = get_op(op_name)
+    p = op.validate({"x": TensorMeta(x.dtype, x.shape)}, params)
+    if op.needs_row_offset:
+        p["row_offset"] = 500
+    device = SmallMemoryDevice(max_rows=300)
+    got = op.finalize(run_in_pieces(device, op, {"x": x}, p), p)
+    want = op.finalize(NumpyDevice().run(op, {"x": x}, p), p)
+    for key in want:
+        assert np.allclose(got[key], want[key], rtol=1e-12, atol=0), key
+    assert max(device.calls[1:]) <= 500 and device.calls[0] == 1000
+
+
+def test_a_piece_that_never_fits_fails_with_resource_exhausted():
+    x = np.ones((64, 2))
+    op = get_op("sum")
+    p = op.validate({"x": TensorMeta(x.dtype, x.shape)}, {})
+    with pytest.raises(ResourceExhausted):
+        run_in_pieces(SmallMemoryDevice(max_rows=0), op, {"x": x}, p)
