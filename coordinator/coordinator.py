@@ -213,7 +213,9 @@ class Coordinator:
                               "`lepton agent --coordinator ADDRESS --device numpy`")
         if not any(op_name in a.ops for a in agents):
             offered = sorted({op for a in agents for op in a.ops})
-            raise FailedPrecondition(f"no agent's devices offer op {op_name!r}; the cluster offers {offered}")
+            raise FailedPrecondition(f"no agent's devices offer op {op_name!r}; the cluster offers {offered}. Start an "
+                                     f"agent whose devices run it (`lepton devices` lists what a machine has; "
+                                     f"the numpy device runs every op)")
 
     def input_ended(self, job: Job) -> None:
         """The client's stream ended: check the input and let every partition run."""

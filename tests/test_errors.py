@@ -135,3 +135,14 @@ def test_no_result_before_the_input_is_verified(stub):
     with pytest.raises(grpc.RpcError) as info:
         list(stub.SubmitJob(requests(), timeout=30))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "checksum" in info.value.details()
+
+
+def test_an_op_no_device_offers_is_failed_precondition_with_advice():
+    import lepton
+
+    # The OpenCL device implements no topk kernel.
+    with lepton.LocalCluster(agents=1, devices="opencl:0") as cluster:
+        with pytest.raises(lepton.LeptonError) as info:
+            cluster.client().topk(np.arange(10.0), k=2)
+    assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert "topk" in info.value.details and "lepton devices" in info.value.details
