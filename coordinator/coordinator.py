@@ -9,7 +9,6 @@ import itertools
 import logging
 import tempfile
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 

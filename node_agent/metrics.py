@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from prometheus_client import REGISTRY, Counter
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 TASKS = Counter("lepton_agent_tasks_total", "Tasks (runs of partitions) by outcome", ["outcome"])
 PARTITIONS = Counter("lepton_device_partitions_total", "Partitions run, by device and op", ["device", "op"])
@@ -12,7 +12,7 @@ BYTES_OUT = Counter("lepton_agent_output_bytes_total", "Partial bytes sent to th
 
 
 class DeviceCollector:
-    """Queue depth and measured throughput per device, read when Prometheus scrapes."""
+    """Queue depth and measured throughput per device, and the tensor cache, read when Prometheus scrapes."""
 
     def __init__(self, agent):
         self.agent = agent
@@ -28,6 +28,13 @@ class DeviceCollector:
                 speed.add_metric([worker.device.name, op], rate)
         yield queued
         yield speed
+        cache = self.agent.cache
+        yield GaugeMetricFamily("lepton_agent_cache_bytes", "Bytes held in the tensor cache", value=cache.bytes)
+        yield CounterMetricFamily("lepton_agent_cache_hits", "Cached tensors used by reference", value=cache.hits)
+        yield CounterMetricFamily("lepton_agent_cache_misses", "Referenced tensors no longer cached",
+                                  value=cache.misses)
+        yield CounterMetricFamily("lepton_agent_cache_evictions", "Tensors evicted to stay in budget",
+                                  value=cache.evictions)
 
 
 def register(agent) -> None:

@@ -1,5 +1,4 @@
 """Datasets: loaded once, resident on agents, used by name; evictions and lost agents lose nothing."""
-import json
 import urllib.request
 
 import grpc

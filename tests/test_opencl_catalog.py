@@ -18,7 +18,6 @@ import os
 import tempfile
 
 import numpy as np
-from references import close, csr
 import pytest
 
 _CACHE = tempfile.mkdtemp(prefix="lepton-opencl-catalog-")
@@ -28,16 +27,12 @@ os.environ.setdefault("LEPTON_OPENCL_CACHE", os.path.join(_CACHE, "opencl"))
 cl = pytest.importorskip("pyopencl")
 lepton = pytest.importorskip("lepton")
 
-from backends.errors import InvalidInput, LeptonError  # noqa: E402
+from backends.errors import InvalidInput  # noqa: E402
 from backends.ops import REGISTRY, TensorMeta  # noqa: E402
-from backends.opencl import OpenCLDevice, ProgramCache, all_devices, catalog, select_devices  # noqa: E402
+from backends.opencl import OpenCLDevice, ProgramCache, catalog  # noqa: E402
+from references import close, csr, opencl_test_device  # noqa: E402
 
-SELECTOR = os.environ.get("LEPTON_TEST_OPENCL_DEVICE", "cpu")
-try:
-    CL_DEVICE = select_devices(SELECTOR)[0]
-except LeptonError:
-    pytest.skip(f"no OpenCL device matches {SELECTOR!r}", allow_module_level=True)
-SPEC = f"opencl:{all_devices().index(CL_DEVICE)}"
+CL_DEVICE, SPEC = opencl_test_device()
 CATALOG_OPS = {"matmul.rows", "matmul.inner", "linear", "mlp", "gram", "lstsq", "pca", "kmeans", "spmm",
                "gcn_layer", "qmatmul"}
 
@@ -87,7 +82,7 @@ def test_matmul_rows_and_inner(device, dtype, shape):
     m, k, n = shape
     a, b = rng.standard_normal((m, k)).astype(dtype), rng.standard_normal((k, n)).astype(dtype)
     for plan in ("rows", "inner"):
-        got, want = run(device, f"matmul", {"a": a, "b": b}, plan=plan)
+        got, want = run(device, "matmul", {"a": a, "b": b}, plan=plan)
         close(got["c"], want["c"], np.abs(a) @ np.abs(b), RTOL[dtype])
 
 

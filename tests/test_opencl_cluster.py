@@ -7,7 +7,6 @@ sums exact), plus the rounding of the final result to the input's float type.
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -15,16 +14,10 @@ import pytest
 pytest.importorskip("pyopencl")
 lepton = pytest.importorskip("lepton")
 
-from backends.errors import LeptonError  # noqa: E402
-from backends.opencl import OpenCLDevice, ProgramCache, all_devices, export_binaries, select_devices  # noqa: E402
+from backends.opencl import OpenCLDevice, ProgramCache, export_binaries  # noqa: E402
+from references import opencl_test_device  # noqa: E402
 
-# PoCL's CPU device unless benchmarks/gpu_check.sh asks for the GPU; agents name it by index.
-SELECTOR = os.environ.get("LEPTON_TEST_OPENCL_DEVICE", "cpu")
-try:
-    CL_DEVICE = select_devices(SELECTOR)[0]
-except LeptonError:
-    pytest.skip(f"no OpenCL device matches {SELECTOR!r}", allow_module_level=True)
-SPEC = f"opencl:{all_devices().index(CL_DEVICE)}"
+CL_DEVICE, SPEC = opencl_test_device()  # agents name it by index
 
 TOL = {"float32": 1e-5, "float64": 1e-12, "int32": 1e-12, "int64": 1e-12}
 

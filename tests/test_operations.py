@@ -5,7 +5,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
 from pathlib import Path
 
@@ -109,6 +108,7 @@ def test_metrics_parse_and_move_when_jobs_run(clusters):
     key = 'lepton_device_partitions_total{"device": "numpy:0", "op": "sum"}'
     assert sum(delta(a, b, key) for a, b in zip(agents_after, agents_before)) == 6
     assert all('lepton_device_queued_bytes{"device": "numpy:0"}' in a for a in agents_after)
+    assert all("lepton_agent_cache_bytes{}" in a and "lepton_agent_cache_hits_total{}" in a for a in agents_after)
 
 
 def test_trace_shows_every_partition_and_plots_a_timeline(clusters, tmp_path):
