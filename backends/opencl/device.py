@@ -3,7 +3,8 @@
 Op semantics (which partial each op returns) live in kernels.py; this module knows the device: which
 kernel layout suits it (CPU: a few work-items streaming contiguous chunks with 16-wide loads; GPU: a
 grid-stride loop with 4-wide loads and a local-memory tree per work-group), how programs are built or
-loaded, and which buffers are kept between calls.
+loaded, and which buffers are kept between calls. Devices with memory of their own copy large arrays
+through pinned staging slots (transfer.py), reducing each chunk as it lands.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from backends.errors import FailedPrecondition, ResourceExhausted
 from backends.opencl import catalog, kernels
 from backends.opencl.compiler import ProgramCache, load_binary
 from backends.opencl.errors import cl_errors
+from backends.opencl.transfer import Stager
 
 CL_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double",
             np.dtype(np.int32): "int", np.dtype(np.int64): "long"}
@@ -76,6 +78,8 @@ class OpenCLDevice(Device):
             # Profiling costs nothing measurable and lets benchmarks read kernel time off the device clock.
             self.queue = cl.CommandQueue(self.context, properties=cl.command_queue_properties.PROFILING_ENABLE)
         self.profile: list[cl.Event] | None = None  # a list collects every kernel launch's event
+        # Large inputs to a device with memory of its own go through pinned slots (see transfer.py).
+        self.stager = None if self.zero_copy else Stager(self.context)
         for variant, binary in (binaries or {}).items():
             self._options(variant)  # rejects names this version does not know
             self._programs[variant] = load_binary(self.context, cl_device, binary,
@@ -183,18 +187,32 @@ class OpenCLDevice(Device):
             buffer = self._buffers[role] = cl.Buffer(self.context, cl.mem_flags.READ_WRITE, size)
         return buffer
 
-    def upload(self, x: np.ndarray, keep: bool = False) -> tuple[cl.Buffer, int]:
+    def upload(self, x: np.ndarray, keep: bool = False, chunks: bool = False) -> tuple:
         """`x` on the device as (buffer, head): the buffer holds rows x[head:].
 
         Where memory is shared the kernels read the caller's array in place, from the first row whose
         address has the device's base alignment (the vector loads need it; NumPy only aligns to 16
         bytes); the `head` rows before it are left to the host. Otherwise x is copied into the kept
-        input buffer. keep=True gives a buffer of its own (benchmarks keep data resident).
+        input buffer, large arrays through the stager. With chunks=True a staged copy is left under
+        way: (buffer, 0, pending), and iterating pending yields (lo, hi, event) as rows x[lo:hi] are
+        sent (each at an offset the device's alignment allows: a multiple of `self.align` bytes), so
+        the caller can launch on each chunk as it lands. keep=True gives a buffer of its own
+        (benchmarks keep data resident).
         """
-        x = np.ascontiguousarray(x)
         self._check_size(x.nbytes)
         if keep:
-            return cl.Buffer(self.context, cl.mem_flags.READ_ONLY | cl.mem_flags.COPY_HOST_PTR, hostbuf=x), 0
+            flags = cl.mem_flags.READ_ONLY | cl.mem_flags.COPY_HOST_PTR
+            return cl.Buffer(self.context, flags, hostbuf=np.ascontiguousarray(x)), 0
+        rows = self.stager.rows_per_chunk(x, self.align) if self.stager is not None else 0
+        if rows:
+            buffer = self._buffer("x", x.nbytes)
+            pending = self.stager.chunks(self.queue, buffer, x, rows)
+            if chunks:
+                return buffer, 0, pending
+            for _ in pending:
+                pass
+            return buffer, 0
+        x = np.ascontiguousarray(x)
         if self.zero_copy:
             row_bytes = x.nbytes // x.shape[0]
             for head in range(min(x.shape[0], self.align)):
@@ -205,35 +223,85 @@ class OpenCLDevice(Device):
         cl.enqueue_copy(self.queue, buffer, x, is_blocking=False)  # x outlives the call; the queue is in order
         return buffer, 0
 
+    def write(self, buffer: cl.Buffer, x: np.ndarray) -> None:
+        """Copy x into `buffer` (from byte 0) before whatever is enqueued next: staged when large."""
+        x = np.ascontiguousarray(x)
+        flat = x.reshape(-1).view(np.uint8)  # any row width fits the slots
+        rows = self.stager.rows_per_chunk(flat) if self.stager is not None else 0
+        if rows:
+            self.stager.copy(self.queue, buffer, flat, rows)
+        else:
+            cl.enqueue_copy(self.queue, buffer, x, is_blocking=False)
+
     def _read(self, buffer: cl.Buffer, shape: tuple, dtype: np.dtype) -> np.ndarray:
+        """The start of `buffer` as a new host array, once all enqueued is done: staged when large."""
         host = np.empty(shape, dtype)
-        cl.enqueue_copy(self.queue, host, buffer, is_blocking=True)
+        flat = host.reshape(-1).view(np.uint8)
+        rows = self.stager.rows_per_chunk(flat) if self.stager is not None else 0
+        if rows:
+            self.stager.read(self.queue, buffer, flat, rows)
+        else:
+            cl.enqueue_copy(self.queue, host, buffer, is_blocking=True)
         return host
 
     # -- launches ---------------------------------------------------------------------------------
 
     def reduce(self, prim: str, x: np.ndarray, shift: np.ndarray | None = None,
-               resident: tuple[cl.Buffer, int] | None = None) -> tuple[np.ndarray | None, np.ndarray | None, int, int]:
+               resident: tuple | None = None) -> tuple[np.ndarray | None, np.ndarray | None, int, int]:
         """Reduce rows of `x` along axis 0 with primitive `prim` (see PRIMS).
 
         Returns (first, second, lo, hi): per-column results shaped x.shape[1:] for rows x[lo:hi]
         (second only for m2: sums of d and of d*d with d = x - shift; both None when lo == hi).
         The flat kernels cover whole VEC-wide loads and in-place reads start at an aligned row, so the
         caller reduces the few rows outside [lo, hi) on the host.
-        `shift` is per column, already in the inner accumulator's type; `resident`: upload(x)'s result.
+        `shift` is per column, already in the inner accumulator's type; `resident`: upload(x)'s result
+        (upload(x, chunks=True)'s is consumed by the first call; pass its first two items to later ones).
+        A staged upload still under way is reduced chunk by chunk as each lands, so the kernels overlap
+        the copy; every primitive's partials add up (or take extremes) across chunks like across
+        work-items, and chunk bounds depend only on the shape, so results are the same every run.
         """
-        xbuf, head = resident if resident is not None else self.upload(x)
+        xbuf, head, *pending = resident if resident is not None else self.upload(x, chunks=True)
         dtype = x.dtype
-        inner, outer = self.accumulators(prim, dtype)
-        rows = x.shape[0] - head
+        inner, _ = self.accumulators(prim, dtype)
         cols = x.size // x.shape[0]
         flat = self.vec % cols == 0
+        shift_buf = None
+        if shift is not None:
+            shift_host = np.tile(shift.reshape(-1), self.vec // cols) if flat else shift.reshape(-1)
+            shift_host = np.ascontiguousarray(shift_host, dtype=NP_TYPES[inner])
+            shift_buf = self._buffer("shift", shift_host.nbytes)
+            cl.enqueue_copy(self.queue, shift_buf, shift_host, is_blocking=False)
+        row_bytes = x.itemsize * cols
+        parts = []
+        try:
+            for lo, hi, event in pending[0] if pending else [(0, x.shape[0] - head, None)]:
+                chunk = xbuf if event is None else xbuf.get_sub_region(lo * row_bytes, (hi - lo) * row_bytes)
+                parts.append(self._reduce_rows(prim, dtype, chunk, hi - lo, cols, flat, shift_buf, event))
+        finally:
+            if pending:
+                pending[0].close()  # after an error: stops the copies (see Stager.chunks)
+        parts = [p for p in parts if p is not None]
+        if not parts:
+            return None, None, head, head
+        parts[-1][3][-1].wait()  # the last read; the queue is in order
+        covered = sum(p[0] for p in parts)
+        first = self._fold(prim, np.concatenate([p[1] for p in parts]), cols, flat)
+        second = self._fold(prim, np.concatenate([p[2] for p in parts]), cols, flat) if prim == "m2" else None
+        columns = x.shape[1:]
+        return (first.reshape(columns), None if second is None else second.reshape(columns),
+                head, head + covered)
+
+    def _reduce_rows(self, prim: str, dtype: np.dtype, xbuf: cl.Buffer, rows: int, cols: int, flat: bool,
+                     shift_buf: cl.Buffer | None, after: cl.Event | None):
+        """Launch `prim` over `rows` rows in xbuf (once `after` completes) and a read of its partials:
+        (rows covered, partials, second partials or None, the reads' events), or None if it covers none."""
+        _, outer = self.accumulators(prim, dtype)
         res = dtype if prim in ("min", "max") else NP_TYPES[outer]
         if flat:
             nvec = rows * cols // self.vec
             covered = nvec * self.vec // cols
             if nvec == 0:
-                return None, None, head, head
+                return None
             if self.is_gpu:
                 groups = max(1, min(self.compute_units * 16, math.ceil(nvec / WG)))
                 per, local, name = 0, WG, "reduce_tree"
@@ -244,7 +312,6 @@ class OpenCLDevice(Device):
                 groups = math.ceil(nvec / per)
                 local, name, global_size = 1, "reduce_chunked", (groups,)
             out_shape = (groups, self.vec)
-            shift_host = None if shift is None else np.tile(shift.reshape(-1), self.vec // cols)
             args = [np.uint64(nvec), np.uint64(per)]
             local_size = (local,)
         else:
@@ -257,24 +324,22 @@ class OpenCLDevice(Device):
             chunks = math.ceil(rows / per)
             name, global_size, local_size = "reduce_columns", (gx, chunks), (lx, 1)
             out_shape = (chunks, cols)
-            shift_host = None if shift is None else shift.reshape(-1)
             args = [np.uint64(rows), np.uint64(per)]
         kernel = self._kernel(self.variant(prim, dtype, "flat" if flat else "columns"), name)
         nbytes = int(np.prod(out_shape)) * np.dtype(res).itemsize
         out = self._buffer("out", nbytes)
         out2 = self._buffer("out2", nbytes) if prim == "m2" else None
-        shift_buf = None
-        if shift_host is not None:
-            shift_host = np.ascontiguousarray(shift_host, dtype=NP_TYPES[inner])
-            shift_buf = self._buffer("shift", shift_host.nbytes)
-            cl.enqueue_copy(self.queue, shift_buf, shift_host, is_blocking=False)
         kernel.set_args(xbuf, *args, shift_buf, out, out2, *([np.uint64(cols)] if not flat else []))
-        self._launched(cl.enqueue_nd_range_kernel(self.queue, kernel, global_size, local_size))
-        first = self._fold(prim, self._read(out, out_shape, res), cols, flat)
-        second = self._fold(prim, self._read(out2, out_shape, res), cols, flat) if prim == "m2" else None
-        columns = x.shape[1:]
-        return (first.reshape(columns), None if second is None else second.reshape(columns),
-                head, head + covered)
+        self._launched(cl.enqueue_nd_range_kernel(self.queue, kernel, global_size, local_size,
+                                                  wait_for=[after] if after is not None else None))
+        # Non-blocking reads: the next chunk's kernel reuses out, after the read (the queue is in order).
+        first, second = np.empty(out_shape, res), np.empty(out_shape, res) if out2 is not None else None
+        # Their events are kept: pyopencl waits for a dropped copy event there and then.
+        reads = [cl.enqueue_copy(self.queue, first, out, is_blocking=False)]
+        if out2 is not None:
+            reads.append(cl.enqueue_copy(self.queue, second, out2, is_blocking=False))
+        self.queue.flush()  # start the kernel while the host fills the next chunk
+        return covered, first, second, reads
 
     def _launched(self, event: cl.Event) -> None:
         if self.profile is not None:
@@ -294,34 +359,50 @@ class OpenCLDevice(Device):
         return fold(lanes.reshape(-1, cols), axis=0) if flat else lanes
 
     def histogram(self, x: np.ndarray, edges: np.ndarray, uniform: bool) -> np.ndarray:
-        """Counts (columns, bins) int64 of a 1-D or (rows, columns) input, as np.histogram bins them."""
-        xbuf, head = self.upload(x)  # held until the read: kernel arguments do not keep buffers alive
+        """Counts (columns, bins) int64 of a 1-D or (rows, columns) input, as np.histogram bins them.
+        A staged upload is counted chunk by chunk as it lands: the launches add into the same counts."""
+        # xbuf is held until the read: kernel arguments do not keep buffers alive.
+        xbuf, head, *pending = self.upload(x, chunks=True)
         cols = 1 if x.ndim == 1 else x.shape[1]
-        n, nb = (x.shape[0] - head) * cols, len(edges) - 1
+        nb = len(edges) - 1
         etype = "float" if edges.dtype == np.float32 else "double"
         kernel = self._kernel(self.variant("histogram", x.dtype, etype), "histogram")
-        if self.is_gpu:
-            groups = max(1, min(self.compute_units * 16, math.ceil(n / WG)))
-            local, per = WG, 0
-        else:
-            groups = max(1, min(self.compute_units * 4, n // (MIN_LOADS_PER_ITEM * 16)))
-            per = math.ceil(n / groups)
-            groups, local = math.ceil(n / per), 1
-        copies = max(1, min(groups, HISTOGRAM_BYTES // (cols * nb * 4)))
-        counts = self._buffer("counts", copies * cols * nb * 4)
-        cl.enqueue_fill_buffer(self.queue, counts, np.uint32(0), 0, copies * cols * nb * 4)
         edges = np.ascontiguousarray(edges, dtype=NP_TYPES[etype])
         edges_buf = self._buffer("edges", edges.nbytes)
         cl.enqueue_copy(self.queue, edges_buf, edges, is_blocking=False)
         # A positive norm turns on the arithmetic guess of uniform bins; zero means binary search.
         norm = edges.dtype.type(nb / (float(edges[-1]) - float(edges[0]))) if uniform else edges.dtype.type(0)
-        kernel.set_args(xbuf, np.uint64(n), np.uint64(per), np.uint64(cols), edges_buf, np.uint32(nb),
-                        norm, counts, np.uint32(copies))
-        self._launched(cl.enqueue_nd_range_kernel(self.queue, kernel, (groups * local,), (local,)))
+        n_all = (x.shape[0] - head) * cols
+        copies = max(1, min(self._histogram_groups(n_all)[0], HISTOGRAM_BYTES // (cols * nb * 4)))
+        counts = self._buffer("counts", copies * cols * nb * 4)
+        cl.enqueue_fill_buffer(self.queue, counts, np.uint32(0), 0, copies * cols * nb * 4)
+        row_bytes = x.itemsize * cols
+        chunks = []  # sub-buffers, held until the read
+        try:
+            for lo, hi, event in pending[0] if pending else [(0, x.shape[0] - head, None)]:
+                chunk = xbuf if event is None else xbuf.get_sub_region(lo * row_bytes, (hi - lo) * row_bytes)
+                chunks.append(chunk)
+                groups, local, per = self._histogram_groups((hi - lo) * cols)
+                kernel.set_args(chunk, np.uint64((hi - lo) * cols), np.uint64(per), np.uint64(cols), edges_buf,
+                                np.uint32(nb), norm, counts, np.uint32(copies))
+                self._launched(cl.enqueue_nd_range_kernel(self.queue, kernel, (groups * local,), (local,),
+                                                          wait_for=[event] if event is not None else None))
+                self.queue.flush()
+        finally:
+            if pending:
+                pending[0].close()
         counts = self._read(counts, (copies, cols, nb), np.uint32).sum(axis=0, dtype=np.int64)
         for c in range(cols if head else 0):  # the unaligned head rows (see upload)
             counts[c] += np.histogram(x[:head].reshape(head, cols)[:, c], bins=edges)[0]
         return counts
+
+    def _histogram_groups(self, n: int) -> tuple[int, int, int]:
+        """(work-groups, work-group size, values per work-item or 0 for grid-stride) for n values."""
+        if self.is_gpu:
+            return max(1, min(self.compute_units * 16, math.ceil(n / WG))), WG, 0
+        groups = max(1, min(self.compute_units * 4, n // (MIN_LOADS_PER_ITEM * 16)))
+        per = math.ceil(n / groups)
+        return math.ceil(n / per), 1, per
 
     # -- the Device interface ---------------------------------------------------------------------
 
@@ -353,6 +434,8 @@ class OpenCLDevice(Device):
                 self.queue.finish()
             except cl.Error:
                 pass  # closing must not fail; the context goes with this object
+            if self.stager is not None:
+                self.stager.close()
             for buffer in self._buffers.values():
                 buffer.release()
             self._buffers.clear()

@@ -74,15 +74,14 @@ def var(device, inputs, params):
     x = inputs["x"]
     if _on_host(device, x, ("fsum", "m2")):
         return REGISTRY["var"].reference(inputs, params)
-    x = np.ascontiguousarray(x)
-    resident = device.upload(x)
+    resident = device.upload(x, chunks=True)  # a staged copy: the first pass overlaps it
     total, _, lo, hi = device.reduce("fsum", x, resident=resident)
     if hi == lo:
         return REGISTRY["var"].reference(inputs, params)
     n = hi - lo
     inner = np.float32 if device.accumulators("m2", x.dtype)[0] == "float" else np.float64
     shift = (total / n).astype(inner)
-    s1, s2, _, _ = device.reduce("m2", x, shift=shift, resident=resident)
+    s1, s2, _, _ = device.reduce("m2", x, shift=shift, resident=resident[:2])
     m2 = np.maximum(s2 - s1 * s1 / n, 0.0)
     return _with_rest("var", x, params, {"n": n, "mean": shift + s1 / n, "m2": m2}, lo, hi)
 
@@ -92,7 +91,7 @@ def histogram(device, inputs, params):
     edges = REGISTRY["histogram"].edges(params)  # np.histogram's own edges, in its edge dtype
     if x.size == 0 or x.dtype not in DTYPES or (edges.dtype != np.float32 and not device.fp64):
         return REGISTRY["histogram"].reference(inputs, params)
-    counts = device.histogram(np.ascontiguousarray(x), edges, uniform="edges" not in params)
+    counts = device.histogram(x, edges, uniform="edges" not in params)
     return {"counts": counts[0] if x.ndim == 1 else counts}
 
 
