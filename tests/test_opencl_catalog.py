@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 
 import numpy as np
 import pytest
@@ -34,7 +35,7 @@ from references import close, csr, opencl_test_device  # noqa: E402
 
 CL_DEVICE, SPEC = opencl_test_device()
 CATALOG_OPS = {"matmul.rows", "matmul.inner", "linear", "mlp", "gram", "lstsq", "pca", "kmeans", "spmm",
-               "gcn_layer", "qmatmul"}
+               "gcn_layer", "qmatmul", "topk"}
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +73,6 @@ RTOL = {np.float32: 1e-4, np.float64: 1e-10}
 
 def test_device_offers_the_catalog(device):
     assert CATALOG_OPS <= set(device.ops)
-    assert "topk" not in device.ops  # not implemented: the scheduler sends it elsewhere
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -93,17 +93,24 @@ def test_split_k_for_a_long_inner_dimension(device):
     close(got["c"], a @ b, np.abs(a) @ np.abs(b), 1e-4)
 
 
-@pytest.mark.parametrize("tiles", [(128, 128, 16, 8, 8, 4, False), (64, 64, 16, 4, 4, 4, False)], ids=["gpu32", "gpu64"])
-def test_gpu_tiled_gemm_on_pocl(device, tiles):
+@pytest.mark.parametrize("tiles, dtype", [(shape, dtype) for (kind, t), shapes in catalog.TILES.items()
+                                          if kind == "gpu" and t != "int"
+                                          for shape, dtype in zip(shapes, [catalog.NP[t]] * len(shapes))])
+def test_gpu_tiled_gemm_on_pocl(device, tiles, dtype):
     """The GPU kernel (local tiles, double buffering, 4-wide loads) on PoCL: the EVEN path on whole tiles
     with aligned rows, the checked path on edges, and XᵀX (transposed A)."""
     rng = np.random.default_rng(2)
-    dtype = np.float32 if tiles[0] == 128 else np.float64
     for (m, k, n) in [(tiles[0], 32, tiles[1]), (tiles[0] + 3, 45, 70)]:
         a, b = rng.standard_normal((m, k)).astype(dtype), rng.standard_normal((k, n)).astype(dtype)
         close(catalog.gemm_host(device, a, b, tiles=tiles), a @ b, np.abs(a) @ np.abs(b), RTOL[dtype])
-    x = rng.standard_normal((300, 19)).astype(dtype)
-    close(catalog.gemm_host(device, x, x, trans_a=True, tiles=tiles), x.T @ x, np.abs(x).T @ np.abs(x), RTOL[dtype])
+    # Whole tiles, but A one element off the vector alignment (PoCL reads host arrays in place).
+    a = np.empty(tiles[0] * 32 + 1, dtype)[1:].reshape(tiles[0], 32)
+    a[:], b = rng.standard_normal(a.shape), rng.standard_normal((32, tiles[1])).astype(dtype)
+    close(catalog.gemm_host(device, a, b, tiles=tiles), a @ b, np.abs(a) @ np.abs(b), RTOL[dtype])
+    # XᵀX: ragged, and on whole tiles with K split into slices of which the last is shorter
+    for x in (rng.standard_normal((300, 19)).astype(dtype), rng.standard_normal((1008, tiles[0])).astype(dtype)):
+        close(catalog.gemm_host(device, x, x, trans_a=True, tiles=tiles), x.T @ x, np.abs(x).T @ np.abs(x),
+              RTOL[dtype])
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -178,6 +185,72 @@ def test_spmm_and_gcn(device, dtype, index):
         close(got["y"], want["y"], np.abs(want["y"]) + 1, 1e-5 if dtype == np.float32 else 1e-10)
 
 
+@pytest.fixture(scope="module")
+def gpu_device():
+    """The GPU code paths (work-group sizes, work splits) on PoCL."""
+    dev = OpenCLDevice(CL_DEVICE, "opencl:0", cache=ProgramCache(), calibrate=False, gpu_layout=True)
+    yield dev
+    dev.close()
+
+
+def power_law(n, rng, index):
+    """A CSR matrix with power-law row lengths: rows of thousands of non-zeros (several work-groups'
+    worth on either path), a run of empty rows, and many rows of one or two."""
+    degree = np.minimum(rng.zipf(1.7, n), n // 2)
+    degree[[3, 4, n - 1]] = [n - 7, 5 * n // 8, 3 * n // 4]
+    degree[100:140] = 0
+    row = np.repeat(np.arange(n), degree)
+    key = np.unique(row * n + rng.integers(0, n, len(row)))
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(key // n, minlength=n))]).astype(np.int64)
+    return indptr, (key % n).astype(index), rng.standard_normal(len(key))
+
+
+@pytest.mark.parametrize("dtype, index", [(np.float32, np.int32), (np.float64, np.int64), (np.float32, np.int64)])
+def test_spmm_balanced_on_power_law_rows(device, gpu_device, dtype, index):
+    """Heavy rows split over work-groups and added in a fixed order: within the tolerance of the
+    reference, and bitwise the same on every run."""
+    rng = np.random.default_rng(10)
+    n = 4500
+    indptr, indices, data = power_law(n, rng, index)
+    assert np.diff(indptr).max() > 2048 and np.any(np.diff(indptr) == 0)  # > 2 work-groups on PoCL
+    data = data.astype(dtype)
+    dense = np.zeros((n, n), dtype)
+    dense[np.repeat(np.arange(n), np.diff(indptr)), indices] = data
+    inputs = {"a_indptr": indptr, "a_indices": indices, "a_data": data}
+    for dev in (device, gpu_device):
+        for features in (1, 37, 64, 130):
+            x = rng.standard_normal((n, features)).astype(dtype)
+            got, want = run(dev, "spmm", {**inputs, "x": x}, a_cols=n)
+            close(got["y"], want["y"], np.abs(dense) @ np.abs(x), RTOL[dtype])
+            again, _ = run(dev, "spmm", {**inputs, "x": x}, a_cols=n)
+            assert np.array_equal(got["y"], again["y"])
+        gcn = {**inputs, "a_data": np.abs(data), "x": x, "w": rng.standard_normal((features, 11)).astype(dtype)}
+        got, want = run(dev, "gcn_layer", gcn, a_cols=n, activation="none")  # weights: non-negative
+        close(got["y"], want["y"], np.abs(want["y"]) + 1, 1e-5 if dtype == np.float32 else 1e-10)
+        again, _ = run(dev, "gcn_layer", gcn, a_cols=n, activation="none")
+        assert np.array_equal(got["y"], again["y"])
+
+
+def test_spmm_plan_covers_every_row_and_nonzero_once():
+    rng = np.random.default_rng(11)
+    indptr, _, _ = power_law(3000, rng, np.int32)
+    degree = np.diff(indptr)
+    for lanes, budget in [(1, 1024), (4, 64), (64, 1)]:
+        lo, hi, light, first, heavy = catalog.spmm_plan(indptr, lanes, budget)
+        # light work-groups tile the rows; the heavy rows' pieces tile their non-zeros, in order
+        assert lo[0] == 0 and hi[light - 1] == len(degree) and np.array_equal(lo[1:light], hi[:light - 1])
+        assert np.array_equal(heavy, np.flatnonzero(degree > budget))
+        pieces = np.stack([lo[light:], hi[light:]], axis=1)
+        assert np.all(pieces[:, 1] - pieces[:, 0] <= lanes * budget) and np.all(pieces[:, 1] > pieces[:, 0])
+        assert np.array_equal(pieces[first[:-1], 0], indptr[heavy])
+        assert np.array_equal(pieces[first[1:] - 1, 1], indptr[heavy + 1])
+        within = np.isin(np.arange(1, len(pieces)), first, invert=True)  # not a row's first piece
+        assert np.array_equal(pieces[1:, 0][within], pieces[:-1, 1][within])
+        cost = np.where(degree > budget, 0, degree + 1)
+        group_cost = np.add.reduceat(cost, lo[:light])
+        assert group_cost.max() <= 2 * lanes * budget + 1
+
+
 def test_qmatmul(device):
     rng = np.random.default_rng(8)
     x = rng.standard_normal((77, 130)).astype(np.float32)
@@ -187,6 +260,87 @@ def test_qmatmul(device):
     close(got["y"], want["y"], np.abs(want["y"]), 1e-6)
     for key in ("sq_err", "sq_ref", "max_err"):
         close(np.asarray(got[key]), np.asarray(want[key]), rtol=1e-4)
+
+
+def test_qmatmul_gpu_tiles_and_split_k(gpu_device):
+    """The int8 product on the GPU's tiled GEMM (char inputs, int accumulators): whole tiles (the
+    vector-load path), ragged edges, and a long K split over slices, all exact before dequantizing."""
+    rng = np.random.default_rng(12)
+    for m, k, n in [(128, 64, 128), (77, 130, 45), (5, 3000, 7)]:
+        x = rng.standard_normal((m, k)).astype(np.float32)
+        w_q = rng.integers(-127, 128, (k, n)).astype(np.int8)
+        w_scale = rng.uniform(0.01, 0.1, n).astype(np.float32)
+        got, want = run(gpu_device, "qmatmul", {"x": x, "w_q": w_q, "w_scale": w_scale})
+        close(got["y"], want["y"], np.abs(want["y"]), 1e-6)
+
+
+# -- topk -------------------------------------------------------------------------------------------
+
+TOPK_DTYPES = [np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32, np.int64, np.uint64, np.float16,
+               np.float32, np.float64]
+
+
+def topk_data(rng, shape, dtype):
+    """Few distinct values (many ties), the dtype's extremes, and for floats NaN (some negative, some
+    with payloads), infinities, subnormals and both zeros (equal: ties)."""
+    dtype = np.dtype(dtype)
+    info = np.finfo(dtype) if dtype.kind == "f" else np.iinfo(dtype)
+    pool = [info.min, info.max, 0, 1, 2, 3]
+    if dtype.kind == "f":
+        pool += [np.inf, -np.inf, np.nan, -np.nan, -0.0, -1.5, info.smallest_subnormal, -info.tiny]
+    x = np.array(pool, dtype)[rng.integers(0, len(pool), shape)]
+    if dtype.kind == "f":
+        bits = x.view(f"u{dtype.itemsize}")
+        bits[np.isnan(x)] |= 1 + np.arange(np.isnan(x).sum(), dtype=bits.dtype) % 3
+    return x
+
+
+def same_topk(dev, x, k, largest, row_offset=0):
+    """The device's partial equals the reference's bitwise (a selection: no arithmetic)."""
+    op = REGISTRY["topk"]
+    p = {**op.validate({"x": TensorMeta(x.dtype, x.shape)}, {"k": k, "largest": largest}), "row_offset": row_offset}
+    got, want = dev.run(op, {"x": x}, p), op.reference({"x": x}, p)
+    assert set(got) == set(want)
+    for key in want:
+        g, w = np.asarray(got[key]), np.asarray(want[key])
+        assert g.dtype == w.dtype and g.shape == w.shape and g.tobytes() == w.tobytes(), (key, x.dtype, k, largest)
+
+
+@pytest.mark.parametrize("dtype", TOPK_DTYPES, ids=lambda d: np.dtype(d).name)
+def test_topk_every_dtype_bitwise(device, gpu_device, dtype):
+    """Both code paths (CPU chunks merged on the host; GPU lanes merged in local memory, then by passes),
+    1-D and 2-D, one and many columns, k = 1, 5, 64 (the most the device takes), k = rows, and a k past
+    64 (the reference on the host); ties by the lower row, NaN last."""
+    rng = np.random.default_rng(13)
+    for dev in (device, gpu_device):
+        for shape in [(4099,), (3001, 1), (2999, 37), (40, 3)]:
+            x = topk_data(rng, shape, dtype)
+            for k in sorted({1, 5, min(64, shape[0]), 100 if shape[0] > 100 else shape[0]}):
+                for largest in (True, False):
+                    same_topk(dev, x, k, largest, row_offset=1000)
+
+
+def test_topk_long_columns_and_worst_orders(device, gpu_device):
+    """Rows enough for several merge passes on the GPU path (k = 64 on 8 columns: groups of 4 lanes);
+    sorted input (every row inserts at the front); all-equal and all-NaN columns (ties everywhere)."""
+    rng = np.random.default_rng(14)
+    cases = [rng.integers(0, 4, 300_000).astype(np.float32), rng.integers(0, 3, (40_000, 8)).astype(np.float32),
+             np.arange(60_000, dtype=np.int64), np.zeros((20_000, 5), np.float32), np.full((5000, 3), np.nan)]
+    for dev in (device, gpu_device):
+        for x in cases:
+            for k in (1, 10, 64):
+                for largest in (True, False):
+                    same_topk(dev, x, k, largest)
+
+
+def test_topk_float64_without_fp64(gpu_device):
+    """Ranks are 64-bit integers: float64 needs no cl_khr_fp64."""
+    dev = OpenCLDevice(CL_DEVICE, "opencl:0", cache=ProgramCache(), calibrate=False, fp64=False)
+    try:
+        assert "topk" in dev.ops and "pca" not in dev.ops
+        same_topk(dev, topk_data(np.random.default_rng(15), (3000, 4), np.float64), 7, True)
+    finally:
+        dev.close()
 
 
 # -- through a cluster whose only device is OpenCL ---------------------------------------------------
@@ -254,7 +408,21 @@ def test_catalog_through_a_cluster(client):
     measured = np.linalg.norm(out["y"] - xq @ wq) / np.linalg.norm(xq @ wq)
     assert abs(out["relative_error"] - measured) <= 1e-3 * measured and 0 < measured < 0.02
 
-    (agent,) = client.cluster_status().agents
-    (dev,) = agent.devices
+    xt = rng.integers(-20, 20, (5000, 6)).astype(np.float32)  # many ties: the lower row first
+    values, indices = client.topk(xt, k=9, partitions=3)
+    order = np.lexsort((np.arange(5000)[:, None].repeat(6, 1), -xt), axis=0)[:9]
+    assert np.array_equal(indices, order) and np.array_equal(values, np.take_along_axis(xt, order, axis=0))
+    values, indices = client.topk(xt[:, 0].astype(np.int16), k=4, largest=False, partitions=2)
+    assert np.array_equal(indices, np.argsort(xt[:, 0], kind="stable")[:4])
+
+    # They ran on the OpenCL device (runs of >= 64 KiB are measured); the next heartbeat reports it,
+    # which on a fast GPU may come after the last job.
+    deadline = time.monotonic() + 5
+    while True:
+        (agent,) = client.cluster_status().agents
+        (dev,) = agent.devices
+        if {"matmul.rows", "gram"} <= set(dev.throughput) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     assert dev.kind == "opencl" and CATALOG_OPS <= set(dev.ops)
-    assert {"matmul.rows", "gram"} <= set(dev.throughput)  # they ran on the OpenCL device (>= 64 KiB runs)
+    assert {"matmul.rows", "gram"} <= set(dev.throughput), dev.throughput

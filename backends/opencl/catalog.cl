@@ -50,22 +50,109 @@ __kernel void bias_softmax(__global T* y, __global const T* bias, const int rows
     for (int j = 0; j < cols; j++) row[j] = row[j] / total;
 }
 
-// CSR x dense: y[i, :] = sum_p data[p] * x[indices[p], :] over row i's non-zeros. A work-group
-// per row, its work-items across the features (coalesced reads of x's rows). With GCN, also the
+// CSR x dense: y[i, :] = sum_p data[p] * x[indices[p], :] over row i's non-zeros; with GCN also the
 // self loop and the symmetric scale: y[i] = scale[r] * (A x + x[r]) with r = row_offset + i.
-__kernel void spmm_csr(__global const long* indptr, __global const IDX* indices, __global const T* data,
-                       __global const T* x, const int features, __global T* y,
-                       __global const T* scale, const long row_offset) {
-    const int j = get_global_id(0), i = get_global_id(1);
-    if (j >= features) return;
-    T acc = 0;
-    for (long p = indptr[i]; p < indptr[i + 1]; p++)
-        acc = fma(data[p], x[(size_t)indices[p] * features + j], acc);
-    if (scale) {
-        const long r = row_offset + i;
-        acc = (acc + x[(size_t)r * features + j]) * scale[r];
+// Balanced by non-zeros (power-law graphs: one row may hold a good part of them; a work-group per row
+// left the device idle behind it): the host's plan (catalog.spmm_plan) gives work-group g < light
+// the light rows [lo[g], hi[g]), each of at most `limit` non-zeros, to write to y, and the others a
+// run [lo[g], hi[g]) of one heavier row's non-zeros to sum into partial[g - light]; spmm_rows then
+// adds each heavy row's partials. Fixed orders and no atomics: bitwise reproducible.
+#define SPMM_WG 256  // work-items per work-group, at most
+#define CAT_(a, b) a##b
+#define CAT(a, b) CAT_(a, b)
+#define T8 CAT(T, 8)
+
+inline T spmm_epilogue(T acc, __global const T* x, const int features, const int j,
+                       __global const T* scale, const long r) {
+    return scale ? (acc + x[(size_t)r * features + j]) * scale[r] : acc;
+}
+
+// GPUs: work-groups of lx features x ly lanes, feature tiles along dim 1 (coalesced reads of x's
+// rows). Light rows go a row per lane; a heavy run's non-zeros are interleaved over the lanes,
+// whose sums are added in lane order.
+__kernel void spmm_chunks(__global const long* indptr, __global const IDX* indices, __global const T* data,
+                          __global const T* x, const int features, __global T* y,
+                          __global const T* scale, const long row_offset, __global const long* lo,
+                          __global const long* hi, const int light, const long limit, __global T* partial) {
+    __local T lanes[SPMM_WG];
+    const int g = get_group_id(0), jx = get_local_id(0), lane = get_local_id(1);
+    const int lx = get_local_size(0), ly = get_local_size(1), j = get_group_id(1) * lx + jx;
+    const bool on = j < features;
+    if (g < light) {
+        for (long i = lo[g] + lane; i < hi[g] && on; i += ly) {
+            const long a = indptr[i], b = indptr[i + 1];
+            if (b - a > limit) continue;  // a heavy row, in work-groups of its own
+            T acc = 0;
+            for (long p = a; p < b; p++)
+                acc = fma(data[p], x[(size_t)indices[p] * features + j], acc);
+            y[(size_t)i * features + j] = spmm_epilogue(acc, x, features, j, scale, row_offset + i);
+        }
+        return;
     }
-    y[(size_t)i * features + j] = acc;
+    T acc = 0;
+    for (long p = lo[g] + lane; p < hi[g] && on; p += ly)
+        acc = fma(data[p], x[(size_t)indices[p] * features + j], acc);
+    lanes[lane * lx + jx] = acc;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    if (lane == 0 && on) {
+        for (int l = 1; l < ly; l++) acc += lanes[l * lx + jx];
+        partial[(size_t)(g - light) * features + j] = acc;
+    }
+}
+
+// CPUs (PoCL): a work-item per work-group of the plan, with all the features, 8 at a time in vector
+// registers (rows of x are contiguous); twice as fast there as spmm_chunks.
+inline void spmm_sum_cpu(__global const IDX* indices, __global const T* data, __global const T* x,
+                         const int features, const long a, const long b, __global T* out) {
+    int j = 0;
+    for (; j + 8 <= features; j += 8) {
+        T8 acc = 0;
+        // a multiply and an add: PoCL makes a vector fma a library call (see gemm.cl's MAD)
+        for (long p = a; p < b; p++) acc += (T8)data[p] * vload8(0, x + (size_t)indices[p] * features + j);
+        vstore8(acc, 0, out + j);
+    }
+    for (; j < features; j++) {
+        T acc = 0;
+        for (long p = a; p < b; p++) acc = fma(data[p], x[(size_t)indices[p] * features + j], acc);
+        out[j] = acc;
+    }
+}
+
+__kernel void spmm_chunks_cpu(__global const long* indptr, __global const IDX* indices, __global const T* data,
+                              __global const T* x, const int features, __global T* y,
+                              __global const T* scale, const long row_offset, __global const long* lo,
+                              __global const long* hi, const int light, const long limit, __global T* partial) {
+    const int g = get_global_id(0);
+    if (g >= light) {
+        spmm_sum_cpu(indices, data, x, features, lo[g], hi[g], partial + (size_t)(g - light) * features);
+        return;
+    }
+    for (long i = lo[g]; i < hi[g]; i++) {
+        if (indptr[i + 1] - indptr[i] > limit) continue;
+        __global T* out = y + (size_t)i * features;
+        spmm_sum_cpu(indices, data, x, features, indptr[i], indptr[i + 1], out);
+        for (int j = 0; j < features && scale; j++) out[j] = spmm_epilogue(out[j], x, features, j, scale, row_offset + i);
+    }
+}
+
+// Heavy row k (y's row rows[k]) = the sum of partials [first[k], first[k + 1]): interleaved over the
+// lanes, whose sums are added in lane order; then the GCN epilogue.
+__kernel void spmm_rows(__global const T* partial, __global const long* first, __global const long* rows,
+                        __global const T* x, const int features, __global T* y,
+                        __global const T* scale, const long row_offset) {
+    __local T lanes[SPMM_WG];
+    const int k = get_group_id(0), jx = get_local_id(0), lane = get_local_id(1);
+    const int lx = get_local_size(0), ly = get_local_size(1), j = get_group_id(1) * lx + jx;
+    const bool on = j < features;
+    T acc = 0;
+    for (long c = first[k] + lane; c < first[k + 1] && on; c += ly) acc += partial[(size_t)c * features + j];
+    lanes[lane * lx + jx] = acc;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    if (lane == 0 && on) {
+        for (int l = 1; l < ly; l++) acc += lanes[l * lx + jx];
+        const long i = rows[k];
+        y[(size_t)i * features + j] = spmm_epilogue(acc, x, features, j, scale, row_offset + i);
+    }
 }
 
 #ifdef HAS_FP64
@@ -122,24 +209,209 @@ __kernel void quantize_rows(__global const float* x, const int rows, const int c
     for (int j = 0; j < cols; j++) xq[(size_t)i * cols + j] = (char)clamp(rint(row[j] / sc), -127.0f, 127.0f);
 }
 
-// y[i, j] = (sum_k xq[i, k] * wq[k, j]) * xscale[i] * wscale[j]; TI x TJ outputs per work-group
-// tile with the k loop staged through local memory (TILE x TILE int8 tiles).
-#define QT 16
-__kernel __attribute__((reqd_work_group_size(QT, QT, 1)))
-void qgemm(__global const char* xq, __global const char* wq, const int M, const int N, const int K,
-           __global const float* xscale, __global const float* wscale, __global float* y) {
-    const int tx = get_local_id(0), ty = get_local_id(1);
-    const int j = get_group_id(0) * QT + tx, i = get_group_id(1) * QT + ty;
-    __local int xs[QT][QT + 1];
-    __local int ws[QT][QT + 1];
-    int acc = 0;
-    for (int k0 = 0; k0 < K; k0 += QT) {
-        xs[ty][tx] = (i < M && k0 + tx < K) ? xq[(size_t)i * K + k0 + tx] : 0;
-        ws[ty][tx] = (j < N && k0 + ty < K) ? wq[(size_t)(k0 + ty) * N + j] : 0;
-        barrier(CLK_LOCAL_MEM_FENCE);
-        for (int k = 0; k < QT; k++) acc += xs[ty][k] * ws[k][tx];
-        barrier(CLK_LOCAL_MEM_FENCE);
+// y[i, j] = (sum over the K slices z of acc[z, i, j]) * xscale[i] * wscale[j]: qmatmul's int32
+// products (gemm.cl with char inputs) dequantized in float64, then rounded once to float32.
+__kernel void dequantize(__global const int* acc, const int slices, const int M, const int N, const int ldc,
+                         __global const float* xscale, __global const float* wscale, __global float* y) {
+    const int j = get_global_id(0), i = get_global_id(1);
+    if (i >= M || j >= N) return;
+    long s = 0;  // each slice fits int32; their sum is the whole product, kept exact in 64 bits
+    for (int z = 0; z < slices; z++) s += acc[((size_t)z * M + i) * ldc + j];
+    y[(size_t)i * N + j] = (float)((double)s * (double)xscale[i] * (double)wscale[j]);
+}
+#endif
+
+// -- topk ------------------------------------------------------------------------------------------
+// The k best rows of each column (largest or smallest first, NaN last, ties: the lower row first), as
+// sorted lists of row numbers; the host gathers the values. One build (-DTOPK) serves every dtype: each
+// element becomes a 64-bit rank, smaller = better, equal ranks = equal values (-0 == 0; NaN all
+// ULONG_MAX), so a selection needs no floating point at all (float64 without cl_khr_fp64 too).
+// Lists are kept by insertion: a new row ranks after every equal value already held (rows come in
+// increasing order), and most rows are rejected by one compare with the list's last (worst) entry.
+#ifdef TOPK
+#define TOPK_I8 0
+#define TOPK_U8 1
+#define TOPK_I16 2
+#define TOPK_U16 3
+#define TOPK_I32 4
+#define TOPK_U32 5
+#define TOPK_I64 6
+#define TOPK_U64 7
+#define TOPK_F16 8
+#define TOPK_F32 9
+#define TOPK_F64 10
+#define TOPK_SIGN 0x8000000000000000UL
+
+// IEEE bits -> key ascending with the value: negatives flipped whole, positives get the sign bit;
+// zeros and NaN (exponent all ones, mantissa not zero) are handled by the caller.
+#define TOPK_FKEY(b, sign) ((b) & (sign) ? ~(b) : (b) | (sign))
+
+inline ulong topk_rank(__global const uchar* x, const size_t i, const int type, const int largest) {
+    ulong key;
+    switch (type) {
+    case TOPK_I8: key = (ulong)(long)((__global const char*)x)[i] ^ TOPK_SIGN; break;
+    case TOPK_U8: key = ((__global const uchar*)x)[i]; break;
+    case TOPK_I16: key = (ulong)(long)((__global const short*)x)[i] ^ TOPK_SIGN; break;
+    case TOPK_U16: key = ((__global const ushort*)x)[i]; break;
+    case TOPK_I32: key = (ulong)(long)((__global const int*)x)[i] ^ TOPK_SIGN; break;
+    case TOPK_U32: key = ((__global const uint*)x)[i]; break;
+    case TOPK_I64: key = (ulong)((__global const long*)x)[i] ^ TOPK_SIGN; break;
+    case TOPK_U64: key = ((__global const ulong*)x)[i]; break;
+    case TOPK_F16: {
+        const ushort b = ((__global const ushort*)x)[i], m = b & 0x7fff;
+        if (m > 0x7c00) return ULONG_MAX;
+        key = m ? (ushort)TOPK_FKEY(b, (ushort)0x8000) : 0x8000;
+        break;
     }
-    if (i < M && j < N) y[(size_t)i * N + j] = (float)((double)acc * (double)xscale[i] * (double)wscale[j]);
+    case TOPK_F32: {
+        const uint b = ((__global const uint*)x)[i], m = b & 0x7fffffffU;
+        if (m > 0x7f800000U) return ULONG_MAX;
+        key = m ? TOPK_FKEY(b, 0x80000000U) : 0x80000000U;
+        break;
+    }
+    default: {
+        const ulong b = ((__global const ulong*)x)[i], m = b & ~TOPK_SIGN;
+        if (m > 0x7ff0000000000000UL) return ULONG_MAX;
+        key = m ? TOPK_FKEY(b, TOPK_SIGN) : TOPK_SIGN;
+    }
+    }
+    return largest ? ~key : key;  // never ULONG_MAX for a float: that is NaN's alone
+}
+
+// entry (ra, ia) before (rb, ib): by rank, then row; empty entries (row -1) last
+inline bool topk_precedes(const ulong ra, const int ia, const ulong rb, const int ib) {
+    return ia >= 0 && (ib < 0 || ra < rb || (ra == rb && ia < ib));
+}
+
+// f(type code, args...) with the code a constant: kernels switch on the type once, so the compiler
+// specializes each scan (no switch per element).
+#define TOPK_BY_TYPE(type, f, ...) switch (type) { \
+    case TOPK_I8: f(TOPK_I8, __VA_ARGS__); break;   case TOPK_U8: f(TOPK_U8, __VA_ARGS__); break; \
+    case TOPK_I16: f(TOPK_I16, __VA_ARGS__); break; case TOPK_U16: f(TOPK_U16, __VA_ARGS__); break; \
+    case TOPK_I32: f(TOPK_I32, __VA_ARGS__); break; case TOPK_U32: f(TOPK_U32, __VA_ARGS__); break; \
+    case TOPK_I64: f(TOPK_I64, __VA_ARGS__); break; case TOPK_U64: f(TOPK_U64, __VA_ARGS__); break; \
+    case TOPK_F16: f(TOPK_F16, __VA_ARGS__); break; case TOPK_F32: f(TOPK_F32, __VA_ARGS__); break; \
+    default: f(TOPK_F64, __VA_ARGS__); }
+
+// CPU: work-item g takes rows [g * per, ...) with all the columns a row at a time (contiguous reads);
+// column j's list is ranks/out[g, :k, j]. Slots past a short chunk's rows get row -1.
+inline void topk_scan_cpu(const int type, __global const uchar* x, const int largest, const int lo, const int hi,
+                          const int cols, const int k, __global ulong* lr, __global int* li) {
+    for (int r = lo; r < hi; r++) {
+        const int count = min(r - lo, k);
+        for (int j = 0; j < cols; j++) {
+            const ulong v = topk_rank(x, (size_t)r * cols + j, type, largest);
+            if (count == k && v >= lr[(size_t)(k - 1) * cols + j]) continue;
+            int p = min(count, k - 1);
+            for (; p > 0 && v < lr[(size_t)(p - 1) * cols + j]; p--) {
+                lr[(size_t)p * cols + j] = lr[(size_t)(p - 1) * cols + j];
+                li[(size_t)p * cols + j] = li[(size_t)(p - 1) * cols + j];
+            }
+            lr[(size_t)p * cols + j] = v;
+            li[(size_t)p * cols + j] = r;
+        }
+    }
+    for (int p = max(0, min(hi - lo, k)); p < k; p++)
+        for (int j = 0; j < cols; j++) li[(size_t)p * cols + j] = -1;
+}
+
+__kernel void topk_chunks_cpu(__global const uchar* x, const int type, const int largest, const int n,
+                              const int cols, const int per, const int k, __global ulong* ranks,
+                              __global int* out) {
+    const int g = get_global_id(0), lo = g * per;
+    TOPK_BY_TYPE(type, topk_scan_cpu, x, largest, lo, min(n, lo + per), cols, k, ranks + (size_t)g * k * cols,
+                 out + (size_t)g * k * cols);
+}
+
+// GPU work-groups are lx columns x ly lanes (ly a power of two); each work-item's list lives in local
+// memory at lr/li[p * wg + tid] (consecutive work-items, consecutive banks).
+#define TOPK_AT(q, p) ((p) * wg + (q))
+
+// Merge the ly lists of each column pairwise in place (log2 ly rounds): lane 0 ends with the best k.
+// The merged top k takes A's first a and B's first k - a (a by binary search); written back to front,
+// no entry of A is overwritten before it is read.
+inline void topk_merge_lanes(__local ulong* lr, __local int* li, const int k) {
+    const int lx = get_local_size(0), ly = get_local_size(1), lane = get_local_id(1);
+    const int wg = lx * ly, a = lane * lx + get_local_id(0);
+    for (int s = 1; s < ly; s <<= 1) {
+        barrier(CLK_LOCAL_MEM_FENCE);
+        if (lane % (2 * s)) continue;
+        const int b = a + s * lx;
+        int lo = 0, hi = k;
+        while (lo < hi) {
+            const int mid = (lo + hi) / 2, other = k - 1 - mid;
+            if (topk_precedes(lr[TOPK_AT(a, mid)], li[TOPK_AT(a, mid)], lr[TOPK_AT(b, other)], li[TOPK_AT(b, other)]))
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        int ia = lo, ib = k - lo;
+        for (int p = k - 1; ib > 0; p--) {
+            if (ia > 0 && topk_precedes(lr[TOPK_AT(b, ib - 1)], li[TOPK_AT(b, ib - 1)], lr[TOPK_AT(a, ia - 1)],
+                                        li[TOPK_AT(a, ia - 1)])) {
+                ia--;
+                lr[TOPK_AT(a, p)] = lr[TOPK_AT(a, ia)];
+                li[TOPK_AT(a, p)] = li[TOPK_AT(a, ia)];
+            } else {
+                ib--;
+                lr[TOPK_AT(a, p)] = lr[TOPK_AT(b, ib)];
+                li[TOPK_AT(a, p)] = li[TOPK_AT(b, ib)];
+            }
+        }
+    }
+}
+
+inline void topk_write(__local const int* li, const int k, const int cols, __global int* out) {
+    const int lx = get_local_size(0), wg = lx * get_local_size(1), tid = get_local_id(0);
+    const int j = get_group_id(0) * lx + tid;
+    if (get_local_id(1) == 0 && j < cols)
+        for (int p = 0; p < k; p++) out[((size_t)get_group_id(1) * k + p) * cols + j] = li[TOPK_AT(tid, p)];
+}
+
+// GPU: lane L (global id 1, of `lanes`) scans rows L, L + lanes, ... of column j, so a warp reads
+// whole rows; its worst rank stays in a register. Unfilled slots get row -1.
+inline void topk_scan_lanes(const int type, __global const uchar* x, const int largest, const int n,
+                            const int cols, const int k, __local ulong* lr, __local int* li) {
+    const int lx = get_local_size(0), wg = lx * get_local_size(1);
+    const int tid = get_local_id(1) * lx + get_local_id(0), j = get_global_id(0), lanes = get_global_size(1);
+    int count = 0;
+    ulong worst = 0;
+    for (int r = get_global_id(1); r < n && j < cols; r += lanes) {
+        const ulong v = topk_rank(x, (size_t)r * cols + j, type, largest);
+        if (count == k && v >= worst) continue;
+        int p = min(count, k - 1);
+        for (; p > 0 && v < lr[TOPK_AT(tid, p - 1)]; p--) {
+            lr[TOPK_AT(tid, p)] = lr[TOPK_AT(tid, p - 1)];
+            li[TOPK_AT(tid, p)] = li[TOPK_AT(tid, p - 1)];
+        }
+        lr[TOPK_AT(tid, p)] = v;
+        li[TOPK_AT(tid, p)] = r;
+        count = min(count + 1, k);
+        worst = lr[TOPK_AT(tid, k - 1)];
+    }
+    for (int p = count; p < k; p++) li[TOPK_AT(tid, p)] = -1;
+}
+
+// out[group, :k, j]: the best k of the work-group's lanes.
+__kernel void topk_lanes(__global const uchar* x, const int type, const int largest, const int n,
+                         const int cols, const int k, __local ulong* lr, __local int* li, __global int* out) {
+    TOPK_BY_TYPE(type, topk_scan_lanes, x, largest, n, cols, k, lr, li);
+    topk_merge_lanes(lr, li, k);
+    topk_write(li, k, cols, out);
+}
+
+// GPU: merge `lists` lists (in[q, :k, :], rows of x) ly at a time into out[group, :k, :].
+__kernel void topk_merge(__global const uchar* x, const int type, const int largest, const int cols, const int k,
+                         const int lists, __global const int* in, __local ulong* lr, __local int* li,
+                         __global int* out) {
+    const int lx = get_local_size(0), wg = lx * get_local_size(1);
+    const int tid = get_local_id(1) * lx + get_local_id(0), j = get_global_id(0), q = get_global_id(1);
+    for (int p = 0; p < k; p++) {
+        const int r = j < cols && q < lists ? in[((size_t)q * k + p) * cols + j] : -1;
+        li[TOPK_AT(tid, p)] = r;
+        if (r >= 0) lr[TOPK_AT(tid, p)] = topk_rank(x, (size_t)r * cols + j, type, largest);
+    }
+    topk_merge_lanes(lr, li, k);
+    topk_write(li, k, cols, out);
 }
 #endif

@@ -1,16 +1,16 @@
-"""The op catalog's OpenCL kernels (matmul, linear/mlp, gram/lstsq/pca, kmeans, spmm/gcn, qmatmul).
+"""The op catalog's OpenCL kernels (matmul, linear/mlp, gram/lstsq/pca, kmeans, spmm/gcn, qmatmul, topk).
 
 Each kernel returns exactly the partial its op's NumPy `reference` returns (keys, dtypes, shapes).
-The dense products run on gemm.cl, a register-blocked tiled GEMM whose tile shape is chosen per
-device type (TILES): the GPU shape is 128x128 tiles of 8x8 per work-item with 4-wide local reads and
-double-buffered local tiles; on PoCL CPUs a variant without local tiles (NOLOCAL) measured fastest.
+The dense products run on gemm.cl: on GPUs a register-blocked tiled GEMM (128x128 tiles of 8x8 per
+work-item, 16-byte local and global reads, double-buffered local tiles filled from a register
+prefetch; small tiles for thin outputs), on CPUs (PoCL) explicit SIMD blocked for the caches.
 When the output has too few tiles to fill the device (Gram matrices, inner-dimension splits) the K
 dimension is split over work-groups and the host adds the slices in float64.
 
 Programs are named '<source>.<KEY=VALUE,...>' (the build's -D options), built through the device's
 program cache. Ops that need float64 on the device (kmeans, pca, qmatmul) are offered only where it
-has cl_khr_fp64; a float64 input to the others on such a device is FAILED_PRECONDITION. Devices that
-run prebuilt binaries only offer none of these ops.
+has cl_khr_fp64; a float64 input to the others on such a device is FAILED_PRECONDITION (not topk's:
+it compares integer ranks of the bits). Devices that run prebuilt binaries only offer none of these ops.
 """
 from __future__ import annotations
 
@@ -27,13 +27,23 @@ SOURCES = ("gemm", "catalog")
 CL = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 ACT = {"none": 0, "relu": 1, "gelu": 2, "sigmoid": 3, "tanh": 4}
 
-# (device type, T) -> (TM, TN, TK, WM, WN, VW, NOLOCAL) for the tiled kernel, or VN for gemm_cpu
+# (device type, T) -> tile shapes (TM, TN, TK, WM, WN, VW, NOLOCAL[, PAD]) for the tiled kernel, largest
+# first (see gemm_config), or VN for gemm_cpu. On an H100 (benchmarks/bench_opencl.py --matmul 8192
+# --tiles ...): 128x128x8 with 8x8 per work-item ran SGEMM at 44 TFLOP/s, 86% of cuBLAS; TK=16 60%,
+# 128x256x16 80%. 32x32x32 tiles ran an 8M x 32 Gram matrix in 0.84 ms against 6.4 with 128x128.
 TILES = {
-    ("gpu", "float"): (128, 128, 16, 8, 8, 4, False),   # 256 work-items, 32 KiB of local tiles
-    ("gpu", "double"): (64, 64, 16, 4, 4, 4, False),     # 256 work-items, 32 KiB
-    ("cpu", "float"): 8,    # gemm_cpu: 4 rows x float8 per work-item (benchmarks/bench_opencl.py --matmul: 16 and 4 were slower)
+    ("gpu", "float"): [(128, 128, 8, 8, 8, 4, False), (32, 32, 32, 4, 4, 4, False)],
+    ("gpu", "double"): [(64, 64, 16, 4, 4, 4, False), (32, 32, 16, 4, 4, 4, False)],
+    ("gpu", "int"): [(128, 128, 8, 8, 8, 4, False), (32, 32, 32, 4, 4, 4, False)],  # qmatmul: char in, int acc
+    ("cpu", "float"): 8,    # gemm_cpu: float8 vectors (see CPU_BLOCK)
     ("cpu", "double"): 4,
+    ("cpu", "int"): 8,
 }
+# gemm_cpu's cache blocking: a work-item's rows x columns of C, and the depth of its K blocks. On PoCL
+# (2 cores, 1024^3 float32): 29 GFLOP/s; 32x64x128 21, 128x128x128 19; float4/float16 vectors no better.
+# Before blocking and without fma (see gemm.cl's MAD) the kernel ran 5.
+CPU_BLOCK = (64, 128, 128)
+NP = {"float": np.float32, "double": np.float64, "int": np.int32, "char": np.int8}
 
 
 # -- programs ---------------------------------------------------------------------------------------
@@ -52,7 +62,7 @@ def options(device, name: str) -> str:
         key, _, value = item.partition("=")
         if not key.isidentifier() or not value.replace("_", "").isalnum():
             raise ValueError(name)
-        opts.append(f"-D{key}" if value == "1" and key in ("TRANS_A", "SHIFT", "EVEN", "NOLOCAL") else
+        opts.append(f"-D{key}" if value == "1" and key in ("TRANS_A", "SHIFT", "EVEN", "NOLOCAL", "INT_ACC") else
                     "" if value == "0" else f"-D{key}={value}")
     defines = dict(item.partition("=")[::2] for item in body.split(","))
     t = defines.get("T", "float")
@@ -86,6 +96,7 @@ class Inputs:
     def __init__(self, device):
         self.device = device
         self.held = []
+        self.in_place = {}  # role -> host address of an array the device reads in place
 
     def __call__(self, role: str, x: np.ndarray) -> cl.Buffer:
         device = self.device
@@ -93,10 +104,11 @@ class Inputs:
         self.held.append(x)
         device._check_size(x.nbytes)
         if device.zero_copy and x.nbytes:
+            self.in_place[role] = x.ctypes.data
             return cl.Buffer(device.context, cl.mem_flags.READ_ONLY | cl.mem_flags.USE_HOST_PTR, hostbuf=x)
         buffer = device._buffer(role, max(x.nbytes, 1))
         if x.nbytes:
-            cl.enqueue_copy(device.queue, buffer, x, is_blocking=False)
+            device.write(buffer, x)  # large arrays through pinned staging slots (transfer.py)
         return buffer
 
 
@@ -107,8 +119,17 @@ def _launch(device, kernel, global_size, local_size, *args) -> None:
 
 # -- GEMM -------------------------------------------------------------------------------------------
 
-def gemm_config(device, t: str):
-    return TILES[("gpu" if device.is_gpu else "cpu", t)]
+def gemm_config(device, t: str, M: int = 1 << 20, N: int = 1 << 20):
+    """The tile shape for an M x N output: the largest whose padding wastes at most a quarter of the
+    tiles' area (tall-skinny products such as Gram matrices get the small tiles)."""
+    shapes = TILES[("gpu" if device.is_gpu else "cpu", t)]
+    if isinstance(shapes, int):
+        return shapes
+    for shape in shapes:
+        area = -(-M // shape[0]) * shape[0] * -(-N // shape[1]) * shape[1]
+        if area <= 1.25 * M * N:
+            return shape
+    return shapes[-1]
 
 
 def gemm(device, inputs: Inputs, a, b: np.ndarray, M: int, N: int, K: int, lda: int, t: str, in_t: str,
@@ -117,25 +138,24 @@ def gemm(device, inputs: Inputs, a, b: np.ndarray, M: int, N: int, K: int, lda: 
     """C = op(A) @ B on the device into the kept buffer `out_role`: (buffer, slices, ldc). `a` is a host
     array or a device buffer with row stride `lda`; `b` a host array (K, N). With slices > 1 the
     buffer holds that many (M, ldc) products of K slices, to be added."""
-    tiles = tiles or gemm_config(device, t)
+    tiles = tiles or gemm_config(device, t, M, N)
     vec = isinstance(tiles, int)
-    np_t = np.float64 if t == "double" else np.float32
-    if vec:  # the CPU kernel: 4 rows x `tiles` columns per work-item, rows of B and C padded
-        ldb = -(-N // tiles) * tiles
-        grid, step = (ldb // tiles, -(-M // 4)), 16
+    np_t = NP[t]
+    if vec:  # the CPU kernel: CPU_BLOCK blocks of C per work-item, rows of B and C padded to 2 vectors
+        block_m, block_n, _ = CPU_BLOCK
+        ldb = -(-N // (2 * tiles)) * 2 * tiles
+        grid, step = (-(-ldb // block_n), -(-M // block_m)), 16
         if ldb != N:
             b = np.pad(np.asarray(b), ((0, 0), (0, ldb - N)))
         if shift is not None and len(shift) < ldb:
             shift = np.pad(shift, (0, ldb - len(shift)))
     else:
-        TM, TN, TK, WM, WN, VW, nolocal = tiles
+        TM, TN, TK, WM, WN, VW, nolocal, *pad = tiles
         ldb = N
         grid, step = (-(-N // TN), -(-M // TM)), max(TK, 16)
     slices = 1
     if split:
         target = device.compute_units * (4 if device.is_gpu else 2)
-        if vec:
-            target *= 64  # work-items, not work-groups
         slices = max(1, min(target // (grid[0] * grid[1]), K // (step * 8)))
     kper = -(-(-(-K // slices)) // step) * step
     slices = -(-K // kper)
@@ -144,17 +164,26 @@ def gemm(device, inputs: Inputs, a, b: np.ndarray, M: int, N: int, K: int, lda: 
     sbuf = inputs("shift", np.asarray(shift, np_t)) if shift is not None else None
     ldc = ldb
     if vec:
-        defines = dict(T=t, CPU_VEC=tiles, TRANS_A=int(trans_a), SHIFT=int(shift is not None))
+        defines = dict(T=t, CPU_VEC=tiles, TRANS_A=int(trans_a), SHIFT=int(shift is not None),
+                       CB_M=CPU_BLOCK[0], CB_N=CPU_BLOCK[1], KB=CPU_BLOCK[2])
         global_size, local, name = (grid[0], grid[1], slices), None, "gemm_cpu"
     else:
-        even = (not nolocal and M % TM == 0 and N % TN == 0 and K % kper == 0 and lda % 4 == 0
-                and ldb % 4 == 0 and shift is None)
+        # EVEN reads 4-wide vectors, which need their alignment: device buffers have it, host arrays
+        # read in place (NumPy aligns to 16 bytes) may not.
+        vector = 4 * np.dtype(NP[in_t]).itemsize
+        even = (not nolocal and M % TM == 0 and N % TN == 0 and K % TK == 0 and lda % 4 == 0
+                and ldb % 4 == 0 and shift is None
+                and all(inputs.in_place.get(role, 0) % vector == 0 for role in ("a", "b")))
         defines = dict(T=t, TM=TM, TN=TN, TK=TK, WM=WM, WN=WN, VW=VW, TRANS_A=int(trans_a),
                        SHIFT=int(shift is not None), EVEN=int(even), NOLOCAL=int(nolocal))
+        if pad and pad[0]:
+            defines["PAD"] = pad[0]
         local = (TN // WN, TM // WM, 1)
         global_size, name = (grid[0] * local[0], grid[1] * local[1], slices), "gemm"
     if in_t != t:
         defines["IN"] = in_t
+    if t == "int":
+        defines["INT_ACC"] = 1
     kernel = _kernel(device, "gemm", name, **defines)
     out = device._buffer(out_role, slices * M * ldc * np.dtype(np_t).itemsize)
     _launch(device, kernel, global_size, local, np.int32(M), np.int32(N), np.int32(K), np.int32(kper),
@@ -286,21 +315,63 @@ def kmeans(device, inputs, params) -> Partial:
 
 # -- spmm / gcn -------------------------------------------------------------------------------------
 
+# spmm work split: (work-items per work-group, non-zeros per lane). On a power-law graph (1M nodes,
+# 15.6M edges, 64 float32 features; benchmarks/bench_opencl_catalog.py --full) an H100 took 2.65-3.1 ms
+# for 64 to 256 x 32 to 1024 (2.69 ms here; cuSPARSE 2.37, a work-group per row 528); on PoCL a
+# work-item per work-group was as fast for 256 to 4096 non-zeros (noise-bound).
+SPMM_SPLIT = {"gpu": (256, 128), "cpu": (1, 512)}
+
+
+def spmm_plan(indptr: np.ndarray, lanes: int, budget: int):
+    """The work-groups of spmm_chunks and spmm_rows, each about lanes x budget non-zeros:
+    (lo, hi, light, first, heavy). Rows of at most `budget` non-zeros are light: runs of consecutive
+    ones, costing their non-zeros + 1 (the write) each, make work-groups [lo, hi) of rows. Heavier
+    rows are cut into equal runs of non-zeros [lo, hi), a work-group each; heavy row k (y's row
+    heavy[k]) adds the partials first[k]..first[k + 1] - 1."""
+    chunk = lanes * budget
+    degree = np.diff(indptr)
+    is_heavy = degree > budget
+    cost = np.where(is_heavy, 0, degree + 1)  # heavy rows within a light run are skipped there
+    start = np.cumsum(cost) - cost
+    runs = np.flatnonzero(np.diff(start // chunk, prepend=-1))  # a light run's first row
+    heavy = np.flatnonzero(is_heavy)
+    pieces = -(-degree[heavy] // chunk)
+    first = np.concatenate([[0], np.cumsum(pieces)])
+    row, n = np.repeat(heavy, pieces), np.repeat(pieces, pieces)
+    k = np.arange(first[-1]) - np.repeat(first[:-1], pieces)  # the piece's number in its row
+    d, base = degree[row], indptr[row]
+    lo = np.concatenate([runs, base + d * k // n])
+    hi = np.concatenate([runs[1:], [len(degree)] if len(runs) else [], base + d * (k + 1) // n])
+    return lo.astype(np.int64), hi.astype(np.int64), len(runs), first.astype(np.int64), heavy.astype(np.int64)
+
+
 def _spmm(device, bufs: Inputs, inputs, x: np.ndarray, scale: np.ndarray | None, row_offset: int) -> cl.Buffer:
-    indptr, indices, data = inputs["a_indptr"], inputs["a_indices"], inputs["a_data"]
+    """y = A @ x (the GCN form with `scale`) into the kept buffer spmm_y, balanced by non-zeros."""
+    indptr, indices, data = np.asarray(inputs["a_indptr"], np.int64), inputs["a_indices"], inputs["a_data"]
     t = _type(device, data.dtype)
     rows, features = len(indptr) - 1, x.shape[1]
     idx = "int" if indices.dtype == np.int32 else "long"
-    kernel = _kernel(device, "catalog", "spmm_csr", T=t, IDX=idx)
     out = device._buffer("spmm_y", rows * features * data.dtype.itemsize)
-    args = (bufs("indptr", np.asarray(indptr, np.int64)), bufs("indices", indices), bufs("data", data),
-            bufs("x", x), np.int32(features), out, bufs("scale", scale) if scale is not None else None,
-            np.int64(row_offset))
+    wg, budget = SPMM_SPLIT["gpu" if device.is_gpu else "cpu"]
+    lx = min(64, 1 << (features - 1).bit_length())  # features per work-group (GPU) and spmm_rows
+    ly = max(1, wg // lx)
+    lo, hi, light, first, heavy = spmm_plan(indptr, ly, budget)
+    if not len(lo) or not features:
+        return out
+    tiles = -(-features // lx)
+    partial = device._buffer("spmm_partial", max(1, (len(lo) - light) * features * data.dtype.itemsize))
+    xbuf, sbuf, off = bufs("x", x), bufs("scale", scale) if scale is not None else None, np.int64(row_offset)
+    args = (bufs("indptr", indptr), bufs("indices", indices), bufs("data", data), xbuf, np.int32(features), out,
+            sbuf, off, bufs("spmm_lo", lo), bufs("spmm_hi", hi), np.int32(light), np.int64(budget), partial)
     if device.is_gpu:
-        lx = min(64, 1 << (features - 1).bit_length())
-        _launch(device, kernel, (math.ceil(features / lx) * lx, rows), (lx, 1), *args)
+        grid, local, name = (len(lo) * lx, tiles * ly), (lx, ly), "spmm_chunks"
     else:
-        _launch(device, kernel, (features, rows), None, *args)
+        grid, local, name = (len(lo),), (1,), "spmm_chunks_cpu"
+    _launch(device, _kernel(device, "catalog", name, T=t, IDX=idx), grid, local, *args)
+    if len(heavy):
+        _launch(device, _kernel(device, "catalog", "spmm_rows", T=t, IDX=idx), (len(heavy) * lx, tiles * ly),
+                (lx, ly), partial, bufs("spmm_first", first), bufs("spmm_heavy", heavy), xbuf, np.int32(features),
+                out, sbuf, off)
     return out
 
 
@@ -331,15 +402,16 @@ def qmatmul(device, inputs, params) -> Partial:
     M, K = x.shape
     N = w_q.shape[1]
     bufs = Inputs(device)
-    xbuf = bufs("a", x)
+    xbuf = bufs("qx", x)
     xq = device._buffer("xq", M * K)
     xscale = device._buffer("xscale", M * 4)
     _launch(device, _kernel(device, "catalog", "quantize_rows", T="float", IDX="int"), (M,), None,
             xbuf, np.int32(M), np.int32(K), xq, xscale)
+    acc, slices, ldc = gemm(device, bufs, xq, np.ascontiguousarray(w_q), M, N, K, K, "int", "char", "qacc")
     y = device._buffer("qy", M * N * 4)
-    _launch(device, _kernel(device, "catalog", "qgemm", T="float", IDX="int"),
+    _launch(device, _kernel(device, "catalog", "dequantize", T="float", IDX="int"),
             (math.ceil(N / 16) * 16, math.ceil(M / 16) * 16), (16, 16),
-            xq, bufs("wq", w_q), np.int32(M), np.int32(N), np.int32(K), xscale, bufs("wscale", w_scale), y)
+            acc, np.int32(slices), np.int32(M), np.int32(N), np.int32(ldc), xscale, bufs("wscale", w_scale), y)
     out = {"y": device._read(y, (M, N), np.float32)}
     if "w" in inputs:
         # The float32 product on the device; the error terms are a host pass over the two results.
@@ -350,8 +422,85 @@ def qmatmul(device, inputs, params) -> Partial:
     return out
 
 
+# -- topk -------------------------------------------------------------------------------------------
+
+# dtype -> the element type code of catalog.cl's topk_rank (TOPK_I8 ... TOPK_F64)
+TOPK_TYPES = {np.dtype(t): code for code, t in enumerate(
+    [np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32, np.int64, np.uint64, np.float16, np.float32,
+     np.float64])}
+# Lists are kept by insertion (O(k) per insert) in local memory: beyond this k the host runs the
+# reference (a full sort) instead.
+TOPK_MAX_K = 64
+TOPK_LOCAL = 32 << 10  # bytes of local memory per work-group for the lanes' lists (GPU)
+TOPK_ENTRY = 12        # a list entry: 64-bit rank + int32 row
+TOPK_LANE_ROWS = 16    # GPU lanes scan at least 16 k rows (fills cost O(k^2) a lane; H100: 4 and 64 slower)
+
+
+def _topk_chunks_cpu(device, xbuf, args: tuple, n: int, cols: int, k: int) -> np.ndarray:
+    """Rows of the best k of each contiguous chunk (a work-item each): (chunks * k, cols), no empties."""
+    items = max(1, min(device.compute_units * 4, n // max(1024, 8 * k)))
+    per = -(-n // items)
+    items = -(-n // per)
+    ranks = device._buffer("topk_ranks", items * k * cols * 8)
+    out = device._buffer("topk_rows", items * k * cols * 4)
+    _launch(device, _kernel(device, "catalog", "topk_chunks_cpu", T="float", IDX="int", TOPK=1), (items,), (1,),
+            xbuf, *args, np.int32(n), np.int32(cols), np.int32(per), np.int32(k), ranks, out)
+    rows = device._read(out, (items, k, cols), np.int32)
+    counts = np.minimum(k, np.minimum(per, n - per * np.arange(items)))  # the last may hold fewer than k
+    return rows[np.arange(k) < counts[:, None]]
+
+
+def _topk_lanes(device, xbuf, args: tuple, n: int, cols: int, k: int) -> np.ndarray:
+    """The best k rows of each column, (k, cols): lanes scan interleaved rows, each work-group merges
+    its lanes' lists, then topk_merge passes merge the groups' lists ly at a time down to one."""
+    budget = min(TOPK_LOCAL, device.cl_device.local_mem_size)
+    wg = 1 << (min(256, budget // (k * TOPK_ENTRY)).bit_length() - 1)
+    lx = min(32, wg // 4, 1 << (cols - 1).bit_length())  # ly >= 4: each merge pass shrinks the lists
+    ly = wg // lx
+    gx = -(-cols // lx) * lx
+    groups = max(1, min(device.compute_units * 2048 // (gx * ly), -(-n // (ly * TOPK_LANE_ROWS * k))))
+    local = (cl.LocalMemory(wg * k * 8), cl.LocalMemory(wg * k * 4))
+    src = device._buffer("topk_a", groups * k * cols * 4)
+    _launch(device, _kernel(device, "catalog", "topk_lanes", T="float", IDX="int", TOPK=1), (gx, groups * ly),
+            (lx, ly), xbuf, *args, np.int32(n), np.int32(cols), np.int32(k), *local, src)
+    roles = ("topk_b", "topk_a")
+    while groups > 1:
+        lists, groups = groups, -(-groups // ly)
+        dst = device._buffer(roles[0], groups * k * cols * 4)
+        _launch(device, _kernel(device, "catalog", "topk_merge", T="float", IDX="int", TOPK=1), (gx, groups * ly),
+                (lx, ly), xbuf, *args, np.int32(cols), np.int32(k), np.int32(lists), src, *local, dst)
+        src, roles = dst, roles[::-1]
+    return device._read(src, (k, cols), np.int32)
+
+
+def topk(device, inputs, params) -> Partial:
+    """Each column's best k rows on the device (int32 row numbers); values are gathered from x on the
+    host, and the CPU chunks' candidates merged there by the op's own ordering (Topk._best)."""
+    op = REGISTRY["topk"]
+    x, k, largest = inputs["x"], params["k"], params["largest"]
+    n = len(x)
+    # int32 row numbers on the device (headroom for the lanes' strides); no columns: nothing to launch
+    if k > TOPK_MAX_K or n >= 1 << 30 or x.size == 0 or x.dtype not in TOPK_TYPES or not x.dtype.isnative:
+        return op.reference(inputs, params)
+    flat = np.ascontiguousarray(x).reshape(n, -1)
+    cols = flat.shape[1]
+    bufs = Inputs(device)  # holds x until the blocking read
+    args = (np.int32(TOPK_TYPES[x.dtype]), np.int32(largest))
+    run = _topk_lanes if device.is_gpu else _topk_chunks_cpu
+    rows = run(device, bufs("x", flat), args, n, cols, k)
+    del bufs
+    values = flat[rows, np.arange(cols)]
+    indices = rows.astype(np.int64) + params["row_offset"]
+    if len(rows) > k:
+        values, indices = op._best(values, indices, k, largest)
+    shape = (k,) + x.shape[1:]
+    return {"values": values.reshape(shape), "indices": indices.reshape(shape), "k": np.int64(k),
+            "largest": np.bool_(largest)}
+
+
 KERNELS = {"matmul.rows": matmul, "matmul.inner": matmul, "linear": linear, "mlp": mlp, "gram": gram,
-           "lstsq": gram, "pca": pca, "kmeans": kmeans, "spmm": spmm, "gcn_layer": gcn_layer, "qmatmul": qmatmul}
+           "lstsq": gram, "pca": pca, "kmeans": kmeans, "spmm": spmm, "gcn_layer": gcn_layer, "qmatmul": qmatmul,
+           "topk": topk}
 NEEDS_FP64 = ("pca", "kmeans", "qmatmul")
 
 
