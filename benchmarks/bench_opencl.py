@@ -16,8 +16,8 @@ For each op it prints medians of --repeats runs and ratios against NumPy (GB/s o
 
 --matmul N,N,...: n^3 products (GFLOP/s, medians): NumPy's a @ b; the OpenCL GEMM as an agent runs
 matmul.rows (e2e: host arrays in and out) and its kernel alone on the device clock; with --torch,
-torch.matmul on CUDA in FP32 with TF32 off (CUDA events). --tiles TM,TN,TK,WM,WN,VW overrides the
-device's tile shape for the kernel column (tuning), or a single VN for the CPU kernel.
+torch.matmul on CUDA in FP32 with TF32 off (CUDA events). --tiles 'TM,TN,TK,WM,WN,VW[,PAD] ...' times
+the kernel once per tile shape listed (tuning); a single VN for the CPU kernel.
 """
 from __future__ import annotations
 
@@ -104,7 +104,7 @@ def main() -> None:
     parser.add_argument("--torch", action="store_true", help="also time torch.sum on CUDA")
     parser.add_argument("--matmul", default="", help="comma-separated n for n^3 matmuls (e.g. 1024,2048)")
     parser.add_argument("--matmul-dtype", default="float32")
-    parser.add_argument("--tiles", default="", help="tile override, e.g. 128,128,16,8,8,4 (GPU) or 8 (CPU)")
+    parser.add_argument("--tiles", default="", help="tile shapes to time, e.g. '128,128,16,8,8,4 128,128,8,8,8,4,4' (GPU) or 8 (CPU)")
     args = parser.parse_args()
     if args.ops == "none":
         args.ops = ""
@@ -175,37 +175,50 @@ def torch_matmul(a: np.ndarray, b: np.ndarray, repeats: int) -> float | None:
     return statistics.median(samples)
 
 
+def parse_tiles(text: str) -> list:
+    """'128,128,16,8,8,4 128,128,8,8,8,4,4' -> tile shapes (see catalog.TILES); a lone number: the CPU VN."""
+    shapes = []
+    for item in text.split():
+        values = [int(v) for v in item.split(",")]
+        shapes.append(values[0] if len(values) == 1 else (*values[:6], False, *values[6:]))
+    return shapes
+
+
 def bench_matmul(device, sizes: list[int], dtype: np.dtype, args) -> None:
     from backends.opencl import catalog
 
-    tiles = None
-    if args.tiles:
-        values = [int(v) for v in args.tiles.split(",")]
-        tiles = values[0] if len(values) == 1 else (*values, False)
+    default = catalog.gemm_config(device, catalog.CL[dtype])
+    shapes = parse_tiles(args.tiles) or [default]
     op = REGISTRY["matmul.rows"]
-    print(f"\nmatmul {dtype}, n^3, medians of {args.repeats} runs, GFLOP/s (tiles: "
-          f"{tiles or catalog.gemm_config(device, catalog.CL[dtype])})")
-    print(f"{'n':>6}{'numpy ms':>10}{'GF/s':>8}{'e2e ms':>10}{'GF/s':>8}{'kernel ms':>11}{'GF/s':>8}{'vs np':>7}"
-          f"{'torch ms':>10}{'GF/s':>8}{'vs torch':>9}")
+    print(f"\nmatmul {dtype}, n^3, medians of {args.repeats} runs, GFLOP/s; kernel: on the device clock, "
+          f"per tile shape (TM,TN,TK,WM,WN,VW,-,PAD; default {default})")
+    print(f"{'n':>6}{'numpy ms':>10}{'GF/s':>8}{'e2e ms':>10}{'GF/s':>8}{'torch ms':>10}{'GF/s':>8}")
     rng = np.random.default_rng(1)
     for n in sizes:
         a = rng.standard_normal((n, n), dtype=np.float32).astype(dtype, copy=False)
         b = rng.standard_normal((n, n), dtype=np.float32).astype(dtype, copy=False)
         flop = 2.0 * n ** 3
-        p = op.validate({"a": TensorMeta(a.dtype, a.shape), "b": TensorMeta(b.dtype, b.shape)}, {})
-        t_np = median_seconds(lambda: a @ b, args.repeats)
-        t_e2e = median_seconds(lambda: device.run(op, {"a": a, "b": b}, p), args.repeats)
-        with device._run_lock:
-            t_k = kernel_seconds(device, lambda: catalog.gemm_host(device, a, b, tiles=tiles), args.repeats)
-            c = catalog.gemm_host(device, a, b, tiles=tiles)
-        check = np.max(np.abs(c[:64] - a[:64] @ b) / (np.abs(a[:64]) @ np.abs(b)))
-        t_torch = torch_matmul(a, b, args.repeats) if args.torch and dtype == np.float32 else None
         gf = lambda t: flop / t / 1e9  # noqa: E731
-        torch_cells = (f"{t_torch * 1e3:>10.2f}{gf(t_torch):>8.0f}{t_torch / t_k:>8.0%} "
-                       if t_torch else f"{'-':>10}{'-':>8}{'-':>9}")
-        print(f"{n:>6}{t_np * 1e3:>10.1f}{gf(t_np):>8.1f}{t_e2e * 1e3:>10.1f}{gf(t_e2e):>8.1f}{t_k * 1e3:>11.1f}"
-              f"{gf(t_k):>8.1f}{t_np / t_k:>6.2f}x{torch_cells}  (max rel. error {check:.1e})")
-
+        p = op.validate({"a": TensorMeta(a.dtype, a.shape), "b": TensorMeta(b.dtype, b.shape)}, {})
+        t_np = median_seconds(lambda: a @ b, max(1, min(args.repeats, 5)))
+        t_e2e = median_seconds(lambda: device.run(op, {"a": a, "b": b}, p), args.repeats)
+        t_torch = torch_matmul(a, b, args.repeats) if args.torch and dtype == np.float32 else None
+        torch_cells = f"{t_torch * 1e3:>10.2f}{gf(t_torch):>8.0f}" if t_torch else f"{'-':>10}{'-':>8}"
+        print(f"{n:>6}{t_np * 1e3:>10.1f}{gf(t_np):>8.1f}{t_e2e * 1e3:>10.1f}{gf(t_e2e):>8.1f}{torch_cells}")
+        reference = a[:64].astype(np.float64) @ b
+        bound = np.abs(a[:64]).astype(np.float64) @ np.abs(b)
+        for tiles in shapes:
+            try:
+                with device._run_lock:
+                    t_k = kernel_seconds(device, lambda: catalog.gemm_host(device, a, b, tiles=tiles), args.repeats)
+                    c = catalog.gemm_host(device, a, b, tiles=tiles)
+            except Exception as exc:  # a shape the device cannot build or launch: say so, go on
+                print(f"{'':>6}  kernel {tiles}: failed: {str(exc).splitlines()[0][:120]}")
+                continue
+            check = np.max(np.abs(c[:64] - reference) / bound)
+            vs_torch = f"{t_torch / t_k:>6.0%} of torch" if t_torch else ""
+            print(f"{'':>6}  kernel {str(tiles):<34}{t_k * 1e3:>9.2f} ms{gf(t_k):>9.0f} GF/s{t_np / t_k:>7.1f}x np"
+                  f" {vs_torch}  (max rel. error {check:.1e})", flush=True)
 
 if __name__ == "__main__":
     main()

@@ -8,8 +8,10 @@
 # /etc/OpenCL/vendors/nvidia.icd): then OpenCL sees only PoCL. This script registers it first
 # (in /etc when writable, else in a private vendors directory named by OCL_ICD_VENDORS), checks that
 # a GPU device shows up, runs the OpenCL tests against it (LEPTON_TEST_OPENCL_DEVICE=gpu), then the
-# benchmark, with torch.sum beside it when torch with CUDA is installed.
-# Environment: PYTHON (default .venv/bin/python, else python3), BENCH_ARGS (extra benchmark flags).
+# benchmarks: the reductions and SGEMM (bench_opencl.py) and the op catalog (bench_opencl_catalog.py),
+# with torch on CUDA beside them when it is installed.
+# Environment: PYTHON (default .venv/bin/python, else python3); BENCH_ARGS and CATALOG_ARGS: extra flags
+# for the two benchmarks; TILES: SGEMM tile shapes to time, e.g. TILES="128,128,16,8,8,4 128,128,8,8,8,4,4".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
@@ -52,6 +54,8 @@ if not any("gpu" in d["type"] for d in devices):
 EOF
 
 status=0
-LEPTON_TEST_OPENCL_DEVICE=gpu "$PYTHON" -m pytest -q tests/test_opencl_device.py tests/test_opencl_cluster.py || status=$?
-"$PYTHON" benchmarks/bench_opencl.py --device opencl:gpu --repeats 20 --torch ${BENCH_ARGS:-} || status=$?
+LEPTON_TEST_OPENCL_DEVICE=gpu "$PYTHON" -m pytest -q -p no:cacheprovider \
+    tests/test_opencl_device.py tests/test_opencl_cluster.py tests/test_opencl_catalog.py || status=$?
+"$PYTHON" benchmarks/bench_opencl.py --device opencl:gpu --repeats 20 --torch --matmul 4096,8192 ${TILES:+--tiles "$TILES"} ${BENCH_ARGS:-} || status=$?
+"$PYTHON" benchmarks/bench_opencl_catalog.py --device opencl:gpu --full --torch ${CATALOG_ARGS:-} || status=$?
 exit $status
