@@ -17,8 +17,10 @@ Environment:
     POCL_CACHE_DIR        set to $LEPTON_OPENCL_CACHE/pocl when unset: PoCL's own kernel cache was
                           seen serving stale binaries, so it lives where we control (and clear) it.
 
-Modules: compiler (program cache), device (OpenCLDevice, launches), kernels (op semantics),
-manifest (prebuilt binaries), errors (pyopencl -> Lepton errors); kernels in reduce.cl, histogram.cl.
+Modules: compiler (program cache), device (OpenCLDevice, launches), kernels (the reductions' op
+semantics), catalog (the op catalog's), transfer (pinned staging for devices with memory of their
+own), manifest (prebuilt binaries), errors (pyopencl -> Lepton errors); kernels in reduce.cl,
+histogram.cl, gemm.cl, catalog.cl.
 """
 from __future__ import annotations
 
