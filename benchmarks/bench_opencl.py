@@ -16,7 +16,7 @@ For each op it prints medians of --repeats runs and ratios against NumPy (GB/s o
 
 --matmul N,N,...: n^3 products (GFLOP/s, medians): NumPy's a @ b; the OpenCL GEMM as an agent runs
 matmul.rows (e2e: host arrays in and out) and its kernel alone on the device clock; with --torch,
-torch.matmul on CUDA in FP32 with TF32 off (CUDA events). --tiles 'TM,TN,TK,WM,WN,VW[,PAD] ...' times
+torch.matmul on CUDA in FP32 with TF32 off (CUDA events). --tiles 'TM,TN,TK,WM,WN[,PAD] ...' times
 the kernel once per tile shape listed (tuning); a single VN for the CPU kernel.
 """
 from __future__ import annotations
@@ -104,7 +104,7 @@ def main() -> None:
     parser.add_argument("--torch", action="store_true", help="also time torch.sum on CUDA")
     parser.add_argument("--matmul", default="", help="comma-separated n for n^3 matmuls (e.g. 1024,2048)")
     parser.add_argument("--matmul-dtype", default="float32")
-    parser.add_argument("--tiles", default="", help="tile shapes to time, e.g. '128,128,16,8,8,4 128,128,8,8,8,4,4' (GPU) or 8 (CPU)")
+    parser.add_argument("--tiles", default="", help="tile shapes to time, e.g. '128,128,16,8,8 128,128,8,8,8,4' (GPU) or 8 (CPU)")
     args = parser.parse_args()
     if args.ops == "none":
         args.ops = ""
@@ -176,11 +176,11 @@ def torch_matmul(a: np.ndarray, b: np.ndarray, repeats: int) -> float | None:
 
 
 def parse_tiles(text: str) -> list:
-    """'128,128,16,8,8,4 128,128,8,8,8,4,4' -> tile shapes (see catalog.TILES); a lone number: the CPU VN."""
+    """'128,128,16,8,8 128,128,8,8,8,4' -> tile shapes (see catalog.TILES); a lone number: the CPU VN."""
     shapes = []
     for item in text.split():
         values = [int(v) for v in item.split(",")]
-        shapes.append(values[0] if len(values) == 1 else (*values[:6], False, *values[6:]))
+        shapes.append(values[0] if len(values) == 1 else tuple(values))
     return shapes
 
 
@@ -191,7 +191,7 @@ def bench_matmul(device, sizes: list[int], dtype: np.dtype, args) -> None:
     shapes = parse_tiles(args.tiles) or [default]
     op = REGISTRY["matmul.rows"]
     print(f"\nmatmul {dtype}, n^3, medians of {args.repeats} runs, GFLOP/s; kernel: on the device clock, "
-          f"per tile shape (TM,TN,TK,WM,WN,VW,-,PAD; default {default})")
+          f"per tile shape (TM,TN,TK,WM,WN[,PAD]; default {default})")
     print(f"{'n':>6}{'numpy ms':>10}{'GF/s':>8}{'e2e ms':>10}{'GF/s':>8}{'torch ms':>10}{'GF/s':>8}")
     rng = np.random.default_rng(1)
     for n in sizes:

@@ -11,7 +11,7 @@
 # benchmarks: the reductions and SGEMM (bench_opencl.py) and the op catalog (bench_opencl_catalog.py),
 # with torch on CUDA beside them when it is installed.
 # Environment: PYTHON (default .venv/bin/python, else python3); BENCH_ARGS and CATALOG_ARGS: extra flags
-# for the two benchmarks; TILES: SGEMM tile shapes to time, e.g. TILES="128,128,16,8,8,4 128,128,8,8,8,4,4".
+# for the two benchmarks; TILES: SGEMM tile shapes to time, e.g. TILES="128,128,16,8,8 128,128,8,8,8,4".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}

@@ -27,14 +27,14 @@ SOURCES = ("gemm", "catalog")
 CL = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 ACT = {"none": 0, "relu": 1, "gelu": 2, "sigmoid": 3, "tanh": 4}
 
-# (device type, T) -> tile shapes (TM, TN, TK, WM, WN, VW, NOLOCAL[, PAD]) for the tiled kernel, largest
+# (device type, T) -> tile shapes (TM, TN, TK, WM, WN[, PAD]) for the tiled kernel, largest
 # first (see gemm_config), or VN for gemm_cpu. On an H100 (benchmarks/bench_opencl.py --matmul 8192
 # --tiles ...): 128x128x8 with 8x8 per work-item ran SGEMM at 44 TFLOP/s, 86% of cuBLAS; TK=16 60%,
 # 128x256x16 80%. 32x32x32 tiles ran an 8M x 32 Gram matrix in 0.84 ms against 6.4 with 128x128.
 TILES = {
-    ("gpu", "float"): [(128, 128, 8, 8, 8, 4, False), (32, 32, 32, 4, 4, 4, False)],
-    ("gpu", "double"): [(64, 64, 16, 4, 4, 4, False), (32, 32, 16, 4, 4, 4, False)],
-    ("gpu", "int"): [(128, 128, 8, 8, 8, 4, False), (32, 32, 32, 4, 4, 4, False)],  # qmatmul: char in, int acc
+    ("gpu", "float"): [(128, 128, 8, 8, 8), (32, 32, 32, 4, 4)],
+    ("gpu", "double"): [(64, 64, 16, 4, 4), (32, 32, 16, 4, 4)],
+    ("gpu", "int"): [(128, 128, 8, 8, 8), (32, 32, 32, 4, 4)],  # qmatmul: char in, int acc
     ("cpu", "float"): 8,    # gemm_cpu: float8 vectors (see CPU_BLOCK)
     ("cpu", "double"): 4,
     ("cpu", "int"): 8,
@@ -62,7 +62,7 @@ def options(device, name: str) -> str:
         key, _, value = item.partition("=")
         if not key.isidentifier() or not value.replace("_", "").isalnum():
             raise ValueError(name)
-        opts.append(f"-D{key}" if value == "1" and key in ("TRANS_A", "SHIFT", "EVEN", "NOLOCAL", "INT_ACC") else
+        opts.append(f"-D{key}" if value == "1" and key in ("TRANS_A", "SHIFT", "EVEN", "INT_ACC") else
                     "" if value == "0" else f"-D{key}={value}")
     defines = dict(item.partition("=")[::2] for item in body.split(","))
     t = defines.get("T", "float")
@@ -150,7 +150,7 @@ def gemm(device, inputs: Inputs, a, b: np.ndarray, M: int, N: int, K: int, lda: 
         if shift is not None and len(shift) < ldb:
             shift = np.pad(shift, (0, ldb - len(shift)))
     else:
-        TM, TN, TK, WM, WN, VW, nolocal, *pad = tiles
+        TM, TN, TK, WM, WN, *pad = tiles
         ldb = N
         grid, step = (-(-N // TN), -(-M // TM)), max(TK, 16)
     slices = 1
@@ -171,11 +171,11 @@ def gemm(device, inputs: Inputs, a, b: np.ndarray, M: int, N: int, K: int, lda: 
         # EVEN reads 4-wide vectors, which need their alignment: device buffers have it, host arrays
         # read in place (NumPy aligns to 16 bytes) may not.
         vector = 4 * np.dtype(NP[in_t]).itemsize
-        even = (not nolocal and M % TM == 0 and N % TN == 0 and K % TK == 0 and lda % 4 == 0
+        even = (M % TM == 0 and N % TN == 0 and K % TK == 0 and lda % 4 == 0
                 and ldb % 4 == 0 and shift is None
                 and all(inputs.in_place.get(role, 0) % vector == 0 for role in ("a", "b")))
-        defines = dict(T=t, TM=TM, TN=TN, TK=TK, WM=WM, WN=WN, VW=VW, TRANS_A=int(trans_a),
-                       SHIFT=int(shift is not None), EVEN=int(even), NOLOCAL=int(nolocal))
+        defines = dict(T=t, TM=TM, TN=TN, TK=TK, WM=WM, WN=WN, TRANS_A=int(trans_a),
+                       SHIFT=int(shift is not None), EVEN=int(even))
         if pad and pad[0]:
             defines["PAD"] = pad[0]
         local = (TN // WN, TM // WM, 1)

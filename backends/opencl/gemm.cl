@@ -6,21 +6,18 @@
 //   IN       element type of A and B (defaults to T; float inputs with a double T for PCA, char for
 //            qmatmul's int8 products)
 //   TM, TN   rows / columns of C per work-group tile; TK: depth of one local tile
-//   WM, WN   rows / columns of C per work-item (registers); local size (TN/WN, TM/WM)
-//   VW       4: float4/double4 reads of the per-item fragment from local memory (needs WM, WN % 4 == 0)
+//   WM, WN   rows / columns of C per work-item (registers, multiples of 4); local size (TN/WN, TM/WM)
 //   TRANS_A  A is stored K x M (XᵀX without a transpose copy)
 //   SHIFT    subtract shift[i] from A(i, k) and shift[j] from B(k, j)
 //   EVEN     every tile is whole, rows are 4-aligned and A and B are aligned to 4 elements: no bounds
 //            checks, 4-wide vector loads from global memory
 //   PAD      extra elements per row of the local A tile (0 by default; a bank-conflict lever)
 //   INT_ACC  T is an integer type: multiply-adds instead of fma
-//   NOLOCAL  no local tiles: each work-item reads its fragment straight from global memory (the
-//            CPU variant: caches do the tiling, PoCL vectorises across work-items)
 //   CPU_VEC  the CPU kernel gemm_cpu instead (see below)
 //
-// A work-item owns rows  g*(LY*VW) + ty*VW + v  (g < WM/VW, v < VW) of the tile, and the same
-// pattern of columns: with VW = 4 each fragment is a few aligned 4-wide local reads, and the 16
-// work-items of a row of the work-group read consecutive 16-byte words (no bank conflicts).
+// A work-item owns rows  g*(LY*4) + ty*4 + v  (g < WM/4, v < 4) of the tile, and the same pattern
+// of columns: each fragment is a few aligned 4-wide local reads, and the 16 work-items of a row of
+// the work-group read consecutive 16-byte words (no bank conflicts).
 #ifdef HAS_FP64
 #pragma OPENCL EXTENSION cl_khr_fp64 : enable
 #endif
@@ -37,8 +34,8 @@
 #define LX (TN / WN)
 #define LY (TM / WM)
 #define NT (LX * LY)
-#define GM (WM / VW)
-#define GN (WN / VW)
+#define GM (WM / 4)
+#define GN (WN / 4)
 
 #ifdef SHIFT
 #define SA(i) shift[i]
@@ -56,7 +53,6 @@
 #define B_AT(k, j) B[(size_t)(k) * ldb + (j)]
 
 #ifndef CPU_VEC
-#ifndef NOLOCAL
 // Register prefetch of the next tile: each work-item reads NA (NB) 4-wide pieces of the A (B) tile
 // from global memory into registers before computing on the current local tile, and writes them to
 // the other local buffer after it, so global latency overlaps compute (one barrier per tile).
@@ -135,7 +131,6 @@ inline void stash(__local T4* As4, __local T4* Bs4, const T4* ra, const T4* rb, 
         Bs4[(k * LDB_S + j) / 4] = rb[p];
     }
 }
-#endif
 
 __kernel __attribute__((reqd_work_group_size(LX, LY, 1)))
 void gemm(const int M, const int N, const int K, const int kper,
@@ -155,24 +150,6 @@ void gemm(const int M, const int N, const int K, const int kper,
         for (int c = 0; c < WN; c++)
             acc[r][c] = 0;
 
-#ifdef NOLOCAL
-    // Row / column of each register: the same interleaving as the local variant.
-    int rows[WM], cols[WN];
-    for (int g = 0; g < GM; g++)
-        for (int v = 0; v < VW; v++)
-            rows[g * VW + v] = min(row0 + g * (LY * VW) + ty * VW + v, M - 1);
-    for (int g = 0; g < GN; g++)
-        for (int v = 0; v < VW; v++)
-            cols[g * VW + v] = min(col0 + g * (LX * VW) + tx * VW + v, N - 1);
-    for (int k = k0; k < kend; k++) {
-        T a[WM], b[WN];
-        for (int r = 0; r < WM; r++) a[r] = (T)A_AT(rows[r], k) - SA(rows[r]);
-        for (int c = 0; c < WN; c++) b[c] = (T)B_AT(k, cols[c]) - SB(cols[c]);
-        for (int r = 0; r < WM; r++)
-            for (int c = 0; c < WN; c++)
-                acc[r][c] = MAD(a[r], b[c], acc[r][c]);
-    }
-#else
     __local T4 As[2][TK * LDA_S / 4];
     __local T4 Bs[2][TK * LDB_S / 4];
     const int tid = ty * LX + tx;
@@ -193,7 +170,6 @@ void gemm(const int M, const int N, const int K, const int kper,
 #pragma unroll
         for (int k = 0; k < TK; k++) {
             T a[WM], b[WN];
-#if VW == 4
 #pragma unroll
             for (int g = 0; g < GM; g++) {
                 T4 v = as[k * (LDA_S / 4) + g * LY + ty];
@@ -204,10 +180,6 @@ void gemm(const int M, const int N, const int K, const int kper,
                 T4 v = bs[k * (LDB_S / 4) + g * LX + tx];
                 b[g * 4 + 0] = v.s0; b[g * 4 + 1] = v.s1; b[g * 4 + 2] = v.s2; b[g * 4 + 3] = v.s3;
             }
-#else
-            for (int r = 0; r < WM; r++) a[r] = ((__local const T*)as)[k * LDA_S + r * LY + ty];
-            for (int c = 0; c < WN; c++) b[c] = ((__local const T*)bs)[k * LDB_S + c * LX + tx];
-#endif
 #pragma unroll
             for (int r = 0; r < WM; r++)
 #pragma unroll
@@ -218,21 +190,12 @@ void gemm(const int M, const int N, const int K, const int kper,
             stash(As[(t + 1) & 1], Bs[(t + 1) & 1], ra, rb, tid);
         barrier(CLK_LOCAL_MEM_FENCE);
     }
-#endif
 
     for (int r = 0; r < WM; r++) {
-#if VW == 4 || defined(NOLOCAL)
-        const int i = row0 + (r / VW) * (LY * VW) + ty * VW + r % VW;
-#else
-        const int i = row0 + r * LY + ty;
-#endif
+        const int i = row0 + (r / 4) * (LY * 4) + ty * 4 + r % 4;
         if (i >= M) continue;
         for (int c = 0; c < WN; c++) {
-#if VW == 4 || defined(NOLOCAL)
-            const int j = col0 + (c / VW) * (LX * VW) + tx * VW + c % VW;
-#else
-            const int j = col0 + c * LX + tx;
-#endif
+            const int j = col0 + (c / 4) * (LX * 4) + tx * 4 + c % 4;
             if (j < N) C[(size_t)i * ldc + j] = acc[r][c];
         }
     }
