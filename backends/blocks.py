@@ -13,8 +13,8 @@ from typing import Callable
 
 import numpy as np
 
-from backends.ops import Op, Partial
-from backends.tree import Range, Tree, TreeAggregator
+from lepton.backends.ops import Op, Partial
+from lepton.backends.tree import Range, Tree, TreeAggregator
 
 Compute = Callable[[dict[str, np.ndarray], dict], Partial]
 

@@ -8,24 +8,14 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 
-from backends.ops import Op, Partial
+from lepton.backends.ops import Op, Partial
+from lepton.contract import DeviceInfo
 
 Kernel = Callable[["Device", dict[str, np.ndarray], dict], Partial]
-
-
-@dataclass
-class DeviceInfo:
-    name: str
-    kind: str
-    description: str
-    memory_bytes: int
-    ops: list[str]
-    throughput: dict[str, float] = field(default_factory=dict)
 
 
 class Device:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Callable
 
-from backends.device import Device
-from backends.errors import InvalidInput
-from backends.numpy_device import NumpyDevice
+from lepton.backends.device import Device
+from lepton.errors import InvalidInput
+from lepton.backends.numpy_device import NumpyDevice
 
 
 def _numpy(arg: str | None, first_index: int) -> list[Device]:
@@ -30,7 +30,7 @@ FACTORIES: dict[str, Callable[[str | None, int], list[Device]]] = {"numpy": _num
 
 
 def _load_optional_backends() -> None:
-    for module in ("backends.opencl", "backends.mpi"):
+    for module in ("lepton.backends.opencl", "lepton.backends.mpi"):
         try:
             __import__(module)
         except ImportError:

@@ -4,9 +4,9 @@ from __future__ import annotations
 import os
 import platform
 
-from backends.blocks import run_blocked
-from backends.device import Device
-from backends.ops import REGISTRY, Op
+from lepton.backends.blocks import run_blocked
+from lepton.backends.device import Device
+from lepton.backends.ops import REGISTRY, Op
 
 
 def physical_memory() -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from backends.ops import Partial
+from lepton.backends.ops import Partial
 
 Range = tuple[int, int]
 

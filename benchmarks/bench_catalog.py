@@ -45,7 +45,7 @@ def reference_spmm(indptr, indices, data, x, nodes):
         a = scipy.sparse.csr_matrix((data, indices, indptr), shape=(nodes, nodes))
         return "scipy", lambda: a @ x
     except ImportError:
-        from backends.ops.sparse import csr_times_dense
+        from lepton.backends.ops.sparse import csr_times_dense
 
         return "numpy", lambda: csr_times_dense(indptr, indices, data, x)
 
@@ -81,7 +81,7 @@ def main() -> None:
         ds = client.put("bench-points", points, replace=True)
 
         def numpy_kmeans_step():  # one Lloyd step, the way the kernel does it
-            from backends.ops.kmeans import assign
+            from lepton.backends.ops.kmeans import assign
 
             labels, _ = assign(points, centroids)
             onehot = np.zeros((len(points), 64))

@@ -18,10 +18,10 @@ import time
 
 import numpy as np
 
-from backends.discovery import open_devices
-from backends.mpi.launch import under_mpiexec
-from backends.numpy_device import NumpyDevice
-from backends.ops import REGISTRY, TensorMeta
+from lepton.backends.discovery import open_devices
+from lepton.backends.mpi.launch import under_mpiexec
+from lepton.backends.numpy_device import NumpyDevice
+from lepton.backends.ops import REGISTRY, TensorMeta
 
 JOB_MS = "LEPTON_BENCH_JOB_MS"  # carries the cluster figure across the re-exec
 

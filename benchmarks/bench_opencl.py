@@ -27,8 +27,8 @@ import time
 
 import numpy as np
 
-from backends import discovery
-from backends.ops import REGISTRY, TensorMeta
+from lepton.backends import discovery
+from lepton.backends.ops import REGISTRY, TensorMeta
 
 NUMPY = {"sum": np.sum, "min": np.min, "max": np.max, "mean": np.mean, "var": np.var,
          "count": lambda x: np.count_nonzero(~np.isnan(x)) if x.dtype.kind == "f" else len(x),
@@ -185,7 +185,7 @@ def parse_tiles(text: str) -> list:
 
 
 def bench_matmul(device, sizes: list[int], dtype: np.dtype, args) -> None:
-    from backends.opencl import catalog
+    from lepton.backends.opencl import catalog
 
     default = catalog.gemm_config(device, catalog.CL[dtype])
     shapes = parse_tiles(args.tiles) or [default]

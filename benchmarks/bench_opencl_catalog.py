@@ -20,8 +20,8 @@ import statistics
 
 import numpy as np
 
-from backends import discovery
-from backends.ops import REGISTRY, TensorMeta
+from lepton.backends import discovery
+from lepton.backends.ops import REGISTRY, TensorMeta
 from bench_catalog import power_law_csr, reference_spmm
 from bench_opencl import kernel_seconds, median_seconds
 
@@ -123,7 +123,7 @@ def cases(scale: float, rng) -> list[dict]:
 
 
 def kmeans_step(points, centroids):
-    from backends.ops.kmeans import assign
+    from lepton.backends.ops.kmeans import assign
 
     labels, _ = assign(points, centroids)
     sums = np.zeros((len(centroids), points.shape[1]))

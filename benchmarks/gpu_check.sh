@@ -44,7 +44,7 @@ export LEPTON_OPENCL_CACHE=$cache/opencl POCL_CACHE_DIR=$cache/pocl
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
 "$PYTHON" - <<'EOF'
 import sys
-from backends.opencl import describe_devices
+from lepton.backends.opencl import describe_devices
 devices = describe_devices()
 for d in devices:
     print(f"opencl:{d['index']}  {d['type']:<12} {d['name']}  ({d['platform']}, driver {d['driver_version']}, "

@@ -7,7 +7,7 @@ from typing import Callable, Iterator
 import grpc
 import numpy as np
 
-from coordinator import metrics
+from lepton.coordinator import metrics
 from lepton import wire
 from lepton.v1 import agent_service_pb2 as pb, agent_service_pb2_grpc as pb_grpc
 

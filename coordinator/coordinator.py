@@ -15,15 +15,15 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from backends.errors import FailedPrecondition, InvalidInput, NotFound, ResourceExhausted, Unavailable
-from backends.numpy_device import physical_memory
-from backends.ops import TensorMeta, get_op, sparse
-from coordinator import planner
-from coordinator.agent_link import AgentLink
-from coordinator.datasets import CSR_PARTS, DatasetStore
-from coordinator.jobs import Job, JobRecord
-from coordinator.membership import Membership
-from coordinator.scheduler import Scheduler
+from lepton.errors import FailedPrecondition, InvalidInput, NotFound, ResourceExhausted, Unavailable
+from lepton.backends.numpy_device import physical_memory
+from lepton.backends.ops import TensorMeta, get_op, sparse
+from lepton.coordinator import planner
+from lepton.coordinator.agent_link import AgentLink
+from lepton.coordinator.datasets import CSR_PARTS, DatasetStore
+from lepton.coordinator.jobs import Job, JobRecord
+from lepton.coordinator.membership import Membership
+from lepton.coordinator.scheduler import Scheduler
 from lepton.logs import event
 from lepton.wire import TensorAssembler
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from backends.errors import AlreadyExists, InvalidInput, NotFound
-from backends.ops.sparse import take_csr
+from lepton.errors import AlreadyExists, InvalidInput, NotFound
+from lepton.backends.ops.sparse import take_csr
 
 NAME = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 

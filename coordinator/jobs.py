@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from backends.errors import LeptonError
-from backends.ops import Op
-from backends.tree import Tree, TreeAggregator
-from coordinator import metrics
-from coordinator.planner import Plan
+from lepton.errors import LeptonError
+from lepton.backends.ops import Op
+from lepton.backends.tree import Tree, TreeAggregator
+from lepton.coordinator import metrics
+from lepton.coordinator.planner import Plan
 from lepton import wire
 from lepton.logs import event
 
@@ -105,7 +105,7 @@ class Job:
         self.id, self.op, self.params, self.plan = job_id, op, params, plan
         self.inputs = inputs  # a TensorAssembler over the inputs streamed with the job
         self.names = [h.name for h in inputs.headers]
-        self.datasets = datasets or {}  # op input name -> (coordinator.datasets.Dataset, part)
+        self.datasets = datasets or {}  # op input name -> (lepton.coordinator.datasets.Dataset, part)
         self.tree_arity, self.deadline = tree_arity, deadline
         self.record = JobRecord(job_id, op.name, label, bytes_total=inputs.bytes_total,
                                 partitions_total=plan.count)
@@ -283,7 +283,7 @@ class Job:
             else:
                 result = self.op.finalize(root, self.params)
         except LeptonError as exc:
-            self.fail(exc.code, str(exc))
+            self.fail(exc.code.name, exc.details)
             return
         except Exception as exc:  # a finalize bug must fail the job, not the server
             self.fail("INTERNAL", f"finalize of {self.op.name!r} failed: {exc!r}")

@@ -5,9 +5,9 @@ import argparse
 import logging
 import os
 
-from coordinator.coordinator import Config, Coordinator
-from coordinator import metrics
-from coordinator.server import serve
+from lepton.coordinator.coordinator import Config, Coordinator
+from lepton.coordinator import metrics
+from lepton.coordinator.server import serve
 from lepton.logs import configure, event
 from lepton.serving import NOT_SERVING, start_metrics, wait_for_stop_signal
 from lepton.tuning import keep_large_buffers_in_heap

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from backends.device import DeviceInfo
+from lepton.backends.device import DeviceInfo
 from lepton.logs import event
 
 log = logging.getLogger("lepton.coordinator")
@@ -21,7 +21,7 @@ class Agent:
     address: str
     devices: list[DeviceInfo]
     credits: int
-    link: object  # coordinator.agent_link.AgentLink
+    link: object  # lepton.coordinator.agent_link.AgentLink
     metrics_address: str = ""
     last_seen: float = field(default_factory=time.monotonic)
     in_flight: int = 0  # partitions sent and not finished (scheduler-owned)

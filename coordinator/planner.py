@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from backends.errors import InvalidInput
-from backends.ops import Op, TensorMeta
+from lepton.errors import InvalidInput
+from lepton.backends.ops import Op, TensorMeta
 
 MAX_PARTITIONS = 1 << 16
 

@@ -16,10 +16,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 
-from backends.errors import LeptonError
-from coordinator import metrics
-from coordinator.jobs import Attempt, Job, Run
-from coordinator.membership import Agent, Membership
+from lepton.errors import LeptonError
+from lepton.coordinator import metrics
+from lepton.coordinator.jobs import Attempt, Job, Run
+from lepton.coordinator.membership import Agent, Membership
 from lepton.logs import event
 
 log = logging.getLogger("lepton.coordinator")
@@ -237,7 +237,7 @@ class Scheduler:
         except grpc.RpcError as exc:
             error = (exc.code().name, exc.details() or "")
         except LeptonError as exc:
-            error = (exc.code, str(exc))
+            error = (exc.code.name, exc.details)
         except Exception as exc:  # noqa: BLE001 - a bad reply must not kill the dispatcher
             error = ("INTERNAL", repr(exc))
         self._finished(agent, job, run, error)

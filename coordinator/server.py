@@ -9,11 +9,11 @@ from concurrent import futures
 import grpc
 import numpy as np
 
-from backends.errors import InvalidInput, LeptonError
-from coordinator.coordinator import Coordinator
-from coordinator.jobs import Job, JobRecord
-from coordinator.planner import Scheme
-from coordinator import metrics
+from lepton.errors import InvalidInput, LeptonError
+from lepton.coordinator.coordinator import Coordinator
+from lepton.coordinator.jobs import Job, JobRecord
+from lepton.coordinator.planner import Scheme
+from lepton.coordinator import metrics
 from lepton import wire
 from lepton.serving import add_standard_services
 from lepton.v1 import agent_service_pb2 as agent_pb, agent_service_pb2_grpc as agent_grpc
@@ -51,7 +51,7 @@ def dataset_info(d) -> pb.DatasetInfo:
 
 
 def abort(context, error: LeptonError):
-    context.abort(grpc.StatusCode[error.code], str(error))
+    context.abort(error.code, error.details)
 
 
 class CoordinatorServicer(pb_grpc.CoordinatorServiceServicer):
@@ -114,7 +114,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServiceServicer):
             if not job.state.final:
                 self.c.input_ended(job)
         except LeptonError as exc:
-            self.c.fail(job, exc.code, str(exc))
+            self.c.fail(job, exc.code.name, exc.details)
         except grpc.RpcError as exc:  # the client went away mid-stream
             self.c.fail(job, "CANCELLED", f"the input stream broke: {exc!r}")
         except Exception as exc:  # noqa: BLE001 - a bug must fail the job, not leave it waiting

@@ -16,13 +16,13 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from backends.device import Device
-from backends.errors import FailedPrecondition, LeptonError, ResourceExhausted
-from backends.ops import Op, get_op
-from backends.tree import Tree, TreeAggregator
+from lepton.backends.device import Device
+from lepton.errors import FailedPrecondition, LeptonError, ResourceExhausted
+from lepton.backends.ops import Op, get_op
+from lepton.backends.tree import Tree, TreeAggregator
 from lepton.logs import event
-from node_agent import metrics
-from node_agent.cache import TensorCache
+from lepton.agent import metrics
+from lepton.agent.cache import TensorCache
 
 log = logging.getLogger("lepton.agent")
 

@@ -7,14 +7,14 @@ import os
 import socket
 import threading
 
-from backends.discovery import open_devices
+from lepton.backends.discovery import open_devices
 from lepton.logs import configure, event
 from lepton.tuning import keep_large_buffers_in_heap
 from lepton.serving import NOT_SERVING, start_metrics, wait_for_stop_signal
-from node_agent import metrics
-from node_agent.agent import Agent
-from node_agent.membership import MembershipClient
-from node_agent.server import serve
+from lepton.agent import metrics
+from lepton.agent.agent import Agent
+from lepton.agent.membership import MembershipClient
+from lepton.agent.server import serve
 
 log = logging.getLogger("lepton.agent")
 

@@ -9,7 +9,7 @@ import grpc
 from lepton import wire
 from lepton.logs import event
 from lepton.v1 import agent_service_pb2 as pb, agent_service_pb2_grpc as pb_grpc
-from node_agent.agent import Agent
+from lepton.agent.agent import Agent
 
 log = logging.getLogger("lepton.agent")
 

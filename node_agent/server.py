@@ -6,12 +6,12 @@ from concurrent import futures
 import grpc
 import numpy as np
 
-from backends.errors import InvalidInput, LeptonError, NotCached
+from lepton.errors import InvalidInput, LeptonError, NotCached
 from lepton import wire
 from lepton.v1 import agent_service_pb2 as pb, agent_service_pb2_grpc as pb_grpc
 from lepton.serving import add_standard_services
-from node_agent import metrics
-from node_agent.agent import Agent
+from lepton.agent import metrics
+from lepton.agent.agent import Agent
 
 
 class AgentServicer(pb_grpc.AgentServiceServicer):
@@ -40,8 +40,8 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
                 metrics.BYTES_OUT.inc(sum(a.nbytes for a in arrays))
             metrics.TASKS.labels("done").inc()
         except LeptonError as exc:
-            metrics.TASKS.labels(exc.code).inc()
-            context.abort(grpc.StatusCode[exc.code], str(exc))
+            metrics.TASKS.labels(exc.code.name).inc()
+            context.abort(exc.code, exc.details)
 
     def CacheTensors(self, request_iterator, context):
         try:
@@ -56,7 +56,7 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
             kept = [i.cache_key for i, a in zip(items, assembler.finish_list()) if self.agent.cache.put(i.cache_key, a)]
             return pb.CacheTensorsResponse(kept=kept)
         except LeptonError as exc:
-            context.abort(grpc.StatusCode[exc.code], str(exc))
+            context.abort(exc.code, exc.details)
 
     def DropCached(self, request, context):
         self.agent.cache.drop_prefix(request.prefix)

@@ -37,8 +37,8 @@ def opencl_test_device():
 
     import pytest
 
-    from backends.errors import LeptonError
-    from backends.opencl import all_devices, select_devices
+    from lepton.errors import LeptonError
+    from lepton.backends.opencl import all_devices, select_devices
 
     selector = os.environ.get("LEPTON_TEST_OPENCL_DEVICE", "cpu")
     try:

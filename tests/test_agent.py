@@ -2,10 +2,10 @@
 import numpy as np
 import pytest
 
-from backends.errors import ResourceExhausted
-from backends.numpy_device import NumpyDevice
-from backends.ops import TensorMeta, get_op
-from node_agent.agent import run_in_pieces
+from lepton.errors import ResourceExhausted
+from lepton.backends.numpy_device import NumpyDevice
+from lepton.backends.ops import TensorMeta, get_op
+from lepton.agent.agent import run_in_pieces
 
 
 class SmallMemoryDevice(NumpyDevice):

@@ -25,7 +25,7 @@ def test_status_lists_agents_devices_ops_and_jobs(clusters):
     out = lepton("status", "--coordinator", clusters[2].address)
     assert out.returncode == 0, out.stderr
     assert "2 agent(s)" in out.stdout and "numpy:0" in out.stdout
-    from backends.ops import REGISTRY
+    from lepton.backends.ops import REGISTRY
 
     assert ",".join(sorted(n for n, op in REGISTRY.items() if not op.abstract)) in out.stdout
     assert "SUCCEEDED" in out.stdout

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from backends.ops.reductions import OPS as REDUCTIONS
+from lepton.backends.ops.reductions import OPS as REDUCTIONS
 from lepton.verify import mismatch
 
 PARAMS = {"histogram": {"bins": 16, "range": [-3.0, 3.0]}, "var": {"ddof": 1}}

@@ -139,7 +139,7 @@ def test_no_result_before_the_input_is_verified(stub):
 
 def test_an_op_no_device_offers_is_failed_precondition_with_advice(tmp_path):
     import lepton
-    from backends.opencl import OpenCLDevice, ProgramCache, export_binaries, select_devices
+    from lepton.backends.opencl import OpenCLDevice, ProgramCache, export_binaries, select_devices
 
     # An OpenCL device running prebuilt binaries offers only the ops they cover: here the float sum.
     device = OpenCLDevice(select_devices("0")[0], "export", cache=ProgramCache(tmp_path / "cache"), calibrate=False)

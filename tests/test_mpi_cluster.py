@@ -17,7 +17,7 @@ import pytest
 
 lepton = pytest.importorskip("lepton")
 
-from backends.ops import REGISTRY  # noqa: E402
+from lepton.backends.ops import REGISTRY  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from test_mpi_device import _gone, _tagged, assert_close, numpy_result  # noqa: E402
@@ -116,7 +116,7 @@ def test_float_reductions_are_bitwise_the_numpy_clusters_run_to_run(mixed_client
     """Partitions of two blocks or more, so the pool really splits them across its ranks; the mixed
     cluster's results must not depend on which agent ran which partition, nor differ from a
     NumPy-only cluster's by a bit."""
-    from backends.blocks import layout
+    from lepton.backends.blocks import layout
 
     partitions = 16
     x = np.random.default_rng(13).standard_normal((partitions * 70_000, 16)).astype(np.float32)  # 68 MiB

@@ -20,8 +20,8 @@ import uuid
 import numpy as np
 import pytest
 
-from backends.ops import REGISTRY, TensorMeta
-from backends.ops.base import Op
+from lepton.backends.ops import REGISTRY, TensorMeta
+from lepton.backends.ops.base import Op
 
 HERE = os.path.abspath(__file__)
 BIN = os.path.dirname(sys.executable)
@@ -192,7 +192,7 @@ def bitwise_cases():
     """(label, op name, inputs, params) for ops with inexact merges, sized in blocks of the op
     (about 4 MiB each): one row, one block, fewer blocks than ranks, and more blocks than ranks
     (split unevenly), for plain rows (zero-copy scatter) and matmul.inner's columns of A (packed)."""
-    from backends.blocks import block_rows
+    from lepton.backends.blocks import block_rows
 
     rng = np.random.default_rng(21)
     per_block = block_rows(REGISTRY["sum"], {"x": np.empty((1_000, 16), np.float32)})
@@ -219,7 +219,7 @@ def bitwise_cases():
 def check_bitwise(device) -> list[str]:
     """Labels of the cases where the pool's partial is not bitwise the NumPy device's; exact ops with
     row offsets and CSR shares too."""
-    from backends.numpy_device import NumpyDevice
+    from lepton.backends.numpy_device import NumpyDevice
 
     numpy_device, wrong = NumpyDevice(), []
     for label, name, inputs, params in bitwise_cases():
@@ -256,8 +256,8 @@ def check_bitwise(device) -> list[str]:
 # ---------------------------------------------------------------- the driver (rank 0 prints JSON)
 
 def driver(mode: str, spec: str) -> None:
-    from backends.discovery import open_devices
-    from backends.errors import LeptonError, Unavailable
+    from lepton.backends.discovery import open_devices
+    from lepton.errors import LeptonError, Unavailable
 
     register_test_ops()
     [device] = open_devices([spec])  # ranks 1..N-1 never return from here
@@ -396,9 +396,9 @@ def _gone(tag: str, within: float) -> bool:
 
 
 def test_specs_and_the_mpiexec_command_line(monkeypatch, tmp_path):
-    from backends.discovery import open_devices
-    from backends.errors import FailedPrecondition, InvalidInput
-    from backends.mpi import launch
+    from lepton.backends.discovery import open_devices
+    from lepton.errors import FailedPrecondition, InvalidInput
+    from lepton.backends.mpi import launch
 
     for var in ("PMI_RANK", "PMI_SIZE", "PMIX_RANK", "OMPI_COMM_WORLD_SIZE", "HYDI_CONTROL_FD",
                 "LEPTON_MPI_HOSTFILE", "LEPTON_MPI_LAUNCHED"):

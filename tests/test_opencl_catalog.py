@@ -28,9 +28,9 @@ os.environ.setdefault("LEPTON_OPENCL_CACHE", os.path.join(_CACHE, "opencl"))
 cl = pytest.importorskip("pyopencl")
 lepton = pytest.importorskip("lepton")
 
-from backends.errors import InvalidInput  # noqa: E402
-from backends.ops import REGISTRY, TensorMeta  # noqa: E402
-from backends.opencl import OpenCLDevice, ProgramCache, catalog  # noqa: E402
+from lepton.errors import InvalidInput  # noqa: E402
+from lepton.backends.ops import REGISTRY, TensorMeta  # noqa: E402
+from lepton.backends.opencl import OpenCLDevice, ProgramCache, catalog  # noqa: E402
 from references import close, csr, opencl_test_device  # noqa: E402
 
 CL_DEVICE, SPEC = opencl_test_device()

@@ -14,7 +14,7 @@ import pytest
 pytest.importorskip("pyopencl")
 lepton = pytest.importorskip("lepton")
 
-from backends.opencl import OpenCLDevice, ProgramCache, export_binaries  # noqa: E402
+from lepton.backends.opencl import OpenCLDevice, ProgramCache, export_binaries  # noqa: E402
 from references import opencl_test_device  # noqa: E402
 
 CL_DEVICE, SPEC = opencl_test_device()  # agents name it by index

@@ -31,13 +31,13 @@ os.environ.setdefault("LEPTON_OPENCL_CACHE", os.path.join(_CACHE, "opencl"))
 
 cl = pytest.importorskip("pyopencl")
 
-from backends import discovery  # noqa: E402
-from backends.errors import FailedPrecondition, InvalidInput, LeptonError, ResourceExhausted  # noqa: E402
-from backends.numpy_device import NumpyDevice  # noqa: E402
-from backends.ops import REGISTRY, TensorMeta  # noqa: E402
-from backends.opencl import (OpenCLDevice, ProgramCache, all_devices, describe_devices,  # noqa: E402
+from lepton.backends import discovery  # noqa: E402
+from lepton.errors import FailedPrecondition, InvalidInput, LeptonError, ResourceExhausted  # noqa: E402
+from lepton.backends.numpy_device import NumpyDevice  # noqa: E402
+from lepton.backends.ops import REGISTRY, TensorMeta  # noqa: E402
+from lepton.backends.opencl import (OpenCLDevice, ProgramCache, all_devices, describe_devices,  # noqa: E402
                              export_binaries, read_manifest, select_devices)
-from backends.opencl.errors import cl_errors, translate  # noqa: E402
+from lepton.backends.opencl.errors import cl_errors, translate  # noqa: E402
 
 # The device under test: PoCL's CPU device unless benchmarks/gpu_check.sh asks for the GPU.
 SELECTOR = os.environ.get("LEPTON_TEST_OPENCL_DEVICE", "cpu")
@@ -370,8 +370,8 @@ def manifest(device, tmp_path_factory):
 def test_binaries_load_in_a_fresh_process_without_compiling(manifest, tmp_path):
     script = textwrap.dedent(f"""
         import json, numpy as np
-        from backends import discovery
-        from backends.ops import REGISTRY, TensorMeta
+        from lepton.backends import discovery
+        from lepton.backends.ops import REGISTRY, TensorMeta
         (dev,) = discovery.open_devices(["opencl:{INDEX}@{manifest}"])
         x = (1000 + 10 * np.random.default_rng(0).standard_normal(300_007)).astype(np.float32)
         out = {{}}

@@ -20,10 +20,10 @@ os.environ.setdefault("LEPTON_OPENCL_CACHE", os.path.join(_CACHE, "opencl"))
 
 cl = pytest.importorskip("pyopencl")
 
-from backends.errors import LeptonError  # noqa: E402
-from backends.ops import REGISTRY, TensorMeta  # noqa: E402
-from backends.opencl import OpenCLDevice, ProgramCache, transfer  # noqa: E402
-from backends.opencl.transfer import Stager  # noqa: E402
+from lepton.errors import LeptonError  # noqa: E402
+from lepton.backends.ops import REGISTRY, TensorMeta  # noqa: E402
+from lepton.backends.opencl import OpenCLDevice, ProgramCache, transfer  # noqa: E402
+from lepton.backends.opencl.transfer import Stager  # noqa: E402
 from references import close, opencl_test_device  # noqa: E402
 
 CL_DEVICE, _ = opencl_test_device()
@@ -155,7 +155,7 @@ def test_many_calls_reuse_slots_and_buffers(device):
 
 
 def test_matmul_inputs_staged(device):
-    from backends.opencl import catalog
+    from lepton.backends.opencl import catalog
 
     rng = np.random.default_rng(3)
     a = rng.standard_normal((301, 203)).astype(np.float32)

@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from backends.errors import InvalidInput
-from backends.ops import TensorMeta, get_op
-from coordinator.planner import Scheme, hash_keys, plan
+from lepton.errors import InvalidInput
+from lepton.backends.ops import TensorMeta, get_op
+from lepton.coordinator.planner import Scheme, hash_keys, plan
 
 
 def meta(a):

@@ -3,7 +3,7 @@ import random
 
 import pytest
 
-from backends.tree import Tree, TreeAggregator
+from lepton.backends.tree import Tree, TreeAggregator
 
 
 def concat(a, b):

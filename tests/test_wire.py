@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from backends.errors import InvalidInput, ResourceExhausted
+from lepton.errors import InvalidInput, ResourceExhausted
 from lepton import wire
 from lepton.v1 import tensor_pb2
 

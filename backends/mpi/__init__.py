@@ -28,18 +28,19 @@ reschedules, and the agent should be restarted (see MpiDevice.on_failure).
 """
 from __future__ import annotations
 
+import grpc
 import mpi4py  # noqa: F401 - without mpi4py the 'mpi' kind stays unknown (ImportError)
 
-from backends import discovery
-from backends.device import Device
-from backends.errors import FailedPrecondition, LeptonError
-from backends.mpi.launch import parse_spec, relaunch, under_mpiexec
+from lepton.backends import discovery
+from lepton.backends.device import Device
+from lepton.errors import FailedPrecondition, LeptonError
+from lepton.backends.mpi.launch import parse_spec, relaunch, under_mpiexec
 
 
 class KernelError(LeptonError):
     """An op's kernel raised on some rank of the pool; the partition fails, the pool stays usable."""
 
-    code = "INTERNAL"
+    code = grpc.StatusCode.INTERNAL
 
 
 def open_mpi(arg: str | None, first_index: int) -> list[Device]:
@@ -53,7 +54,7 @@ def open_mpi(arg: str | None, first_index: int) -> list[Device]:
             raise FailedPrecondition("device 'mpi' needs to run under mpiexec (mpiexec -n N lepton agent "
                                      "--device mpi); or use 'mpi:N' to launch N ranks")
         relaunch(ranks, hostfile)
-    from backends.mpi.pool import open_pool  # initializes MPI
+    from lepton.backends.mpi.pool import open_pool  # initializes MPI
 
     return open_pool(ranks, first_index)
 

@@ -5,7 +5,7 @@ import os
 import shutil
 import sys
 
-from backends.errors import FailedPrecondition, InvalidInput
+from lepton.errors import FailedPrecondition, InvalidInput
 
 # Set by the launchers we know (MPICH's hydra, Open MPI, PMIx, Slurm's srun) in every rank's environment.
 _MPI_ENV = ("PMI_RANK", "PMI_SIZE", "PMIX_RANK", "OMPI_COMM_WORLD_SIZE", "HYDI_CONTROL_FD")

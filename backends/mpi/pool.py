@@ -54,6 +54,7 @@ import time
 import traceback
 from typing import Callable
 
+import grpc
 import mpi4py
 import numpy as np
 
@@ -67,12 +68,12 @@ mpi4py.rc.finalize = False
 os.environ["MPI4PY_RC_FINALIZE"] = "false"
 from mpi4py import MPI  # noqa: E402 - after the rc settings, which MPI_Init_thread reads
 
-from backends.blocks import fold_blocks, layout, run_blocked  # noqa: E402
-from backends.device import Device  # noqa: E402
-from backends.errors import FailedPrecondition, InvalidInput, LeptonError, Unavailable  # noqa: E402
-from backends.mpi import KernelError  # noqa: E402
-from backends.ops import REGISTRY, Op, Partial  # noqa: E402
-from backends.tree import Tree, TreeAggregator  # noqa: E402
+from lepton.backends.blocks import fold_blocks, layout, run_blocked  # noqa: E402
+from lepton.backends.device import Device  # noqa: E402
+from lepton.errors import FailedPrecondition, InvalidInput, LeptonError, Unavailable  # noqa: E402
+from lepton.backends.mpi import KernelError  # noqa: E402
+from lepton.backends.ops import REGISTRY, Op, Partial  # noqa: E402
+from lepton.backends.tree import Tree, TreeAggregator  # noqa: E402
 
 log = logging.getLogger("lepton.mpi")
 
@@ -223,7 +224,8 @@ def _error_text(exc: BaseException) -> str:
     where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
     at = f" (at {os.path.basename(where.filename)}:{where.lineno})" if where else ""
     code = exc.code if isinstance(exc, LeptonError) else KernelError.code
-    return f"{code}|{type(exc).__name__}: {exc}{at}"
+    text = exc.details if isinstance(exc, LeptonError) else str(exc)
+    return f"{code.name}|{type(exc).__name__}: {text}{at}"
 
 
 def _exchange(comm, header: dict, local: dict | None = None, sources: dict | None = None,
@@ -394,7 +396,7 @@ class MpiDevice(Device):
                 r, text = errors[0]
                 code, _, text = text.partition("|")
                 error = KernelError(f"op {op.name!r} failed on MPI rank {r} of {self.comm.size}: {text}")
-                error.code = code  # the kernel's own code: INVALID_ARGUMENT is not retried elsewhere
+                error.code = grpc.StatusCode[code]  # the kernel's own code: INVALID_ARGUMENT is not retried elsewhere
                 raise error
             if blocked is not None:  # the partition's block tree, folded as the NumPy device folds it
                 blocks = blocked[2]
@@ -474,7 +476,7 @@ def open_pool(ranks: int | None, first_index: int) -> list[Device]:
     if _opened:
         raise InvalidInput("only one 'mpi' device per process: its MPI world is the pool")
     if MPI.Query_thread() < MPI.THREAD_SERIALIZED:
-        raise FailedPrecondition("mpi4py.MPI was initialized before backends.mpi set the thread level; "
+        raise FailedPrecondition("mpi4py.MPI was initialized before lepton.backends.mpi set the thread level; "
                                  "MPI_THREAD_SERIALIZED is needed")
     comm = MPI.COMM_WORLD
     if ranks is not None and ranks != comm.size:

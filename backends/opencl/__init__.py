@@ -26,18 +26,18 @@ from __future__ import annotations
 
 import os
 
-from backends.opencl.compiler import cache_dir
+from lepton.backends.opencl.compiler import cache_dir
 
 # Before any pyopencl call: PoCL reads it when the platform is first initialised.
 os.environ.setdefault("POCL_CACHE_DIR", str(cache_dir() / "pocl"))
 
 import pyopencl as cl  # noqa: E402
 
-from backends import discovery  # noqa: E402
-from backends.errors import FailedPrecondition, InvalidInput  # noqa: E402
-from backends.opencl.compiler import ProgramCache, program_binary  # noqa: E402
-from backends.opencl.device import OpenCLDevice  # noqa: E402
-from backends.opencl.manifest import export_binaries, read_manifest  # noqa: E402
+from lepton.backends import discovery  # noqa: E402
+from lepton.errors import FailedPrecondition, InvalidInput  # noqa: E402
+from lepton.backends.opencl.compiler import ProgramCache, program_binary  # noqa: E402
+from lepton.backends.opencl.device import OpenCLDevice  # noqa: E402
+from lepton.backends.opencl.manifest import export_binaries, read_manifest  # noqa: E402
 
 __all__ = ["OpenCLDevice", "ProgramCache", "all_devices", "describe_devices", "export_binaries", "open_devices",
            "program_binary", "read_manifest", "select_devices"]

@@ -19,9 +19,9 @@ import math
 import numpy as np
 import pyopencl as cl
 
-from backends.errors import FailedPrecondition, InvalidInput
-from backends.ops import REGISTRY
-from backends.ops.base import Partial
+from lepton.errors import FailedPrecondition, InvalidInput
+from lepton.backends.ops import REGISTRY
+from lepton.backends.ops.base import Partial
 
 SOURCES = ("gemm", "catalog")
 CL = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}

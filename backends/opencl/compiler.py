@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pyopencl as cl
 
-from backends.errors import FailedPrecondition
-from backends.opencl.errors import cl_errors
+from lepton.errors import FailedPrecondition
+from lepton.backends.opencl.errors import cl_errors
 
 SOURCES = Path(__file__).parent
 

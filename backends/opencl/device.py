@@ -15,12 +15,12 @@ import time
 import numpy as np
 import pyopencl as cl
 
-from backends.device import Device
-from backends.errors import FailedPrecondition, ResourceExhausted
-from backends.opencl import catalog, kernels
-from backends.opencl.compiler import ProgramCache, load_binary
-from backends.opencl.errors import cl_errors
-from backends.opencl.transfer import Stager
+from lepton.backends.device import Device
+from lepton.errors import FailedPrecondition, ResourceExhausted
+from lepton.backends.opencl import catalog, kernels
+from lepton.backends.opencl.compiler import ProgramCache, load_binary
+from lepton.backends.opencl.errors import cl_errors
+from lepton.backends.opencl.transfer import Stager
 
 CL_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double",
             np.dtype(np.int32): "int", np.dtype(np.int64): "long"}

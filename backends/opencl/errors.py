@@ -10,7 +10,7 @@ from contextlib import contextmanager
 
 import pyopencl as cl
 
-from backends.errors import FailedPrecondition, LeptonError, ResourceExhausted
+from lepton.errors import FailedPrecondition, LeptonError, ResourceExhausted
 
 _OUT_OF_MEMORY = {cl.status_code.MEM_OBJECT_ALLOCATION_FAILURE, cl.status_code.OUT_OF_RESOURCES,
                   cl.status_code.OUT_OF_HOST_MEMORY}

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from backends.opencl import catalog
-from backends.ops import REGISTRY
-from backends.ops.base import Partial
+from lepton.backends.opencl import catalog
+from lepton.backends.ops import REGISTRY
+from lepton.backends.ops.base import Partial
 
 DTYPES = tuple(np.dtype(t) for t in ("float32", "float64", "int32", "int64"))
 # The device primitives each op needs (see OpenCLDevice.reduce / histogram).

@@ -18,8 +18,8 @@ import os
 from pathlib import Path
 from typing import Iterable
 
-from backends.errors import FailedPrecondition
-from backends.opencl.compiler import program_binary
+from lepton.errors import FailedPrecondition
+from lepton.backends.opencl.compiler import program_binary
 
 FORMAT = "lepton-opencl-binaries/1"
 

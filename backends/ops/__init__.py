@@ -1,12 +1,12 @@
 """The op registry: every op is registered once, by name, with its whole contract."""
-from backends.ops.base import Op, Partial, TensorMeta, empty_partial
-from backends.ops import kmeans, linalg, reductions, sparse, stats
+from lepton.backends.ops.base import Op, Partial, TensorMeta, empty_partial
+from lepton.backends.ops import kmeans, linalg, reductions, sparse, stats
 
 REGISTRY: dict[str, Op] = {op.name: op for module in (reductions, linalg, stats, kmeans, sparse) for op in module.OPS}
 
 
 def get_op(name: str) -> Op:
-    from backends.errors import InvalidInput
+    from lepton.errors import InvalidInput
 
     try:
         return REGISTRY[name]

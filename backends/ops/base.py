@@ -6,10 +6,11 @@ each partition becomes a *partial* on some device, partials are combined pairwis
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from lepton.contract import TensorMeta  # noqa: F401 - ops take and re-export it
 
 # A partial result: named arrays. The empty dict is the identity of every combine
 # (an empty partition produces it), so ops never special-case empty partitions.
@@ -17,18 +18,6 @@ Partial = dict[str, np.ndarray]
 Params = dict[str, Any]
 
 empty_partial: Partial = {}
-
-
-@dataclass(frozen=True)
-class TensorMeta:
-    """What is known of an input before its bytes arrive."""
-
-    dtype: np.dtype
-    shape: tuple[int, ...]
-
-    @property
-    def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
 
 
 class Op:
@@ -61,7 +50,7 @@ class Op:
     def check_inputs(self, names: list[str]) -> None:
         """Raise InvalidInput unless `names` are the inputs this op takes."""
         if set(names) != set(self.inputs):
-            from backends.errors import InvalidInput
+            from lepton.errors import InvalidInput
 
             raise InvalidInput(f"op {self.name!r} takes inputs {list(self.inputs)}; got {names}")
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from backends.errors import InvalidInput
-from backends.ops.base import Op, Params, TensorMeta
+from lepton.errors import InvalidInput
+from lepton.backends.ops.base import Op, Params, TensorMeta
 
 FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 

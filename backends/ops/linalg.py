@@ -5,9 +5,9 @@ import re
 
 import numpy as np
 
-from backends.errors import InvalidInput
-from backends.ops.base import Op
-from backends.ops.common import ACTIVATIONS, Concat, activation, check_params, matrix
+from lepton.errors import InvalidInput
+from lepton.backends.ops.base import Op
+from lepton.backends.ops.common import ACTIVATIONS, Concat, activation, check_params, matrix
 
 
 def _check_matmul(op: Op, inputs, params) -> dict:

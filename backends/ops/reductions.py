@@ -9,8 +9,8 @@ import math
 
 import numpy as np
 
-from backends.errors import InvalidInput
-from backends.ops.base import Op, Params, TensorMeta
+from lepton.errors import InvalidInput
+from lepton.backends.ops.base import Op, Params, TensorMeta
 
 DTYPES = tuple(np.dtype(t) for t in ("float32", "float64", "int32", "int64"))
 

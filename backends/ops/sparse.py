@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from backends.errors import InvalidInput
-from backends.ops.base import Op
-from backends.ops.common import ACTIVATIONS, FLOATS, Concat, activation, check_params, matrix
+from lepton.errors import InvalidInput
+from lepton.backends.ops.base import Op
+from lepton.backends.ops.common import ACTIVATIONS, FLOATS, Concat, activation, check_params, matrix
 
 CSR = ("a_indptr", "a_indices", "a_data")
 INDEX_TYPES = (np.dtype(np.int32), np.dtype(np.int64))

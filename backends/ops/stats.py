@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from backends.errors import InvalidInput
-from backends.ops.base import Op
-from backends.ops.common import check_params, matrix, positive_int
+from lepton.errors import InvalidInput
+from lepton.backends.ops.base import Op
+from lepton.backends.ops.common import check_params, matrix, positive_int
 
 
 class Gram(Op):

@@ -173,7 +173,7 @@ def cmd_devices(args) -> int:
     """What `lepton agent --device` can open on this machine."""
     rows = [["numpy", "NumPy reference", "-", "always"]]
     try:
-        from backends.opencl import describe_devices
+        from lepton.backends.opencl import describe_devices
 
         rows += [[f"opencl:{d['index']}", f"{d['name']} ({d['platform']})", d["type"],
                   f"{d['compute_units']} CUs, {d['global_memory_bytes'] >> 20} MiB, driver {d['driver_version']}"]
@@ -226,8 +226,8 @@ def cmd_cancel(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from coordinator import main as coordinator_main
-    from node_agent import main as agent_main
+    from lepton.coordinator import main as coordinator_main
+    from lepton.agent import main as agent_main
 
     parser = argparse.ArgumentParser(prog="lepton", description="Lepton compute fabric")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -17,6 +17,7 @@ import grpc
 import numpy as np
 
 from lepton import wire
+from lepton.errors import LeptonError
 from lepton.tuning import keep_large_buffers_in_heap
 from lepton.v1 import coordinator_service_pb2 as pb, coordinator_service_pb2_grpc as pb_grpc, job_pb2
 
@@ -30,14 +31,6 @@ def _partitioning(scheme: str, count: int, target_bytes: int, key_column: int) -
         raise ValueError(f"partitioning must be one of {sorted(SCHEMES)}; got {scheme!r}")
     return job_pb2.Partitioning(scheme=SCHEMES[scheme], count=count, target_bytes=target_bytes,
                                 key_column=key_column)
-
-
-class LeptonError(Exception):
-    """A failed call or job: `code` is the grpc.StatusCode, `details` the server's explanation."""
-
-    def __init__(self, code: grpc.StatusCode, details: str):
-        super().__init__(f"{code.name}: {details}")
-        self.code, self.details = code, details
 
 
 def state_name(status: job_pb2.JobStatus) -> str:
@@ -81,9 +74,9 @@ class Job:
             assembler = assembler or wire.TensorAssembler(headers)
             self._result = assembler.finish()
         except grpc.RpcError as exc:
-            self._error = LeptonError(exc.code(), exc.details() or "")
+            self._error = LeptonError.from_rpc(exc)
         except Exception as exc:  # noqa: BLE001 - surface anything else through result()
-            self._error = LeptonError(grpc.StatusCode.INTERNAL, repr(exc))
+            self._error = LeptonError(repr(exc))
         finally:
             self._accepted.set()
             self._done.set()
@@ -173,7 +166,7 @@ class Client:
         try:
             return method(request, timeout=self.timeout or 30)
         except grpc.RpcError as exc:
-            raise LeptonError(exc.code(), exc.details() or "") from None
+            raise LeptonError.from_rpc(exc) from None
 
     # -- jobs --------------------------------------------------------------------------------
     def submit(self, op: str, inputs: np.ndarray | Mapping[str, np.ndarray] | None = None, *,
@@ -312,7 +305,7 @@ class Client:
         try:
             reply = self._stub.PutDataset(requests(), timeout=self.timeout)
         except grpc.RpcError as exc:
-            raise LeptonError(exc.code(), exc.details() or "") from None
+            raise LeptonError.from_rpc(exc) from None
         return Dataset(reply.dataset)
 
     def datasets(self) -> list[Dataset]:

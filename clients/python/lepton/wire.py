@@ -11,9 +11,9 @@ from typing import Any, Iterable, Iterator
 import crc32c
 import numpy as np
 
-from backends.errors import InvalidInput
-from backends.ops import TensorMeta
-from lepton.v1 import job_pb2, tensor_pb2
+from lepton.errors import InvalidInput, ResourceExhausted
+from lepton.contract import DeviceInfo, TensorMeta
+from lepton.v1 import coordinator_service_pb2, job_pb2, tensor_pb2
 
 CHUNK_BYTES = 1 << 20  # 1 MiB: fast on loopback, far below every client's 4 MiB message limit
 
@@ -85,7 +85,6 @@ class TensorAssembler:
         self.metas = [meta(h) for h in self.headers]
         total = sum(m.nbytes for m in self.metas)
         if max_bytes is not None and total > max_bytes:
-            from backends.errors import ResourceExhausted
             raise ResourceExhausted(f"the tensors total {total} bytes; this server accepts at most {max_bytes} "
                                     f"per request (raise --max-job-bytes, or load the data in parts)")
         self._buffers = [np.empty(m.nbytes, dtype=np.uint8) for m in self.metas]
@@ -178,16 +177,12 @@ def decode_params(params) -> dict[str, Any]:
     return out
 
 
-def device_to_proto(info) -> "coordinator_service_pb2.DeviceInfo":
-    from lepton.v1 import coordinator_service_pb2
-
+def device_to_proto(info: DeviceInfo) -> coordinator_service_pb2.DeviceInfo:
     return coordinator_service_pb2.DeviceInfo(name=info.name, kind=info.kind, description=info.description,
                                               memory_bytes=info.memory_bytes, ops=info.ops,
                                               throughput=info.throughput)
 
 
-def device_from_proto(message):
-    from backends.device import DeviceInfo
-
+def device_from_proto(message) -> DeviceInfo:
     return DeviceInfo(message.name, message.kind, message.description, message.memory_bytes, list(message.ops),
                       dict(message.throughput))
