@@ -9,7 +9,8 @@ from lepton.coordinator.coordinator import Config, Coordinator
 from lepton.coordinator import metrics
 from lepton.coordinator.server import serve
 from lepton.logs import configure, event
-from lepton.serving import NOT_SERVING, start_metrics, wait_for_stop_signal
+from lepton import lifecycle
+from lepton.serving import NOT_SERVING, start_metrics
 from lepton.tuning import keep_large_buffers_in_heap
 
 log = logging.getLogger("lepton.coordinator")
@@ -39,10 +40,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="input MiB of all unfinished jobs together (0: half the memory) [LEPTON_MAX_ACTIVE_MIB]")
     parser.add_argument("--agent-wait", type=float, default=float(env("LEPTON_AGENT_WAIT", 30)),
                         help="seconds a job waits for a capable agent before failing [LEPTON_AGENT_WAIT]")
+    lifecycle.add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     configure("coordinator")
+    parent = lifecycle.ParentGuard.from_env()
+    shutdown = lifecycle.Shutdown(args.shutdown_timeout)
     keep_large_buffers_in_heap()
     config = Config(tree_arity=args.tree_arity, target_partition_bytes=int(args.target_partition_mib * (1 << 20)),
                     heartbeat_timeout=args.heartbeat_timeout, max_job_bytes=int(args.max_job_mib * (1 << 20)),
@@ -59,9 +63,11 @@ def run(args: argparse.Namespace) -> int:
         with open(tmp, "w") as f:
             f.write(address)
         os.replace(tmp, args.ready_file)
-    wait_for_stop_signal()
-    event(log, "coordinator.stopping")
+    parent.watch(shutdown.request)
+    reason = shutdown.wait()
+    event(log, "coordinator.stopping", reason=reason, bound=shutdown.bound)
     health.set_all(NOT_SERVING)
+    shutdown.step("ending jobs")
     coordinator.stop()
-    server.stop(grace=3).wait()
+    shutdown.stop_server(server)
     return 0

@@ -5,12 +5,12 @@ import argparse
 import logging
 import os
 import socket
-import threading
 
 from lepton.backends.discovery import open_devices
 from lepton.logs import configure, event
 from lepton.tuning import keep_large_buffers_in_heap
-from lepton.serving import NOT_SERVING, start_metrics, wait_for_stop_signal
+from lepton import lifecycle
+from lepton.serving import NOT_SERVING, start_metrics
 from lepton.agent import metrics
 from lepton.agent.agent import Agent
 from lepton.agent.membership import MembershipClient
@@ -46,6 +46,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics-listen", default=env("LEPTON_AGENT_METRICS", "127.0.0.1:0"),
                         help="host:port of the Prometheus endpoint (port 0 picks one; 'off' disables) "
                              "[LEPTON_AGENT_METRICS]")
+    parser.add_argument("--coordinator-timeout", type=float,
+                        default=float(env("LEPTON_COORDINATOR_TIMEOUT", 600)),
+                        help="seconds without reaching the coordinator before the agent gives up and exits "
+                             "non-zero (0: retry forever) [LEPTON_COORDINATOR_TIMEOUT]")
+    lifecycle.add_arguments(parser)
     # Tests: sleep before each partition, uniformly in [0, MAX] or [MIN, MAX] ("MIN:MAX").
     parser.add_argument("--test-delay", type=_delay, default=_delay(env("LEPTON_TEST_DELAY", "0")),
                         help=argparse.SUPPRESS)
@@ -54,6 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     configure("agent")
     keep_large_buffers_in_heap()
+    parent = lifecycle.ParentGuard.from_env()  # before open_devices: mpi:N execs mpiexec, which keeps PDEATHSIG
     # Devices first: an MPI device may re-exec this process under mpiexec, before any thread exists.
     devices = open_devices(args.device or [os.environ.get("LEPTON_DEVICE", "numpy")])
     agent = Agent(devices, args.credits, args.test_delay, int(args.cache_mib * (1 << 20)))
@@ -63,18 +69,23 @@ def run(args: argparse.Namespace) -> int:
     metrics_address = start_metrics(args.metrics_listen)
     event(log, "agent.serving", address=address, devices=",".join(d.name for d in devices),
           credits=agent.credits, metrics=metrics_address or "off")
-    membership = MembershipClient(agent, args.coordinator, args.name, address, metrics_address)
+    shutdown = lifecycle.Shutdown(args.shutdown_timeout)
+    membership = MembershipClient(agent, args.coordinator, args.name, address, metrics_address,
+                                  coordinator_timeout=args.coordinator_timeout, on_give_up=shutdown.request)
     membership.start()
+    parent.watch(shutdown.request)
     broken: list[str] = []
-    stop = threading.Event()
     for device in devices:
-        device.on_failure = lambda reason, name=device.name: (broken.append(f"{name}: {reason}"), stop.set())
-    wait_for_stop_signal(stop)
+        device.on_failure = lambda reason, name=device.name: (broken.append(f"{name}: {reason}"),
+                                                              shutdown.request("device failed"))
+    reason = shutdown.wait()
     if broken:
         event(log, "agent.device_failed", level=logging.ERROR, reasons="; ".join(broken))
-    event(log, "agent.stopping", agent=membership.agent_id)
+    event(log, "agent.stopping", agent=membership.agent_id, reason=reason, bound=shutdown.bound)
     health.set_all(NOT_SERVING)
+    shutdown.step("leaving the cluster")
     membership.stop()
-    server.stop(grace=3).wait()
+    shutdown.stop_server(server)
+    shutdown.step("stopping devices")
     agent.stop()
-    return 1 if broken else 0
+    return 1 if broken or membership.gave_up else 0

@@ -1,8 +1,16 @@
-"""The agent's side of membership: join the coordinator, keep heartbeating, rejoin when forgotten."""
+"""The agent's side of membership: join the coordinator, keep heartbeating, rejoin when forgotten.
+
+While the coordinator cannot be reached, the agent retries with exponential backoff and full jitter
+(so a fleet of agents does not reconnect in lockstep after a coordinator restart). Once it has been
+unreachable for `coordinator_timeout` seconds (0: never), the agent gives up: `on_give_up` is called
+with the reason, and the agent exits non-zero.
+"""
 from __future__ import annotations
 
 import logging
+import random
 import threading
+import time
 
 import grpc
 
@@ -15,9 +23,14 @@ log = logging.getLogger("lepton.agent")
 
 
 class MembershipClient:
-    def __init__(self, agent: Agent, coordinator: str, name: str, address: str, metrics_address: str = ""):
+    BACKOFF_FIRST, BACKOFF_MAX = 0.1, 5.0
+
+    def __init__(self, agent: Agent, coordinator: str, name: str, address: str, metrics_address: str = "",
+                 coordinator_timeout: float = 0, on_give_up=lambda reason: None):
         self.agent, self.coordinator, self.name, self.address = agent, coordinator, name, address
         self.metrics_address = metrics_address
+        self.coordinator_timeout, self._on_give_up = coordinator_timeout, on_give_up
+        self.gave_up = ""  # why the agent stopped waiting for its coordinator, once it has
         self.agent_id: str | None = None
         self.interval = 0.5
         self._channel = grpc.insecure_channel(coordinator)
@@ -32,7 +45,7 @@ class MembershipClient:
         return [wire.device_to_proto(d.info()) for d in self.agent.devices]
 
     def _loop(self) -> None:
-        backoff = 0.1
+        backoff, last_contact = self.BACKOFF_FIRST, time.monotonic()
         while not self._stop.is_set():
             try:
                 if self.agent_id is None:
@@ -46,20 +59,32 @@ class MembershipClient:
                     event(log, "agent.forgotten", agent=self.agent_id)
                     self.agent_id = None
                     continue
-                backoff = 0.1
+                backoff, last_contact = self.BACKOFF_FIRST, time.monotonic()
                 self._stop.wait(self.interval)
             except grpc.RpcError as exc:
+                silent = time.monotonic() - last_contact
                 event(log, "coordinator.unreachable", level=logging.WARNING, coordinator=self.coordinator,
-                      code=exc.code().name)
-                self._stop.wait(backoff)
-                backoff = min(2.0, backoff * 2)
+                      code=exc.code().name, seconds=round(silent, 1))
+                if self.coordinator_timeout and silent >= self.coordinator_timeout:
+                    self.gave_up = (f"coordinator {self.coordinator} unreachable for {silent:.0f}s "
+                                    f"(--coordinator-timeout {self.coordinator_timeout:g}s); last error "
+                                    f"{exc.code().name}")
+                    event(log, "agent.coordinator_lost", level=logging.ERROR, reason=self.gave_up)
+                    self._on_give_up(self.gave_up)
+                    return
+                pause = random.uniform(0, backoff)
+                if self.coordinator_timeout:  # try once more right at the limit, not past it
+                    pause = min(pause, self.coordinator_timeout - silent)
+                self._stop.wait(pause)
+                backoff = min(self.BACKOFF_MAX, backoff * 2)
 
     def stop(self) -> None:
+        """Stop heartbeating and leave; quick, as it runs inside the agent's bounded shutdown."""
         self._stop.set()
-        self._thread.join(timeout=5)
-        if self.agent_id is not None:
+        self._thread.join(timeout=1)
+        if self.agent_id is not None and not self.gave_up:
             try:
-                self._stub.LeaveCluster(pb.LeaveClusterRequest(agent_id=self.agent_id), timeout=2)
+                self._stub.LeaveCluster(pb.LeaveClusterRequest(agent_id=self.agent_id), timeout=0.5)
             except grpc.RpcError:
                 pass  # the coordinator will expire us
         self._channel.close()

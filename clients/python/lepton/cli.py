@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 
+from lepton import lifecycle
 from lepton.client import Client, LeptonError, state_name
 
 DEFAULT_ADDRESS = os.environ.get("LEPTON_ADDRESS", "127.0.0.1:50051")
@@ -138,16 +139,30 @@ def cmd_run(args) -> int:
 def cmd_up(args) -> int:
     from lepton.local import LocalCluster
 
-    with LocalCluster(agents=args.agents, devices=args.device) as cluster:
+    # The children stop within most of our bound, so that we can still SIGKILL a straggler in it.
+    children = max(0.5, 0.8 * args.shutdown_timeout)
+    cluster = LocalCluster(agents=args.agents, devices=args.device, detach=args.detach,
+                           env={"LEPTON_SHUTDOWN_TIMEOUT": f"{children:g}"})
+    if args.detach:
+        cluster.start()
+        cluster.close_clients()
+        pids = " ".join(str(p.pid) for p in [cluster.coordinator, *cluster.agents])
+        print(f"lepton cluster up, detached: coordinator {cluster.address}, {args.agents} agent(s) with "
+              f"{args.device}; logs in {cluster.log_dir}")
+        print(f"stop it with: kill {pids}", flush=True)
+        return 0
+    shutdown = lifecycle.Shutdown(args.shutdown_timeout)  # before start: a SIGTERM while starting is bounded too
+    with cluster:
         print(f"lepton cluster up: coordinator {cluster.address}, {args.agents} agent(s) with {args.device}")
         print(f"try: lepton status --coordinator {cluster.address}    (Ctrl-C stops the cluster)", flush=True)
-        try:
-            while all(p.poll() is None for p in [cluster.coordinator, *cluster.agents]):
-                time.sleep(0.5)
-            print("a cluster process exited:\n" + cluster.logs(), file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            return 0
+        processes = [cluster.coordinator, *cluster.agents]
+        while not shutdown.stop.wait(0.5):
+            if any(p.poll() is not None for p in processes):
+                print("a cluster process exited:\n" + cluster.logs(), file=sys.stderr)
+                return 1
+        shutdown.step("stopping the cluster")
+        cluster.close(timeout=children)
+    return 0
 
 
 def cmd_trace(args) -> int:
@@ -243,6 +258,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("up", help="run a local cluster in the foreground until Ctrl-C")
     p.add_argument("--agents", type=int, default=2)
     p.add_argument("--device", default="numpy", help="device spec for every agent")
+    p.add_argument("--detach", action="store_true",
+                   help="start the cluster and return, leaving it running after this command ends "
+                        "(without it, the cluster ends with this command, however it ends)")
+    lifecycle.add_arguments(p)
     p.set_defaults(func=cmd_up)
 
     def with_address(p):

@@ -2,6 +2,9 @@
 
     with lepton.LocalCluster(agents=2) as cluster:
         print(cluster.client().sum(x))
+
+Its processes end with the process that started them, even one killed outright (lepton.lifecycle);
+`detach=True` asks for a cluster that outlives its starter (`lepton up --detach`).
 """
 from __future__ import annotations
 
@@ -13,12 +16,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from lepton import lifecycle
 from lepton.client import Client, LeptonError
 
 
 class LocalCluster:
     def __init__(self, agents: int = 2, devices: str | list[str] = "numpy", *, coordinator_args: list[str] = (),
-                 agent_args: list[str] = (), env: dict[str, str] | None = None, startup_timeout: float = 60):
+                 agent_args: list[str] = (), env: dict[str, str] | None = None, startup_timeout: float = 60,
+                 detach: bool = False):
         per_agent = [devices] * agents if isinstance(devices, str) else list(devices)
         if len(per_agent) != agents:
             raise ValueError(f"devices lists {len(per_agent)} specs for {agents} agents")
@@ -31,8 +36,10 @@ class LocalCluster:
         self._env = {**os.environ, **(env or {})}
         self._agent_env = {**blas, **self._env}  # what the caller set wins
         self._timeout = startup_timeout
-        self._dir = tempfile.TemporaryDirectory(prefix="lepton-")
-        self.log_dir = Path(self._dir.name)
+        self.detach = detach
+        # A detached cluster keeps its logs after this process is gone.
+        self._dir = None if detach else tempfile.TemporaryDirectory(prefix="lepton-")
+        self.log_dir = Path(tempfile.mkdtemp(prefix="lepton-") if detach else self._dir.name)
         self.coordinator: subprocess.Popen | None = None
         self.agents: list[subprocess.Popen] = []
         self.address = ""
@@ -48,8 +55,9 @@ class LocalCluster:
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
         log = open(self.log_dir / f"{name}.log", "ab")
+        env = {**(env or self._env), **lifecycle.child_env(self.detach)}  # die with us, unless detached
         return subprocess.Popen([sys.executable, "-m", "lepton", *args], stdin=subprocess.DEVNULL, stdout=log,
-                                stderr=subprocess.STDOUT, env=env or self._env, start_new_session=True)
+                                stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
     def start(self) -> None:
         ready = self.log_dir / "coordinator.address"
@@ -112,20 +120,26 @@ class LocalCluster:
         self._clients.append(client)
         return client
 
-    def close(self) -> None:
+    def close_clients(self) -> None:
         for client in self._clients:
             client.close()
         self._clients.clear()
+
+    def close(self, timeout: float = 15) -> None:
+        """Stop every process: SIGTERM, and SIGKILL for any still running `timeout` seconds later."""
+        self.close_clients()
         processes = [p for p in [*self.agents, self.coordinator] if p is not None and p.poll() is None]
         for process in processes:
             os.killpg(process.pid, signal.SIGTERM)
+        end = time.monotonic() + timeout
         for process in processes:
             try:
-                process.wait(timeout=15)
+                process.wait(timeout=max(0.0, end - time.monotonic()))
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
-        self._dir.cleanup()
+        if self._dir is not None:
+            self._dir.cleanup()
 
 
 __all__ = ["LocalCluster", "LeptonError"]
