@@ -62,6 +62,13 @@ def children_of(pid: int) -> list[int]:
     return found
 
 
+def descendants(pid: int) -> list[int]:
+    found = []
+    for child in children_of(pid):
+        found += [child, *descendants(child)]
+    return found
+
+
 def kill_all(pids) -> None:
     for pid in pids:
         try:
@@ -198,7 +205,7 @@ HOLDER = textwrap.dedent("""
     import lepton
 
     def start():
-        cluster = lepton.LocalCluster(agents=2)
+        cluster = lepton.LocalCluster(agents=2, devices=sys.argv[2])
         cluster.start()
         print(json.dumps([cluster.coordinator.pid, *(a.pid for a in cluster.agents)]), flush=True)
         return cluster
@@ -208,23 +215,39 @@ HOLDER = textwrap.dedent("""
         spawner = threading.Thread(target=lambda: box.append(start()))
         spawner.start()
         spawner.join()
-        print("thread done", flush=True)
+        # Had PDEATHSIG been tied to the spawning thread, the cluster would be stopping by now.
+        print("thread done", float(box[0].client(timeout=30).sum([1.0, 2.0])), flush=True)
     else:
         start()
     sys.stdin.read()  # hold the cluster until killed
 """)
 
 
-@pytest.mark.parametrize("spawned_from", ["main", "thread"])
-def test_a_local_cluster_dies_with_the_process_that_made_it(spawned_from):
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, spawned_from], stdin=subprocess.PIPE,
+def _mpiexec() -> bool:
+    try:
+        import mpi4py  # noqa: F401
+        from lepton.backends.mpi.launch import find_mpiexec
+
+        return bool(find_mpiexec())
+    except Exception:  # noqa: BLE001 - no MPI here
+        return False
+
+
+@pytest.mark.parametrize("spawned_from, devices", [
+    ("main", "numpy"),
+    ("thread", "numpy"),
+    # An mpi:N agent is mpiexec, its proxy and the ranks: all of them must go.
+    pytest.param("main", "mpi:2", marks=pytest.mark.skipif(not _mpiexec(), reason="needs mpi4py and mpiexec")),
+])
+def test_a_local_cluster_dies_with_the_process_that_made_it(spawned_from, devices):
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, spawned_from, devices], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)
     pids = []
     try:
-        pids = json.loads(holder.stdout.readline())
+        started = json.loads(holder.stdout.readline())
+        pids = sorted({*started, *(d for pid in started for d in descendants(pid))})
         if spawned_from == "thread":
-            assert holder.stdout.readline().strip() == "thread done"
-            # The spawning thread has ended (PDEATHSIG would fire now): the cluster must live on.
+            assert holder.stdout.readline().split() == ["thread", "done", "3.0"]  # exact: two small integers
             assert all(alive(pid) for pid in pids)
         holder.kill()
         holder.wait(timeout=GENEROUS)
