@@ -46,9 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 class Shutdown:
     """The stop signals of a server process, and the bound on how long stopping may take."""
 
-    def __init__(self, bound: float, stop: threading.Event | None = None):
+    def __init__(self, bound: float):
         self.bound = max(0.1, bound)
-        self.stop = stop or threading.Event()
+        self.stop = threading.Event()  # set by the first `request`
         self.reason = ""
         self.deadline: float | None = None
         self._step = "waiting"
@@ -79,8 +79,6 @@ class Shutdown:
         """Block until asked to stop; returns why."""
         while not self.stop.wait(1.0):  # a timed wait, so the signal handlers run promptly
             pass
-        if self.deadline is None:  # `stop` was set directly
-            self.request("stop requested")
         return self.reason
 
     def step(self, name: str) -> None:

@@ -56,16 +56,6 @@ def add_standard_services(server: grpc.Server, services: list[str]) -> Health:
     return health
 
 
-def wait_for_stop_signal(stop: threading.Event | None = None) -> None:
-    """Block until SIGTERM or SIGINT (Ctrl-C), or until `stop` is set."""
-    import signal
-
-    stop = stop or threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
-
-
 def start_metrics(listen: str) -> str:
     """Serve Prometheus text metrics on host:port (port 0 picks one); returns the bound address."""
     if not listen or listen == "off":
