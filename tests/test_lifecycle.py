@@ -318,3 +318,29 @@ def test_an_agent_whose_coordinator_is_gone_for_good_exits_and_says_why():
         log = (cluster.log_dir / "agent-0.log").read_text()
         assert "event=agent.coordinator_lost" in log and "--coordinator-timeout 2s" in log, log[-2000:]
         assert "event=agent.stopping" in log
+
+
+def test_an_agent_rejoins_a_coordinator_that_comes_back_within_its_timeout(tmp_path):
+    with lepton.LocalCluster(agents=1, agent_args=["--coordinator-timeout", "600"]) as cluster:
+        cluster.coordinator.kill()
+        cluster.coordinator.wait(timeout=GENEROUS)
+        log = cluster.log_dir / "agent-0.log"
+        wait_until(lambda: "event=coordinator.unreachable" in log.read_text(), "the agent to miss its coordinator")
+        with open(tmp_path / "coordinator.log", "wb") as out:
+            again = subprocess.Popen([sys.executable, "-m", "lepton", "coordinator", "--listen", cluster.address],
+                                     stdout=out, stderr=subprocess.STDOUT)
+        try:
+            with lepton.Client(cluster.address, timeout=10) as client:
+                wait_until(lambda: _agents(client) == 1, "the agent to join the new coordinator")
+                assert float(client.sum(np.arange(10.0))) == 45.0  # exact: small integers in float64
+        finally:
+            again.terminate()
+            again.wait(timeout=GENEROUS)
+        assert cluster.agents[0].poll() is None  # still serving
+
+
+def _agents(client) -> int:
+    try:
+        return len(client.cluster_status().agents)
+    except lepton.LeptonError:  # the new coordinator is not serving yet
+        return 0
