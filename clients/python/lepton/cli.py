@@ -2,15 +2,22 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import shutil
 import sys
 import time
 
-import numpy as np
 
-from lepton.client import Client, LeptonError, state_name
+def _lazy(module: str, name: str):
+    """`module.name`, imported when first called: `lepton --help` needs neither gRPC nor NumPy, and only
+    the command that runs a server loads that server's stack."""
+    return lambda *args, **kwargs: getattr(importlib.import_module(module), name)(*args, **kwargs)
+
+
+Client = _lazy("lepton.client", "Client")
+state_name = _lazy("lepton.client", "state_name")
 
 DEFAULT_ADDRESS = os.environ.get("LEPTON_ADDRESS", "127.0.0.1:50051")
 
@@ -103,6 +110,8 @@ def run_with_progress(job, description: str, quiet: bool = False) -> dict:
 
 
 def cmd_run(args) -> int:
+    import numpy as np
+
     inputs = {"x": args.file} if args.file else {}
     for item in args.input:
         name, _, path = item.partition("=")
@@ -187,6 +196,8 @@ def cmd_devices(args) -> int:
 
 
 def cmd_put(args) -> int:
+    import numpy as np
+
     array = np.asarray(np.load(args.file, mmap_mode="r"))
     with Client(args.coordinator) as client:
         dataset = client.put(args.name, array, partitioning=args.partitioning, partitions=args.partitions,
@@ -226,19 +237,20 @@ def cmd_cancel(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from lepton.coordinator import main as coordinator_main
-    from lepton.agent import main as agent_main
+    # The servers' flags live apart from their code (flags.py): listing them loads no server.
+    from lepton.agent import flags as agent_flags
+    from lepton.coordinator import flags as coordinator_flags
 
     parser = argparse.ArgumentParser(prog="lepton", description="Lepton compute fabric")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("coordinator", help="serve a coordinator")
-    coordinator_main.add_arguments(p)
-    p.set_defaults(func=coordinator_main.run)
+    coordinator_flags.add_arguments(p)
+    p.set_defaults(func=_lazy("lepton.coordinator.main", "run"))
 
     p = sub.add_parser("agent", help="serve a node agent and join a coordinator")
-    agent_main.add_arguments(p)
-    p.set_defaults(func=agent_main.run)
+    agent_flags.add_arguments(p)
+    p.set_defaults(func=_lazy("lepton.agent.main", "run"))
 
     p = sub.add_parser("up", help="run a local cluster in the foreground until Ctrl-C")
     p.add_argument("--agents", type=int, default=2)
@@ -305,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--agents", type=int, default=2)
     p.add_argument("--device", default="numpy", help="device spec for every agent")
     p.add_argument("--rows", type=int, default=50_000_000, help="values in the main demo array")
-    p.set_defaults(func=lambda a: __import__("lepton.demo", fromlist=["run"]).run(a))
+    p.set_defaults(func=_lazy("lepton.demo", "run"))
     return parser
 
 
@@ -313,7 +325,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except LeptonError as exc:
+    except Exception as exc:
+        from lepton.errors import LeptonError  # here, not at the top: `lepton --help` needs no gRPC
+
+        if not isinstance(exc, LeptonError):
+            raise
         hint = ""
         if exc.code.name == "UNAVAILABLE" and "connect" in exc.details.lower():
             hint = " (is a coordinator running there? start one with `lepton up` or `lepton coordinator`)"
