@@ -94,6 +94,12 @@ def mixed_answers(mixed_client):
     return answers
 
 
+def test_the_mpi_and_numpy_devices_advertise_the_same_ops(mixed_client):
+    ops = {d.kind: list(d.ops) for a in mixed_client.cluster_status().agents for d in a.devices}
+    assert ops["mpi"] == ops["numpy"]
+    assert "matmul" not in ops["mpi"]  # abstract: it only picks matmul.rows or matmul.inner
+
+
 @pytest.mark.parametrize("cluster", ["mpi", "mixed"])
 def test_every_op_equals_numpy(cluster, mpi_answers, mixed_answers):
     answers = mpi_answers if cluster == "mpi" else mixed_answers

@@ -17,8 +17,6 @@ from lepton.contract import TensorMeta  # noqa: F401 - ops take and re-export it
 Partial = dict[str, np.ndarray]
 Params = dict[str, Any]
 
-empty_partial: Partial = {}
-
 
 class Op:
     """Base class. Subclasses set `name` and the input names and override the hooks."""
