@@ -22,8 +22,19 @@ state_name = _lazy("lepton.client", "state_name")
 DEFAULT_ADDRESS = os.environ.get("LEPTON_ADDRESS", "127.0.0.1:50051")
 
 
-def table(headers: list[str], rows: list[list]) -> str:
-    cells = [headers] + [[str(c) for c in row] for row in rows]
+CELL_WIDTH = 64  # characters; wider cells end in "…" (--json has everything)
+
+
+def _cell(value, width: int) -> str:
+    """One line of at most `width` printable characters: names and descriptions come from agents."""
+    text = "".join(c if c.isprintable() else "?" for c in str(value))
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def table(headers: list[str], rows: list[list], limits: dict[str, int] | None = None) -> str:
+    """Aligned columns, each cell capped at CELL_WIDTH characters, or at limits[header]."""
+    caps = [(limits or {}).get(h, CELL_WIDTH) for h in headers]
+    cells = [headers] + [[_cell(c, cap) for c, cap in zip(row, caps)] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -58,7 +69,8 @@ def cmd_status(args) -> int:
           f"{status.jobs_running} job(s) running, {status.jobs_total} known; "
           f"metrics at http://{status.metrics_address or '-'}/metrics")
     if rows:
-        print(table(["AGENT", "NAME", "ADDRESS", "IN FLIGHT", "HEARTBEAT", "DEVICE", "MODEL", "OPS", "MEASURED"], rows))
+        print(table(["AGENT", "NAME", "ADDRESS", "IN FLIGHT", "HEARTBEAT", "DEVICE", "MODEL", "OPS", "MEASURED"], rows,
+                    limits={"OPS": 4 * CELL_WIDTH, "MEASURED": 4 * CELL_WIDTH}))  # every op, as a rule
     else:
         print("no agents: start one with `lepton agent --coordinator ADDRESS`")
     if jobs:
@@ -71,7 +83,7 @@ def jobs_table(jobs) -> str:
     return table(["JOB", "OP", "LABEL", "STATE", "PARTITIONS", "MB", "SECONDS", "ERROR"],
                  [[j.job_id, j.op, j.label, state_name(j), f"{j.partitions_done}/{j.partitions_total}",
                    f"{j.bytes_total / 1e6:.1f}", f"{(j.finished_at or time.time()) - j.submitted_at:.2f}",
-                   f"{j.error_code} {j.error_message}".strip()] for j in jobs])
+                   f"{j.error_code} {j.error_message}".strip()] for j in jobs], limits={"ERROR": 4 * CELL_WIDTH})
 
 
 def cmd_jobs(args) -> int:
