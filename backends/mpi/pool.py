@@ -214,9 +214,7 @@ def _compute(op: Op, header: dict, local: dict[str, np.ndarray], rank: int) -> N
                                 row_shift=first * per_block).items())
     if stop == start:
         return []
-    if op.needs_row_offset:
-        params = {**params, "row_offset": params["row_offset"] + start}
-    return [((rank, rank + 1), op.reference(local, params))]
+    return [((rank, rank + 1), op.reference(local, op.params_at_row(params, start)))]
 
 
 def _error_text(exc: BaseException) -> str:

@@ -60,6 +60,11 @@ class Op:
         """Length of the split dimension."""
         return inputs[self.split_inputs[0]].shape[self.split_axis]
 
+    def params_at_row(self, params: Params, start: int) -> Params:
+        """The params for rows [start, ...) of what `params` cover: row_offset moves on by `start` for
+        ops whose kernels read it (needs_row_offset); the others get `params` unchanged."""
+        return {**params, "row_offset": params["row_offset"] + start} if self.needs_row_offset else params
+
     def take(self, source: dict[str, np.ndarray], start: int, stop: int) -> dict[str, np.ndarray]:
         """One partition's share of the split inputs: rows [start, stop) along the split axis."""
         index = (slice(None),) * self.split_axis + (slice(start, stop),)
