@@ -1,4 +1,4 @@
-"""The import direction (ARCHITECTURE.md, "Layers"), checked over the module graph of the source tree,
+"""The import direction (ARCHITECTURE.md §2), checked over the module graph of the source tree,
 and what a command or a plain `import lepton` really loads, checked in fresh interpreters.
 
     contract and wire  <-  backends  <-  coordinator, agent (not each other)  <-  CLI

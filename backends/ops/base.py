@@ -1,4 +1,4 @@
-"""The contract every op implements (DESIGN.md §3).
+"""The contract every op implements (ARCHITECTURE.md §5).
 
 An op is validated once at the coordinator, its split inputs are cut into partitions along axis 0,
 each partition becomes a *partial* on some device, partials are combined pairwise by an associative
