@@ -138,3 +138,12 @@ def test_help_loads_neither_grpc_nor_numpy_nor_a_server():
 def test_client_commands_load_no_device_library_and_no_server(clusters, command):
     code = (f"from lepton.cli import main\nassert main({[*command, '--coordinator', clusters[1].address]!r}) == 0")
     assert roots(loaded_after(code)) == {"grpc", "numpy"}
+
+
+def test_every_package_of_the_tree_is_installed():
+    """pyproject.toml lists the packages by hand (package-dir maps several folders into one namespace):
+    a new subpackage left out of the list would be missing from every non-editable install."""
+    tomllib = pytest.importorskip("tomllib")
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    packages = {name for name, path in modules().items() if path.name == "__init__.py"}
+    assert packages == listed

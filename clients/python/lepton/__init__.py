@@ -13,15 +13,17 @@ from typing import TYPE_CHECKING
 
 _HOMES = {"Client": "lepton.client", "Dataset": "lepton.client", "Job": "lepton.client",
           "LocalCluster": "lepton.local",
-          **{name: "lepton.errors" for name in ("AlreadyExists", "FailedPrecondition", "InvalidInput", "LeptonError",
-                                                "NotFound", "ResourceExhausted", "Unavailable")}}
+          **{name: "lepton.errors" for name in ("AlreadyExists", "Cancelled", "DeadlineExceeded", "FailedPrecondition",
+                                                "InvalidInput", "LeptonError", "NotFound", "PermissionDenied",
+                                                "ResourceExhausted", "Unauthenticated", "Unavailable")}}
 
 __all__ = sorted(_HOMES)
 
 if TYPE_CHECKING:
     from lepton.client import Client, Dataset, Job
-    from lepton.errors import (AlreadyExists, FailedPrecondition, InvalidInput, LeptonError, NotFound,
-                               ResourceExhausted, Unavailable)
+    from lepton.errors import (AlreadyExists, Cancelled, DeadlineExceeded, FailedPrecondition, InvalidInput,
+                               LeptonError, NotFound, PermissionDenied, ResourceExhausted, Unauthenticated,
+                               Unavailable)
     from lepton.local import LocalCluster
 
 
