@@ -273,7 +273,7 @@ def driver(mode: str, spec: str) -> None:
             say(error=None)
         except LeptonError as exc:
             after = int(device.run(REGISTRY["count"], {"x": x}, {})["count"])  # the pool stays usable
-            say(error=str(exc), type=type(exc).__name__, code=exc.code, after=after)
+            say(error=str(exc), type=type(exc).__name__, code=exc.code.name, after=after)
     elif mode == "exit":
         start = time.monotonic()
         results = []
