@@ -147,3 +147,14 @@ def test_every_package_of_the_tree_is_installed():
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     packages = {name for name, path in modules().items() if path.name == "__init__.py"}
     assert packages == listed
+
+
+@pytest.mark.parametrize("kind, library", [("opencl", "pyopencl"), ("mpi", "mpi4py")])
+def test_a_device_kind_without_its_extra_says_which_extra(kind, library):
+    """A base install has no pyopencl or mpi4py: asking for their devices names the extra to install."""
+    code = (f"import sys\nsys.modules[{library!r}] = None  # as if the extra were not installed\n"
+            "from lepton.backends.discovery import open_devices\nfrom lepton.errors import FailedPrecondition\n"
+            f"try:\n    open_devices([{kind!r}])\nexcept FailedPrecondition as exc:\n    print(exc)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert f"pip install 'lepton[{kind}]'" in out.stdout
