@@ -33,7 +33,8 @@ def check_join(name: str, address: str, metrics_address: str) -> None:
         match = _ADDRESS.fullmatch(value)
         if match is None or not 1 <= int(match["port"]) <= 65535:
             raise InvalidInput(f"JoinCluster: {field_name} must be host:port (a DNS name, IPv4 or [IPv6] address "
-                               f"and a port in 1..65535); got {value[:80]!r}")
+                               f"and a port in 1..65535); got {value[:80]!r} (an agent sends what --advertise, "
+                               f"--listen or --metrics-listen say)")
 
 
 @dataclass(eq=False)  # identity: one record per membership
