@@ -43,8 +43,7 @@ def fold_blocks(op: Op, compute: Compute, inputs: dict[str, np.ndarray], params:
     for b in range(first, last):
         start, stop = b * per_block, min((b + 1) * per_block, rows)
         block = {**inputs, **op.take(inputs, start - row_shift, stop - row_shift)}
-        block_params = {**params, "row_offset": params["row_offset"] + start} if op.needs_row_offset else params
-        aggregator.add(b, b + 1, compute(block, block_params) if stop > start else {})
+        aggregator.add(b, b + 1, compute(block, op.params_at_row(params, start)) if stop > start else {})
     return aggregator.done
 
 

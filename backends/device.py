@@ -1,4 +1,4 @@
-"""The common device interface (DESIGN.md §6).
+"""The common device interface (ARCHITECTURE.md §8).
 
 A device has a name, a kind, memory, the ops it implements and a measured throughput per op, and
 runs one op on one partition's inputs. Backends subclass `Device` and fill `kernels`; everything

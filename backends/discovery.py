@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Callable
 
 from lepton.backends.device import Device
-from lepton.errors import InvalidInput
+from lepton.errors import FailedPrecondition, InvalidInput
 from lepton.backends.numpy_device import NumpyDevice
 
 
@@ -27,14 +27,16 @@ def _positive_int(text: str, kind: str) -> int:
 
 # Backends register a factory here: kind -> (argument after ':', index of the first new device).
 FACTORIES: dict[str, Callable[[str | None, int], list[Device]]] = {"numpy": _numpy}
+# Kinds whose backend did not import here (its extra is not installed), with the reason.
+MISSING: dict[str, str] = {}
 
 
 def _load_optional_backends() -> None:
-    for module in ("lepton.backends.opencl", "lepton.backends.mpi"):
+    for kind in ("opencl", "mpi"):
         try:
-            __import__(module)
-        except ImportError:
-            pass  # the backend is not installed here; its kind stays unknown
+            __import__(f"lepton.backends.{kind}")
+        except ImportError as exc:
+            MISSING[kind] = str(exc)
 
 
 def open_devices(specs: list[str]) -> list[Device]:
@@ -47,6 +49,9 @@ def open_devices(specs: list[str]) -> list[Device]:
             continue
         kind, _, arg = spec.partition(":")
         factory = FACTORIES.get(kind)
+        if factory is None and kind in MISSING:
+            raise FailedPrecondition(f"device kind {kind!r} is not installed here ({MISSING[kind]}); install it "
+                                     f"with pip install 'lepton[{kind}]'")
         if factory is None:
             raise InvalidInput(f"unknown device kind {kind!r} in {spec!r}; known: {', '.join(sorted(FACTORIES))}")
         same_kind = sum(d.kind == kind for d in devices)

@@ -6,7 +6,7 @@ import platform
 
 from lepton.backends.blocks import run_blocked
 from lepton.backends.device import Device
-from lepton.backends.ops import REGISTRY, Op
+from lepton.backends.ops import Op, runnable
 
 
 def physical_memory() -> int:
@@ -25,7 +25,7 @@ def reference_kernel(op: Op):
 
 class NumpyDevice(Device):
     kind = "numpy"
-    kernels = {name: reference_kernel(op) for name, op in REGISTRY.items() if not op.abstract}
+    kernels = {name: reference_kernel(op) for name, op in runnable().items()}
 
     def __init__(self, index: int = 0):
         super().__init__(f"numpy:{index}", f"NumPy on {platform.processor() or platform.machine()}",

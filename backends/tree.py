@@ -1,4 +1,4 @@
-"""The deterministic aggregation tree (DESIGN.md §4).
+"""The deterministic aggregation tree (ARCHITECTURE.md §6).
 
 A fixed k-ary tree over P partition indices: the node at level L, index j covers partitions
 [j*k^L, min((j+1)*k^L, P)). A node's value is the left fold of its children's values, so the

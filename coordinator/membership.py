@@ -3,15 +3,38 @@ from __future__ import annotations
 
 import itertools
 import logging
+import re
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from lepton.backends.device import DeviceInfo
+from lepton.contract import DeviceInfo
+from lepton.errors import InvalidInput
 from lepton.logs import event
 
 log = logging.getLogger("lepton.coordinator")
+
+
+MAX_NAME = 128
+# host:port with a DNS name, an IPv4 address or a bracketed IPv6 address (what gRPC dials).
+_ADDRESS = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]{1,253}):(?P<port>[0-9]{1,5})")
+
+
+def check_join(name: str, address: str, metrics_address: str) -> None:
+    """Reject a join whose name or addresses are not what an agent sends (InvalidInput): they are
+    shown by `lepton status` and dialled by the coordinator, so arbitrary bytes must not get in."""
+    if not name or len(name) > MAX_NAME or not name.isprintable():
+        raise InvalidInput(f"JoinCluster: name must be 1 to {MAX_NAME} printable characters; got {name[:40]!r}"
+                           f"{'...' if len(name) > 40 else ''} ({len(name)} characters)")
+    for field_name, value, required in (("address", address, True), ("metrics_address", metrics_address, False)):
+        if not value and not required:
+            continue
+        match = _ADDRESS.fullmatch(value)
+        if match is None or not 1 <= int(match["port"]) <= 65535:
+            raise InvalidInput(f"JoinCluster: {field_name} must be host:port (a DNS name, IPv4 or [IPv6] address "
+                               f"and a port in 1..65535); got {value[:80]!r} (an agent sends what --advertise, "
+                               f"--listen or --metrics-listen say)")
 
 
 @dataclass(eq=False)  # identity: one record per membership
@@ -46,12 +69,9 @@ class Membership:
         with self._lock:
             return list(self._agents.values())
 
-    def get(self, agent_id: str) -> Agent | None:
-        with self._lock:
-            return self._agents.get(agent_id)
-
     def join(self, name: str, address: str, devices: list[DeviceInfo], credits: int,
              metrics_address: str = "") -> Agent:
+        check_join(name, address, metrics_address)
         with self._lock:
             agent = Agent(f"agent-{next(self._ids)}", name, address, devices, max(1, credits),
                           self._make_link(address), metrics_address)

@@ -200,11 +200,12 @@ class AgentRegistryServicer(agent_grpc.AgentRegistryServiceServicer):
         self.c = coordinator
 
     def JoinCluster(self, request, context):
-        if not request.address:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "JoinCluster needs the agent's address (host:port)")
-        agent = self.c.membership.join(request.name, request.address,
-                                       [wire.device_from_proto(d) for d in request.devices], request.credits,
-                                       request.metrics_address)
+        try:
+            agent = self.c.membership.join(request.name, request.address,
+                                           [wire.device_from_proto(d) for d in request.devices], request.credits,
+                                           request.metrics_address)
+        except LeptonError as exc:
+            abort(context, exc)
         return agent_pb.JoinClusterResponse(agent_id=agent.id,
                                             heartbeat_interval_seconds=self.c.config.heartbeat_interval)
 

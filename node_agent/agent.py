@@ -43,8 +43,7 @@ def run_in_pieces(device: Device, op: Op, inputs: dict[str, np.ndarray], params:
     halves = []
     for start, stop in ((0, rows // 2), (rows // 2, rows)):
         piece = {**inputs, **op.take(inputs, start, stop)}
-        piece_params = {**params, "row_offset": params["row_offset"] + start} if op.needs_row_offset else params
-        halves.append(run_in_pieces(device, op, piece, piece_params, depth + 1))
+        halves.append(run_in_pieces(device, op, piece, op.params_at_row(params, start), depth + 1))
     return op.combine(*halves)
 
 

@@ -7,7 +7,7 @@ import tempfile
 import numpy as np
 import pytest
 
-# PoCL's own kernel cache served stale binaries once (DESIGN.md §6): one fresh cache per test run.
+# PoCL's own kernel cache served stale binaries once (ARCHITECTURE.md §8): one fresh cache per test run.
 _CACHE = tempfile.mkdtemp(prefix="lepton-test-cache-")
 os.environ.setdefault("POCL_CACHE_DIR", os.path.join(_CACHE, "pocl"))
 os.environ.setdefault("LEPTON_OPENCL_CACHE", os.path.join(_CACHE, "opencl"))

@@ -46,3 +46,41 @@ def opencl_test_device():
     except LeptonError:
         pytest.skip(f"no OpenCL device matches {selector!r}", allow_module_level=True)
     return device, f"opencl:{all_devices().index(device)}"
+
+
+# -- whole-op checks, run by the catalog tests of every device kind on data sized for that device --------
+
+def check_pca(client, x, **kw):
+    """PCA of x + 100 (an offset mean: centring must not cancel) against the eigenvectors of NumPy's
+    covariance; components are equal up to sign."""
+    pca = client.pca(x + 100, k=4, **kw)
+    values, vectors = np.linalg.eigh(np.cov(x.T))
+    close(pca["explained_variance"], values[::-1][:4], rtol=1e-9)
+    for got, want in zip(pca["components"], vectors[:, ::-1].T):
+        assert min(np.abs(got - want).max(), np.abs(got + want).max()) < 1e-8
+    close(pca["mean"], x.mean(axis=0) + 100)
+
+
+def check_topk(client, x, **kw):
+    """topk of an int64 matrix with many ties (k=7, largest) and of its first column as float32 (k=4,
+    smallest): exact values, indices into the whole input, ties broken by the lower row."""
+    values, indices = client.topk(x, k=7, **kw)
+    assert np.array_equal(values, -np.sort(-x, axis=0, kind="stable")[:7])
+    assert np.array_equal(np.take_along_axis(x, indices, axis=0), values)
+    order = np.lexsort((np.arange(len(x))[:, None].repeat(x.shape[1], 1), -x), axis=0)[:7]
+    assert np.array_equal(indices, order)
+    values, indices = client.topk(x[:, 0].astype(np.float32), k=4, largest=False, **kw)
+    assert np.array_equal(values, np.sort(x[:, 0])[:4].astype(np.float32))
+    assert np.array_equal(x[indices, 0], values)
+
+
+def check_kmeans(client, x, start, max_iter, **kw):
+    """k-means from `start` equals plain Lloyd iterations (1e-9 of |centroid| + 1: the same arithmetic up
+    to summation order); k-means++ seeding on a sample gets within 20% of that inertia."""
+    got = client.kmeans(x, centroids=start, max_iter=max_iter, tol=1e-9, **kw)
+    want, iterations = lloyd(x, start, max_iter, 1e-9)
+    close(got["centroids"], want, np.abs(want) + 1, 1e-9)
+    assert got["iterations"] == iterations
+    assert got["counts"].sum() == len(x)
+    seeded = client.kmeans(x, k=len(start), seed=3, max_iter=max_iter, **kw)
+    assert seeded["inertia"] <= 1.2 * got["inertia"]

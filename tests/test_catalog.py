@@ -8,7 +8,7 @@ import urllib.request
 
 import grpc
 import numpy as np
-from references import close, csr, lloyd
+from references import check_kmeans, check_pca, check_topk, close, csr
 import pytest
 
 import lepton
@@ -69,38 +69,18 @@ def test_gram_lstsq_pca(client, rng):
     close(g["xtx"], x.T @ x, np.abs(x).T @ np.abs(x))
     close(g["xty"], x.T @ y, np.abs(x).T @ np.abs(y))
     close(client.lstsq(x, y), np.linalg.lstsq(x, y, rcond=None)[0], rtol=1e-6)  # normal equations: cond^2
-    pca = client.pca(x + 100, k=4, partitions=6)  # an offset mean: centring must not cancel
-    values, vectors = np.linalg.eigh(np.cov(x.T))
-    close(pca["explained_variance"], values[::-1][:4], rtol=1e-9)
-    for got, want in zip(pca["components"], vectors[:, ::-1].T):
-        assert min(np.abs(got - want).max(), np.abs(got + want).max()) < 1e-8  # equal up to sign
-    close(pca["mean"], x.mean(axis=0) + 100)
+    check_pca(client, x, partitions=6)
 
 
 def test_topk(client, rng):
-    x = rng.integers(-50, 50, size=(3000, 3)).astype(np.int64)  # many ties
-    values, indices = client.topk(x, k=7, partitions=9)
-    assert np.array_equal(values, -np.sort(-x, axis=0, kind="stable")[:7])
-    assert np.array_equal(np.take_along_axis(x, indices, axis=0), values)
-    order = np.lexsort((np.arange(3000)[:, None].repeat(3, 1), -x), axis=0)[:7]
-    assert np.array_equal(indices, order)  # ties: the lower row first
-    values, _ = client.topk(x[:, 0].astype(np.float32), k=4, largest=False)
-    assert np.array_equal(values, np.sort(x[:, 0])[:4].astype(np.float32))
+    check_topk(client, rng.integers(-50, 50, size=(3000, 3)).astype(np.int64), partitions=9)
 
 
 
 
 def test_kmeans_matches_numpy_lloyd_from_the_same_start(client, rng):
     x = np.concatenate([rng.normal(c, 0.7, size=(3000, 3)) for c in rng.uniform(-6, 6, size=(5, 3))])
-    start = x[rng.choice(len(x), 5, replace=False)]
-    got = client.kmeans(x, centroids=start, max_iter=30, tol=1e-9, partitions=8)
-    want, iterations = lloyd(x, start, 30, 1e-9)
-    close(got["centroids"], want, np.abs(want) + 1, 1e-9)
-    assert got["iterations"] == iterations
-    assert got["counts"].sum() == len(x)
-    # k-means++ seeding on a sample finds the five blobs.
-    seeded = client.kmeans(x, k=5, seed=3)
-    assert seeded["inertia"] <= 1.2 * (got["inertia"])
+    check_kmeans(client, x, x[rng.choice(len(x), 5, replace=False)], 30, partitions=8)
 
 
 def bytes_sent(client):

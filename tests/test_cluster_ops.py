@@ -1,4 +1,5 @@
-"""Every op through a real cluster (processes, gRPC) equals NumPy, on 1-3 agents, for each partitioning."""
+"""Every reduction through a real cluster (processes, gRPC) equals NumPy, on 1-3 agents, for each partitioning;
+the client's convenience methods and job progress. (The op catalog: test_catalog.py.)"""
 import numpy as np
 import pytest
 
@@ -18,7 +19,7 @@ def data(rng, dtype, shape):
 
 @pytest.mark.parametrize("agents", [1, 2, 3])
 @pytest.mark.parametrize("scheme", SCHEMES)
-def test_every_op_matches_numpy(clusters, agents, scheme, rng):
+def test_every_reduction_matches_numpy(clusters, agents, scheme, rng):
     client = clusters[agents].client(timeout=60)
     for dtype in ("float32", "float64", "int32", "int64"):
         for shape in [(20_011,), (5_003, 3)]:

@@ -12,7 +12,7 @@ import sys
 import uuid
 
 import numpy as np
-from references import close, csr, lloyd
+from references import check_kmeans, check_pca, check_topk, close, csr
 import pytest
 
 lepton = pytest.importorskip("lepton")
@@ -94,8 +94,14 @@ def mixed_answers(mixed_client):
     return answers
 
 
+def test_the_mpi_and_numpy_devices_advertise_the_same_ops(mixed_client):
+    ops = {d.kind: list(d.ops) for a in mixed_client.cluster_status().agents for d in a.devices}
+    assert ops["mpi"] == ops["numpy"]
+    assert "matmul" not in ops["mpi"]  # abstract: it only picks matmul.rows or matmul.inner
+
+
 @pytest.mark.parametrize("cluster", ["mpi", "mixed"])
-def test_every_op_equals_numpy(cluster, mpi_answers, mixed_answers):
+def test_every_reduction_equals_numpy(cluster, mpi_answers, mixed_answers):
     answers = mpi_answers if cluster == "mpi" else mixed_answers
     for (name, _), (got, x, params) in answers.items():
         for key, want in numpy_result(name, x, params).items():
@@ -171,25 +177,13 @@ def test_spmm_and_gcn_layer(mpi_client):
 
 
 def test_topk(mpi_client):
-    x = np.random.default_rng(33).integers(-50, 50, size=(3000, 3)).astype(np.int64)  # many ties
-    values, indices = mpi_client.topk(x, k=7, partitions=3)
-    assert np.array_equal(values, -np.sort(-x, axis=0, kind="stable")[:7])
-    order = np.lexsort((np.arange(3000)[:, None].repeat(3, 1), -x), axis=0)[:7]
-    assert np.array_equal(indices, order)  # row indices of the whole input; ties: the lower row first
-    values, indices = mpi_client.topk(x[:, 0].astype(np.float32), k=4, largest=False, partitions=2)
-    assert np.array_equal(values, np.sort(x[:, 0])[:4].astype(np.float32))
-    assert np.array_equal(x[indices, 0], values)
+    check_topk(mpi_client, np.random.default_rng(33).integers(-50, 50, size=(3000, 3)).astype(np.int64), partitions=3)
 
 
 def test_pca(mpi_client):
     rng = np.random.default_rng(34)
     x = rng.standard_normal((90_000, 8)) @ rng.standard_normal((8, 8))  # 5.8 MB: two blocks
-    pca = mpi_client.pca(x + 100, k=4, partitions=1)  # an offset mean: centring must not cancel
-    values, vectors = np.linalg.eigh(np.cov(x.T))
-    close(pca["explained_variance"], values[::-1][:4], rtol=1e-9)
-    for got, want in zip(pca["components"], vectors[:, ::-1].T):
-        assert min(np.abs(got - want).max(), np.abs(got + want).max()) < 1e-8  # equal up to sign
-    close(pca["mean"], x.mean(axis=0) + 100)
+    check_pca(mpi_client, x, partitions=1)
 
 
 
@@ -197,15 +191,7 @@ def test_pca(mpi_client):
 def test_kmeans(mpi_client):
     rng = np.random.default_rng(35)
     x = np.concatenate([rng.normal(c, 0.7, size=(40_000, 4)) for c in rng.uniform(-6, 6, size=(5, 4))])  # 6.4 MB
-    start = x[rng.choice(len(x), 5, replace=False)]
-    got = mpi_client.kmeans(x, centroids=start, max_iter=8, tol=1e-9, partitions=1)
-    want, iterations = lloyd(x, start, 8, 1e-9)
-    close(got["centroids"], want, np.abs(want) + 1, 1e-9)
-    assert got["iterations"] == iterations
-    assert got["counts"].sum() == len(x)
-    # k-means++ seeding on a sample drawn per block (row offsets) finds the five blobs.
-    seeded = mpi_client.kmeans(x, k=5, seed=3, max_iter=8, partitions=1)
-    assert seeded["inertia"] <= 1.2 * got["inertia"]
+    check_kmeans(mpi_client, x, x[rng.choice(len(x), 5, replace=False)], 8, partitions=1)
 
 
 def test_killing_a_worker_rank_mid_job_retries_elsewhere_and_the_job_succeeds():

@@ -273,7 +273,7 @@ def driver(mode: str, spec: str) -> None:
             say(error=None)
         except LeptonError as exc:
             after = int(device.run(REGISTRY["count"], {"x": x}, {})["count"])  # the pool stays usable
-            say(error=str(exc), type=type(exc).__name__, code=exc.code, after=after)
+            say(error=str(exc), type=type(exc).__name__, code=exc.code.name, after=after)
     elif mode == "exit":
         start = time.monotonic()
         results = []
@@ -422,7 +422,7 @@ def test_specs_and_the_mpiexec_command_line(monkeypatch, tmp_path):
         launch.relaunch(3, None)
 
 
-def test_every_op_matches_numpy_under_mpiexec(launch):
+def test_every_reduction_matches_numpy_under_mpiexec(launch):
     run = launch("ops", "mpi", mpiexec=[MPIEXEC, "-n", "2"])
     result = run.line()
     assert result == {"size": 2, "checks": 4 * 3 * 7 + 4}

@@ -72,7 +72,7 @@ from lepton.backends.blocks import fold_blocks, layout, run_blocked  # noqa: E40
 from lepton.backends.device import Device  # noqa: E402
 from lepton.errors import FailedPrecondition, InvalidInput, LeptonError, Unavailable  # noqa: E402
 from lepton.backends.mpi import KernelError  # noqa: E402
-from lepton.backends.ops import REGISTRY, Op, Partial  # noqa: E402
+from lepton.backends.ops import REGISTRY, Op, Partial, runnable  # noqa: E402
 from lepton.backends.tree import Tree, TreeAggregator  # noqa: E402
 
 log = logging.getLogger("lepton.mpi")
@@ -214,9 +214,7 @@ def _compute(op: Op, header: dict, local: dict[str, np.ndarray], rank: int) -> N
                                 row_shift=first * per_block).items())
     if stop == start:
         return []
-    if op.needs_row_offset:
-        params = {**params, "row_offset": params["row_offset"] + start}
-    return [((rank, rank + 1), op.reference(local, params))]
+    return [((rank, rank + 1), op.reference(local, op.params_at_row(params, start)))]
 
 
 def _error_text(exc: BaseException) -> str:
@@ -329,7 +327,7 @@ class MpiDevice(Device):
                          f"({' '.join(MPI.Get_library_version().split()[:3])}); workers {workers}",
                          _memory_bytes())  # the whole partition lives on rank 0's host
         self.comm = comm
-        self.kernels = {name: self._kernel(name) for name in REGISTRY}
+        self.kernels = {name: self._kernel(name) for name in runnable()}
         #: why the pool is unusable (a rank died, an MPI error); set once, never cleared
         self.failed: str | None = None
         #: called once with the reason when the pool fails: the agent may exit so it is restarted

@@ -1,4 +1,4 @@
-"""OpenCL backend (pyopencl): GPUs, FPGAs from prebuilt binaries, PoCL on CPUs (DESIGN.md §6).
+"""OpenCL backend (pyopencl): GPUs, FPGAs from prebuilt binaries, PoCL on CPUs (ARCHITECTURE.md §8).
 
 Device specs (`lepton agent --device ...`):
     opencl              every device of every platform

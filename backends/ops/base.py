@@ -1,4 +1,4 @@
-"""The contract every op implements (DESIGN.md §3).
+"""The contract every op implements (ARCHITECTURE.md §5).
 
 An op is validated once at the coordinator, its split inputs are cut into partitions along axis 0,
 each partition becomes a *partial* on some device, partials are combined pairwise by an associative
@@ -16,8 +16,6 @@ from lepton.contract import TensorMeta  # noqa: F401 - ops take and re-export it
 # (an empty partition produces it), so ops never special-case empty partitions.
 Partial = dict[str, np.ndarray]
 Params = dict[str, Any]
-
-empty_partial: Partial = {}
 
 
 class Op:
@@ -61,6 +59,11 @@ class Op:
     def rows(self, inputs: dict[str, TensorMeta]) -> int:
         """Length of the split dimension."""
         return inputs[self.split_inputs[0]].shape[self.split_axis]
+
+    def params_at_row(self, params: Params, start: int) -> Params:
+        """The params for rows [start, ...) of what `params` cover: row_offset moves on by `start` for
+        ops whose kernels read it (needs_row_offset); the others get `params` unchanged."""
+        return {**params, "row_offset": params["row_offset"] + start} if self.needs_row_offset else params
 
     def take(self, source: dict[str, np.ndarray], start: int, stop: int) -> dict[str, np.ndarray]:
         """One partition's share of the split inputs: rows [start, stop) along the split axis."""

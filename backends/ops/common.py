@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from lepton.errors import InvalidInput
-from lepton.backends.ops.base import Op, Params, TensorMeta
+from lepton.backends.ops.base import Op, Params, Partial, TensorMeta
 
 FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -14,6 +14,17 @@ def check_params(op: Op, params: Params, allowed: tuple[str, ...]) -> None:
     if unknown:
         raise InvalidInput(f"op {op.name!r} got unknown parameter(s) {unknown}; it takes "
                            f"{', '.join(allowed) if allowed else 'no parameters'}")
+
+
+def chan_merge(left: Partial, right: Partial, outer=np.multiply) -> Partial:
+    """Chan et al.'s pairwise update of (n, mean, m2) partials, stable where a sum of squares would
+    cancel: m2 gains outer(delta, delta) * na * nb / n, with `outer` elementwise for per-column
+    variances (var) and np.outer for a co-moment matrix (pca)."""
+    na, nb = left["n"], right["n"]
+    n = na + nb
+    delta = right["mean"] - left["mean"]
+    return {"n": n, "mean": left["mean"] + delta * (nb / n),
+            "m2": left["m2"] + right["m2"] + outer(delta, delta) * (na * nb / n)}
 
 
 def matrix(op: Op, inputs: dict[str, TensorMeta], name: str, dtypes=FLOATS, ndim: int = 2) -> TensorMeta:

@@ -11,16 +11,14 @@ import numpy as np
 
 from lepton.errors import InvalidInput
 from lepton.backends.ops.base import Op, Params, TensorMeta
+from lepton.backends.ops.common import chan_merge, check_params
 
 DTYPES = tuple(np.dtype(t) for t in ("float32", "float64", "int32", "int64"))
 
 
 def _check_input(op: Op, inputs: dict[str, TensorMeta], params: Params, allowed: tuple[str, ...],
                  needs_rows: bool, max_ndim: int = 32) -> TensorMeta:
-    unknown = sorted(set(params) - set(allowed))
-    if unknown:
-        takes = ", ".join(allowed) if allowed else "no parameters"
-        raise InvalidInput(f"op {op.name!r} got unknown parameter(s) {unknown}; it takes {takes}")
+    check_params(op, params, allowed)
     x = inputs["x"]
     if x.dtype not in DTYPES:
         raise InvalidInput(f"input 'x' has dtype {x.dtype}; op {op.name!r} supports "
@@ -154,11 +152,7 @@ class Var(_Reduction):
         return {"n": np.int64(x.shape[0]), "mean": np.asarray(mean), "m2": np.asarray(m2)}
 
     def merge(self, left, right):
-        na, nb = left["n"], right["n"]
-        n = na + nb
-        delta = right["mean"] - left["mean"]
-        return {"n": n, "mean": left["mean"] + delta * (nb / n),
-                "m2": left["m2"] + right["m2"] + delta * delta * (na * nb / n)}
+        return chan_merge(left, right)
 
     def finalize(self, partial, params):
         return {"var": (partial["m2"] / (partial["n"] - params["ddof"])).astype(_result_float(params))}

@@ -5,7 +5,7 @@ import numpy as np
 
 from lepton.errors import InvalidInput
 from lepton.backends.ops.base import Op
-from lepton.backends.ops.common import check_params, matrix, positive_int
+from lepton.backends.ops.common import chan_merge, check_params, matrix, positive_int
 
 
 class Gram(Op):
@@ -95,11 +95,7 @@ class Pca(Op):
         return {"n": np.int64(len(x)), "mean": mean, "m2": centred.T @ centred}
 
     def merge(self, left, right):
-        na, nb = left["n"], right["n"]
-        n = na + nb
-        delta = right["mean"] - left["mean"]
-        return {"n": n, "mean": left["mean"] + delta * (nb / n),
-                "m2": left["m2"] + right["m2"] + np.outer(delta, delta) * (na * nb / n)}
+        return chan_merge(left, right, np.outer)
 
     def finalize(self, partial, params):
         cov = partial["m2"] / (partial["n"] - 1)

@@ -6,7 +6,7 @@
 // and a histogram on it, then matmul of two small matrices if some device advertises it.
 //
 // lepton::Client::submit(op, {{"x", lepton::tensor(values, shape)}}, params) is all a caller needs:
-// it streams the spec and the raw little-endian bytes (DESIGN.md §5), reassembles the named result
+// it streams the spec and the raw little-endian bytes (ARCHITECTURE.md §7), reassembles the named result
 // tensors, and throws lepton::Error (gRPC code + message) when the coordinator rejects the job.
 #include <algorithm>
 #include <cctype>

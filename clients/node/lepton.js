@@ -11,7 +11,7 @@
 //   out.sum.data[0]; hist.counts.data;   // results: { name: { dtype, shape, data: TypedArray } }
 //   client.close();
 //
-// Wire format (DESIGN.md §5): a header per tensor (dtype enum, shape, total bytes), then the raw
+// Wire format (ARCHITECTURE.md §7): a header per tensor (dtype enum, shape, total bytes), then the raw
 // little-endian C-order bytes in chunks of at most 1 MiB. Errors reject with an Error carrying the
 // gRPC `code` (e.g. 3 = INVALID_ARGUMENT), `codeName` and `details`.
 

@@ -2,22 +2,41 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import shutil
 import sys
 import time
 
-import numpy as np
-
 from lepton import lifecycle
-from lepton.client import Client, LeptonError, state_name
+
+
+def _lazy(module: str, name: str):
+    """`module.name`, imported when first called: `lepton --help` needs neither gRPC nor NumPy, and only
+    the command that runs a server loads that server's stack."""
+    return lambda *args, **kwargs: getattr(importlib.import_module(module), name)(*args, **kwargs)
+
+
+Client = _lazy("lepton.client", "Client")
+state_name = _lazy("lepton.client", "state_name")
 
 DEFAULT_ADDRESS = os.environ.get("LEPTON_ADDRESS", "127.0.0.1:50051")
 
 
-def table(headers: list[str], rows: list[list]) -> str:
-    cells = [headers] + [[str(c) for c in row] for row in rows]
+CELL_WIDTH = 64  # characters; wider cells end in "…" (--json has everything)
+
+
+def _cell(value, width: int) -> str:
+    """One line of at most `width` printable characters: names and descriptions come from agents."""
+    text = "".join(c if c.isprintable() else "?" for c in str(value))
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def table(headers: list[str], rows: list[list], limits: dict[str, int] | None = None) -> str:
+    """Aligned columns, each cell capped at CELL_WIDTH characters, or at limits[header]."""
+    caps = [(limits or {}).get(h, CELL_WIDTH) for h in headers]
+    cells = [headers] + [[_cell(c, cap) for c, cap in zip(row, caps)] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -52,7 +71,8 @@ def cmd_status(args) -> int:
           f"{status.jobs_running} job(s) running, {status.jobs_total} known; "
           f"metrics at http://{status.metrics_address or '-'}/metrics")
     if rows:
-        print(table(["AGENT", "NAME", "ADDRESS", "IN FLIGHT", "HEARTBEAT", "DEVICE", "MODEL", "OPS", "MEASURED"], rows))
+        print(table(["AGENT", "NAME", "ADDRESS", "IN FLIGHT", "HEARTBEAT", "DEVICE", "MODEL", "OPS", "MEASURED"], rows,
+                    limits={"OPS": 4 * CELL_WIDTH, "MEASURED": 4 * CELL_WIDTH}))  # every op, as a rule
     else:
         print("no agents: start one with `lepton agent --coordinator ADDRESS`")
     if jobs:
@@ -65,7 +85,7 @@ def jobs_table(jobs) -> str:
     return table(["JOB", "OP", "LABEL", "STATE", "PARTITIONS", "MB", "SECONDS", "ERROR"],
                  [[j.job_id, j.op, j.label, state_name(j), f"{j.partitions_done}/{j.partitions_total}",
                    f"{j.bytes_total / 1e6:.1f}", f"{(j.finished_at or time.time()) - j.submitted_at:.2f}",
-                   f"{j.error_code} {j.error_message}".strip()] for j in jobs])
+                   f"{j.error_code} {j.error_message}".strip()] for j in jobs], limits={"ERROR": 4 * CELL_WIDTH})
 
 
 def cmd_jobs(args) -> int:
@@ -104,6 +124,8 @@ def run_with_progress(job, description: str, quiet: bool = False) -> dict:
 
 
 def cmd_run(args) -> int:
+    import numpy as np
+
     inputs = {"x": args.file} if args.file else {}
     for item in args.input:
         name, _, path = item.partition("=")
@@ -202,6 +224,8 @@ def cmd_devices(args) -> int:
 
 
 def cmd_put(args) -> int:
+    import numpy as np
+
     array = np.asarray(np.load(args.file, mmap_mode="r"))
     with Client(args.coordinator) as client:
         dataset = client.put(args.name, array, partitioning=args.partitioning, partitions=args.partitions,
@@ -241,19 +265,20 @@ def cmd_cancel(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from lepton.coordinator import main as coordinator_main
-    from lepton.agent import main as agent_main
+    # The servers' flags live apart from their code (flags.py): listing them loads no server.
+    from lepton.agent import flags as agent_flags
+    from lepton.coordinator import flags as coordinator_flags
 
     parser = argparse.ArgumentParser(prog="lepton", description="Lepton compute fabric")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("coordinator", help="serve a coordinator")
-    coordinator_main.add_arguments(p)
-    p.set_defaults(func=coordinator_main.run)
+    coordinator_flags.add_arguments(p)
+    p.set_defaults(func=_lazy("lepton.coordinator.main", "run"))
 
     p = sub.add_parser("agent", help="serve a node agent and join a coordinator")
-    agent_main.add_arguments(p)
-    p.set_defaults(func=agent_main.run)
+    agent_flags.add_arguments(p)
+    p.set_defaults(func=_lazy("lepton.agent.main", "run"))
 
     p = sub.add_parser("up", help="run a local cluster in the foreground until Ctrl-C")
     p.add_argument("--agents", type=int, default=2)
@@ -324,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--agents", type=int, default=2)
     p.add_argument("--device", default="numpy", help="device spec for every agent")
     p.add_argument("--rows", type=int, default=50_000_000, help="values in the main demo array")
-    p.set_defaults(func=lambda a: __import__("lepton.demo", fromlist=["run"]).run(a))
+    p.set_defaults(func=_lazy("lepton.demo", "run"))
     return parser
 
 
@@ -332,7 +357,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except LeptonError as exc:
+    except Exception as exc:
+        from lepton.errors import LeptonError  # here, not at the top: `lepton --help` needs no gRPC
+
+        if not isinstance(exc, LeptonError):
+            raise
         hint = ""
         if exc.code.name == "UNAVAILABLE" and "connect" in exc.details.lower():
             hint = " (is a coordinator running there? start one with `lepton up` or `lepton coordinator`)"

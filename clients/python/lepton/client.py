@@ -83,9 +83,13 @@ class Job:
             self._events.put(None)
 
     def __iter__(self) -> Iterator[job_pb2.JobStatus]:
-        """Statuses (accepted, progress, done) until the job ends."""
+        """Statuses (accepted, progress, done) not yet seen by any iterator, until the job ends.
+
+        The one end-of-stream sentinel goes back on the queue for the next iterator, so a second
+        iteration (or a second thread) ends too instead of waiting for ever."""
         while (status := self._events.get()) is not None:
             yield status
+        self._events.put(None)
 
     def done(self) -> bool:
         return self._done.is_set()

@@ -1,6 +1,6 @@
 """Plain value types every layer shares: what a tensor is before its bytes arrive, what a device is.
 
-They sit beside the generated stubs at the bottom of the import graph (see ARCHITECTURE.md): the
+They sit beside the generated stubs at the bottom of the import graph (ARCHITECTURE.md §2): the
 wire codec builds them from messages, backends and servers use them, and none of them imports
 anything of Lepton's.
 """

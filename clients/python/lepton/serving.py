@@ -1,7 +1,7 @@
 """What every Lepton server offers operators: gRPC health, server reflection, Prometheus metrics.
 
 Health is served by our own small servicer rather than grpcio-health-checking's: the stock one was
-seen to stop answering Check for good after concurrent Watch calls (DESIGN.md §9).
+seen to stop answering Check for good after concurrent Watch calls (ARCHITECTURE.md §10).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tensors and params on the wire (DESIGN.md §5): a header, then ordered raw byte chunks.
+"""Tensors and params on the wire (ARCHITECTURE.md §7): a header, then ordered raw byte chunks.
 
 Shared by the client and the servicers: arrays go out as `TensorHeader` + `TensorChunk`s of at most
 CHUNK_BYTES, and come back through `TensorAssembler`, which checks every byte count, offset and

@@ -1,4 +1,5 @@
-"""Op contracts without a network: any split into partitions, combined in the tree, equals NumPy."""
+"""The reductions' contracts without a network: any split into partitions, combined in the tree, equals
+NumPy. (The op catalog runs through clusters: test_catalog.py.)"""
 import numpy as np
 import pytest
 

@@ -1,4 +1,4 @@
-"""What operators see: grpcurl with reflection, health, Prometheus metrics, job traces."""
+"""The operator's tools: grpcurl with reflection, health, Prometheus metrics, job traces."""
 import json
 import shutil
 import signal
