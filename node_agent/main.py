@@ -11,7 +11,7 @@ from lepton.backends.discovery import open_devices
 from lepton.logs import configure, event
 from lepton.tuning import keep_large_buffers_in_heap
 from lepton.serving import NOT_SERVING, start_metrics, wait_for_stop_signal
-from lepton.agent import metrics
+from lepton.agent import addresses, metrics
 from lepton.agent.agent import Agent
 from lepton.agent.membership import MembershipClient
 from lepton.agent.server import serve
@@ -32,10 +32,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="device spec: numpy[:N], opencl[:I|:NAME], mpi (under mpiexec), mpi:N[@HOSTFILE] "
                              "(launches N ranks; LEPTON_MPI_HOSTFILE); repeatable or comma-separated "
                              "[LEPTON_DEVICE, default numpy]")
-    parser.add_argument("--listen", default=env("LEPTON_AGENT_LISTEN", "127.0.0.1:0"),
-                        help="host:port to serve on (port 0 picks one) [LEPTON_AGENT_LISTEN]")
+    parser.add_argument("--listen", default=env("LEPTON_AGENT_LISTEN"),
+                        help="host:port to serve on (port 0 picks one; default: this host's address towards the "
+                             "coordinator, port 0) [LEPTON_AGENT_LISTEN]")
     parser.add_argument("--advertise", default=env("LEPTON_ADVERTISE"),
-                        help="host:port the coordinator should dial (default: the listen address) [LEPTON_ADVERTISE]")
+                        help="host:port the coordinator should dial (default: the listen address; for a wildcard listen "
+                             "address, this host's address towards the coordinator) [LEPTON_ADVERTISE]")
     parser.add_argument("--name", default=env("LEPTON_AGENT_NAME", f"{socket.gethostname()}-{os.getpid()}"),
                         help="name shown by `lepton status` [LEPTON_AGENT_NAME]")
     parser.add_argument("--credits", type=int, default=int(env("LEPTON_CREDITS", 0)),
@@ -57,8 +59,9 @@ def run(args: argparse.Namespace) -> int:
     # Devices first: an MPI device may re-exec this process under mpiexec, before any thread exists.
     devices = open_devices(args.device or [os.environ.get("LEPTON_DEVICE", "numpy")])
     agent = Agent(devices, args.credits, args.test_delay, int(args.cache_mib * (1 << 20)))
-    server, port, health = serve(agent, args.listen)
-    address = args.advertise or f"{args.listen.rsplit(':', 1)[0]}:{port}"
+    listen = addresses.listen_address(args.listen, args.coordinator)
+    server, port, health = serve(agent, listen)
+    address = addresses.advertise_address(args.advertise, listen, port, args.coordinator)
     metrics.register(agent)
     metrics_address = start_metrics(args.metrics_listen)
     event(log, "agent.serving", address=address, devices=",".join(d.name for d in devices),
