@@ -35,6 +35,24 @@ def unavailable() -> str | None:
     return None
 
 
+def netem_unavailable() -> str | None:
+    """Why `tc netem` cannot shape links here (some kernels are built without sch_netem), or None."""
+    why = unavailable()
+    if why:
+        return why
+    if shutil.which("tc") is None:
+        return "the `tc` command (iproute2) is not installed"
+    probe = f"lepton-netem-{os.getpid()}"
+    _ip("netns", "add", probe)
+    try:
+        _ip("link", "set", "lo", "up", ns=probe)
+        done = subprocess.run(["tc", "-n", probe, "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms"],
+                              capture_output=True, text=True)
+        return None if done.returncode == 0 else f"this kernel has no netem qdisc: {done.stderr.strip()}"
+    finally:
+        _ip("netns", "del", probe, check=False)
+
+
 class Hosts:
     """A set of namespaced hosts; use as a context manager so every namespace goes at the end."""
 

@@ -137,3 +137,30 @@ def test_a_cut_link_is_a_lost_agent_and_a_restored_one_rejoins_without_double_co
         assert coordinator.poll() is None
         first, second = np.load(out)
         assert np.array_equal(first, undisturbed[0]) and np.array_equal(second, undisturbed[0])
+
+
+slow_links = netns.netem_unavailable()
+
+
+@pytest.mark.skipif(slow_links is not None, reason=f"links cannot be shaped here: {slow_links}")
+def test_50ms_of_delay_and_1_percent_loss_on_every_link_still_give_exact_results(tmp_path, undisturbed):
+    with netns.Hosts() as hosts:
+        for host in ("coordinator", "agent1", "agent2", "agent3", "client"):
+            hosts.add(host)
+            hosts.netem(host, "delay 50ms loss 1%")
+        ready = tmp_path / "address"
+        hosts.python("coordinator", ["-m", "lepton", "coordinator", "--listen", f"{hosts.addresses['coordinator']}:0",
+                                     "--ready-file", str(ready)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        wait_for(ready.exists, "the coordinator")
+        address = ready.read_text()
+        for name in ("agent1", "agent2", "agent3"):
+            hosts.python(name, ["-m", "lepton", "agent", "--coordinator", address],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        np.save(tmp_path / "x.npy", X)
+        out = tmp_path / "sums.npy"
+        client = hosts.python("client", [str(Path(__file__).parent / "faults_client.py"), address,
+                                         str(tmp_path / "x.npy"), str(out), str(PARTITIONS)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        _, errors = client.communicate(timeout=600)
+        assert client.returncode == 0, errors
+        assert all(np.array_equal(total, undisturbed[0]) for total in np.load(out))
