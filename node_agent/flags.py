@@ -21,10 +21,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="device spec: numpy[:N], opencl[:I|:NAME], mpi (under mpiexec), mpi:N[@HOSTFILE] "
                              "(launches N ranks; LEPTON_MPI_HOSTFILE); repeatable or comma-separated "
                              "[LEPTON_DEVICE, default numpy]")
-    parser.add_argument("--listen", default=env("LEPTON_AGENT_LISTEN", "127.0.0.1:0"),
-                        help="host:port to serve on (port 0 picks one) [LEPTON_AGENT_LISTEN]")
+    parser.add_argument("--listen", default=env("LEPTON_AGENT_LISTEN"),
+                        help="host:port to serve on (port 0 picks one; default: this host's address towards the "
+                             "coordinator, port 0) [LEPTON_AGENT_LISTEN]")
     parser.add_argument("--advertise", default=env("LEPTON_ADVERTISE"),
-                        help="host:port the coordinator should dial (default: the listen address) [LEPTON_ADVERTISE]")
+                        help="host:port the coordinator should dial (default: the listen address; for a wildcard "
+                             "listen address, this host's address towards the coordinator) [LEPTON_ADVERTISE]")
     parser.add_argument("--name", default=env("LEPTON_AGENT_NAME", f"{socket.gethostname()}-{os.getpid()}"),
                         help="name shown by `lepton status` [LEPTON_AGENT_NAME]")
     parser.add_argument("--credits", type=int, default=int(env("LEPTON_CREDITS", 0)),

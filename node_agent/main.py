@@ -10,7 +10,7 @@ from lepton.logs import configure, event
 from lepton.tuning import keep_large_buffers_in_heap
 from lepton import lifecycle
 from lepton.serving import NOT_SERVING, start_metrics
-from lepton.agent import metrics
+from lepton.agent import addresses, metrics
 from lepton.agent.agent import Agent
 from lepton.agent.membership import MembershipClient
 from lepton.agent.server import serve
@@ -25,8 +25,9 @@ def run(args: argparse.Namespace) -> int:
     # Devices first: an MPI device may re-exec this process under mpiexec, before any thread exists.
     devices = open_devices(args.device or [os.environ.get("LEPTON_DEVICE", "numpy")])
     agent = Agent(devices, args.credits, args.test_delay, int(args.cache_mib * (1 << 20)))
-    server, port, health = serve(agent, args.listen)
-    address = args.advertise or f"{args.listen.rsplit(':', 1)[0]}:{port}"
+    listen = addresses.listen_address(args.listen, args.coordinator)
+    server, port, health = serve(agent, listen)
+    address = addresses.advertise_address(args.advertise, listen, port, args.coordinator)
     metrics.register(agent)
     metrics_address = start_metrics(args.metrics_listen)
     event(log, "agent.serving", address=address, devices=",".join(d.name for d in devices),

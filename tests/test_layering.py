@@ -29,7 +29,7 @@ LAYERS = {
     "coordinator": (("lepton.coordinator",), {"contract", "backends"}),
     "agent": (("lepton.agent",), {"contract", "backends"}),
     "client": (("lepton.client", "lepton.local", "lepton.trace", "lepton.verify"), {"contract"}),
-    "cli": (("lepton.cli", "lepton.demo", "lepton.__main__"), {"contract", "backends", "coordinator", "agent",
+    "cli": (("lepton.cli", "lepton.demo", "lepton.__main__", "lepton.slurm"), {"contract", "backends", "coordinator", "agent",
                                                                "client"}),
 }
 

@@ -345,6 +345,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job_id")
     p.set_defaults(func=cmd_cancel)
 
+    from lepton import slurm
+
+    p = sub.add_parser("slurm", help="write a Slurm batch script that runs a Lepton cluster and a command")
+    slurm.add_arguments(p)
+    p.set_defaults(func=slurm.run)
+
     p = sub.add_parser("demo", help="start a local cluster, run verified jobs, print a summary")
     p.add_argument("--agents", type=int, default=2)
     p.add_argument("--device", default="numpy", help="device spec for every agent")

@@ -1,0 +1,77 @@
+"""A cluster across hosts: coordinator, two agents and the client each in a network namespace of
+their own (tests/netns.py), joined by routable addresses, never 127.0.0.1."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import netns
+
+HERE = Path(__file__).parent
+why = netns.unavailable()
+pytestmark = pytest.mark.skipif(why is not None, reason=f"no network namespaces here: {why}")
+
+
+def wait_for(condition, what: str, timeout: float = 60, processes=()):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = condition()
+        if value:
+            return value
+        dead = [p for p in processes if p.poll() is not None]
+        if dead:
+            raise AssertionError(f"a process exited with {dead[0].returncode} while waiting for {what}")
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    """(hosts, coordinator address, agent logs): a coordinator host, two agent hosts, a client host."""
+    with netns.Hosts() as hosts:
+        for host in ("coordinator", "agent1", "agent2", "client"):
+            hosts.add(host)
+        ready = tmp_path / "coordinator.address"
+        listen = f"{hosts.addresses['coordinator']}:0"
+        logs = {name: open(tmp_path / f"{name}.log", "w+") for name in ("coordinator", "agent1", "agent2")}
+        coordinator = hosts.python("coordinator", ["-m", "lepton", "coordinator", "--listen", listen,
+                                                   "--ready-file", str(ready), *security_args(tmp_path, "coordinator")],
+                                   stdout=logs["coordinator"], stderr=subprocess.STDOUT)
+        wait_for(ready.exists, "the coordinator", processes=[coordinator])
+        address = ready.read_text()
+        agents = [hosts.python(name, ["-m", "lepton", "agent", "--coordinator", address, "--device", "numpy",
+                                      *security_args(tmp_path, name)], stdout=logs[name], stderr=subprocess.STDOUT)
+                  for name in ("agent1", "agent2")]
+        yield hosts, address, logs, [coordinator, *agents]
+
+
+def security_args(tmp_path: Path, role: str) -> list[str]:
+    """What a server on a routable address needs to start (see the README's security section)."""
+    return []
+
+
+def read(log) -> str:
+    log.seek(0)
+    return log.read()
+
+
+def test_jobs_across_three_hosts_match_numpy(cluster):
+    hosts, address, logs, processes = cluster
+    # Each agent advertised its own host's address: the coordinator logs what it will dial.
+    for name in ("agent1", "agent2"):
+        wait_for(lambda: f"address={hosts.addresses[name]}:" in read(logs["coordinator"]),
+                 f"{name} to join from {hosts.addresses[name]}", processes=processes)
+    joins = [line for line in read(logs["coordinator"]).splitlines() if "event=agent.joined" in line]
+    assert len(joins) == 2 and not any("127.0.0.1" in line for line in joins), joins
+    done = hosts.run("client", [sys.executable, str(HERE / "multihost_client.py"), address],
+                     capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:] + "\n".join(read(log)[-2000:] for log in logs.values())
+    results = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert {r["op"] for r in results} >= {"sum", "mean", "var", "min", "max", "histogram", "count", "matmul", "kmeans"}
+    assert all(r["ok"] for r in results), [r for r in results if not r["ok"]]
+    assert len(results) == 12
