@@ -6,7 +6,7 @@ import logging
 import os
 
 from lepton.coordinator.coordinator import Config, Coordinator
-from lepton.coordinator import metrics
+from lepton.coordinator import dashboard, metrics
 from lepton.coordinator.server import serve
 from lepton.logs import configure, event
 from lepton.serving import NOT_SERVING, start_metrics, wait_for_stop_signal
@@ -32,6 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics-listen", default=env("LEPTON_METRICS", "127.0.0.1:0"),
                         help="host:port of the Prometheus endpoint (port 0 picks one; 'off' disables) "
                              "[LEPTON_METRICS]")
+    parser.add_argument("--dashboard-listen", default=env("LEPTON_DASHBOARD", "127.0.0.1:0"),
+                        help="host:port of the live dashboard (HTTP; port 0 picks one; 'off' disables) "
+                             "[LEPTON_DASHBOARD]")
     parser.add_argument("--data-dir", default=env("LEPTON_DATA_DIR", ""),
                         help="where the coordinator keeps dataset copies (default: a temporary folder) "
                              "[LEPTON_DATA_DIR]")
@@ -51,9 +54,12 @@ def run(args: argparse.Namespace) -> int:
     coordinator = Coordinator(config)
     metrics.register(coordinator)
     metrics_address = start_metrics(args.metrics_listen)
-    server, port, health = serve(coordinator, args.listen, metrics_address)
+    board = dashboard.start(coordinator, args.dashboard_listen)
+    server, port, health = serve(coordinator, args.listen, metrics_address,
+                                 dashboard_address=board.address if board else "")
     address = f"{args.listen.rsplit(':', 1)[0]}:{port}"
-    event(log, "coordinator.serving", address=address, metrics=metrics_address or "off")
+    event(log, "coordinator.serving", address=address, metrics=metrics_address or "off",
+          dashboard=board.address if board else "off")
     if args.ready_file:
         tmp = args.ready_file + ".tmp"
         with open(tmp, "w") as f:
@@ -63,5 +69,7 @@ def run(args: argparse.Namespace) -> int:
     event(log, "coordinator.stopping")
     health.set_all(NOT_SERVING)
     coordinator.stop()
+    if board is not None:
+        board.stop()
     server.stop(grace=3).wait()
     return 0
