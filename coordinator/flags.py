@@ -24,6 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics-listen", default=env("LEPTON_METRICS", "127.0.0.1:0"),
                         help="host:port of the Prometheus endpoint (port 0 picks one; 'off' disables) "
                              "[LEPTON_METRICS]")
+    parser.add_argument("--dashboard-listen", default=env("LEPTON_DASHBOARD", "127.0.0.1:0"),
+                        help="host:port of the live dashboard (HTTP; port 0 picks one; 'off' disables) "
+                             "[LEPTON_DASHBOARD]")
     parser.add_argument("--data-dir", default=env("LEPTON_DATA_DIR", ""),
                         help="where the coordinator keeps dataset copies (default: a temporary folder) "
                              "[LEPTON_DATA_DIR]")

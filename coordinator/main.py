@@ -6,7 +6,7 @@ import logging
 import os
 
 from lepton.coordinator.coordinator import Config, Coordinator
-from lepton.coordinator import metrics
+from lepton.coordinator import dashboard, metrics
 from lepton.coordinator.server import serve
 from lepton.logs import configure, event
 from lepton import lifecycle
@@ -28,9 +28,12 @@ def run(args: argparse.Namespace) -> int:
     coordinator = Coordinator(config)
     metrics.register(coordinator)
     metrics_address = start_metrics(args.metrics_listen)
-    server, port, health = serve(coordinator, args.listen, metrics_address)
+    board = dashboard.start(coordinator, args.dashboard_listen)
+    server, port, health = serve(coordinator, args.listen, metrics_address,
+                                 dashboard_address=board.address if board else "")
     address = f"{args.listen.rsplit(':', 1)[0]}:{port}"
-    event(log, "coordinator.serving", address=address, metrics=metrics_address or "off")
+    event(log, "coordinator.serving", address=address, metrics=metrics_address or "off",
+          dashboard=board.address if board else "off")
     if args.ready_file:
         tmp = args.ready_file + ".tmp"
         with open(tmp, "w") as f:
@@ -42,5 +45,7 @@ def run(args: argparse.Namespace) -> int:
     health.set_all(NOT_SERVING)
     shutdown.step("ending jobs")
     coordinator.stop()
+    if board is not None:
+        board.stop()
     shutdown.stop_server(server)
     return 0

@@ -55,8 +55,8 @@ def abort(context, error: LeptonError):
 
 
 class CoordinatorServicer(pb_grpc.CoordinatorServiceServicer):
-    def __init__(self, coordinator: Coordinator, metrics_address: str = ""):
-        self.c, self.metrics_address = coordinator, metrics_address
+    def __init__(self, coordinator: Coordinator, metrics_address: str = "", dashboard_address: str = ""):
+        self.c, self.metrics_address, self.dashboard_address = coordinator, metrics_address, dashboard_address
 
     def SubmitJob(self, request_iterator, context):
         first = next(request_iterator, None)
@@ -145,7 +145,8 @@ class CoordinatorServicer(pb_grpc.CoordinatorServiceServicer):
         records = self.c.records(self.c.config.history)
         return pb.GetClusterStatusResponse(agents=agents, jobs_total=len(records),
                                            jobs_running=sum(not r.state.final for r in records),
-                                           metrics_address=self.metrics_address)
+                                           metrics_address=self.metrics_address,
+                                           dashboard_address=self.dashboard_address)
 
     def GetJobTrace(self, request, context):
         try:
@@ -218,11 +219,12 @@ class AgentRegistryServicer(agent_grpc.AgentRegistryServiceServicer):
         return agent_pb.LeaveClusterResponse()
 
 
-def serve(coordinator: Coordinator, address: str, metrics_address: str = "", max_workers: int = 128):
+def serve(coordinator: Coordinator, address: str, metrics_address: str = "", max_workers: int = 128,
+          dashboard_address: str = ""):
     """Start serving; returns the server, the bound port (address may end in :0) and its health."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
                          maximum_concurrent_rpcs=max_workers - 8)
-    pb_grpc.add_CoordinatorServiceServicer_to_server(CoordinatorServicer(coordinator, metrics_address), server)
+    pb_grpc.add_CoordinatorServiceServicer_to_server(CoordinatorServicer(coordinator, metrics_address, dashboard_address), server)
     agent_grpc.add_AgentRegistryServiceServicer_to_server(AgentRegistryServicer(coordinator), server)
     health = add_standard_services(server, [pb.DESCRIPTOR.services_by_name["CoordinatorService"].full_name,
                                             agent_pb.DESCRIPTOR.services_by_name["AgentRegistryService"].full_name])

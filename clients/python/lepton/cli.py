@@ -69,7 +69,8 @@ def cmd_status(args) -> int:
             rows.append(head + [d.name, d.description, ",".join(d.ops), speed])
     print(f"coordinator {args.coordinator}: {len(status.agents)} agent(s), "
           f"{status.jobs_running} job(s) running, {status.jobs_total} known; "
-          f"metrics at http://{status.metrics_address or '-'}/metrics")
+          f"metrics at http://{status.metrics_address or '-'}/metrics; "
+          f"dashboard at {'http://' + status.dashboard_address + '/' if status.dashboard_address else 'off'}")
     if rows:
         print(table(["AGENT", "NAME", "ADDRESS", "IN FLIGHT", "HEARTBEAT", "DEVICE", "MODEL", "OPS", "MEASURED"], rows,
                     limits={"OPS": 4 * CELL_WIDTH, "MEASURED": 4 * CELL_WIDTH}))  # every op, as a rule
@@ -176,6 +177,7 @@ def cmd_up(args) -> int:
     shutdown = lifecycle.Shutdown(args.shutdown_timeout)  # before start: a SIGTERM while starting is bounded too
     with cluster:
         print(f"lepton cluster up: coordinator {cluster.address}, {args.agents} agent(s) with {args.device}")
+        print(f"dashboard: {cluster.dashboard_url or 'off'}")
         print(f"try: lepton status --coordinator {cluster.address}    (Ctrl-C stops the cluster)", flush=True)
         processes = [cluster.coordinator, *cluster.agents]
         while not shutdown.stop.wait(0.5):

@@ -115,6 +115,12 @@ class LocalCluster:
             self._clients.append(Client(self.address, timeout=5))
         return self._clients[0]
 
+    @property
+    def dashboard_url(self) -> str:
+        """The coordinator's live dashboard ('' when it serves none)."""
+        address = self._probe().cluster_status().dashboard_address
+        return f"http://{address}/" if address else ""
+
     def client(self, timeout: float | None = None) -> Client:
         client = Client(self.address, timeout)
         self._clients.append(client)

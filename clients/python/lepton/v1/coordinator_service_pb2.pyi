@@ -158,16 +158,18 @@ class GetClusterStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetClusterStatusResponse(_message.Message):
-    __slots__ = ("agents", "jobs_running", "jobs_total", "metrics_address")
+    __slots__ = ("agents", "jobs_running", "jobs_total", "metrics_address", "dashboard_address")
     AGENTS_FIELD_NUMBER: _ClassVar[int]
     JOBS_RUNNING_FIELD_NUMBER: _ClassVar[int]
     JOBS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     METRICS_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    DASHBOARD_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     agents: _containers.RepeatedCompositeFieldContainer[AgentStatus]
     jobs_running: int
     jobs_total: int
     metrics_address: str
-    def __init__(self, agents: _Optional[_Iterable[_Union[AgentStatus, _Mapping]]] = ..., jobs_running: _Optional[int] = ..., jobs_total: _Optional[int] = ..., metrics_address: _Optional[str] = ...) -> None: ...
+    dashboard_address: str
+    def __init__(self, agents: _Optional[_Iterable[_Union[AgentStatus, _Mapping]]] = ..., jobs_running: _Optional[int] = ..., jobs_total: _Optional[int] = ..., metrics_address: _Optional[str] = ..., dashboard_address: _Optional[str] = ...) -> None: ...
 
 class GetJobTraceRequest(_message.Message):
     __slots__ = ("job_id",)
