@@ -117,3 +117,13 @@ def test_images_install_with_the_script_the_docs_use():
         assert "/src/deploy/install.sh" in dockerfile.read_text(), dockerfile
     assert "deploy/install.sh" in (ROOT / "docs" / "cluster.md").read_text()
     assert subprocess.run(["bash", "-n", str(DEPLOY / "install.sh")]).returncode == 0
+
+
+def test_the_probe_command_answers_for_a_live_coordinator_and_fails_for_a_dead_one(clusters):
+    import sys
+
+    probe = [sys.executable, "-m", "lepton", "health", "--timeout", "5", "--coordinator"]
+    live = subprocess.run([*probe, clusters[1].address], capture_output=True, text=True, timeout=60)
+    assert (live.returncode, live.stdout.strip()) == (0, "SERVING"), live.stderr
+    dead = subprocess.run([*probe, "127.0.0.1:1"], capture_output=True, text=True, timeout=60)
+    assert dead.returncode == 1 and "Traceback" not in dead.stderr

@@ -266,6 +266,14 @@ def cmd_cancel(args) -> int:
     return 0
 
 
+def cmd_health(args) -> int:
+    """Exit 0 when the server answers grpc.health.v1 SERVING: probes (Kubernetes exec, scripts) use it."""
+    with Client(args.coordinator, timeout=args.timeout) as client:
+        status = client.health(args.service)
+    print(status)
+    return 0 if status == "SERVING" else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     # The servers' flags live apart from their code (flags.py): listing them loads no server.
     from lepton.agent import flags as agent_flags
@@ -342,6 +350,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("devices", help="the devices an agent on this machine can open")
     p.set_defaults(func=cmd_devices)
+
+    p = with_address(sub.add_parser("health", help="exit 0 if the coordinator (or agent) serves (grpc.health.v1)"))
+    p.add_argument("--service", default="", help="one service's health, e.g. lepton.v1.CoordinatorService")
+    p.add_argument("--timeout", type=float, default=5, help="seconds to wait for the answer")
+    p.set_defaults(func=cmd_health)
 
     p = with_address(sub.add_parser("cancel", help="cancel a job"))
     p.add_argument("job_id")

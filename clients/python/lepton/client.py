@@ -331,6 +331,14 @@ class Client:
     def cluster_status(self) -> pb.GetClusterStatusResponse:
         return self._unary(self._stub.GetClusterStatus, pb.GetClusterStatusRequest())
 
+    def health(self, service: str = "") -> str:
+        """The server's grpc.health.v1 status ("SERVING", "NOT_SERVING", ...) for `service` ("" = all)."""
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        reply = self._unary(health_pb2_grpc.HealthStub(self._channel).Check,
+                            health_pb2.HealthCheckRequest(service=service))
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
     def trace(self, job_id: str) -> pb.GetJobTraceResponse:
         """Per-partition timings of a job (see `lepton trace`)."""
         return self._unary(self._stub.GetJobTrace, pb.GetJobTraceRequest(job_id=job_id))
