@@ -29,25 +29,6 @@ def lloyd(x, centroids, max_iter, tol):
     return centroids, i
 
 
-def opencl_test_device():
-    """(pyopencl device, agent spec) of the device the OpenCL tests use: PoCL's CPU device unless
-    LEPTON_TEST_OPENCL_DEVICE (benchmarks/gpu_check.sh sets "gpu") names another; skips the module
-    when there is none."""
-    import os
-
-    import pytest
-
-    from lepton.errors import LeptonError
-    from lepton.backends.opencl import all_devices, select_devices
-
-    selector = os.environ.get("LEPTON_TEST_OPENCL_DEVICE", "cpu")
-    try:
-        device = select_devices(selector)[0]
-    except LeptonError:
-        pytest.skip(f"no OpenCL device matches {selector!r}", allow_module_level=True)
-    return device, f"opencl:{all_devices().index(device)}"
-
-
 # -- whole-op checks, run by the catalog tests of every device kind on data sized for that device --------
 
 def check_pca(client, x, **kw):

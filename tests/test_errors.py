@@ -139,15 +139,18 @@ def test_no_result_before_the_input_is_verified(stub):
 
 def test_an_op_no_device_offers_is_failed_precondition_with_advice(tmp_path):
     import lepton
-    from lepton.backends.opencl import OpenCLDevice, ProgramCache, export_binaries, select_devices
+    from opencl_devices import usable_opencl_device
+
+    cl_device, spec = usable_opencl_device()
+    from lepton.backends.opencl import OpenCLDevice, ProgramCache, export_binaries
 
     # An OpenCL device running prebuilt binaries offers only the ops they cover: here the float sum.
-    device = OpenCLDevice(select_devices("0")[0], "export", cache=ProgramCache(tmp_path / "cache"), calibrate=False)
+    device = OpenCLDevice(cl_device, "export", cache=ProgramCache(tmp_path / "cache"), calibrate=False)
     try:
         manifest = export_binaries(device, ["reduce.sum.float32.flat"], tmp_path / "binaries")
     finally:
         device.close()
-    with lepton.LocalCluster(agents=1, devices=f"opencl:0@{manifest}") as cluster:
+    with lepton.LocalCluster(agents=1, devices=f"{spec}@{manifest}") as cluster:
         with pytest.raises(lepton.LeptonError) as info:
             cluster.client().topk(np.arange(10.0), k=2)
     assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION

@@ -14,26 +14,21 @@ exercise the edge paths (sizes that are not multiples of any tile) with few dist
 """
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 
 import numpy as np
 import pytest
 
-_CACHE = tempfile.mkdtemp(prefix="lepton-opencl-catalog-")
-os.environ.setdefault("POCL_CACHE_DIR", os.path.join(_CACHE, "pocl"))
-os.environ.setdefault("LEPTON_OPENCL_CACHE", os.path.join(_CACHE, "opencl"))
+from opencl_devices import usable_opencl_device
 
-cl = pytest.importorskip("pyopencl")
+CL_DEVICE, SPEC = usable_opencl_device()
+
 lepton = pytest.importorskip("lepton")
 
 from lepton.errors import InvalidInput  # noqa: E402
 from lepton.backends.ops import REGISTRY, TensorMeta  # noqa: E402
 from lepton.backends.opencl import OpenCLDevice, ProgramCache, catalog  # noqa: E402
-from references import close, csr, opencl_test_device  # noqa: E402
-
-CL_DEVICE, SPEC = opencl_test_device()
+from references import close, csr  # noqa: E402
 CATALOG_OPS = {"matmul.rows", "matmul.inner", "linear", "mlp", "gram", "lstsq", "pca", "kmeans", "spmm",
                "gcn_layer", "qmatmul", "topk"}
 

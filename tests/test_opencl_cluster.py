@@ -11,13 +11,13 @@ import json
 import numpy as np
 import pytest
 
-pytest.importorskip("pyopencl")
+from opencl_devices import usable_opencl_device
+
+CL_DEVICE, SPEC = usable_opencl_device()  # agents, started with this environment, name it by index
+
 lepton = pytest.importorskip("lepton")
 
 from lepton.backends.opencl import OpenCLDevice, ProgramCache, export_binaries  # noqa: E402
-from references import opencl_test_device  # noqa: E402
-
-CL_DEVICE, SPEC = opencl_test_device()  # agents name it by index
 
 TOL = {"float32": 1e-5, "float64": 1e-12, "int32": 1e-12, "int64": 1e-12}
 

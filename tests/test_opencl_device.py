@@ -15,7 +15,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import textwrap
 import threading
 import time
@@ -23,29 +22,20 @@ import time
 import numpy as np
 import pytest
 
-# Fresh caches for the run, set before pyopencl initialises PoCL (conftest sets them for the whole
-# run, which lets the cluster tests' agents load what these tests built).
-_CACHE = tempfile.mkdtemp(prefix="lepton-opencl-test-")
-os.environ.setdefault("POCL_CACHE_DIR", os.path.join(_CACHE, "pocl"))
-os.environ.setdefault("LEPTON_OPENCL_CACHE", os.path.join(_CACHE, "opencl"))
+from opencl_devices import usable_opencl_device
 
-cl = pytest.importorskip("pyopencl")
+# The device under test: a usable CPU device unless benchmarks/gpu_check.sh asks for the GPU.
+CL_DEVICE, SPEC = usable_opencl_device()  # SPEC: its opencl:I in device specs
+
+import pyopencl as cl  # noqa: E402
 
 from lepton.backends import discovery  # noqa: E402
 from lepton.errors import FailedPrecondition, InvalidInput, LeptonError, ResourceExhausted  # noqa: E402
 from lepton.backends.numpy_device import NumpyDevice  # noqa: E402
 from lepton.backends.ops import REGISTRY, TensorMeta  # noqa: E402
-from lepton.backends.opencl import (OpenCLDevice, ProgramCache, all_devices, describe_devices,  # noqa: E402
-                             export_binaries, read_manifest, select_devices)
+from lepton.backends.opencl import (OpenCLDevice, ProgramCache, describe_devices,  # noqa: E402
+                             export_binaries, read_manifest)
 from lepton.backends.opencl.errors import cl_errors, translate  # noqa: E402
-
-# The device under test: PoCL's CPU device unless benchmarks/gpu_check.sh asks for the GPU.
-SELECTOR = os.environ.get("LEPTON_TEST_OPENCL_DEVICE", "cpu")
-try:
-    CL_DEVICE = select_devices(SELECTOR)[0]
-except LeptonError:
-    pytest.skip(f"no OpenCL device matches {SELECTOR!r}", allow_module_level=True)
-INDEX = all_devices().index(CL_DEVICE)  # its opencl:I in device specs
 
 DTYPES = ["float32", "float64", "int32", "int64"]
 TOL = {"float32": 1e-5, "float64": 1e-12, "int32": 1e-12, "int64": 1e-12}
@@ -342,10 +332,12 @@ def test_describe_and_specs(monkeypatch, tmp_path):
     monkeypatch.setenv("LEPTON_OPENCL_CACHE", str(tmp_path))
     listing = describe_devices()
     assert {"index", "platform", "name", "type", "compute_units", "global_memory_bytes",
-            "driver_version"} <= listing[0].keys()
-    devices = discovery.open_devices(["numpy", "opencl:0", "opencl:cpu"])
+            "driver_version", "usable", "reason"} <= listing[0].keys()
+    usable_cpus = [d for d in listing if d["usable"] and "cpu" in d["type"]]
+    # Names follow the order devices are opened in: SPEC first, then every usable CPU device.
+    devices = discovery.open_devices(["numpy", SPEC, "opencl:cpu"])
     try:
-        assert [d.name for d in devices] == ["numpy:0", "opencl:0", "opencl:1"]
+        assert [d.name for d in devices] == ["numpy:0", "opencl:0", *[f"opencl:{1 + i}" for i in range(len(usable_cpus))]]
         assert all(d.info().throughput for d in devices[1:])
     finally:
         for d in devices:
@@ -372,7 +364,7 @@ def test_binaries_load_in_a_fresh_process_without_compiling(manifest, tmp_path):
         import json, numpy as np
         from lepton.backends import discovery
         from lepton.backends.ops import REGISTRY, TensorMeta
-        (dev,) = discovery.open_devices(["opencl:{INDEX}@{manifest}"])
+        (dev,) = discovery.open_devices(["{SPEC}@{manifest}"])
         x = (1000 + 10 * np.random.default_rng(0).standard_normal(300_007)).astype(np.float32)
         out = {{}}
         for name in dev.info().ops:
@@ -418,7 +410,7 @@ def test_corrupt_binary_is_refused_at_open(manifest, tmp_path):
     victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])  # truncated
     (broken / "manifest.json").write_text(json.dumps(entries))
     with pytest.raises(FailedPrecondition, match="corrupt"):
-        discovery.open_devices([f"opencl:{INDEX}@{broken / 'manifest.json'}"])
+        discovery.open_devices([f"{SPEC}@{broken / 'manifest.json'}"])
 
     # Bytes the manifest vouches for but the driver rejects: refused by the driver, still a clear error.
     victim.write_bytes(b"not a program binary" * 50)
@@ -426,6 +418,6 @@ def test_corrupt_binary_is_refused_at_open(manifest, tmp_path):
     entries["programs"]["reduce.sum.float32.flat"]["sha256"] = hashlib.sha256(victim.read_bytes()).hexdigest()
     (broken / "manifest.json").write_text(json.dumps(entries))
     with pytest.raises(FailedPrecondition, match="reduce.sum.float32.flat"):
-        discovery.open_devices([f"opencl:{INDEX}@{broken / 'manifest.json'}"])
+        discovery.open_devices([f"{SPEC}@{broken / 'manifest.json'}"])
     with pytest.raises(FailedPrecondition, match="cannot read"):
-        discovery.open_devices([f"opencl:{INDEX}@{tmp_path / 'missing.json'}"])
+        discovery.open_devices([f"{SPEC}@{tmp_path / 'missing.json'}"])

@@ -8,25 +8,19 @@ sums exact) and, for matmul, tests/test_opencl_catalog.py's (1e-4 of |a| @ |b| f
 """
 from __future__ import annotations
 
-import os
-import tempfile
-
 import numpy as np
 import pytest
 
-_CACHE = tempfile.mkdtemp(prefix="lepton-opencl-transfer-")
-os.environ.setdefault("POCL_CACHE_DIR", os.path.join(_CACHE, "pocl"))
-os.environ.setdefault("LEPTON_OPENCL_CACHE", os.path.join(_CACHE, "opencl"))
+from opencl_devices import usable_opencl_device
 
-cl = pytest.importorskip("pyopencl")
+CL_DEVICE, _ = usable_opencl_device()
 
 from lepton.errors import LeptonError  # noqa: E402
 from lepton.backends.ops import REGISTRY, TensorMeta  # noqa: E402
 from lepton.backends.opencl import OpenCLDevice, ProgramCache, transfer  # noqa: E402
 from lepton.backends.opencl.transfer import Stager  # noqa: E402
-from references import close, opencl_test_device  # noqa: E402
+from references import close  # noqa: E402
 
-CL_DEVICE, _ = opencl_test_device()
 TOL = {"float32": 1e-5, "float64": 1e-12, "int32": 1e-12, "int64": 1e-12}
 SLOT = 64 << 10  # 64 KiB slots: a 1 MB input is 16 chunks through 2 slots
 

@@ -214,9 +214,11 @@ def cmd_devices(args) -> int:
     try:
         from lepton.backends.opencl import describe_devices
 
+        # fresh: re-probe each device, so a repaired driver is seen (and its cached verdict replaced).
         rows += [[f"opencl:{d['index']}", f"{d['name']} ({d['platform']})", d["type"],
-                  f"{d['compute_units']} CUs, {d['global_memory_bytes'] >> 20} MiB, driver {d['driver_version']}"]
-                 for d in describe_devices()]
+                  f"{d['compute_units']} CUs, {d['global_memory_bytes'] >> 20} MiB, driver {d['driver_version']}"
+                  if d["usable"] else f"unusable (driver {d['driver_version']}): {d['reason']}"]
+                 for d in describe_devices(fresh=True)]
     except ImportError as exc:
         rows.append(["opencl", f"unavailable: {exc}", "-", "-"])
     mpiexec = shutil.which("mpiexec", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
