@@ -88,7 +88,8 @@ def describe_devices(fresh: bool = False) -> list[dict]:
 
 # What to do when nothing works: the two ways to a device that builds kernels.
 _ADVICE = ("to get one: install a PoCL built for every CPU generation (Debian/Ubuntu: "
-           "`apt-get install pocl-opencl-icd`) or your GPU's OpenCL driver; `lepton devices` lists what was found")
+           "`apt-get install pocl-opencl-icd`) or your GPU's OpenCL driver; `lepton devices` probes every "
+           "device again and lists what it found")
 
 
 def _label(device: cl.Device) -> str:

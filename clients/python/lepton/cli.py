@@ -215,10 +215,14 @@ def cmd_devices(args) -> int:
         from lepton.backends.opencl import describe_devices
 
         # fresh: re-probe each device, so a repaired driver is seen (and its cached verdict replaced).
+        described = describe_devices(fresh=True)
         rows += [[f"opencl:{d['index']}", f"{d['name']} ({d['platform']})", d["type"],
                   f"{d['compute_units']} CUs, {d['global_memory_bytes'] >> 20} MiB, driver {d['driver_version']}"
                   if d["usable"] else f"unusable (driver {d['driver_version']}): {d['reason']}"]
-                 for d in describe_devices(fresh=True)]
+                 for d in described]
+        if not any(d["usable"] for d in described):
+            rows.append(["opencl", "no usable OpenCL device", "-",
+                         "apt-get install pocl-opencl-icd (CPUs), or your GPU's OpenCL driver"])
     except ImportError as exc:
         rows.append(["opencl", f"unavailable: {exc}", "-", "-"])
     mpiexec = shutil.which("mpiexec", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
