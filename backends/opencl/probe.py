@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -101,11 +102,12 @@ def _without_preamble(message: str) -> str:
 
 
 def _first_error_line(message: str) -> str:
-    """The line a person needs ("error: unknown target CPU 'generic'"), not pyopencl's preamble."""
+    """The line a person needs ("error: unknown target CPU 'generic'"), not pyopencl's preamble nor
+    the location in the probe's temporary source file."""
     lines = [line.strip() for line in message.splitlines() if line.strip()]
     for line in lines:
         if "error" in line.lower() and not line.startswith("clBuildProgram failed"):
-            return line
+            return re.sub(r"^error: \S+:\d+:\d+: ", "error: ", line)
     return lines[0] if lines else "unknown OpenCL error"
 
 

@@ -227,7 +227,8 @@ def cmd_devices(args) -> int:
         rows.append(["opencl", f"unavailable: {exc}", "-", "-"])
     mpiexec = shutil.which("mpiexec", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
     rows.append(["mpi:N", "MPI pool of N ranks", "cpu", mpiexec or "no mpiexec found"])
-    print(table(["SPEC", "DEVICE", "TYPE", "DETAILS"], rows))
+    # Wider cells than status tables: an unusable device's reason is the compiler's whole error line.
+    print(table(["SPEC", "DEVICE", "TYPE", "DETAILS"], rows, limits={"DEVICE": 128, "DETAILS": 256}))
     return 0
 
 
