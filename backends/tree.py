@@ -8,6 +8,7 @@ maximal nodes the task covers, and the coordinator folds those up to the root.
 """
 from __future__ import annotations
 
+import os
 from typing import Callable
 
 from lepton.backends.ops import Partial
@@ -72,6 +73,9 @@ class TreeAggregator:
         self.done: dict[Range, Partial] = {}
         # parent (level, index) -> [next child to fold, folded prefix, {child: partial}]
         self._pending: dict[tuple[int, int], list] = {}
+        # Test hook, never set in production: fold each node's children in the order they arrive
+        # instead of left to right. tests/test_determinism.py must fail with it (so it can fail).
+        self._arrival_order = os.environ.get("LEPTON_TEST_FOLD_IN_ARRIVAL_ORDER") == "1"
 
     @property
     def complete(self) -> bool:
@@ -99,11 +103,15 @@ class TreeAggregator:
                 self.done[self.tree.node(level, index)] = partial
                 return
             slot = self._pending.setdefault(parent, [0, None, {}])
-            slot[2][index % k] = partial
-            while slot[0] in slot[2]:
-                value = slot[2].pop(slot[0])
-                slot[1] = value if slot[0] == 0 else self.combine(slot[1], value)
+            if self._arrival_order:  # slot[0] counts the children folded so far
+                slot[1] = partial if slot[0] == 0 else self.combine(slot[1], partial)
                 slot[0] += 1
+            else:
+                slot[2][index % k] = partial
+                while slot[0] in slot[2]:
+                    value = slot[2].pop(slot[0])
+                    slot[1] = value if slot[0] == 0 else self.combine(slot[1], value)
+                    slot[0] += 1
             if slot[0] < self.tree.children(*parent):
                 return
             del self._pending[parent]
