@@ -1,5 +1,106 @@
-"""NumPy references and checks shared by the catalog tests (NumPy device, MPI pool, OpenCL)."""
+"""NumPy references and the one checker of the tests (reductions, the op catalog, other clients).
+
+Reductions (`mismatch`, `assert_matches`): min, max, count, histogram and integer sums are exact.
+Float sums, means and variances are held to the error bound of the fold that computes them, not to
+a guessed constant. The reference adds pairwise in float64 along each column (depth 19 + log2 n,
+so it errs by at most that many float64 roundings of sum(|x|), counted in). A sum whose
+additions nest at most d deep errs by at most d * u * sum(|x|), u the unit roundoff of the type it
+adds in. Lepton computes each ~4 MiB block of a partition with NumPy: along axis 0 of a 1-D array
+pairwise (depth 19 + log2 m for m rows, plus m / 8192 where NumPy buffers a cast to float64), of an
+N-D array row after row (depth m); sums add in the input's type, means and variances in float64.
+It folds the blocks in a binary tree and the partitions in left folds of at most 7 per level of the
+arity-8 tree, in float64. Rounding both results to their dtype costs at most one ulp between them. Variances: Chan's combine turns errors in the partials' means into errors of
+var * (1 + |mean| / std), the condition number. A sum with one partition missing, or a plain float32
+running sum of a 1-D array, exceed these bounds (tests/test_references.py).
+"""
+from __future__ import annotations
+
+import math
+
 import numpy as np
+
+U64 = 2.0 ** -53  # unit roundoff of float64
+UNIT = {np.dtype(np.float32): 2.0 ** -24, np.dtype(np.float64): U64}
+BLOCK_BYTES = 4 << 20  # the reductions' op.block_bytes
+
+
+def fold_depth(x: np.ndarray) -> tuple[int, int]:
+    """(nesting depth of the additions within a block; of those in float64 across blocks and
+    partitions, plus the reference's) of Lepton's fold of x along axis 0, whatever the partitioning."""
+    n = len(x)
+    row_bytes = max(1, x.dtype.itemsize * math.prod(x.shape[1:]))
+    m = max(1, min(n, BLOCK_BYTES // row_bytes))
+    within = 19 + math.ceil(math.log2(m + 1)) + m // 8192 if x.ndim == 1 else m
+    levels = math.ceil(math.log2(n + 1))
+    reference = 19 + levels
+    return within, levels + 7 * math.ceil(levels / 3) + reference
+
+
+def reference(op: str, x: np.ndarray, **params) -> dict[str, np.ndarray]:
+    """What NumPy says, in the result names and dtypes Lepton uses; float sums, means and variances
+    added pairwise in float64, then rounded to NumPy's result dtype."""
+    if op == "histogram":
+        columns = [x] if x.ndim == 1 else x.T
+        bins = params.get("edges", params.get("bins"))
+        results = [np.histogram(c, bins=bins, range=params.get("range")) for c in columns]
+        counts = results[0][0] if x.ndim == 1 else np.stack([r[0] for r in results])
+        return {"counts": counts, "edges": results[0][1]}
+    if op == "count":
+        valid = ~np.isnan(x) if x.dtype.kind == "f" else np.ones_like(x, dtype=bool)
+        return {"count": np.count_nonzero(valid, axis=0)}
+    if op in ("mean", "var") or (op == "sum" and x.dtype.kind == "f"):
+        out, n = (x.dtype if x.dtype.kind == "f" else np.dtype(np.float64)), len(x)
+        columns = np.ascontiguousarray(x.astype(np.float64).reshape(n, math.prod(x.shape[1:])).T)  # pairwise
+        sums = np.sum(columns, axis=1)
+        if op == "sum":
+            return {"sum": sums.reshape(x.shape[1:]).astype(out)}
+        if op == "mean":
+            return {"mean": (sums / n).reshape(x.shape[1:]).astype(out)}
+        m2 = np.sum((columns - (sums / n)[:, None]) ** 2, axis=1)
+        return {"var": (m2 / (n - params.get("ddof", 0))).reshape(x.shape[1:]).astype(out)}
+    return {op: getattr(np, op)(x, axis=0)}
+
+
+def tolerance(op: str, x: np.ndarray, want: np.ndarray, got: np.ndarray, **params) -> np.ndarray:
+    """Per column, the largest |got - want| the fold's error analysis allows (0: exact)."""
+    if op not in ("sum", "mean", "var") or (op == "sum" and x.dtype.kind != "f"):
+        return np.zeros(np.shape(want))
+    wide = x.astype(np.float64)
+    within, across = fold_depth(x)
+    u_within = UNIT.get(x.dtype, U64) if op == "sum" else U64  # mean and var partials: float64 sums
+    ulp = np.maximum(np.spacing(np.abs(want)), np.spacing(np.abs(got).astype(want.dtype))).astype(np.float64)
+    if op in ("sum", "mean"):
+        bound = (within * u_within + across * U64) * np.sum(np.abs(wide), axis=0)
+        return ulp + (bound if op == "sum" else bound / len(x))
+    var = np.var(wide, axis=0, ddof=params.get("ddof", 0))
+    condition = 1 + np.abs(np.mean(wide, axis=0)) / np.sqrt(np.maximum(var, np.finfo(np.float64).tiny))
+    return ulp + 4 * (within + across) * U64 * condition * var
+
+
+def mismatch(op: str, x: np.ndarray, got: dict[str, np.ndarray], **params) -> str | None:
+    """None if `got` matches the reference within the bound above, else what differs."""
+    for name, expected in reference(op, x, **params).items():
+        value, expected = np.asarray(got[name]), np.asarray(expected)
+        if value.shape != expected.shape:
+            return f"{name}: shape {value.shape}, expected {expected.shape}"
+        if value.dtype != expected.dtype:
+            return f"{name}: dtype {value.dtype}, expected {expected.dtype}"
+        if name == "edges" or expected.dtype.kind != "f":
+            if not np.array_equal(value, expected):
+                return f"{name}: {value}, expected exactly {expected}"
+            continue
+        limit = tolerance(op, x, expected, value, **params)
+        error = np.abs(value.astype(np.float64) - expected.astype(np.float64))
+        bad = ~((error <= limit) | (np.isnan(value) & np.isnan(expected)) | (value == expected))
+        if np.any(bad):
+            return (f"{name}: error {np.max(error[bad]):.3g} exceeds the fold's bound {np.min(limit[bad]):.3g} "
+                    f"(got {value}, expected {expected})")
+    return None
+
+
+def assert_matches(op: str, x: np.ndarray, got: dict[str, np.ndarray], **params) -> None:
+    problem = mismatch(op, x, got, **params)
+    assert problem is None, f"{op} of {x.dtype}{list(x.shape)}: {problem}"
 
 
 def close(got, want, scale=None, rtol=1e-10):

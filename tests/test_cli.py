@@ -82,3 +82,21 @@ def test_run_with_named_inputs_and_json(clusters, tmp_path):
 
     assert np.allclose(json.loads(out.stdout)["c"], a @ b, rtol=1e-12)
     assert np.allclose(np.load(tmp_path / "c.npz")["c"], a @ b, rtol=1e-12)
+
+
+def test_the_demos_check_rejects_wrong_results():
+    """`lepton demo` has a check of its own: it must reject a sum with one of 16 partitions missing,
+    a variance 1e-4 off and a histogram one count off, and pass the right answers."""
+    from lepton.demo import mismatch
+
+    x = np.random.default_rng(7).standard_normal(2_000_000, dtype=np.float32)
+    total = np.sum(x, dtype=np.float64)
+    assert mismatch("sum", x, {"sum": np.float32(total)}) is None
+    missing = total - np.sum(x[-len(x) // 16:], dtype=np.float64)
+    assert mismatch("sum", x, {"sum": np.float32(missing)}) is not None
+    assert mismatch("var", x, {"var": np.float32(x.var(dtype=np.float64))}, ddof=0) is None
+    assert mismatch("var", x, {"var": np.float32(x.var(dtype=np.float64) * (1 + 1e-4))}, ddof=0) is not None
+    counts = np.histogram(x, bins=8, range=(-4, 4))[0]
+    assert mismatch("histogram", x, {"counts": counts}, bins=8, range=[-4, 4]) is None
+    counts[3] += 1
+    assert mismatch("histogram", x, {"counts": counts}, bins=8, range=[-4, 4]) is not None

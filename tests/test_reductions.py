@@ -7,7 +7,7 @@ from lepton.errors import InvalidInput
 from lepton.backends.ops import TensorMeta, get_op
 from lepton.backends.ops.reductions import OPS as REDUCTIONS
 from lepton.backends.tree import Tree, TreeAggregator
-from lepton.verify import mismatch
+from references import mismatch
 
 PARAMS = {"histogram": {"bins": 10, "range": [-2.0, 2.0]}, "var": {"ddof": 1}}
 
