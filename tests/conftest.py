@@ -14,6 +14,8 @@ os.environ.setdefault("LEPTON_OPENCL_CACHE", os.path.join(_CACHE, "opencl"))
 
 import lepton  # noqa: E402
 
+pytest_plugins = ["ci_policy"]  # CI=true: a skip fails (tests/ci_policy.py)
+
 
 @pytest.fixture(scope="session")
 def clusters():

@@ -23,7 +23,7 @@ from opencl_devices import usable_opencl_device
 
 CL_DEVICE, SPEC = usable_opencl_device()
 
-lepton = pytest.importorskip("lepton")
+import lepton  # noqa: E402
 
 from lepton.errors import InvalidInput  # noqa: E402
 from lepton.backends.ops import REGISTRY, TensorMeta  # noqa: E402

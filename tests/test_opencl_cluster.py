@@ -15,7 +15,7 @@ from opencl_devices import usable_opencl_device
 
 CL_DEVICE, SPEC = usable_opencl_device()  # agents, started with this environment, name it by index
 
-lepton = pytest.importorskip("lepton")
+import lepton  # noqa: E402
 
 from lepton.backends.opencl import OpenCLDevice, ProgramCache, export_binaries  # noqa: E402
 

@@ -8,7 +8,8 @@ Lepton's fold (tests/references.py). matmul (a 2x3 by a 3x2) runs too whenever t
 skipped it.
 
 The test installs and builds what it needs (`npm ci`; CMake build cached in clients/cpp/build). If the
-toolchain is missing or the npm registry cannot be reached, the test skips and says why.
+toolchain is missing or the npm registry cannot be reached, the test skips and says why; on CI
+(CI=true, set by .ci/run, which installs both) that skip is a failure (tests/ci_policy.py).
 """
 from __future__ import annotations
 
