@@ -125,15 +125,28 @@ def test_no_result_before_the_input_is_verified(stub):
     header, chunks = valid(X)
     chunks[-1] = chunk(chunks[-1].offset, bytes(len(chunks[-1].data)))  # corrupt the last chunk
     spec = job_pb2.JobSpec(op="sum", inputs=[job_pb2.JobInput(name="x", tensor=header)])
+    accepted, finished = [], []
 
     def requests():
         yield pb.SubmitJobRequest(spec=spec)
         for c in chunks:
             yield pb.SubmitJobRequest(chunk=c)
-        time.sleep(1.5)  # the partitions finish meanwhile
+        deadline = time.monotonic() + 60  # end the stream only once every partition is done
+        while not finished and time.monotonic() < deadline:
+            if accepted:
+                status = stub.GetJob(pb.GetJobRequest(job_id=accepted[0]), timeout=10).job
+                if 0 < status.partitions_total == status.partitions_done:
+                    finished.append(status)
+            time.sleep(0.05)
 
+    seen = []
     with pytest.raises(grpc.RpcError) as info:
-        list(stub.SubmitJob(requests(), timeout=30))
+        for response in stub.SubmitJob(requests(), timeout=90):
+            seen.append(response.WhichOneof("event"))
+            if response.HasField("accepted"):
+                accepted.append(response.accepted.job_id)
+    assert finished, f"the partitions never all finished: {seen}"
+    assert "done" not in seen and "result_header" not in seen  # no result before the checksum
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "checksum" in info.value.details()
 
 

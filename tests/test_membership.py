@@ -10,6 +10,14 @@ import pytest
 import lepton
 
 
+def wait_until(condition, what, timeout=60.0):
+    """Poll `condition` until it holds; a generous deadline, since a loaded 2-core machine is slow."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"still waiting after {timeout} s: {what}"
+        time.sleep(0.1)
+
+
 def status_text(address):
     out = subprocess.run([sys.executable, "-m", "lepton", "status", "--coordinator", address],
                          capture_output=True, text=True, timeout=30)
@@ -24,11 +32,9 @@ def test_killed_agent_is_dropped_and_a_new_agent_is_used():
         pid = cluster.agents[0].pid
         (killed,) = [a for a in client.cluster_status().agents if a.name.endswith(f"-{pid}")]
         cluster.kill_agent(0)  # SIGKILL: no goodbye
-        start = time.monotonic()
-        while killed.address in status_text(cluster.address):
-            assert time.monotonic() - start < 10, "killed agent still listed"
-            time.sleep(0.2)
-        assert time.monotonic() - start < 8  # heartbeat timeout 3 s; `lepton status` itself takes ~0.5 s
+        wait_until(lambda: killed.address not in status_text(cluster.address), "the killed agent still listed")
+        assert f"event=agent.removed agent={killed.agent_id}" in cluster.logs(100_000)
+        assert "no heartbeat for" in cluster.logs(100_000)  # dropped by the heartbeat timeout
         newcomer = cluster.add_agent("numpy")
         x = np.arange(8_000_000, dtype=np.float64)
         assert client.sum(x, partitions=16) == x.sum()
@@ -56,12 +62,11 @@ def test_sigterm_stops_an_agent_cleanly_and_it_leaves_at_once():
     with lepton.LocalCluster(agents=2) as cluster:
         client = cluster.client()
         process = cluster.agents[0]
-        start = time.monotonic()
         process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=15) == 0
-        while len(client.cluster_status().agents) != 1:  # it said goodbye: no heartbeat timeout needed
-            assert time.monotonic() - start < 2.5
-            time.sleep(0.05)
+        assert process.wait(timeout=60) == 0
+        wait_until(lambda: len(client.cluster_status().agents) == 1, "the stopped agent still listed")
+        logs = cluster.logs(100_000)
+        assert "reason=left" in logs and "no heartbeat for" not in logs, logs  # it said goodbye
         assert client.sum(np.ones(100)) == 100
         assert cluster.coordinator.poll() is None
 
@@ -78,10 +83,7 @@ def test_deadline_ends_the_job_and_the_cluster_stays_usable():
             raise AssertionError("the job should have missed its deadline")
         except lepton.LeptonError as exc:
             assert exc.code == grpc.StatusCode.DEADLINE_EXCEEDED
-        start = time.monotonic()
-        while client.job(job_id).state not in (4, 5):  # FAILED or CANCELLED
-            assert time.monotonic() - start < 5
-            time.sleep(0.05)
+        wait_until(lambda: client.job(job_id).state in (4, 5), "the job to end")  # FAILED or CANCELLED
         assert client.sum(np.ones(10), partitions=1) == 10
 
 
@@ -100,14 +102,15 @@ def test_coordinator_sigterm_fails_running_jobs_cleanly():
         assert cluster.coordinator.wait(timeout=20) == 0, cluster.logs()
 
 
+@pytest.mark.slow  # about 14 s
 def test_a_straggling_agent_is_outrun_by_speculative_copies():
     with lepton.LocalCluster(agents=1) as cluster:
-        cluster.add_agent("numpy", ["--test-delay", "12:12"])  # every partition there takes 12 s
-        client = cluster.client()
+        # Every partition there takes 10 minutes: the job can only end within the client's 120 s if
+        # speculative copies replace them.
+        cluster.add_agent("numpy", ["--test-delay", "600:600"])
+        client = cluster.client(timeout=120)
         x = np.random.default_rng(4).standard_normal(2_000_000)
-        start = time.monotonic()
         total = client.sum(x, partitions=16)
-        assert time.monotonic() - start < 8, "the job waited for the straggler"
         assert abs(total - x.sum()) <= 1e-12 * np.abs(x).sum()
         trace = client.trace(client.jobs(limit=1)[0].job_id)
         tries = collections.Counter(p.partition for p in trace.partitions)

@@ -9,6 +9,7 @@ import os
 import re
 import signal
 import sys
+import time
 import uuid
 
 import numpy as np
@@ -194,15 +195,22 @@ def test_kmeans(mpi_client):
     check_kmeans(mpi_client, x, x[rng.choice(len(x), 5, replace=False)], 8, partitions=1)
 
 
+@pytest.mark.slow  # about 25 s: partitions of 1-1.5 s each
 def test_killing_a_worker_rank_mid_job_retries_elsewhere_and_the_job_succeeds():
-    # A random delay before each partition keeps both agents' runs in flight while the worker dies.
-    with Cluster(["numpy", "mpi:2"], agent_args=["--test-delay", "0.3"]) as cluster:
+    # A delay of 1-1.5 s before each partition keeps the MPI agent's run in flight while the worker dies.
+    with Cluster(["numpy", "mpi:2"], agent_args=["--test-delay", "1:1.5"]) as cluster:
         client = cluster.local.client()
-        [mpi] = [d for a in client.cluster_status().agents for d in a.devices if d.kind == "mpi"]
+        [(agent_id, mpi)] = [(a.agent_id, d) for a in client.cluster_status().agents for d in a.devices
+                             if d.kind == "mpi"]
         worker = int(re.search(r"workers 1:[^/]+/(\d+)", mpi.description).group(1))  # the test hook
         x = np.random.default_rng(5).standard_normal(400_000)
         job = client.submit("histogram", x, partitions=16, bins=100, range=[-5.0, 5.0])
-        assert job.job_id
+        # Kill the worker only once the MPI agent holds a partition it has not returned.
+        deadline = time.monotonic() + 60
+        while not any(p.agent_id == agent_id and p.outcome == "running"
+                      for p in client.trace(job.job_id).partitions):
+            assert time.monotonic() < deadline, "the MPI agent never got a partition"
+            time.sleep(0.02)
         os.kill(worker, signal.SIGKILL)
         result = job.result(timeout=120)
         assert np.array_equal(result["counts"], np.histogram(x, bins=100, range=(-5, 5))[0])
