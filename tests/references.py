@@ -117,6 +117,19 @@ def csr(dense, index=np.int32):
     return indptr, cols.astype(index), dense[rows, cols], dense.shape
 
 
+def gcn_reference(adjacency, x, w, activation="relu"):
+    """One GCN layer as the service defines it: act(D^-1/2 (A + I) D^-1/2 @ x @ w), A symmetric dense."""
+    a_hat = adjacency + np.eye(len(adjacency))
+    d = 1 / np.sqrt(a_hat.sum(axis=1))
+    z = (d[:, None] * a_hat * d[None, :]) @ x @ w
+    return {"relu": lambda v: np.maximum(v, 0), "none": lambda v: v}[activation](z)
+
+
+def inertia(x, centroids):
+    """Sum of squared distances from each point to its nearest centroid."""
+    return ((x[:, None, :] - centroids[None]) ** 2).sum(-1).min(axis=1).sum()
+
+
 def lloyd(x, centroids, max_iter, tol):
     """Plain Lloyd iterations: (centroids, iterations), stopping when no centroid moves more than tol."""
     for i in range(1, max_iter + 1):
@@ -138,6 +151,7 @@ def check_pca(client, x, **kw):
     pca = client.pca(x + 100, k=4, **kw)
     values, vectors = np.linalg.eigh(np.cov(x.T))
     close(pca["explained_variance"], values[::-1][:4], rtol=1e-9)
+    close(pca["explained_variance_ratio"], values[::-1][:4] / values.sum(), rtol=1e-9)
     for got, want in zip(pca["components"], vectors[:, ::-1].T):
         assert min(np.abs(got - want).max(), np.abs(got + want).max()) < 1e-8
     close(pca["mean"], x.mean(axis=0) + 100)
@@ -153,16 +167,20 @@ def check_topk(client, x, **kw):
     assert np.array_equal(indices, order)
     values, indices = client.topk(x[:, 0].astype(np.float32), k=4, largest=False, **kw)
     assert np.array_equal(values, np.sort(x[:, 0])[:4].astype(np.float32))
-    assert np.array_equal(x[indices, 0], values)
+    assert np.array_equal(indices, np.argsort(x[:, 0], kind="stable")[:4])  # ties: the lower row first
 
 
 def check_kmeans(client, x, start, max_iter, **kw):
     """k-means from `start` equals plain Lloyd iterations (1e-9 of |centroid| + 1: the same arithmetic up
-    to summation order); k-means++ seeding on a sample gets within 20% of that inertia."""
+    to summation order), and its counts and inertia those of the last round (the assignment to the
+    centroids that round started from); k-means++ seeding on a sample gets within 20% of that inertia."""
     got = client.kmeans(x, centroids=start, max_iter=max_iter, tol=1e-9, **kw)
     want, iterations = lloyd(x, start, max_iter, 1e-9)
     close(got["centroids"], want, np.abs(want) + 1, 1e-9)
     assert got["iterations"] == iterations
-    assert got["counts"].sum() == len(x)
+    last = lloyd(x, start, iterations - 1, 0.0)[0] if iterations > 1 else start
+    labels = np.argmin(((x[:, None, :] - last[None]) ** 2).sum(-1), axis=1)
+    assert np.array_equal(got["counts"], np.bincount(labels, minlength=len(start)))
+    close(got["inertia"], inertia(x, last), rtol=1e-9)
     seeded = client.kmeans(x, k=len(start), seed=3, max_iter=max_iter, **kw)
     assert seeded["inertia"] <= 1.2 * got["inertia"]

@@ -40,8 +40,20 @@ def test_out_of_memory_runs_the_partition_in_pieces(op_name, params):
 
 
 def test_a_piece_that_never_fits_fails_with_resource_exhausted():
-    x = np.ones((64, 2))
+    x = np.ones((640, 2))
     op = get_op("sum")
     p = op.validate({"x": TensorMeta(x.dtype, x.shape)}, {})
+    device = SmallMemoryDevice(max_rows=0)
     with pytest.raises(ResourceExhausted):
-        run_in_pieces(SmallMemoryDevice(max_rows=0), op, {"x": x}, p)
+        run_in_pieces(device, op, {"x": x}, p)
+    assert min(device.calls) == 10  # halved down to 1/64 of the partition (640 / 64 rows), no further
+
+
+def test_pieces_stop_at_one_64th():
+    x = np.random.default_rng(1).random((640, 2))
+    op = get_op("sum")
+    p = op.validate({"x": TensorMeta(x.dtype, x.shape)}, {})
+    fits = SmallMemoryDevice(max_rows=10)  # 1/64 fits: the partition runs in 64 pieces
+    assert np.allclose(run_in_pieces(fits, op, {"x": x}, p)["sum"], x.sum(axis=0), rtol=1e-12, atol=0)
+    with pytest.raises(ResourceExhausted):
+        run_in_pieces(SmallMemoryDevice(max_rows=9), op, {"x": x}, p)  # 1/128 would: it gives up

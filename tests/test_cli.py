@@ -15,9 +15,15 @@ def test_run_on_an_npy_file(clusters, tmp_path):
     out = lepton("run", "histogram", str(tmp_path / "x.npy"), "-p", "bins=4", "-p", "range=0,1",
                  "--coordinator", clusters[2].address)
     assert out.returncode == 0, out.stderr
-    counts = np.histogram(x[:, 0], bins=4, range=(0, 1))[0]
-    assert " ".join(map(str, counts)) in " ".join(out.stdout.split())
     assert "edges" in out.stdout
+    out = lepton("run", "histogram", str(tmp_path / "x.npy"), "-p", "bins=4", "-p", "range=0,1", "--json",
+                 "--coordinator", clusters[2].address)
+    assert out.returncode == 0, out.stderr
+    import json
+
+    result = json.loads(out.stdout)
+    assert result["counts"] == [np.histogram(c, bins=4, range=(0, 1))[0].tolist() for c in x.T]
+    assert result["edges"] == np.linspace(0, 1, 5).tolist()
 
 
 def test_status_lists_agents_devices_ops_and_jobs(clusters):
