@@ -50,6 +50,7 @@ def results(client, x1, x2):
     return out
 
 
+@pytest.mark.slow  # about 11 s: 75 jobs on five clusters
 def test_bitwise_identical_across_agent_counts_and_arrival_orders(clusters, shuffled, inputs):
     expected = results(clusters[1].client(), *inputs)
     for client in (clusters[2].client(), clusters[3].client(), shuffled.client(), shuffled.client()):

@@ -1,6 +1,7 @@
 """A sum over 10^8 float32 values streams through with no gRPC message over 4 MiB."""
 import grpc
 import numpy as np
+import pytest
 
 from lepton.client import Client
 from references import assert_matches
@@ -33,6 +34,7 @@ class MessageSizes(grpc.StreamStreamClientInterceptor):
         return Measured()
 
 
+@pytest.mark.slow  # about 15 s: 400 MB through the cluster
 def test_sum_of_1e8_float32_streams_in_small_messages(clusters):
     x = np.random.default_rng(1).random(100_000_000, dtype=np.float32)
     sizes = MessageSizes()
