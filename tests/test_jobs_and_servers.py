@@ -1,0 +1,162 @@
+"""README claims about a job's life and the servers': credits, cancellation and deadlines reaching
+agents, NOT_SERVING while the coordinator shuts down, `lepton up`, the BLAS thread split and the
+environment-variable flags. Each waits on a condition with a generous deadline, never on a clock."""
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
+
+import lepton
+
+
+def wait_until(condition, what, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"still waiting after {timeout} s: {what}"
+        time.sleep(0.05)
+    return value
+
+
+def samples(address: str, name: str) -> float:
+    """The sum of a metric's samples on a server's Prometheus endpoint."""
+    text = urllib.request.urlopen(f"http://{address}/metrics", timeout=10).read().decode()
+    return sum(s.value for family in text_string_to_metric_families(text) for s in family.samples if s.name == name)
+
+
+def in_flight_peak(trace, agent_id: str) -> int:
+    """Most partitions an agent held at once: sent and not yet returned, from the job's trace."""
+    moments = sorted([(p.sent_at, 1) for p in trace.partitions if p.agent_id == agent_id] +
+                     [(p.received_at, -1) for p in trace.partitions if p.agent_id == agent_id])
+    held = peak = 0
+    for _, step in moments:  # a return at the same moment as a send counts first (-1 < 1)
+        held += step
+        peak = max(peak, held)
+    return peak
+
+
+def test_an_agent_never_holds_more_partitions_than_its_credits():
+    with lepton.LocalCluster(agents=1, agent_args=["--credits", "4", "--test-delay", "0.05:0.15"]) as cluster:
+        client = cluster.client(timeout=120)
+        (agent,) = client.cluster_status().agents
+        job = client.submit("sum", np.ones(400_000), partitions=40)
+        assert job.result()["sum"] == 400_000
+        peak = in_flight_peak(client.trace(job.job_id), agent.agent_id)
+        assert 2 <= peak <= 4, peak  # it used its credits, and never more
+
+
+@pytest.mark.parametrize("how", ["lepton cancel", "deadline"])
+def test_cancellation_and_deadlines_reach_the_agent_and_free_its_queue(how):
+    with lepton.LocalCluster(agents=1, agent_args=["--credits", "16", "--test-delay", "0.5:0.5"]) as cluster:
+        client = cluster.client(timeout=120)
+        (agent,) = client.cluster_status().agents
+        x = np.ones(4_000_000)  # 40 partitions of 800 KB, each 0.5 s on the agent
+        job = client.submit("sum", x, partitions=40, timeout=None if how == "lepton cancel" else 3.0)
+        wait_until(lambda: samples(agent.metrics_address, "lepton_device_queued_bytes") > 0, "work queued on the agent")
+        if how == "lepton cancel":
+            out = subprocess.run([sys.executable, "-m", "lepton", "cancel", job.job_id, "--coordinator",
+                                  cluster.address], capture_output=True, text=True, timeout=60)
+            assert out.returncode == 0 and "CANCELLED" in out.stdout, out.stdout + out.stderr
+        with pytest.raises(lepton.LeptonError) as info:
+            job.result(timeout=120)
+        assert info.value.code == (grpc.StatusCode.CANCELLED if how == "lepton cancel"
+                                   else grpc.StatusCode.DEADLINE_EXCEEDED), info.value
+        ran_then = samples(agent.metrics_address, "lepton_device_partitions_total")
+        queued = samples(agent.metrics_address, "lepton_device_queued_bytes") // 800_000
+        # The agent drops what it queued for the job: its queue empties, and it runs at most the
+        # partition on its device and one more started before it heard (it checks every 0.5 s).
+        wait_until(lambda: samples(agent.metrics_address, "lepton_device_queued_bytes") == 0, "the queue to empty")
+        ran = samples(agent.metrics_address, "lepton_device_partitions_total") - ran_then
+        assert ran <= 3 < queued, (ran, queued)  # it had more queued than it ran
+        assert client.sum(np.ones(10), partitions=1) == 10
+
+
+def test_coordinator_reports_not_serving_while_it_shuts_down():
+    with lepton.LocalCluster(agents=1, agent_args=["--test-delay", "0.3"]) as cluster:
+        client = cluster.client()
+        job = client.submit("sum", np.ones(1_000_000), partitions=40)  # keeps it busy while it stops
+        assert job.job_id
+        channel = grpc.insecure_channel(cluster.address)
+        watch = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(service="lepton.v1.CoordinatorService"), timeout=60)
+        seen = [next(watch).status]
+
+        def read():
+            try:
+                seen.extend(r.status for r in watch)
+            except grpc.RpcError:
+                pass  # the server went away after saying NOT_SERVING
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        cluster.coordinator.send_signal(signal.SIGTERM)
+        reader.join(timeout=60)
+        channel.close()
+        assert seen[0] == health_pb2.HealthCheckResponse.SERVING
+        assert health_pb2.HealthCheckResponse.NOT_SERVING in seen[1:], (seen, cluster.logs())
+
+
+def test_lepton_up_serves_until_ctrl_c():
+    up = subprocess.Popen([sys.executable, "-m", "lepton", "up", "--agents", "2"], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        line = wait_until(lambda: up.stdout.readline() or up.poll() is not None, "lepton up to start", 120)
+        assert isinstance(line, str) and "coordinator" in line, line
+        address = line.split("coordinator ", 1)[1].split(",")[0]
+        with lepton.Client(address, timeout=60) as client:
+            assert len(wait_until(lambda: len(client.cluster_status().agents) == 2 and client.cluster_status().agents,
+                                  "both agents")) == 2
+            x = np.arange(100_000, dtype=np.float64)
+            assert client.sum(x) == x.sum()
+        os.killpg(up.pid, signal.SIGINT)  # Ctrl-C
+        assert up.wait(timeout=60) == 0
+    finally:
+        if up.poll() is None:
+            os.killpg(up.pid, signal.SIGKILL)
+            up.wait()
+
+
+def test_agents_split_the_cores_between_their_blas_pools():
+    want = str(max(1, (os.cpu_count() or 1) // 3))
+    with lepton.LocalCluster(agents=3) as cluster:
+        for agent in cluster.agents:
+            with open(f"/proc/{agent.pid}/environ", "rb") as f:
+                env = dict(v.split(b"=", 1) for v in f.read().split(b"\0") if b"=" in v)
+            for var in (b"OPENBLAS_NUM_THREADS", b"OMP_NUM_THREADS", b"MKL_NUM_THREADS"):
+                assert env.get(var) == os.environ.get(var.decode(), want).encode(), (var, env.get(var))
+
+
+def test_every_flag_has_an_environment_equivalent(monkeypatch):
+    """--help names the variable of every server flag, and setting it changes the default."""
+    import argparse
+
+    from lepton.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    checked = 0
+    for command in ("coordinator", "agent"):
+        for action in commands[command]._actions:
+            if not action.option_strings or action.help in (None, argparse.SUPPRESS) or action.dest == "help":
+                continue
+            assert "[LEPTON_" in action.help, f"lepton {command} {action.option_strings[0]} names no variable"
+            var = action.help.rsplit("[", 1)[1].rstrip("]").split(",")[0]
+            value = {int: "7", float: "7.5"}.get(action.type, "127.0.0.1:7")
+            monkeypatch.setenv(var, value)
+            fresh = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+            parsed = fresh.choices[command].parse_args([])
+            got = getattr(parsed, action.dest)
+            monkeypatch.delenv(var)
+            if got is None and action.default is None:  # read when the server starts (--device)
+                continue
+            assert str(got if not isinstance(got, list) else got[0]) == value, (command, var, got)
+            checked += 1
+    assert checked >= 10
