@@ -175,3 +175,24 @@ def test_dropping_a_dataset_while_a_job_runs_on_it(rng, check_caches):
         assert client.sum(np.ones(10), partitions=1) == 10
         if check_caches:
             wait_until(lambda: cache_bytes(client) <= cached, "the agents to free the dropped partitions", 20)
+
+
+def test_partitions_move_off_an_agent_more_than_16_behind(rng):
+    """An agent with 20 of a job's resident partitions waiting, each 0.3 s there, is more than 16
+    behind: the fast agent takes some of them (sent to it from the coordinator's copy)."""
+    import collections
+
+    with lepton.LocalCluster(agents=1) as cluster:
+        slow = cluster.add_agent("numpy", ["--test-delay", "0.3:0.3"])
+        client = cluster.client(timeout=120)
+        x = rng.standard_normal((400_000, 2))
+        ds = client.put("behind", x, partitions=40)
+        (fast,) = [a.agent_id for a in client.cluster_status().agents if not a.name.endswith(f"-{slow.pid}")]
+        assert ds.info.placement[fast] == 20
+        job = client.submit("sum", ds)
+        assert_matches("sum", x, job.result())
+        attempts = collections.defaultdict(list)
+        for p in client.trace(job.job_id).partitions:
+            attempts[p.partition].append(p.agent_id)
+        only_fast = sum(agents == [fast] for agents in attempts.values())  # not speculative copies
+        assert only_fast > 20, (only_fast, dict(attempts))
