@@ -62,3 +62,32 @@ def test_run_exits_nonzero_when_requests_fail(tmp_path):
     assert int(total["Failure Count"]) > 0
     assert int(total["Failure Count"]) == int(total["Request Count"])
     assert "UNAVAILABLE" in proc.stdout
+
+
+WRONG_ANSWERS = '''
+"""The scenarios, with NumPy's expected values shifted: every result now looks wrong."""
+import os, sys
+sys.path.insert(0, os.path.join(os.getcwd(), "loadtests"))
+import locustfile
+from locustfile import *  # noqa: F401,F403 - the User classes
+
+_check = locustfile.check
+locustfile.check = lambda user, label, result, key, expected, rtol=1e-5: _check(
+    user, label, result, key, expected + 1.0 + abs(expected), rtol)
+'''
+
+
+@pytest.mark.slow
+def test_a_wrong_result_counts_as_a_failure(tmp_path):
+    wrapper = tmp_path / "wrong_answers.py"
+    wrapper.write_text(WRONG_ANSWERS)
+    prefix = tmp_path / "wrong"
+    proc = subprocess.run([sys.executable, str(RUN), "--scenario", "small", "--users", "1", "--time", "3s",
+                           "--csv", str(prefix), "--", "-f", str(wrapper)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=240)
+    output = proc.stdout[-6000:] + proc.stderr[-6000:]
+    assert proc.returncode != 0, output
+    rows = _rows(prefix)
+    verify = [row for row in rows.values() if row["Type"] == "verify"]
+    assert verify and int(verify[0]["Failure Count"]) > 0, output  # reported as failures of type verify
+    assert int(rows["Aggregated"]["Failure Count"]) > 0, output
