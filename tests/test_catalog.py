@@ -1,9 +1,11 @@
-"""The op catalog through a real cluster, against NumPy references.
+"""The op catalog through a real cluster, against NumPy references: a cluster of NumPy agents, and
+(the tests taking `any_client`) one whose only device is OpenCL (PoCL here and in CI).
 
 Tolerances: float64 results to 1e-10 relative (different summation orders and BLAS blockings);
 float32 to 1e-4 relative to the magnitude of the terms summed (|a| @ |b| for products), since
 float32 has 24 bits and a length-k dot product may lose log2(k) of them.
 """
+import time
 import urllib.request
 
 import grpc
@@ -14,17 +16,33 @@ import lepton
 from lepton.backends.ops import TensorMeta, get_op
 from references import check_kmeans, check_pca, check_topk, close, csr, gcn_reference
 
+CATALOG_OPS = {"matmul.rows", "matmul.inner", "linear", "mlp", "gram", "lstsq", "pca", "kmeans", "spmm",
+               "gcn_layer", "qmatmul", "topk"}
+
+
+@pytest.fixture(scope="module", params=["numpy", "opencl"])
+def any_client(request, clusters):
+    """A client of a cluster of two NumPy agents, or of one agent whose only device is OpenCL."""
+    if request.param == "numpy":
+        yield clusters[2].client(timeout=120)
+        return
+    from opencl_devices import usable_opencl_device
+
+    _, spec = usable_opencl_device()
+    with lepton.LocalCluster(agents=1, devices=spec) as cluster:
+        yield cluster.client(timeout=120)
+
 
 @pytest.mark.parametrize("dtype, rtol", [(np.float64, 1e-10), (np.float32, 1e-4)])
 @pytest.mark.parametrize("shape, plan", [((500, 64, 48), "rows"), ((16, 2000, 12), "inner"), ((300, 40, 30), "auto")])
-def test_matmul(client, rng, dtype, rtol, shape, plan):
+def test_matmul(any_client, rng, dtype, rtol, shape, plan):
     m, k, n = shape
     a, b = rng.standard_normal((m, k)).astype(dtype), rng.standard_normal((k, n)).astype(dtype)
-    c = client.matmul(a, b, plan=plan, partitions=7)
+    c = any_client.matmul(a, b, plan=plan, partitions=7)
     assert c.dtype == dtype
     close(c, a @ b, np.abs(a) @ np.abs(b), rtol)
     chosen = {"rows": "matmul.rows", "inner": "matmul.inner", "auto": "matmul.rows"}[plan]  # 40 < 4 * 300
-    assert client.jobs(limit=1)[0].op == chosen
+    assert any_client.jobs(limit=1)[0].op == chosen
 
 
 @pytest.mark.parametrize("m, k, n, plan", [(10, 40, 3, "inner"), (10, 39, 3, "rows"), (3, 40, 10, "inner"),
@@ -34,24 +52,24 @@ def test_matmul_auto_picks_inner_when_k_is_at_least_4_max_m_n(m, k, n, plan):
     assert get_op("matmul").resolve(meta, {"plan": "auto"}).name == f"matmul.{plan}"
 
 
-def test_mlp_and_linear(client, rng):
+def test_mlp_and_linear(any_client, rng):
     x = rng.standard_normal((1000, 32)).astype(np.float32)
     layers = [(rng.standard_normal((32, 64)).astype(np.float32) / 6, rng.standard_normal(64).astype(np.float32)),
               (rng.standard_normal((64, 10)).astype(np.float32) / 8, rng.standard_normal(10).astype(np.float32))]
     for act, f in [("relu", lambda z: np.maximum(z, 0)), ("tanh", np.tanh), ("sigmoid", lambda z: 1 / (1 + np.exp(-z)))]:
-        y = client.mlp(x, layers, activation=act, output="softmax", partitions=5)
+        y = any_client.mlp(x, layers, activation=act, output="softmax", partitions=5)
         z = f(x @ layers[0][0] + layers[0][1]) @ layers[1][0] + layers[1][1]
         e = np.exp(z - z.max(axis=1, keepdims=True))
         close(y, e / e.sum(axis=1, keepdims=True), np.ones_like(y), 1e-5)  # probabilities: absolute 1e-5
-    y = client.linear(x, *layers[0], activation="gelu")
+    y = any_client.linear(x, *layers[0], activation="gelu")
     z = x @ layers[0][0] + layers[0][1]
     close(y, 0.5 * z * (1 + np.tanh(np.sqrt(2 / np.pi) * (z + 0.044715 * z ** 3))), np.abs(z) + 1, 1e-5)
 
 
-def test_qmatmul_reports_its_error(client, rng):
+def test_qmatmul_reports_its_error(any_client, rng):
     x = rng.standard_normal((400, 256)).astype(np.float32)
     w = rng.standard_normal((256, 64)).astype(np.float32)
-    out = client.qmatmul(x, w, partitions=4)
+    out = any_client.qmatmul(x, w, partitions=4)
     ref = x @ w
     measured = np.linalg.norm(out["y"] - ref) / np.linalg.norm(ref)
     assert abs(out["relative_error"] - measured) <= 1e-3 * measured
@@ -59,31 +77,31 @@ def test_qmatmul_reports_its_error(client, rng):
     # Given int8 weights and scales, the result is the exact dequantized integer product.
     scale = (np.abs(w).max(axis=0) / 127).astype(np.float32)
     w_q = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
-    exact = client.qmatmul(x, w_q=w_q, w_scale=scale)["y"]
+    exact = any_client.qmatmul(x, w_q=w_q, w_scale=scale)["y"]
     assert np.array_equal(exact, out["y"])
 
 
-def test_gram_lstsq_pca(client, rng):
+def test_gram_lstsq_pca(any_client, rng):
     x = rng.standard_normal((5000, 12)) @ rng.standard_normal((12, 12))
     y = x @ rng.standard_normal(12) + 0.01 * rng.standard_normal(5000)
-    g = client.gram(x, y, partitions=6)
+    g = any_client.gram(x, y, partitions=6)
     close(g["xtx"], x.T @ x, np.abs(x).T @ np.abs(x))
     close(g["xty"], x.T @ y, np.abs(x).T @ np.abs(y))
-    close(client.lstsq(x, y), np.linalg.lstsq(x, y, rcond=None)[0], rtol=1e-6)  # normal equations: cond^2
+    close(any_client.lstsq(x, y), np.linalg.lstsq(x, y, rcond=None)[0], rtol=1e-6)  # normal equations: cond^2
     ridge = 50.0  # (XᵀX + ridge I)⁻¹ Xᵀy; the same normal equations, better conditioned
-    close(client.lstsq(x, y, ridge=ridge), np.linalg.solve(x.T @ x + ridge * np.eye(12), x.T @ y), rtol=1e-8)
-    check_pca(client, x, partitions=6)
+    close(any_client.lstsq(x, y, ridge=ridge), np.linalg.solve(x.T @ x + ridge * np.eye(12), x.T @ y), rtol=1e-8)
+    check_pca(any_client, x, partitions=6)
 
 
-def test_topk(client, rng):
-    check_topk(client, rng.integers(-50, 50, size=(3000, 3)).astype(np.int64), partitions=9)
+def test_topk(any_client, rng):
+    check_topk(any_client, rng.integers(-50, 50, size=(3000, 3)).astype(np.int64), partitions=9)
 
 
 
 
-def test_kmeans_matches_numpy_lloyd_from_the_same_start(client, rng):
+def test_kmeans_matches_numpy_lloyd_from_the_same_start(any_client, rng):
     x = np.concatenate([rng.normal(c, 0.7, size=(3000, 3)) for c in rng.uniform(-6, 6, size=(5, 3))])
-    check_kmeans(client, x, x[rng.choice(len(x), 5, replace=False)], 30, partitions=8)
+    check_kmeans(any_client, x, x[rng.choice(len(x), 5, replace=False)], 30, partitions=8)
 
 
 def bytes_sent(client):
@@ -114,17 +132,17 @@ def test_weights_ship_once_per_agent(client, rng):
     assert bytes_sent(client) - before <= 3 * x.nbytes  # the rows, not the weights again
 
 
-def test_spmm_balances_by_nonzeros_and_gcn_normalises(client, rng):
+def test_spmm_balances_by_nonzeros_and_gcn_normalises(any_client, rng):
     n = 3000
     degree = np.minimum((rng.pareto(1.2, n) + 1) * 3, n).astype(int)  # power law
     dense = np.zeros((n, n))
     for i, d in enumerate(degree):
         dense[i, rng.choice(n, d, replace=False)] = rng.random(d)
     x = rng.standard_normal((n, 16))
-    job = client.submit("spmm", {**dict(zip(("a_indptr", "a_indices", "a_data"), csr(dense)[:3])), "x": x},
+    job = any_client.submit("spmm", {**dict(zip(("a_indptr", "a_indices", "a_data"), csr(dense)[:3])), "x": x},
                         a_cols=n, partitions=8)
     close(job.result()["y"], dense @ x, np.abs(dense) @ np.abs(x))
-    rows = [p.rows for p in sorted(client.trace(job.job_id).partitions, key=lambda p: p.partition)]
+    rows = [p.rows for p in sorted(any_client.trace(job.job_id).partitions, key=lambda p: p.partition)]
     indptr = csr(dense)[0]
     bounds = np.concatenate([[0], np.cumsum(rows)])
     nnz = np.diff(indptr[bounds])
@@ -134,7 +152,7 @@ def test_spmm_balances_by_nonzeros_and_gcn_normalises(client, rng):
     w = rng.standard_normal((16, 4))
     sym = np.maximum(dense, dense.T)
     want = gcn_reference(sym, x, w)
-    got = client.gcn_layer(csr(sym), x, w, partitions=6)
+    got = any_client.gcn_layer(csr(sym), x, w, partitions=6)
     close(got, want, np.abs(want) + 1, 1e-9)
 
 
@@ -171,3 +189,21 @@ def test_optional_inputs_and_datasets_work_together(client, rng):
     assert np.array_equal(values, -np.sort(-x, axis=0)[:3])
     assert np.array_equal(indices, np.argsort(-x, axis=0, kind="stable")[:3])
     client.drop("gram-x")
+
+
+@pytest.mark.parametrize("any_client", ["opencl"], indirect=True)
+def test_the_opencl_device_ran_the_catalog(any_client):
+    """The cluster's only device is OpenCL, so the jobs above ran there; runs of 64 KiB or more are
+    measured, and the next heartbeat reports their throughput."""
+    x = np.random.default_rng(3).standard_normal((2000, 16))  # 256 KB in one partition
+    any_client.matmul(x, x[:16], plan="rows", partitions=1)
+    any_client.gram(x, partitions=1)
+    deadline = time.monotonic() + 60
+    while True:
+        (agent,) = any_client.cluster_status().agents
+        (device,) = agent.devices
+        if {"matmul.rows", "gram"} <= set(device.throughput):
+            break
+        assert time.monotonic() < deadline, device.throughput
+        time.sleep(0.1)
+    assert device.kind == "opencl" and CATALOG_OPS <= set(device.ops)
