@@ -56,6 +56,10 @@ EOF
 status=0
 LEPTON_TEST_OPENCL_DEVICE=gpu "$PYTHON" -m pytest -q -p no:cacheprovider \
     tests/test_opencl_device.py tests/test_opencl_cluster.py tests/test_opencl_catalog.py || status=$?
+# The GPU-only tests (marker gpu; deselected everywhere else), and the catalog through an OpenCL cluster.
+LEPTON_TEST_OPENCL_DEVICE=gpu "$PYTHON" -m pytest -q -p no:cacheprovider -m gpu tests/ || status=$?
+LEPTON_TEST_OPENCL_DEVICE=gpu "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_catalog.py -k opencl \
+    || status=$?
 "$PYTHON" benchmarks/bench_opencl.py --device opencl:gpu --repeats 20 --torch --matmul 4096,8192 ${TILES:+--tiles "$TILES"} ${BENCH_ARGS:-} || status=$?
 "$PYTHON" benchmarks/bench_opencl_catalog.py --device opencl:gpu --full --torch ${CATALOG_ARGS:-} || status=$?
 exit $status
