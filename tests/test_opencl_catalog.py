@@ -87,6 +87,7 @@ def test_split_k_for_a_long_inner_dimension(device):
     close(got["c"], a @ b, np.abs(a) @ np.abs(b), 1e-4)
 
 
+@pytest.mark.slow  # up to 14 s each on PoCL with 2 cores
 @pytest.mark.parametrize("tiles, dtype", [(shape, dtype) for (kind, t), shapes in catalog.TILES.items()
                                           if kind == "gpu" and t != "int"
                                           for shape, dtype in zip(shapes, [catalog.NP[t]] * len(shapes))])
@@ -199,6 +200,7 @@ def power_law(n, rng, index):
     return indptr, (key % n).astype(index), rng.standard_normal(len(key))
 
 
+@pytest.mark.slow  # 17-23 s each on PoCL with 2 cores
 @pytest.mark.parametrize("dtype, index", [(np.float32, np.int32), (np.float64, np.int64), (np.float32, np.int64)])
 def test_spmm_balanced_on_power_law_rows(device, gpu_device, dtype, index):
     """Heavy rows split over work-groups and added in a fixed order: within the tolerance of the
