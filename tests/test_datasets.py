@@ -174,7 +174,7 @@ def test_dropping_a_dataset_while_a_job_runs_on_it(rng, check_caches):
         assert "dropped" not in [d.name for d in client.datasets()]
         assert client.sum(np.ones(10), partitions=1) == 10
         if check_caches:
-            wait_until(lambda: cache_bytes(client) <= cached, "the agents to free the dropped partitions", 20)
+            wait_until(lambda: cache_bytes(client) <= cached, "the agents to free the dropped partitions", 10)
 
 
 def test_partitions_move_off_an_agent_more_than_16_behind(rng):
