@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from lepton.backends.ops import REGISTRY, TensorMeta
-from references import assert_matches, opencl_test_device
+from opencl_devices import usable_opencl_device
+from references import assert_matches
 
 pytestmark = pytest.mark.gpu
 
@@ -15,7 +16,7 @@ def test_the_opencl_tests_ran_on_a_discrete_gpu():
 
     from lepton.backends.opencl import OpenCLDevice, ProgramCache
 
-    cl_device, spec = opencl_test_device()
+    cl_device, spec = usable_opencl_device()
     assert cl_device.type & cl.device_type.GPU, f"{spec} is {cl_device.name}, not a GPU"
     device = OpenCLDevice(cl_device, spec, cache=ProgramCache(), calibrate=False)
     try:
