@@ -142,6 +142,7 @@ def test_a_cut_link_is_a_lost_agent_and_a_restored_one_rejoins_without_double_co
 slow_links = netns.netem_unavailable()
 
 
+@pytest.mark.beyond_ci("tc netem needs the kernel's sch_netem, which no package installs")
 @pytest.mark.skipif(slow_links is not None, reason=f"links cannot be shaped here: {slow_links}")
 def test_50ms_of_delay_and_1_percent_loss_on_every_link_still_give_exact_results(tmp_path, undisturbed):
     with netns.Hosts() as hosts:
