@@ -47,15 +47,17 @@ def median_seconds(fn, repeats: int) -> float:
 
 def kernel_only(device, name: str, x: np.ndarray, resident):
     """The op's device launches on resident data (None where there is no resident form: histogram)."""
+    from lepton.backends.opencl.reductions import reduce
+
     if name in ("sum", "min", "max", "count"):
-        return lambda: device.reduce(name, x, resident=resident)
+        return lambda: reduce(device, name, x, resident=resident)
     if name == "mean":
-        return lambda: device.reduce("fsum", x, resident=resident)
+        return lambda: reduce(device, "fsum", x, resident=resident)
     if name == "var":
         def var():
-            total, _, lo, hi = device.reduce("fsum", x, resident=resident)
+            total, _, lo, hi = reduce(device, "fsum", x, resident=resident)
             shift = (total / (hi - lo)).astype(np.float32 if x.dtype == np.float32 else np.float64)
-            device.reduce("m2", x, shift=shift, resident=resident)
+            reduce(device, "m2", x, shift=shift, resident=resident)
         return var
     return None
 
@@ -130,7 +132,7 @@ def main() -> None:
         with device._run_lock:  # resident data lives outside the agent's path
             if x.nbytes not in transfer:
                 start = time.perf_counter()
-                resident = device.upload(x, keep=True)
+                resident = device.allocator.upload(x, keep=True)
                 device.queue.finish()
                 transfer[x.nbytes] = (time.perf_counter() - start, resident)
             fn = kernel_only(device, name, x, transfer[x.nbytes][1]) or (lambda: device.run(op, {"x": x}, p))

@@ -155,12 +155,13 @@ def test_an_op_no_device_offers_is_failed_precondition_with_advice(tmp_path):
     from opencl_devices import usable_opencl_device
 
     cl_device, spec = usable_opencl_device()
-    from lepton.backends.opencl import OpenCLDevice, ProgramCache, export_binaries
+    from lepton.backends.opencl import OpenCLDevice, ProgramCache, export_binaries, reductions
 
     # An OpenCL device running prebuilt binaries offers only the ops they cover: here the float sum.
     device = OpenCLDevice(cl_device, "export", cache=ProgramCache(tmp_path / "cache"), calibrate=False)
     try:
-        manifest = export_binaries(device, ["reduce.sum.float32.flat"], tmp_path / "binaries")
+        sum_variant = reductions.variant(device, "sum", np.float32, "flat")
+        manifest = export_binaries(device, [sum_variant], tmp_path / "binaries")
     finally:
         device.close()
     with lepton.LocalCluster(agents=1, devices=f"{spec}@{manifest}") as cluster:

@@ -17,7 +17,7 @@ CL_DEVICE, SPEC = usable_opencl_device()  # agents, started with this environmen
 
 import lepton  # noqa: E402
 
-from lepton.backends.opencl import OpenCLDevice, ProgramCache, export_binaries  # noqa: E402
+from lepton.backends.opencl import OpenCLDevice, ProgramCache, export_binaries, reductions  # noqa: E402
 
 TOL = {"float32": 1e-5, "float64": 1e-12, "int32": 1e-12, "int64": 1e-12}
 
@@ -89,7 +89,8 @@ def test_status_shows_opencl_devices_with_measured_throughput(client):
 def sum_only_manifest(tmp_path_factory):
     device = OpenCLDevice(CL_DEVICE, "export", cache=ProgramCache(tmp_path_factory.mktemp("cache")), calibrate=False)
     try:
-        return export_binaries(device, ["reduce.sum.float32.flat"], tmp_path_factory.mktemp("binaries"))
+        return export_binaries(device, [reductions.variant(device, "sum", np.float32, "flat")],
+                               tmp_path_factory.mktemp("binaries"))
     finally:
         device.close()
 

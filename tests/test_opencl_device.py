@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -34,6 +35,7 @@ from lepton.backends.numpy_device import NumpyDevice  # noqa: E402
 from lepton.backends.ops import REGISTRY, TensorMeta  # noqa: E402
 from lepton.backends.opencl import (OpenCLDevice, ProgramCache, describe_devices,  # noqa: E402
                              export_binaries, read_manifest)
+from lepton.backends.opencl import reductions, variants  # noqa: E402
 from lepton.backends.opencl.errors import cl_errors, translate  # noqa: E402
 
 DTYPES = ["float32", "float64", "int32", "int64"]
@@ -216,7 +218,7 @@ def test_without_fp64_float32_stays_on_device_and_float64_goes_to_host(cl_device
             check(name, x, *run(dev, name, x))
             x64 = make("float64", (1000,))
             check(name, x64, *run(dev, name, x64))
-        assert all("float64" not in v and "HAS_FP64" not in dev._options(v) for v in dev._programs)
+        assert all("double" not in v and "HAS_FP64" not in variants.options(v) for v in dev.programs)
     finally:
         dev.close()
 
@@ -226,12 +228,12 @@ def test_copy_path_reuses_and_grows_buffers(cl_device, cache):
     try:
         x = make("float32", (100_000,))
         check("sum", x, *run(dev, "sum", x))
-        first = dev._buffers["x"]
+        first = dev.allocator.kept["x"]
         check("var", x[:90_000], *run(dev, "var", x[:90_000]))
-        assert dev._buffers["x"] is first  # kept between calls
+        assert dev.allocator.kept["x"] is first  # kept between calls
         y = make("float32", (300_000,))
         check("sum", y, *run(dev, "sum", y))
-        assert dev._buffers["x"].size >= y.nbytes
+        assert dev.allocator.kept["x"].size >= y.nbytes
     finally:
         dev.close()
 
@@ -255,9 +257,10 @@ def test_concurrent_runs_on_one_device(device):
 # -- program cache -----------------------------------------------------------------------------------
 
 def test_cache_hit_skips_compilation(cl_device, tmp_path):
-    variant = "reduce.max.float32.flat"
     cold = ProgramCache(tmp_path)
-    OpenCLDevice(cl_device, "opencl:0", cache=cold, calibrate=False).program(variant)
+    dev = OpenCLDevice(cl_device, "opencl:0", cache=cold, calibrate=False)
+    variant = reductions.variant(dev, "max", np.float32, "flat")
+    dev.program(variant)
     assert cold.stats["compiled"] == 1 and cold.stats["loaded"] == 0
 
     warm = ProgramCache(tmp_path)  # a new process would start like this
@@ -273,11 +276,12 @@ def test_cache_keys_and_corrupt_entries(cl_device, tmp_path):
     cache = ProgramCache(tmp_path)
     assert cache.key(cl_device, "a", "-DX") != cache.key(cl_device, "b", "-DX") != cache.key(cl_device, "a", "-DY")
     dev = OpenCLDevice(cl_device, "opencl:0", cache=cache, calibrate=False)
-    dev.program("reduce.min.int32.flat")
+    variant = reductions.variant(dev, "min", np.int32, "flat")
+    dev.program(variant)
     (entry,) = tmp_path.glob("*.bin")
     entry.write_bytes(entry.read_bytes()[:100])  # torn write: must not reach the driver (PoCL crashes)
     fresh = ProgramCache(tmp_path)
-    OpenCLDevice(cl_device, "opencl:0", cache=fresh, calibrate=False).program("reduce.min.int32.flat")
+    OpenCLDevice(cl_device, "opencl:0", cache=fresh, calibrate=False).program(variant)
     assert fresh.stats["stale"] == 1 and fresh.stats["compiled"] == 1
 
 
@@ -298,13 +302,13 @@ def test_calibration_fills_throughput(cl_device, cache):
 def test_build_failure_is_failed_precondition_with_log(cl_device, tmp_path):
     dev = OpenCLDevice(cl_device, "opencl:0", cache=ProgramCache(tmp_path), calibrate=False)
     with pytest.raises(FailedPrecondition) as info:
-        dev.cache.build(dev.context, cl_device, "reduce.cl", "-DOP_SUM -DVEC=16 -DT=no_such_type -w")
+        dev.compiler.compile("reduce.cl", "-DOP_SUM -DVEC=16 -DT=no_such_type -w")
     assert "no_such_type" in str(info.value)  # the compiler's log is in the message
 
 
 def test_oversized_partition_is_resource_exhausted(cl_device, cache):
     dev = OpenCLDevice(cl_device, "opencl:0", cache=cache, zero_copy=False, calibrate=False)
-    dev.max_alloc = 1 << 16
+    dev.allocator.max_alloc = 1 << 16
     with pytest.raises(ResourceExhausted):
         run(dev, "sum", make("float32", (100_000,)))
 
@@ -345,13 +349,15 @@ def test_describe_and_specs(monkeypatch, tmp_path):
 
 # -- prebuilt binaries (the FPGA path) --------------------------------------------------------------
 
-FLOAT32_VARIANTS = ["reduce.sum.float32.flat", "reduce.m2.float32.flat", "reduce.min.float32.flat",
-                    "reduce.max.float32.flat", "reduce.count.float32.flat", "histogram.float32.float"]
+def float32_variants(dev):
+    """The programs of the float32 reductions (1-D: the flat layout) and histogram on `dev`."""
+    return [reductions.variant(dev, p, np.float32, "flat") for p in ("sum", "m2", "min", "max", "count")] + \
+        [reductions.variant(dev, "histogram", np.float32, "float")]
 
 
 @pytest.fixture(scope="module")
 def manifest(device, tmp_path_factory):
-    return export_binaries(device, FLOAT32_VARIANTS, tmp_path_factory.mktemp("binaries"))
+    return export_binaries(device, float32_variants(device), tmp_path_factory.mktemp("binaries"))
 
 
 def test_binaries_load_in_a_fresh_process_without_compiling(manifest, tmp_path):
@@ -395,13 +401,14 @@ def test_binary_only_device_refuses_other_variants(cl_device, manifest):
     assert dev.cache.stats["compiled"] == 0
 
 
-def test_corrupt_binary_is_refused_at_open(manifest, tmp_path):
+def test_corrupt_binary_is_refused_at_open(device, manifest, tmp_path):
     entries = json.loads(manifest.read_text())
     broken = tmp_path / "broken"
     broken.mkdir()
     for entry in entries["programs"].values():
         (broken / entry["file"]).write_bytes((manifest.parent / entry["file"]).read_bytes())
-    victim = broken / entries["programs"]["reduce.sum.float32.flat"]["file"]
+    sum_variant = reductions.variant(device, "sum", np.float32, "flat")
+    victim = broken / entries["programs"][sum_variant]["file"]
     victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])  # truncated
     (broken / "manifest.json").write_text(json.dumps(entries))
     with pytest.raises(FailedPrecondition, match="corrupt"):
@@ -410,9 +417,9 @@ def test_corrupt_binary_is_refused_at_open(manifest, tmp_path):
     # Bytes the manifest vouches for but the driver rejects: refused by the driver, still a clear error.
     victim.write_bytes(b"not a program binary" * 50)
     import hashlib
-    entries["programs"]["reduce.sum.float32.flat"]["sha256"] = hashlib.sha256(victim.read_bytes()).hexdigest()
+    entries["programs"][sum_variant]["sha256"] = hashlib.sha256(victim.read_bytes()).hexdigest()
     (broken / "manifest.json").write_text(json.dumps(entries))
-    with pytest.raises(FailedPrecondition, match="reduce.sum.float32.flat"):
+    with pytest.raises(FailedPrecondition, match=re.escape(sum_variant)):
         discovery.open_devices([f"{SPEC}@{broken / 'manifest.json'}"])
     with pytest.raises(FailedPrecondition, match="cannot read"):
         discovery.open_devices([f"{SPEC}@{tmp_path / 'missing.json'}"])

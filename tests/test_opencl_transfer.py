@@ -42,8 +42,8 @@ class CountingStager(Stager):
 @pytest.fixture(scope="module")
 def device():
     dev = OpenCLDevice(CL_DEVICE, "opencl:staged", cache=ProgramCache(), zero_copy=False, calibrate=False)
-    dev.stager.close()
-    dev.stager = CountingStager(dev.context, slots=2, slot_bytes=SLOT, min_bytes=16 << 10, threads=3)
+    dev.allocator.stager.close()
+    dev.allocator.stager = CountingStager(dev.context, slots=2, slot_bytes=SLOT, min_bytes=16 << 10, threads=3)
     yield dev
     dev.close()
 
@@ -95,10 +95,10 @@ SHAPES = [(250_007,), (60_001, 4), (30_011, 3), (20_003, 2, 2)]  # odd lengths; 
 def test_staged_reductions_match_numpy_and_repeat_bitwise(device, dtype, shape):
     x = make(dtype, shape)
     for name in OPS:
-        before = device.stager.fills
+        before = device.allocator.stager.fills
         got, ref = run(device, name, x)
         on_host = name == "count" and dtype.startswith("int")  # integers have no NaN: the row count
-        assert device.stager.fills - before > (-1 if on_host else 2), name  # in more chunks than slots
+        assert device.allocator.stager.fills - before > (-1 if on_host else 2), name  # in more chunks than slots
         check(name, x, got, ref)
         assert same_bits(got, run(device, name, x)[0]), f"{name} {dtype} {shape} differs between runs"
 
@@ -108,9 +108,9 @@ def test_float64_and_histograms(device):
     for name in ("sum", "var"):
         check(name, x, *run(device, name, x))
     for y in (make("float32", (300_001,)), make("float64", (50_001, 3))):
-        before = device.stager.fills
+        before = device.allocator.stager.fills
         got, ref = run(device, "histogram", y, bins=37, range=[990.0, 1010.0])
-        assert device.stager.fills - before > 2
+        assert device.allocator.stager.fills - before > 2
         check("histogram", y, got, ref)
         assert same_bits(got, run(device, "histogram", y, bins=37, range=[990.0, 1010.0])[0])
 
@@ -121,31 +121,31 @@ def test_non_contiguous_inputs(device):
     # fill reads them in place (np.copyto), no contiguous copy first.
     for x in (base[::3], base[:, 1], np.asfortranarray(base[:90_001, :2]), base.reshape(-1)[5:300_004]):
         for name in ("sum", "max", "var", "histogram"):
-            before = device.stager.fills
+            before = device.allocator.stager.fills
             got, ref = run(device, name, x, **({"bins": 10, "range": [985.0, 1015.0]} if name == "histogram" else {}))
-            assert device.stager.fills - before > 2
+            assert device.allocator.stager.fills - before > 2
             check(name, x, got, ref)
 
 
 def test_small_inputs_take_the_plain_copy(device):
     x = make("float32", (1_001,))
-    before = device.stager.fills
+    before = device.allocator.stager.fills
     check("sum", x, *run(device, "sum", x))
-    assert device.stager.fills == before
+    assert device.allocator.stager.fills == before
 
 
 def test_many_calls_reuse_slots_and_buffers(device):
     x = make("float32", (300_001,))
     first = run(device, "var", x)[0]
-    buffers = {role: (id(b), b.size) for role, b in device._buffers.items()}
-    slots = [id(buffer) for buffer, _ in device.stager._slots]
+    buffers = {role: (id(b), b.size) for role, b in device.allocator.kept.items()}
+    slots = [id(buffer) for buffer, _ in device.allocator.stager._slots]
     assert len(slots) == 2
     for i in range(30):
         name = ("var", "sum", "min")[i % 3]
         assert same_bits(run(device, name, x)[0], run(device, name, x)[0])
     assert same_bits(run(device, "var", x)[0], first)
-    assert {role: (id(b), b.size) for role, b in device._buffers.items()} == buffers  # no growth, no new buffers
-    assert [id(buffer) for buffer, _ in device.stager._slots] == slots
+    assert {role: (id(b), b.size) for role, b in device.allocator.kept.items()} == buffers  # no growth, no new buffers
+    assert [id(buffer) for buffer, _ in device.allocator.stager._slots] == slots
 
 
 def test_matmul_inputs_staged(device):
@@ -155,9 +155,9 @@ def test_matmul_inputs_staged(device):
     a = rng.standard_normal((301, 203)).astype(np.float32)
     b = rng.standard_normal((203, 157)).astype(np.float32)
     scale = np.abs(a).astype(np.float64) @ np.abs(b)
-    before, reads = device.stager.fills, device.stager.reads
+    before, reads = device.allocator.stager.fills, device.allocator.stager.reads
     c = catalog.gemm_host(device, a, b)
-    assert device.stager.fills - before > 2 and device.stager.reads == reads + 1  # the output too
+    assert device.allocator.stager.fills - before > 2 and device.allocator.stager.reads == reads + 1  # the output too
     close(c, a.astype(np.float64) @ b, scale=scale, rtol=1e-4)
     op = REGISTRY["matmul.rows"]
     p = op.validate({"a": TensorMeta(a.dtype, a.shape), "b": TensorMeta(b.dtype, b.shape)}, {})
@@ -176,7 +176,7 @@ def test_error_mid_copy_leaves_the_device_usable(device, monkeypatch):
             raise MemoryError("host memory gone")
         np.copyto(dst, src)
 
-    monkeypatch.setattr(device.stager, "_fill", failing)
+    monkeypatch.setattr(device.allocator.stager, "_fill", failing)
     with pytest.raises(LeptonError, match="out of host memory"):
         run(device, "sum", x)
     monkeypatch.undo()
@@ -185,18 +185,19 @@ def test_error_mid_copy_leaves_the_device_usable(device, monkeypatch):
 
 def test_close_releases_slots(cl_device=CL_DEVICE):
     dev = OpenCLDevice(cl_device, "opencl:closing", cache=ProgramCache(), zero_copy=False, calibrate=False)
-    dev.stager = Stager(dev.context, slots=3, slot_bytes=SLOT, min_bytes=16 << 10)
+    dev.allocator.stager = Stager(dev.context, slots=3, slot_bytes=SLOT, min_bytes=16 << 10)
     x = make("float32", (100_003,))
     check("sum", x, *run(dev, "sum", x))
-    assert len(dev.stager._slots) == 3 and dev.stager._pool is not None
+    assert len(dev.allocator.stager._slots) == 3 and dev.allocator.stager._pool is not None
     dev.close()
-    assert dev.stager._slots == [] and dev.stager._pool is None and dev.stager.queue is None
+    stager = dev.allocator.stager
+    assert stager._slots == [] and stager._pool is None and stager.queue is None
     dev.close()  # twice: still no error
 
 
 def test_zero_copy_devices_have_no_stager():
     dev = OpenCLDevice(CL_DEVICE, "opencl:shared", cache=ProgramCache(), zero_copy=True, calibrate=False)
-    assert dev.stager is None
+    assert dev.allocator.stager is None
     dev.close()
 
 
@@ -204,15 +205,15 @@ def test_gpu_layout_staged():
     """The kernels a discrete GPU runs (work-group trees), chunk by chunk."""
     dev = OpenCLDevice(CL_DEVICE, "opencl:gpu-staged", cache=ProgramCache(), zero_copy=False, gpu_layout=True,
                        calibrate=False)
-    dev.stager.close()
-    dev.stager = CountingStager(dev.context, slots=3, slot_bytes=SLOT, min_bytes=16 << 10, threads=2)
+    dev.allocator.stager.close()
+    dev.allocator.stager = CountingStager(dev.context, slots=3, slot_bytes=SLOT, min_bytes=16 << 10, threads=2)
     try:
         for x in (make("float32", (250_007,)), make("float32", (40_001, 4))):
             for name in ("sum", "min", "var", "histogram"):
                 params = {"bins": 20, "range": [985.0, 1015.0]} if name == "histogram" else {}
-                before = dev.stager.fills
+                before = dev.allocator.stager.fills
                 got, ref = run(dev, name, x, **params)
-                assert dev.stager.fills - before > 3
+                assert dev.allocator.stager.fills - before > 3
                 check(name, x, got, ref)
                 assert same_bits(got, run(dev, name, x, **params)[0])
     finally:
@@ -224,9 +225,9 @@ def test_write_and_read_round_trip(device):
     rng = np.random.default_rng(5)
     for shape, dtype in (((100_003,), np.uint8), ((7_001, 5), np.float64), ((3, 50_001), np.int32)):
         x = rng.integers(0, 100, size=shape).astype(dtype)
-        buffer = device._buffer("round-trip", x.nbytes)
-        reads = device.stager.reads
-        device.write(buffer, x)
-        back = device._read(buffer, shape, dtype)
-        assert device.stager.reads == reads + 1
+        buffer = device.allocator.buffer("round-trip", x.nbytes)
+        reads = device.allocator.stager.reads
+        device.allocator.copyin(buffer, x)
+        back = device.allocator.copyout(buffer, shape, dtype)
+        assert device.allocator.stager.reads == reads + 1
         assert back.tobytes() == x.tobytes()

@@ -21,10 +21,11 @@ Environment:
     POCL_CACHE_DIR        set to $LEPTON_OPENCL_CACHE/pocl when unset: PoCL's own kernel cache was
                           seen serving stale binaries, so it lives where we control (and clear) it.
 
-Modules: probe (does a device build and run a kernel?), compiler (program cache), device
-(OpenCLDevice, launches), kernels (the reductions' op semantics), catalog (the op catalog's),
-transfer (pinned staging for devices with memory of their own), manifest (prebuilt binaries),
-errors (pyopencl -> Lepton errors); kernels in reduce.cl, histogram.cl, gemm.cl, catalog.cl.
+Modules: probe (does a device build and run a kernel?), device (OpenCLDevice, composing the next
+three), compiler (source -> binary, cached on disk), program (binary -> callable kernels), allocator
+(buffers, copies in and out, staging through transfer's pinned slots), variants (program names),
+reductions and catalog (the ops' launches and kernels), manifest (prebuilt binaries), errors
+(pyopencl -> Lepton errors); kernels in reduce.cl, histogram.cl, gemm.cl, catalog.cl.
 """
 from __future__ import annotations
 
@@ -42,14 +43,14 @@ from lepton.backends import discovery  # noqa: E402
 from lepton.backends.opencl import probe  # noqa: E402
 from lepton.logs import event  # noqa: E402
 from lepton.errors import FailedPrecondition, InvalidInput  # noqa: E402
-from lepton.backends.opencl.compiler import ProgramCache, program_binary  # noqa: E402
+from lepton.backends.opencl.compiler import Compiler, ProgramCache  # noqa: E402
 from lepton.backends.opencl.device import OpenCLDevice  # noqa: E402
 from lepton.backends.opencl.manifest import export_binaries, read_manifest  # noqa: E402
 
 log = logging.getLogger("lepton.opencl")
 
-__all__ = ["OpenCLDevice", "ProgramCache", "all_devices", "describe_devices", "export_binaries", "open_devices",
-           "program_binary", "read_manifest", "select_devices"]
+__all__ = ["Compiler", "OpenCLDevice", "ProgramCache", "all_devices", "describe_devices", "export_binaries",
+           "open_devices", "read_manifest", "select_devices"]
 
 
 def _platforms() -> list[tuple[cl.Platform, list[cl.Device]]]:

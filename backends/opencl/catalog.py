@@ -7,23 +7,28 @@ prefetch; small tiles for thin outputs), on CPUs (PoCL) explicit SIMD blocked fo
 When the output has too few tiles to fill the device (Gram matrices, inner-dimension splits) the K
 dimension is split over work-groups and the host adds the slices in float64.
 
-Programs are named '<source>.<KEY=VALUE,...>' (the build's -D options), built through the device's
-program cache. Ops that need float64 on the device (kmeans, pca, qmatmul) are offered only where it
-has cl_khr_fp64; a float64 input to the others on such a device is FAILED_PRECONDITION (not topk's:
-it compares integer ranks of the bits). Devices that run prebuilt binaries only offer none of these ops.
+Launches are planned before any buffer exists (GemmPlan, TopkPlan: small dataclasses of sizes) and
+run through the device's public parts: its programs (variants.py names them), kernels called to
+launch, and its allocator's kept buffers and copies. Ops that need float64 on the device (kmeans,
+pca, qmatmul) are offered only where it has cl_khr_fp64; a float64 input to the others on such a
+device is FAILED_PRECONDITION (not topk's: it compares integer ranks of the bits). Devices that run
+prebuilt binaries only offer none of these ops.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import pyopencl as cl
 
 from lepton.errors import FailedPrecondition, InvalidInput
+from lepton.backends.opencl import variants
+from lepton.backends.opencl.allocator import Inputs
+from lepton.backends.opencl.program import Kernel
 from lepton.backends.ops import REGISTRY
 from lepton.backends.ops.base import Partial
 
-SOURCES = ("gemm", "catalog")
 CL = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 ACT = {"none": 0, "relu": 1, "gelu": 2, "sigmoid": 3, "tanh": 4}
 
@@ -46,36 +51,10 @@ CPU_BLOCK = (64, 128, 128)
 NP = {"float": np.float32, "double": np.float64, "int": np.int32, "char": np.int8}
 
 
-# -- programs ---------------------------------------------------------------------------------------
+# -- programs and buffers ---------------------------------------------------------------------------
 
-def variant(source: str, **defines) -> str:
-    return source + "." + ",".join(f"{k}={v}" for k, v in sorted(defines.items()))
-
-
-def options(device, name: str) -> str:
-    """Build options of a catalog program variant (see `variant`)."""
-    source, _, body = name.partition(".")
-    if source not in SOURCES:
-        raise ValueError(name)
-    opts = []
-    for item in body.split(",") if body else []:
-        key, _, value = item.partition("=")
-        if not key.isidentifier() or not value.replace("_", "").isalnum():
-            raise ValueError(name)
-        opts.append(f"-D{key}" if value == "1" and key in ("TRANS_A", "SHIFT", "EVEN", "INT_ACC") else
-                    "" if value == "0" else f"-D{key}={value}")
-    defines = dict(item.partition("=")[::2] for item in body.split(","))
-    t = defines.get("T", "float")
-    opts += [f"-DT4={t}4", f"-Dconvert_T4=convert_{t}4"]
-    if device.fp64:
-        opts.append("-DHAS_FP64")
-    if source == "catalog":
-        opts.append("-cl-fp32-correctly-rounded-divide-sqrt")  # qmatmul's x / scale as NumPy rounds it
-    return " ".join(o for o in opts if o) + " -w"
-
-
-def _kernel(device, source: str, kernel: str, **defines) -> cl.Kernel:
-    return device._kernel(variant(source, **defines), kernel)
+def _kernel(device, source: str, kernel: str, **defines) -> Kernel:
+    return device.program(variants.name(source, HAS_FP64=device.fp64, **defines)).kernel(kernel)
 
 
 def _type(device, dtype) -> str:
@@ -87,34 +66,8 @@ def _type(device, dtype) -> str:
     return CL[dtype]
 
 
-# -- buffers ----------------------------------------------------------------------------------------
-
-class Inputs:
-    """Host arrays on the device for one call: read in place where memory is shared, else copied into
-    the device's kept buffers (one per role). Holds the arrays until the call's blocking read."""
-
-    def __init__(self, device):
-        self.device = device
-        self.held = []
-        self.in_place = {}  # role -> host address of an array the device reads in place
-
-    def __call__(self, role: str, x: np.ndarray) -> cl.Buffer:
-        device = self.device
-        x = np.ascontiguousarray(x)
-        self.held.append(x)
-        device._check_size(x.nbytes)
-        if device.zero_copy and x.nbytes:
-            self.in_place[role] = x.ctypes.data
-            return cl.Buffer(device.context, cl.mem_flags.READ_ONLY | cl.mem_flags.USE_HOST_PTR, hostbuf=x)
-        buffer = device._buffer(role, max(x.nbytes, 1))
-        if x.nbytes:
-            device.write(buffer, x)  # large arrays through pinned staging slots (transfer.py)
-        return buffer
-
-
-def _launch(device, kernel, global_size, local_size, *args) -> None:
-    kernel.set_args(*args)
-    device._launched(cl.enqueue_nd_range_kernel(device.queue, kernel, global_size, local_size))
+def _read(device, buffer: cl.Buffer, shape: tuple, dtype) -> np.ndarray:
+    return device.allocator.copyout(buffer, shape, dtype)
 
 
 # -- GEMM -------------------------------------------------------------------------------------------
@@ -132,63 +85,98 @@ def gemm_config(device, t: str, M: int = 1 << 20, N: int = 1 << 20):
     return shapes[-1]
 
 
-def gemm(device, inputs: Inputs, a, b: np.ndarray, M: int, N: int, K: int, lda: int, t: str, in_t: str,
-         out_role: str, trans_a: bool = False, shift: np.ndarray | None = None, split: bool = True,
-         tiles=None) -> tuple[cl.Buffer, int, int]:
-    """C = op(A) @ B on the device into the kept buffer `out_role`: (buffer, slices, ldc). `a` is a host
-    array or a device buffer with row stride `lda`; `b` a host array (K, N). With slices > 1 the
-    buffer holds that many (M, ldc) products of K slices, to be added."""
-    tiles = tiles or gemm_config(device, t, M, N)
-    vec = isinstance(tiles, int)
-    np_t = NP[t]
-    if vec:  # the CPU kernel: CPU_BLOCK blocks of C per work-item, rows of B and C padded to 2 vectors
-        block_m, block_n, _ = CPU_BLOCK
-        ldb = -(-N // (2 * tiles)) * 2 * tiles
-        grid, step = (-(-ldb // block_n), -(-M // block_m)), 16
-        if ldb != N:
-            b = np.pad(np.asarray(b), ((0, 0), (0, ldb - N)))
-        if shift is not None and len(shift) < ldb:
-            shift = np.pad(shift, (0, ldb - len(shift)))
-    else:
-        TM, TN, TK, WM, WN, *pad = tiles
-        ldb = N
-        grid, step = (-(-N // TN), -(-M // TM)), max(TK, 16)
-    slices = 1
-    if split:
-        target = device.compute_units * (4 if device.is_gpu else 2)
-        slices = max(1, min(target // (grid[0] * grid[1]), K // (step * 8)))
-    kper = -(-(-(-K // slices)) // step) * step
-    slices = -(-K // kper)
+@dataclass(frozen=True)
+class Product:
+    """C = op(A) @ B, M x N from an inner dimension K: A is M x K (K x M with trans_a) with row
+    stride lda; t is C's and the accumulator's type, in_t A's and B's; shift: a per-column shift
+    subtracted from A and B as tiles are loaded (the centred co-moment)."""
+    M: int
+    N: int
+    K: int
+    lda: int
+    t: str
+    in_t: str
+    trans_a: bool = False
+    shift: bool = False
+
+
+@dataclass(frozen=True)
+class GemmPlan:
+    """How a Product runs on one device: the tile shape (TM, TN, TK, WM, WN[, PAD]) or, for the CPU
+    kernel, its vector width; B's and C's row stride ldb (on CPUs padded to two vectors); the grid of
+    output blocks; and K cut into `slices` of `kper` (a multiple of the kernel's step) when the output
+    has too few blocks to fill the device: C then holds that many (M, ldb) products, to be added."""
+    p: Product
+    tiles: tuple | int
+    ldb: int
+    grid: tuple[int, int]
+    slices: int
+    kper: int
+
+    @classmethod
+    def make(cls, device, p: Product, split: bool = True, tiles=None) -> GemmPlan:
+        tiles = tiles or gemm_config(device, p.t, p.M, p.N)
+        if isinstance(tiles, int):  # the CPU kernel: CPU_BLOCK blocks of C per work-item
+            block_m, block_n, _ = CPU_BLOCK
+            ldb = -(-p.N // (2 * tiles)) * 2 * tiles
+            grid, step = (-(-ldb // block_n), -(-p.M // block_m)), 16
+        else:
+            TM, TN, TK = tiles[:3]
+            ldb = p.N
+            grid, step = (-(-p.N // TN), -(-p.M // TM)), max(TK, 16)
+        slices = 1
+        if split:
+            target = device.compute_units * (4 if device.is_gpu else 2)
+            slices = max(1, min(target // (grid[0] * grid[1]), p.K // (step * 8)))
+        kper = -(-(-(-p.K // slices)) // step) * step
+        return cls(p, tiles, ldb, grid, -(-p.K // kper), kper)
+
+    @property
+    def cpu(self) -> bool:
+        return isinstance(self.tiles, int)
+
+    def launch(self, inputs: Inputs) -> tuple[str, dict, tuple, tuple | None]:
+        """(kernel, defines, global size, local size); `inputs` tells where A and B are read in place."""
+        p = self.p
+        if self.cpu:
+            defines = dict(T=p.t, CPU_VEC=self.tiles, TRANS_A=p.trans_a, SHIFT=p.shift,
+                           CB_M=CPU_BLOCK[0], CB_N=CPU_BLOCK[1], KB=CPU_BLOCK[2])
+            name, global_size, local = "gemm_cpu", (self.grid[0], self.grid[1], self.slices), None
+        else:
+            TM, TN, TK, WM, WN, *pad = self.tiles
+            # EVEN reads 4-wide vectors, which need their alignment: device buffers have it, host arrays
+            # read in place (NumPy aligns to 16 bytes) may not.
+            vector = 4 * np.dtype(NP[p.in_t]).itemsize
+            even = (p.M % TM == 0 and p.N % TN == 0 and p.K % TK == 0 and p.lda % 4 == 0
+                    and self.ldb % 4 == 0 and not p.shift
+                    and all(inputs.in_place.get(role, 0) % vector == 0 for role in ("a", "b")))
+            defines = dict(T=p.t, TM=TM, TN=TN, TK=TK, WM=WM, WN=WN, TRANS_A=p.trans_a, SHIFT=p.shift, EVEN=even,
+                           PAD=pad[0] if pad and pad[0] else None)
+            local = (TN // WN, TM // WM, 1)
+            name, global_size = "gemm", (self.grid[0] * local[0], self.grid[1] * local[1], self.slices)
+        defines.update(IN=p.in_t if p.in_t != p.t else None, INT_ACC=p.t == "int")
+        return name, defines, global_size, local
+
+
+def gemm(device, inputs: Inputs, plan: GemmPlan, a, b: np.ndarray, out_role: str,
+         shift: np.ndarray | None = None) -> cl.Buffer:
+    """Launch `plan` into the kept buffer `out_role` (plan.slices products of (M, plan.ldb)). `a` is a
+    host array or a device buffer; `b` a host array (K, N); `shift` the Product's, per column."""
+    p = plan.p
+    if plan.cpu:  # rows of B and C padded to two vectors
+        if plan.ldb != p.N:
+            b = np.pad(np.asarray(b), ((0, 0), (0, plan.ldb - p.N)))
+        if shift is not None and len(shift) < plan.ldb:
+            shift = np.pad(shift, (0, plan.ldb - len(shift)))
     abuf = inputs("a", a) if isinstance(a, np.ndarray) else a
     bbuf = inputs("b", b)
-    sbuf = inputs("shift", np.asarray(shift, np_t)) if shift is not None else None
-    ldc = ldb
-    if vec:
-        defines = dict(T=t, CPU_VEC=tiles, TRANS_A=int(trans_a), SHIFT=int(shift is not None),
-                       CB_M=CPU_BLOCK[0], CB_N=CPU_BLOCK[1], KB=CPU_BLOCK[2])
-        global_size, local, name = (grid[0], grid[1], slices), None, "gemm_cpu"
-    else:
-        # EVEN reads 4-wide vectors, which need their alignment: device buffers have it, host arrays
-        # read in place (NumPy aligns to 16 bytes) may not.
-        vector = 4 * np.dtype(NP[in_t]).itemsize
-        even = (M % TM == 0 and N % TN == 0 and K % TK == 0 and lda % 4 == 0
-                and ldb % 4 == 0 and shift is None
-                and all(inputs.in_place.get(role, 0) % vector == 0 for role in ("a", "b")))
-        defines = dict(T=t, TM=TM, TN=TN, TK=TK, WM=WM, WN=WN, TRANS_A=int(trans_a),
-                       SHIFT=int(shift is not None), EVEN=int(even))
-        if pad and pad[0]:
-            defines["PAD"] = pad[0]
-        local = (TN // WN, TM // WM, 1)
-        global_size, name = (grid[0] * local[0], grid[1] * local[1], slices), "gemm"
-    if in_t != t:
-        defines["IN"] = in_t
-    if t == "int":
-        defines["INT_ACC"] = 1
-    kernel = _kernel(device, "gemm", name, **defines)
-    out = device._buffer(out_role, slices * M * ldc * np.dtype(np_t).itemsize)
-    _launch(device, kernel, global_size, local, np.int32(M), np.int32(N), np.int32(K), np.int32(kper),
-            abuf, np.int32(lda), bbuf, np.int32(ldb), out, np.int32(ldc), sbuf)
-    return out, slices, ldc
+    sbuf = inputs("shift", np.asarray(shift, NP[p.t])) if shift is not None else None
+    name, defines, global_size, local = plan.launch(inputs)
+    out = device.allocator.buffer(out_role, plan.slices * p.M * plan.ldb * np.dtype(NP[p.t]).itemsize)
+    _kernel(device, "gemm", name, **defines)(
+        global_size, local, np.int32(p.M), np.int32(p.N), np.int32(p.K), np.int32(plan.kper), abuf,
+        np.int32(p.lda), bbuf, np.int32(plan.ldb), out, np.int32(plan.ldb), sbuf)
+    return out
 
 
 def gemm_host(device, a: np.ndarray, b: np.ndarray, trans_a: bool = False, t: str | None = None,
@@ -200,12 +188,12 @@ def gemm_host(device, a: np.ndarray, b: np.ndarray, trans_a: bool = False, t: st
     a = np.ascontiguousarray(a)
     M, K = (a.shape[1], a.shape[0]) if trans_a else a.shape
     N = b.shape[1]
-    inputs = Inputs(device)  # holds the host arrays until the blocking read
-    out, slices, ldc = gemm(device, inputs, a, np.ascontiguousarray(b), M, N, K, a.shape[1], t, in_t, "c",
-                            trans_a, shift, tiles=tiles)
-    c = device._read(out, (slices, M, ldc), out_dtype)[:, :, :N]
+    plan = GemmPlan.make(device, Product(M, N, K, a.shape[1], t, in_t, trans_a, shift is not None), tiles=tiles)
+    inputs = Inputs(device.allocator)  # holds the host arrays until the blocking read
+    out = gemm(device, inputs, plan, a, np.ascontiguousarray(b), "c", shift)
+    c = _read(device, out, (plan.slices, M, plan.ldb), out_dtype)[:, :, :N]
     del inputs
-    return c[0] if slices == 1 else c.sum(axis=0, dtype=np.float64).astype(out_dtype)
+    return c[0] if plan.slices == 1 else c.sum(axis=0, dtype=np.float64).astype(out_dtype)
 
 
 def matmul(device, inputs, params) -> Partial:
@@ -220,29 +208,28 @@ def _epilogue(device, inputs: Inputs, y: cl.Buffer, bias: np.ndarray | None, row
     bbuf = inputs("bias", bias) if bias is not None else None
     if act == "softmax":
         kernel = _kernel(device, "catalog", "bias_softmax", T=t, IDX="int")
-        _launch(device, kernel, (rows,), None, y, bbuf, np.int32(rows), np.int32(cols), np.int32(ld))
+        kernel((rows,), None, y, bbuf, np.int32(rows), np.int32(cols), np.int32(ld))
     else:
         kernel = _kernel(device, "catalog", "bias_act", T=t, IDX="int")
-        _launch(device, kernel, (cols, rows), None, y, bbuf, np.int32(rows), np.int32(cols), np.int32(ld),
-                np.int32(ACT[act]))
+        kernel((cols, rows), None, y, bbuf, np.int32(rows), np.int32(cols), np.int32(ld), np.int32(ACT[act]))
 
 
 def _read_rows(device, buffer: cl.Buffer, rows: int, cols: int, ld: int, dtype) -> np.ndarray:
-    out = device._read(buffer, (rows, ld), dtype)
+    out = _read(device, buffer, (rows, ld), dtype)
     return out if ld == cols else np.ascontiguousarray(out[:, :cols])
 
 
 def _layers(device, x: np.ndarray, layers: list[tuple[np.ndarray, np.ndarray | None, str]]) -> np.ndarray:
     """act(... act(x w0 + b0) ...) with every intermediate kept on the device."""
     t = _type(device, x.dtype)
-    inputs = Inputs(device)
+    inputs = Inputs(device.allocator)
     y, width, ld = np.ascontiguousarray(x), x.shape[1], x.shape[1]
     rows = x.shape[0]
     for i, (w, b, act) in enumerate(layers):
-        out, _, ldc = gemm(device, inputs, y, np.ascontiguousarray(w), rows, w.shape[1], width, ld, t, t,
-                           f"layer{i % 2}", split=False)
-        _epilogue(device, inputs, out, b, rows, w.shape[1], ldc, t, act)
-        y, width, ld = out, w.shape[1], ldc
+        plan = GemmPlan.make(device, Product(rows, w.shape[1], width, ld, t, t), split=False)
+        out = gemm(device, inputs, plan, y, np.ascontiguousarray(w), f"layer{i % 2}")
+        _epilogue(device, inputs, out, b, rows, w.shape[1], plan.ldb, t, act)
+        y, width, ld = out, w.shape[1], plan.ldb
     return _read_rows(device, y, rows, width, ld, x.dtype)
 
 
@@ -294,23 +281,23 @@ def kmeans(device, inputs, params) -> Partial:
     items = max(1, min(n, device.compute_units * (256 if device.is_gpu else 4)))
     per = math.ceil(n / items)
     items = math.ceil(n / per)
-    bufs = Inputs(device)
+    bufs = Inputs(device.allocator)
     xbuf, cbuf = bufs("x", x), bufs("centroids", centroids)
     nbuf = bufs("cnorm", np.sum(centroids * centroids, axis=1))
-    sums = device._buffer("km_sums", items * k * d * 8)
-    counts = device._buffer("km_counts", items * k * 8)
-    inertia = device._buffer("km_inertia", items * 8)
-    bad = device._buffer("km_bad", items * 8)
+    sums = device.allocator.buffer("km_sums", items * k * d * 8)
+    counts = device.allocator.buffer("km_counts", items * k * 8)
+    inertia = device.allocator.buffer("km_inertia", items * 8)
+    bad = device.allocator.buffer("km_bad", items * 8)
     kernel = _kernel(device, "catalog", "kmeans_step", T=t, IDX="int")
-    _launch(device, kernel, (items,), None, xbuf, np.int64(n), np.int32(d), np.int64(per), cbuf, nbuf,
-            np.int32(k), sums, counts, inertia, bad)
-    bad_rows = device._read(bad, (items,), np.int64)
+    kernel((items,), None, xbuf, np.int64(n), np.int32(d), np.int64(per), cbuf, nbuf, np.int32(k), sums, counts,
+           inertia, bad)
+    bad_rows = _read(device, bad, (items,), np.int64)
     if np.any(bad_rows >= 0):
         row = params["row_offset"] + int(bad_rows[bad_rows >= 0].min())
         raise InvalidInput(f"kmeans: x has NaN or infinity (row {row}); clean or drop those rows")
-    return {"sums": device._read(sums, (items, k, d), np.float64).sum(axis=0),
-            "counts": device._read(counts, (items, k), np.int64).sum(axis=0),
-            "inertia": np.float64(device._read(inertia, (items,), np.float64).sum())}
+    return {"sums": _read(device, sums, (items, k, d), np.float64).sum(axis=0),
+            "counts": _read(device, counts, (items, k), np.int64).sum(axis=0),
+            "inertia": np.float64(_read(device, inertia, (items,), np.float64).sum())}
 
 
 # -- spmm / gcn -------------------------------------------------------------------------------------
@@ -351,7 +338,7 @@ def _spmm(device, bufs: Inputs, inputs, x: np.ndarray, scale: np.ndarray | None,
     t = _type(device, data.dtype)
     rows, features = len(indptr) - 1, x.shape[1]
     idx = "int" if indices.dtype == np.int32 else "long"
-    out = device._buffer("spmm_y", rows * features * data.dtype.itemsize)
+    out = device.allocator.buffer("spmm_y", rows * features * data.dtype.itemsize)
     wg, budget = SPMM_SPLIT["gpu" if device.is_gpu else "cpu"]
     lx = min(64, 1 << (features - 1).bit_length())  # features per work-group (GPU) and spmm_rows
     ly = max(1, wg // lx)
@@ -359,7 +346,7 @@ def _spmm(device, bufs: Inputs, inputs, x: np.ndarray, scale: np.ndarray | None,
     if not len(lo) or not features:
         return out
     tiles = -(-features // lx)
-    partial = device._buffer("spmm_partial", max(1, (len(lo) - light) * features * data.dtype.itemsize))
+    partial = device.allocator.buffer("spmm_partial", max(1, (len(lo) - light) * features * data.dtype.itemsize))
     xbuf, sbuf, off = bufs("x", x), bufs("scale", scale) if scale is not None else None, np.int64(row_offset)
     args = (bufs("indptr", indptr), bufs("indices", indices), bufs("data", data), xbuf, np.int32(features), out,
             sbuf, off, bufs("spmm_lo", lo), bufs("spmm_hi", hi), np.int32(light), np.int64(budget), partial)
@@ -367,31 +354,31 @@ def _spmm(device, bufs: Inputs, inputs, x: np.ndarray, scale: np.ndarray | None,
         grid, local, name = (len(lo) * lx, tiles * ly), (lx, ly), "spmm_chunks"
     else:
         grid, local, name = (len(lo),), (1,), "spmm_chunks_cpu"
-    _launch(device, _kernel(device, "catalog", name, T=t, IDX=idx), grid, local, *args)
+    _kernel(device, "catalog", name, T=t, IDX=idx)(grid, local, *args)
     if len(heavy):
-        _launch(device, _kernel(device, "catalog", "spmm_rows", T=t, IDX=idx), (len(heavy) * lx, tiles * ly),
-                (lx, ly), partial, bufs("spmm_first", first), bufs("spmm_heavy", heavy), xbuf, np.int32(features),
-                out, sbuf, off)
+        _kernel(device, "catalog", "spmm_rows", T=t, IDX=idx)(
+            (len(heavy) * lx, tiles * ly), (lx, ly), partial, bufs("spmm_first", first), bufs("spmm_heavy", heavy),
+            xbuf, np.int32(features), out, sbuf, off)
     return out
 
 
 def spmm(device, inputs, params) -> Partial:
     x = inputs["x"]
-    bufs = Inputs(device)
+    bufs = Inputs(device.allocator)
     out = _spmm(device, bufs, inputs, x, None, 0)
-    return {"y": device._read(out, (len(inputs["a_indptr"]) - 1, x.shape[1]), inputs["a_data"].dtype)}
+    return {"y": _read(device, out, (len(inputs["a_indptr"]) - 1, x.shape[1]), inputs["a_data"].dtype)}
 
 
 def gcn_layer(device, inputs, params) -> Partial:
     x, w, scale = inputs["x"], inputs["w"], inputs["scale"]
     t = _type(device, x.dtype)
     rows = len(inputs["a_indptr"]) - 1
-    bufs = Inputs(device)
+    bufs = Inputs(device.allocator)
     h = _spmm(device, bufs, inputs, x, scale, params["row_offset"])
-    out, _, ldc = gemm(device, bufs, h, np.ascontiguousarray(w), rows, w.shape[1], w.shape[0], w.shape[0], t, t,
-                       "layer0", split=False)
-    _epilogue(device, bufs, out, None, rows, w.shape[1], ldc, t, params["activation"])
-    return {"y": _read_rows(device, out, rows, w.shape[1], ldc, x.dtype)}
+    plan = GemmPlan.make(device, Product(rows, w.shape[1], w.shape[0], w.shape[0], t, t), split=False)
+    out = gemm(device, bufs, plan, h, np.ascontiguousarray(w), "layer0")
+    _epilogue(device, bufs, out, None, rows, w.shape[1], plan.ldb, t, params["activation"])
+    return {"y": _read_rows(device, out, rows, w.shape[1], plan.ldb, x.dtype)}
 
 
 # -- qmatmul ----------------------------------------------------------------------------------------
@@ -401,18 +388,19 @@ def qmatmul(device, inputs, params) -> Partial:
     w_q, w_scale = inputs["w_q"], inputs["w_scale"]
     M, K = x.shape
     N = w_q.shape[1]
-    bufs = Inputs(device)
+    bufs = Inputs(device.allocator)
     xbuf = bufs("qx", x)
-    xq = device._buffer("xq", M * K)
-    xscale = device._buffer("xscale", M * 4)
-    _launch(device, _kernel(device, "catalog", "quantize_rows", T="float", IDX="int"), (M,), None,
+    xq = device.allocator.buffer("xq", M * K)
+    xscale = device.allocator.buffer("xscale", M * 4)
+    _kernel(device, "catalog", "quantize_rows", T="float", IDX="int")((M,), None,
             xbuf, np.int32(M), np.int32(K), xq, xscale)
-    acc, slices, ldc = gemm(device, bufs, xq, np.ascontiguousarray(w_q), M, N, K, K, "int", "char", "qacc")
-    y = device._buffer("qy", M * N * 4)
-    _launch(device, _kernel(device, "catalog", "dequantize", T="float", IDX="int"),
-            (math.ceil(N / 16) * 16, math.ceil(M / 16) * 16), (16, 16),
-            acc, np.int32(slices), np.int32(M), np.int32(N), np.int32(ldc), xscale, bufs("wscale", w_scale), y)
-    out = {"y": device._read(y, (M, N), np.float32)}
+    plan = GemmPlan.make(device, Product(M, N, K, K, "int", "char"))
+    acc = gemm(device, bufs, plan, xq, np.ascontiguousarray(w_q), "qacc")
+    y = device.allocator.buffer("qy", M * N * 4)
+    _kernel(device, "catalog", "dequantize", T="float", IDX="int")(
+        (math.ceil(N / 16) * 16, math.ceil(M / 16) * 16), (16, 16), acc, np.int32(plan.slices), np.int32(M),
+        np.int32(N), np.int32(plan.ldb), xscale, bufs("wscale", w_scale), y)
+    out = {"y": _read(device, y, (M, N), np.float32)}
     if "w" in inputs:
         # The float32 product on the device; the error terms are a host pass over the two results.
         ref = gemm_host(device, x, inputs["w"])
@@ -441,36 +429,57 @@ def _topk_chunks_cpu(device, xbuf, args: tuple, n: int, cols: int, k: int) -> np
     items = max(1, min(device.compute_units * 4, n // max(1024, 8 * k)))
     per = -(-n // items)
     items = -(-n // per)
-    ranks = device._buffer("topk_ranks", items * k * cols * 8)
-    out = device._buffer("topk_rows", items * k * cols * 4)
-    _launch(device, _kernel(device, "catalog", "topk_chunks_cpu", T="float", IDX="int", TOPK=1), (items,), (1,),
-            xbuf, *args, np.int32(n), np.int32(cols), np.int32(per), np.int32(k), ranks, out)
-    rows = device._read(out, (items, k, cols), np.int32)
+    ranks = device.allocator.buffer("topk_ranks", items * k * cols * 8)
+    out = device.allocator.buffer("topk_rows", items * k * cols * 4)
+    _kernel(device, "catalog", "topk_chunks_cpu", T="float", IDX="int", TOPK=True)(
+        (items,), (1,), xbuf, *args, np.int32(n), np.int32(cols), np.int32(per), np.int32(k), ranks, out)
+    rows = _read(device, out, (items, k, cols), np.int32)
     counts = np.minimum(k, np.minimum(per, n - per * np.arange(items)))  # the last may hold fewer than k
     return rows[np.arange(k) < counts[:, None]]
 
 
+@dataclass(frozen=True)
+class TopkPlan:
+    """The GPU layout of topk on n rows of `cols` columns: work-groups of lx columns x ly lanes (wg
+    work-items, each a list of k in local memory) over a gx x (groups * ly) grid."""
+    wg: int
+    lx: int
+    ly: int
+    gx: int
+    groups: int
+
+    @classmethod
+    def make(cls, device, n: int, cols: int, k: int) -> TopkPlan:
+        budget = min(TOPK_LOCAL, device.cl_device.local_mem_size)
+        wg = 1 << (min(256, budget // (k * TOPK_ENTRY)).bit_length() - 1)
+        lx = min(32, wg // 4, 1 << (cols - 1).bit_length())  # ly >= 4: each merge pass shrinks the lists
+        ly = wg // lx
+        gx = -(-cols // lx) * lx
+        groups = max(1, min(device.compute_units * 2048 // (gx * ly), -(-n // (ly * TOPK_LANE_ROWS * k))))
+        return cls(wg, lx, ly, gx, groups)
+
+
 def _topk_lanes(device, xbuf, args: tuple, n: int, cols: int, k: int) -> np.ndarray:
-    """The best k rows of each column, (k, cols): lanes scan interleaved rows, each work-group merges
-    its lanes' lists, then topk_merge passes merge the groups' lists ly at a time down to one."""
-    budget = min(TOPK_LOCAL, device.cl_device.local_mem_size)
-    wg = 1 << (min(256, budget // (k * TOPK_ENTRY)).bit_length() - 1)
-    lx = min(32, wg // 4, 1 << (cols - 1).bit_length())  # ly >= 4: each merge pass shrinks the lists
-    ly = wg // lx
-    gx = -(-cols // lx) * lx
-    groups = max(1, min(device.compute_units * 2048 // (gx * ly), -(-n // (ly * TOPK_LANE_ROWS * k))))
-    local = (cl.LocalMemory(wg * k * 8), cl.LocalMemory(wg * k * 4))
-    src = device._buffer("topk_a", groups * k * cols * 4)
-    _launch(device, _kernel(device, "catalog", "topk_lanes", T="float", IDX="int", TOPK=1), (gx, groups * ly),
-            (lx, ly), xbuf, *args, np.int32(n), np.int32(cols), np.int32(k), *local, src)
+    """The best min(n, k) rows of each column, (min(n, k), cols): lanes scan interleaved rows, each
+    work-group merges its lanes' lists, then topk_merge passes merge the groups' lists ly at a time
+    down to one."""
+    plan = TopkPlan.make(device, n, cols, k)
+    groups, local_size = plan.groups, (plan.lx, plan.ly)
+    local = (cl.LocalMemory(plan.wg * k * 8), cl.LocalMemory(plan.wg * k * 4))
+    src = device.allocator.buffer("topk_a", groups * k * cols * 4)
+    _kernel(device, "catalog", "topk_lanes", T="float", IDX="int", TOPK=True)(
+        (plan.gx, groups * plan.ly), local_size, xbuf, *args, np.int32(n), np.int32(cols), np.int32(k), *local, src)
     roles = ("topk_b", "topk_a")
     while groups > 1:
-        lists, groups = groups, -(-groups // ly)
-        dst = device._buffer(roles[0], groups * k * cols * 4)
-        _launch(device, _kernel(device, "catalog", "topk_merge", T="float", IDX="int", TOPK=1), (gx, groups * ly),
-                (lx, ly), xbuf, *args, np.int32(cols), np.int32(k), np.int32(lists), src, *local, dst)
+        lists, groups = groups, -(-groups // plan.ly)
+        dst = device.allocator.buffer(roles[0], groups * k * cols * 4)
+        _kernel(device, "catalog", "topk_merge", T="float", IDX="int", TOPK=True)(
+            (plan.gx, groups * plan.ly), local_size, xbuf, *args, np.int32(cols), np.int32(k), np.int32(lists),
+            src, *local, dst)
         src, roles = dst, roles[::-1]
-    return device._read(src, (k, cols), np.int32)
+    # A list sorts its empty slots (row -1) last, and every column has min(n, k) rows: a partition
+    # shorter than k leaves k - n of them, which are not rows of x.
+    return _read(device, src, (k, cols), np.int32)[:min(n, k)]
 
 
 def topk(device, inputs, params) -> Partial:
@@ -484,7 +493,7 @@ def topk(device, inputs, params) -> Partial:
         return op.reference(inputs, params)
     flat = np.ascontiguousarray(x).reshape(n, -1)
     cols = flat.shape[1]
-    bufs = Inputs(device)  # holds x until the blocking read
+    bufs = Inputs(device.allocator)  # holds x until the blocking read
     args = (np.int32(TOPK_TYPES[x.dtype]), np.int32(largest))
     run = _topk_lanes if device.is_gpu else _topk_chunks_cpu
     rows = run(device, bufs("x", flat), args, n, cols, k)
@@ -493,7 +502,7 @@ def topk(device, inputs, params) -> Partial:
     indices = rows.astype(np.int64) + params["row_offset"]
     if len(rows) > k:
         values, indices = op._best(values, indices, k, largest)
-    shape = (k,) + x.shape[1:]
+    shape = (min(n, k),) + x.shape[1:]  # a partition shorter than k has n rows to give, as the reference
     return {"values": values.reshape(shape), "indices": indices.reshape(shape), "k": np.int64(k),
             "largest": np.bool_(largest)}
 

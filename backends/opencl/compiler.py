@@ -1,9 +1,10 @@
-"""Source or prebuilt binary -> built OpenCL program, with an on-disk cache of built binaries.
+"""The compiler: kernel source -> program binary for one device, with an on-disk cache of binaries.
 
-A program is built once per (platform, device, driver version, source hash, options): the cache key
+A binary is built once per (platform, device, driver version, source hash, options): the cache key
 hashes all of them, so an edited kernel or a new driver never loads a stale binary. Entries are written
 atomically and carry their own sha256, checked before the bytes reach the driver: PoCL segfaults on a
 truncated binary and silently accepts flipped bytes, so the driver cannot be the one to check.
+What the compiler returns is bytes: a Program (program.py) is only ever made from a binary.
 """
 from __future__ import annotations
 
@@ -37,22 +38,11 @@ def source(name: str) -> str:
     return (SOURCES / name).read_text()
 
 
-def program_binary(program: cl.Program) -> bytes:
-    """The device binary of a built single-device program (what FPGA manifests and the cache hold)."""
-    return bytes(program.get_info(cl.program_info.BINARIES)[0])
-
-
-def load_binary(context: cl.Context, device: cl.Device, binary: bytes, what: str) -> cl.Program:
-    """clCreateProgramWithBinary + build; the caller has already checked the bytes' integrity."""
-    with cl_errors(f"loading the binary of {what}", refused=FailedPrecondition):
-        return cl.Program(context, [device], [binary]).build(devices=[device])
-
-
 class ProgramCache:
-    """Builds programs from source or loads them from the disk cache; counts which happened.
+    """Binaries on disk, shared by the devices of one agent; counts what happened.
 
-    `stats`: compiled / loaded (disk hits) / stale (corrupt entries rebuilt), and the seconds spent in
-    each, so tests and operators can see that a warm cache skips compilation.
+    `stats`: compiled / loaded (disk hits) / stale (corrupt or refused entries rebuilt), and the
+    seconds spent in each, so tests and operators can see that a warm cache skips compilation.
     """
 
     def __init__(self, directory: str | os.PathLike | None = None):
@@ -65,45 +55,25 @@ class ProgramCache:
                  device.version, hashlib.sha256(text.encode()).hexdigest(), options]
         return hashlib.sha256(json.dumps(ident).encode()).hexdigest()
 
-    def build(self, context: cl.Context, device: cl.Device, name: str, options: str) -> cl.Program:
-        """The program of source file `name` built with `options`: from the cache, else compiled."""
-        text = source(name)
-        path = self.directory / f"{self.key(device, text, options)}.bin"
-        binary = self._read(path)
-        if binary is not None:
-            start = time.perf_counter()
-            try:
-                program = load_binary(context, device, binary, f"cached {name} {options}")
-            except FailedPrecondition:
-                self._count("stale", 0.0)  # the driver refuses its own old binary: rebuild it
-            else:
-                self._count("loaded", time.perf_counter() - start)
-                return program
-        start = time.perf_counter()
-        with cl_errors(f"building {name} with options {options!r} on {device.name}", refused=FailedPrecondition):
-            # cache_dir=False: this class is the cache; pyopencl's own would hide compilations from stats.
-            program = cl.Program(context, text).build(options=options, devices=[device], cache_dir=False)
-        self._count("compiled", time.perf_counter() - start)
-        self._write(path, program_binary(program))
-        return program
-
-    def _count(self, what: str, seconds: float) -> None:
+    def count(self, what: str, seconds: float) -> None:
         with self._lock:
             self.stats[what] += 1
             self.stats[f"{what}_seconds"] += seconds
 
-    def _read(self, path: Path) -> bytes | None:
+    def get(self, key: str) -> bytes | None:
+        """The binary stored under `key`, or None (absent, or torn or corrupt: counted stale)."""
         try:
-            data = path.read_bytes()
+            data = (self.directory / f"{key}.bin").read_bytes()
         except OSError:
             return None
         digest, binary = data[:32], data[32:]
         if hashlib.sha256(binary).digest() != digest:
-            self._count("stale", 0.0)  # torn or corrupt entry: rebuild and overwrite it
+            self.count("stale", 0.0)  # torn or corrupt entry: rebuilt and overwritten
             return None
         return binary
 
-    def _write(self, path: Path, binary: bytes) -> None:
+    def put(self, key: str, binary: bytes) -> None:
+        path = self.directory / f"{key}.bin"
         tmp = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -115,3 +85,35 @@ class ProgramCache:
             # A read-only or full cache only costs a rebuild next time.
             if tmp is not None:
                 Path(tmp).unlink(missing_ok=True)
+
+
+class Compiler:
+    """Source -> binary for one device (its context), through a ProgramCache."""
+
+    def __init__(self, context: cl.Context, device: cl.Device, cache: ProgramCache):
+        self.context = context
+        self.device = device
+        self.cache = cache
+
+    def compile(self, name: str, options: str, fresh: bool = False) -> bytes:
+        """The binary of source file `name` built with `options`: from the cache, else compiled and
+        stored. fresh=True skips the cache's entry (the driver refused it) and overwrites it."""
+        text = source(name)
+        key = self.cache.key(self.device, text, options)
+        if fresh:
+            self.cache.count("stale", 0.0)
+        else:
+            start = time.perf_counter()
+            binary = self.cache.get(key)
+            if binary is not None:
+                self.cache.count("loaded", time.perf_counter() - start)
+                return binary
+        start = time.perf_counter()
+        with cl_errors(f"building {name} with options {options!r} on {self.device.name}",
+                       refused=FailedPrecondition):
+            # cache_dir=False: ProgramCache is the cache; pyopencl's own would hide compilations from stats.
+            program = cl.Program(self.context, text).build(options=options, devices=[self.device], cache_dir=False)
+            binary = bytes(program.get_info(cl.program_info.BINARIES)[0])
+        self.cache.count("compiled", time.perf_counter() - start)
+        self.cache.put(key, binary)
+        return binary

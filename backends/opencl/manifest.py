@@ -1,13 +1,14 @@
 """Prebuilt program binaries (the FPGA path): a JSON manifest mapping program variants to files.
 
-    {"format": "lepton-opencl-binaries/1",
+    {"format": "lepton-opencl-binaries/2",
      "device": "...", "driver_version": "...",          informative
-     "programs": {"reduce.sum.float32.flat": {"file": "reduce.sum.float32.flat.bin", "sha256": "<hex>"},
-                  ...}}
+     "programs": {"<variant>": {"file": "<variant>.bin", "sha256": "<hex>"}, ...}}
 
-Files are relative to the manifest. A variant names one build of one kernel source (see
-`OpenCLDevice.variant`); the binary must have been built with the options the device computes for it,
-which is what `export_binaries` does. The sha256 is required and checked before the driver sees the
+Files are relative to the manifest. A variant names one build of one kernel source, defines and all
+(variants.py, e.g. 'reduce.BLOCK=256,...,T=float,VEC=16'; reductions.variant gives the reductions'):
+a device loads the binary under the name it would build itself, so one exported for another layout
+or precision is never picked. `export_binaries` writes them. (Format 1 named variants in a grammar
+of their own, 'reduce.sum.float32.flat'.) The sha256 is required and checked before the driver sees the
 bytes: PoCL crashes on a truncated binary and accepts a corrupted one.
 """
 from __future__ import annotations
@@ -19,9 +20,7 @@ from pathlib import Path
 from typing import Iterable
 
 from lepton.errors import FailedPrecondition
-from lepton.backends.opencl.compiler import program_binary
-
-FORMAT = "lepton-opencl-binaries/1"
+FORMAT = "lepton-opencl-binaries/2"
 
 
 def read_manifest(path: str | os.PathLike) -> dict[str, bytes]:
@@ -33,7 +32,8 @@ def read_manifest(path: str | os.PathLike) -> dict[str, bytes]:
         if manifest.get("format") != FORMAT or not isinstance(programs, dict):
             raise ValueError(f"expected format {FORMAT!r} with a 'programs' object")
     except (OSError, ValueError, KeyError, TypeError) as error:
-        raise FailedPrecondition(f"OpenCL binary manifest {path}: cannot read it: {error}") from None
+        raise FailedPrecondition(f"OpenCL binary manifest {path}: cannot read it: {error}; re-export it with "
+                                 f"lepton.backends.opencl.export_binaries") from None
     binaries = {}
     for variant, entry in programs.items():
         try:
@@ -52,7 +52,8 @@ def read_manifest(path: str | os.PathLike) -> dict[str, bytes]:
 
 
 def export_binaries(device, variants: Iterable[str], directory: str | os.PathLike) -> Path:
-    """Build `variants` on `device` (an OpenCLDevice that compiles) and write them with a manifest.
+    """Build `variants` (names, see variants.py) on `device` (an OpenCLDevice that compiles) and
+    write their binaries with a manifest.
 
     Returns the manifest's path, usable as `--device opencl:I@PATH` on the same kind of device.
     """
@@ -60,7 +61,7 @@ def export_binaries(device, variants: Iterable[str], directory: str | os.PathLik
     directory.mkdir(parents=True, exist_ok=True)
     programs = {}
     for variant in variants:
-        binary = program_binary(device.program(variant))
+        binary = device.program(variant).binary
         file = f"{variant}.bin"
         (directory / file).write_bytes(binary)
         programs[variant] = {"file": file, "sha256": hashlib.sha256(binary).hexdigest()}
