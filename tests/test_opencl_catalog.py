@@ -329,6 +329,26 @@ def test_topk_long_columns_and_worst_orders(device, gpu_device):
                     same_topk(dev, x, k, largest)
 
 
+def test_topk_on_partitions_shorter_than_k(device, gpu_device):
+    """A partition can hold fewer rows than k (one, at the least): its partial holds all of them, as the
+    reference's does. On the GPU path the lists' unfilled slots (row -1) must not become rows: they
+    gave x[-1]'s value and the index row_offset - 1."""
+    rng = np.random.default_rng(16)
+    op = REGISTRY["topk"]
+    for dev in (device, gpu_device):
+        for rows, cols in [(1, None), (1, 3), (3, None), (5, 2), (63, 4)]:
+            shape = (rows,) if cols is None else (rows, cols)
+            x = topk_data(rng, shape, np.float32)
+            whole = TensorMeta(x.dtype, (1000,) + shape[1:])  # the job's input: k is checked against it
+            for k, largest in [(10, True), (64, False)]:
+                p = {**op.validate({"x": whole}, {"k": k, "largest": largest}), "row_offset": 500}
+                got, want = dev.run(op, {"x": x}, p), op.reference({"x": x}, p)
+                for key in want:
+                    g, w = np.asarray(got[key]), np.asarray(want[key])
+                    assert g.dtype == w.dtype and g.shape == w.shape and g.tobytes() == w.tobytes(), \
+                        (dev.is_gpu, shape, k, key, g, w)
+
+
 def test_topk_float64_without_fp64(gpu_device):
     """Ranks are 64-bit integers: float64 needs no cl_khr_fp64."""
     dev = OpenCLDevice(CL_DEVICE, "opencl:0", cache=ProgramCache(), calibrate=False, fp64=False)
