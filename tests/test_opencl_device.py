@@ -11,6 +11,7 @@ Tolerances, and why:
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -285,6 +286,23 @@ def test_cache_keys_and_corrupt_entries(cl_device, tmp_path):
     assert fresh.stats["stale"] == 1 and fresh.stats["compiled"] == 1
 
 
+def test_cache_entry_the_driver_refuses_is_rebuilt(cl_device, tmp_path):
+    cache = ProgramCache(tmp_path)
+    dev = OpenCLDevice(cl_device, "opencl:0", cache=cache, calibrate=False)
+    variant = reductions.variant(dev, "max", np.int64, "flat")
+    dev.program(variant)
+    (entry,) = tmp_path.glob("*.bin")
+    garbage = b"not a program binary" * 50  # intact as the cache sees it (its sha256 matches), refused by the driver
+    entry.write_bytes(hashlib.sha256(garbage).digest() + garbage)
+    fresh = ProgramCache(tmp_path)
+    again = OpenCLDevice(cl_device, "opencl:0", cache=fresh, calibrate=False)
+    again.program(variant)
+    assert fresh.stats["stale"] == 1 and fresh.stats["compiled"] == 1
+    assert entry.read_bytes()[32:] == again.program(variant).binary  # overwritten with the rebuilt binary
+    x = make("int64", (50_000,))
+    check("max", x, *run(again, "max", x))
+
+
 def test_calibration_fills_throughput(cl_device, cache):
     uncalibrated = OpenCLDevice(cl_device, "opencl:0", cache=cache, calibrate=False)
     assert "sum" not in uncalibrated.info().throughput
@@ -416,7 +434,6 @@ def test_corrupt_binary_is_refused_at_open(device, manifest, tmp_path):
 
     # Bytes the manifest vouches for but the driver rejects: refused by the driver, still a clear error.
     victim.write_bytes(b"not a program binary" * 50)
-    import hashlib
     entries["programs"][sum_variant]["sha256"] = hashlib.sha256(victim.read_bytes()).hexdigest()
     (broken / "manifest.json").write_text(json.dumps(entries))
     with pytest.raises(FailedPrecondition, match=re.escape(sum_variant)):

@@ -55,7 +55,6 @@ class OpenCLDevice(Device):
         self.compute_units = cl_device.max_compute_units
         self.fp64 = "cl_khr_fp64" in cl_device.extensions if fp64 is None else fp64
         self.cache = cache if cache is not None else ProgramCache()
-        self.binary_only = binaries is not None
         self.programs: dict[str, Program] = {}  # variant name -> loaded program
         self._run_lock = threading.RLock()      # kernels and buffers are not thread-safe
         with cl_errors(f"opening OpenCL device {describe(cl_device)}"):
@@ -63,7 +62,7 @@ class OpenCLDevice(Device):
             # Profiling costs nothing measurable and lets benchmarks read kernel time off the device clock.
             self.queue = cl.CommandQueue(self.context, properties=cl.command_queue_properties.PROFILING_ENABLE)
         self.profile: list[cl.Event] | None = None  # a list collects every kernel launch's event
-        self.compiler = None if self.binary_only else Compiler(self.context, cl_device, self.cache)
+        self.compiler = None if binaries is not None else Compiler(self.context, cl_device, self.cache)
         # Devices sharing host memory (CPUs, integrated GPUs) read the caller's arrays in place.
         zero_copy = _shares_host_memory(cl_device) if zero_copy is None else zero_copy
         self.allocator = Allocator(name, self.context, self.queue, cl_device, zero_copy)
@@ -73,6 +72,10 @@ class OpenCLDevice(Device):
         self.kernels = {**reductions.offered(self), **catalog.offered(self)}
         if calibrate:
             self.calibrate()
+
+    def has_program(self, variant: str) -> bool:
+        """Whether program(variant) can give it: loaded already, or compiled on demand."""
+        return variant in self.programs or self.compiler is not None
 
     def program(self, variant: str) -> Program:
         """The program of a variant (variants.py): loaded once, from a binary the compiler gives."""

@@ -323,14 +323,10 @@ KERNELS = {"sum": _simple("sum", "sum", "sum"), "min": _simple("min", "min", "mi
 
 
 def offered(device) -> dict:
-    """All these ops, or on a device that runs prebuilt binaries only those whose programs it holds
-    for some dtype and layout."""
-    if not device.binary_only:
-        return dict(KERNELS)
-    offered_ops = {}
-    for op, prims in NEEDS.items():
-        for dtype in DTYPES:
-            for layout in (("float", "double") if op == "histogram" else ("flat", "columns")):
-                if all(variant(device, p, dtype, layout) in device.programs for p in prims):
-                    offered_ops[op] = KERNELS[op]
-    return offered_ops
+    """The ops whose programs the device can have for some dtype and layout: all of them where it
+    compiles, those its prebuilt binaries cover where it does not."""
+    def layouts(op):
+        return ("float", "double") if op == "histogram" else ("flat", "columns")
+    return {op: KERNELS[op] for op, prims in NEEDS.items()
+            if any(all(device.has_program(variant(device, p, dtype, layout)) for p in prims)
+                   for dtype in DTYPES for layout in layouts(op))}
