@@ -20,7 +20,7 @@ def test_the_opencl_tests_ran_on_a_discrete_gpu():
     assert cl_device.type & cl.device_type.GPU, f"{spec} is {cl_device.name}, not a GPU"
     device = OpenCLDevice(cl_device, spec, cache=ProgramCache(), calibrate=False)
     try:
-        assert device.is_gpu and not device.zero_copy and device.stager is not None
+        assert device.is_gpu and not device.allocator.zero_copy and device.allocator.stager is not None
         x = np.random.default_rng(1).integers(-1000, 1000, 1 << 26).astype(np.int64)  # 512 MB through the stager
         op = REGISTRY["sum"]
         params = op.validate({"x": TensorMeta(x.dtype, x.shape)}, {})
