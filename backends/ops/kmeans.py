@@ -5,6 +5,10 @@ whatever the partitioning) and k-means++ on that sample picks the initial centro
 round sends the current centroids to every partition (a few KB: the data stays where it is) and
 adds up per-cluster sums and counts. It stops when no centroid moves more than `tol`, or after
 `max_iter` rounds. `inertia` is the sum of squared distances to the centroids of the last round.
+
+Distances run in the input's own type (float32 BLAS for float32 points, as the peers do), sums,
+counts and inertia accumulate in float64; `precision="float64"` computes the distances in float64
+too (the slower path, for points whose nearest centroids nearly tie at float32 resolution).
 """
 from __future__ import annotations
 
@@ -15,6 +19,20 @@ from lepton.backends.ops.base import Op
 from lepton.backends.ops.common import check_params, matrix, positive_int
 
 SAMPLE_PER_CLUSTER = 64
+PRECISIONS = ("auto", "float64")
+_GOLDEN, _MIX1, _MIX2 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+
+
+def row_uniforms(seed: int, start: int, count: int) -> np.ndarray:
+    """One uniform in [0, 1) per row start .. start + count - 1, a function of (seed, row) alone
+    (SplitMix64 of the row's global index): the sample is the same however rows are cut into
+    partitions and blocks, on any device."""
+    with np.errstate(over="ignore"):
+        z = (np.arange(start, start + count, dtype=np.uint64) + np.uint64(seed & (2**64 - 1)) * _MIX1) * _GOLDEN
+        z = (z ^ (z >> np.uint64(30))) * _MIX1
+        z = (z ^ (z >> np.uint64(27))) * _MIX2
+        z ^= z >> np.uint64(31)
+    return (z >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
 
 
 def kmeans_plus_plus(points: np.ndarray, k: int, seed: int) -> np.ndarray:
@@ -30,12 +48,28 @@ def kmeans_plus_plus(points: np.ndarray, k: int, seed: int) -> np.ndarray:
     return np.array(centroids)
 
 
-def assign(x: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Nearest centroid of each row and the squared distance to it (float64)."""
-    x = x.astype(np.float64, copy=False)
-    d = np.sum(x * x, axis=1)[:, None] - 2 * x @ centroids.T + np.sum(centroids * centroids, axis=1)[None, :]
+def assign(x: np.ndarray, centroids: np.ndarray, precision: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+    """Nearest centroid of each row and the squared distance to it.
+
+    The nearest centroid minimises |c|^2 - 2 x.c (|x|^2 is the same for every centroid), one GEMM in
+    x's type (float64 with precision="float64"); the distance to it is then computed directly,
+    (x - c)^2 summed, so it does not cancel.
+    """
+    work = np.float64 if precision == "float64" else x.dtype
+    x = x.astype(work, copy=False)
+    c = centroids.astype(work)
+    d = x @ c.T
+    d *= -2
+    d += np.sum(c * c, axis=1)[None, :]
     labels = np.argmin(d, axis=1)
-    return labels, np.maximum(d[np.arange(len(x)), labels], 0)
+    diff = x - c[labels]
+    return labels, np.einsum("ij,ij->i", diff, diff)
+
+
+def cluster_sums(x: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """Per-cluster sums of the rows, accumulated in float64 (bincount: one pass per column)."""
+    return np.stack([np.bincount(labels, weights=column, minlength=k) for column in x.T], axis=1) \
+        if x.shape[1] else np.zeros((k, 0))
 
 
 class Kmeans(Op):
@@ -52,7 +86,7 @@ class Kmeans(Op):
         return {"x": source["x"][start:stop]}
 
     def validate(self, inputs, params):
-        check_params(self, params, ("k", "max_iter", "tol", "seed"))
+        check_params(self, params, ("k", "max_iter", "tol", "seed", "precision"))
         x = matrix(self, inputs, "x")
         n, d = x.shape
         given = matrix(self, inputs, "centroids") if "centroids" in inputs else None
@@ -64,8 +98,11 @@ class Kmeans(Op):
         tol = params.get("tol", 1e-4)
         if not isinstance(tol, (int, float)) or tol < 0:
             raise InvalidInput(f"kmeans: parameter 'tol' must be a number >= 0; got {tol!r}")
+        precision = params.get("precision", "auto")
+        if precision not in PRECISIONS:
+            raise InvalidInput(f"kmeans: parameter 'precision' must be one of {list(PRECISIONS)}; got {precision!r}")
         return {"k": k, "max_iter": positive_int(self, params, "max_iter", 50, upper=10_000), "tol": float(tol),
-                "seed": int(params.get("seed", 0)), "rows": n,
+                "seed": int(params.get("seed", 0)), "rows": n, "precision": precision,
                 "phase": "step" if "centroids" in inputs else "sample", "iterations": 0}
 
     def prepare(self, arrays, params):
@@ -82,18 +119,16 @@ class Kmeans(Op):
             bad = params["row_offset"] + int(np.argmax(~np.all(np.isfinite(x), axis=1)))
             raise InvalidInput(f"kmeans: x has NaN or infinity (row {bad}); clean or drop those rows")
         if params["phase"] == "sample":
-            # Each row is kept with the same probability, decided by a generator seeded by its
-            # partition's first row: the sample does not depend on where partitions run.
+            # Each row is kept with the same probability, decided by its global index and the seed
+            # alone: the sample does not depend on the partitioning, the blocks or the device.
             want = min(params["rows"], SAMPLE_PER_CLUSTER * params["k"])
-            keep = np.random.default_rng([params["seed"], params["row_offset"]]).random(len(x)) < want / params["rows"]
+            keep = row_uniforms(params["seed"], params["row_offset"], len(x)) < want / params["rows"]
             return {"sample": x[keep].astype(np.float64)}
         centroids = inputs["centroids"]
-        labels, distance = assign(x, centroids)
+        labels, distance = assign(x, centroids, params.get("precision", "auto"))
         k = len(centroids)
-        onehot = np.zeros((len(x), k))
-        onehot[np.arange(len(x)), labels] = 1
-        return {"sums": onehot.T @ x.astype(np.float64), "counts": np.bincount(labels, minlength=k),
-                "inertia": np.sum(distance)}
+        return {"sums": cluster_sums(x, labels, k), "counts": np.bincount(labels, minlength=k),
+                "inertia": np.sum(distance, dtype=np.float64)}
 
     def merge(self, left, right):
         if "sample" in left:
