@@ -8,6 +8,7 @@ power-law graph a few rows hold most of the edges.
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse
 
 from lepton.errors import InvalidInput
 from lepton.backends.ops.base import Op
@@ -15,7 +16,6 @@ from lepton.backends.ops.common import ACTIVATIONS, FLOATS, Concat, activation, 
 
 CSR = ("a_indptr", "a_indices", "a_data")
 INDEX_TYPES = (np.dtype(np.int32), np.dtype(np.int64))
-CHUNK_NNZ = 1 << 20  # bound the temporary (non-zeros x features) block
 
 
 def check_csr(op: Op, inputs, params) -> tuple[int, int, np.dtype]:
@@ -60,20 +60,14 @@ def take_csr(indptr, indices, data, start: int, stop: int) -> tuple[np.ndarray, 
 
 
 def csr_times_dense(indptr, indices, data, x) -> np.ndarray:
-    """Rows of A @ x, in blocks of about CHUNK_NNZ non-zeros."""
+    """Rows of A @ x, by SciPy's CSR kernel: each row sums its non-zeros in index order, so a row's
+    value does not depend on the row block it is computed in (bitwise the same on any partitioning)."""
     rows = len(indptr) - 1
-    out = np.zeros((rows, x.shape[1]), dtype=np.result_type(data, x))
-    start = 0
-    while start < rows:
-        stop = max(start + 1, int(np.searchsorted(indptr, indptr[start] + CHUNK_NNZ, side="right")) - 1)
-        stop = min(stop, rows)
-        lo, hi = indptr[start], indptr[stop]
-        if hi > lo:
-            products = data[lo:hi, None] * x[indices[lo:hi]]
-            nonempty = np.flatnonzero(np.diff(indptr[start:stop + 1]))
-            out[start + nonempty] = np.add.reduceat(products, indptr[start + nonempty] - lo, axis=0)
-        start = stop
-    return out
+    out_dtype = np.result_type(data, x)
+    if rows == 0 or len(indices) == 0:
+        return np.zeros((rows, x.shape[1]), dtype=out_dtype)
+    a = scipy.sparse.csr_array((data, indices, indptr), shape=(rows, x.shape[0]), copy=False)
+    return np.asarray(a @ x, dtype=out_dtype)
 
 
 class _SparseRows(Concat):
