@@ -39,6 +39,9 @@ def fold_depth(x: np.ndarray) -> tuple[int, int]:
 def reference(op: str, x: np.ndarray, **params) -> dict[str, np.ndarray]:
     """What NumPy says, in the result names and dtypes Lepton uses; float sums, means and variances
     added pairwise in float64, then rounded to NumPy's result dtype."""
+    if op == "describe":
+        return {k: v for part in ("sum", "min", "max", "mean", "count") for k, v in reference(part, x).items()} | \
+            reference("var", x, ddof=params.get("ddof", 0))
     if op == "histogram":
         columns = [x] if x.ndim == 1 else x.T
         bins = params.get("edges", params.get("bins"))

@@ -9,7 +9,7 @@ from lepton.backends.ops.reductions import OPS as REDUCTIONS
 from lepton.backends.tree import Tree, TreeAggregator
 from references import mismatch
 
-PARAMS = {"histogram": {"bins": 10, "range": [-2.0, 2.0]}, "var": {"ddof": 1}}
+PARAMS = {"histogram": {"bins": 10, "range": [-2.0, 2.0]}, "var": {"ddof": 1}, "describe": {"ddof": 1}}
 
 
 def partitioned(op_name, x, splits, params):
@@ -33,9 +33,10 @@ def test_partitioned_equals_numpy(op, dtype, shape, rng):
     assert mismatch(op, x, got, **PARAMS.get(op, {})) is None
 
 
-def test_var_is_stable_where_sum_of_squares_cancels():
+@pytest.mark.parametrize("op", ["var", "describe"])
+def test_var_is_stable_where_sum_of_squares_cancels(op):
     x = (1e8 + np.arange(10_000) % 7).astype(np.float64)
-    got = partitioned("var", x, [0, 3000, 7000, 10_000], {})
+    got = partitioned(op, x, [0, 3000, 7000, 10_000], {})
     assert abs(got["var"] - np.var(x)) <= 1e-9 * np.var(x)
 
 
@@ -44,6 +45,9 @@ def test_nan_propagates_like_numpy():
     for op in ("sum", "min", "max", "mean"):
         assert np.isnan(partitioned(op, x, [0, 2, 4], {})[op])
     assert partitioned("count", x, [0, 2, 4], {})["count"] == 3
+    described = partitioned("describe", x, [0, 2, 4], {})
+    assert all(np.isnan(described[op]) for op in ("sum", "min", "max", "mean", "var"))
+    assert described["count"] == 3
 
 
 @pytest.mark.parametrize("op, params, shape, dtype, message", [

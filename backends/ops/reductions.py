@@ -158,6 +158,58 @@ class Var(_Reduction):
         return {"var": (partial["m2"] / (partial["n"] - params["ddof"])).astype(_result_float(params))}
 
 
+class Describe(Var):
+    """sum, min, max, mean, var (ddof) and count in one pass over the data: one job where the six ops
+    would be six. Results equal the single ops' within their tolerances (not bitwise: the centring
+    runs in the input's type here)."""
+
+    name = "describe"
+
+    def validate(self, inputs, params):
+        p = super().validate(inputs, params)
+        dtype = np.dtype(p["dtype"])
+        return {**p, "out_dtype": dtype.str if dtype.kind == "f" else "<i8"}  # as Sum's
+
+    def reference(self, inputs, params):
+        x = inputs["x"]
+        n = x.shape[0]
+        if x.dtype.kind == "f":
+            total = np.asarray(np.sum(x, axis=0), dtype=np.float64)  # pairwise in x's type, as Sum
+            # NaN anywhere makes the sum NaN, so a finite sum proves every value is counted.
+            finite = np.isfinite(total)
+            count = np.full(x.shape[1:], n, dtype=np.int64)
+            if not np.all(finite):
+                count = np.asarray(np.count_nonzero(~np.isnan(x), axis=0), dtype=np.int64)
+            # Centre on the block's approximate mean, then correct by the residual sum:
+            # m2 = sum(d^2) - sum(d)^2 / n is the spread about the true mean. A 1-D block sums
+            # pairwise in x's own type (accurate, and the fast path); along axis 0 of a matrix NumPy
+            # sums row after row, so there the centring and the sums run in float64.
+            work = x.dtype if x.ndim == 1 else np.float64
+            shift = (total / n).astype(work)
+            d = x - shift
+            residual = np.asarray(np.sum(d, axis=0), dtype=np.float64)
+            np.square(d, out=d)
+            m2 = np.asarray(np.sum(d, axis=0), dtype=np.float64) - residual * residual / n
+            mean = shift.astype(np.float64) + residual / n
+        else:
+            total = np.asarray(np.sum(x, axis=0, dtype=np.int64))
+            count = np.full(x.shape[1:], n, dtype=np.int64)
+            mean = np.asarray(total / n, dtype=np.float64)
+            m2 = np.asarray(np.sum(np.square(x - mean), axis=0))
+        return {"sum": total, "min": np.asarray(np.min(x, axis=0)), "max": np.asarray(np.max(x, axis=0)),
+                "count": count, "n": np.int64(n), "mean": np.asarray(mean), "m2": np.asarray(np.maximum(m2, 0))}
+
+    def merge(self, left, right):
+        out = {"sum": left["sum"] + right["sum"], "count": left["count"] + right["count"],
+               "min": np.minimum(left["min"], right["min"]), "max": np.maximum(left["max"], right["max"])}
+        return {**out, **super().merge(left, right)}
+
+    def finalize(self, partial, params):
+        return {**super().finalize(partial, params), "sum": partial["sum"].astype(params["out_dtype"]),
+                "mean": partial["mean"].astype(_result_float(params)), "min": partial["min"],
+                "max": partial["max"], "count": partial["count"]}
+
+
 class Histogram(Op):
     """Counts per bin: `bins` with `range` (uniform bins, as np.histogram), or explicit `edges`.
 
@@ -220,4 +272,4 @@ class Histogram(Op):
         return {"counts": counts, "edges": edges}
 
 
-OPS = (Sum(), Min(), Max(), Count(), Mean(), Var(), Histogram())
+OPS = (Sum(), Min(), Max(), Count(), Mean(), Var(), Describe(), Histogram())

@@ -224,6 +224,10 @@ class Client:
     def count(self, x, **kw):
         return _scalar(self.run("count", x, **kw)["count"])
 
+    def describe(self, x, ddof: int = 0, **kw) -> dict:
+        """sum, min, max, mean, var (with `ddof`) and count along axis 0, in one pass (one job)."""
+        return {k: _scalar(v) for k, v in self.run("describe", x, ddof=ddof, **kw).items()}
+
     def histogram(self, x, bins: int | None = None, range=None, edges=None, **kw):
         """(counts, edges), as numpy.histogram; give bins with range, or edges."""
         params = {k: v for k, v in (("bins", bins), ("range", range), ("edges", edges)) if v is not None}
