@@ -7,6 +7,7 @@ from __future__ import annotations
 import collections
 import itertools
 import logging
+import queue
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -124,7 +125,10 @@ class Coordinator:
     def put_dataset(self, name: str, headers: list, chunks, scheme: planner.Scheme, count: int, target_bytes: int,
                     key_column: int, replace: bool, cols: int | None = None):
         """Receive an array (one header) or a CSR matrix (indptr, indices, data headers and `cols`), keep
-        the coordinator's copy, place its partitions on the agents."""
+        the coordinator's copy, place its partitions on the agents.
+
+        Dense row blocks are placed while they stream in: each partition goes to its agent as soon
+        as its last row arrives, so receiving and placing overlap instead of taking turns."""
         self.datasets.check_new(name, replace)
         inputs = TensorAssembler(headers, max_bytes=self.config.max_job_bytes)
         target = target_bytes or self.config.target_partition_bytes
@@ -140,33 +144,58 @@ class Coordinator:
                 raise InvalidInput("a sparse dataset is partitioned in row blocks balanced by non-zeros; "
                                    "leave partitioning.scheme unset or ROW_BLOCKS")
             plan = planner.plan(sparse.SPMM, metas, scheme, count, target)
-        for chunk in chunks:
-            inputs.add(chunk)
-        arrays = inputs.finish_list()
-        if cols is None:
-            order = plan.order(arrays)
-            parts = {"x": arrays[0] if order is None else arrays[0][order]}
+        if cols is None and scheme is planner.Scheme.ROW_BLOCKS:
+            dataset = self.datasets.new(name, {"x": inputs.array(0)}, plan.row_splits)
+            try:
+                self.place(dataset, ready=self._arrived_partitions(inputs, chunks, plan.row_splits))
+                inputs.finish_list()  # every byte in, checksums right
+                dataset, old = self.datasets.add(dataset, replace)
+            except BaseException:
+                self._forget_keys(dataset)
+                raise
         else:
-            parts = dict(zip(sparse.CSR, arrays))
-            sparse.check_csr_values(sparse.SPMM, parts, cols)
-            plan.balance(sparse.SPMM.row_weights(parts))
-            parts = {part: parts[f"a_{part}"] for part in CSR_PARTS}
-        dataset, old = self.datasets.create(name, parts, plan.row_splits, replace, cols)
+            for chunk in chunks:
+                inputs.add(chunk)
+            arrays = inputs.finish_list()
+            if cols is None:
+                parts = {"x": arrays[0][plan.order(arrays)]}
+            else:
+                parts = dict(zip(sparse.CSR, arrays))
+                sparse.check_csr_values(sparse.SPMM, parts, cols)
+                plan.balance(sparse.SPMM.row_weights(parts))
+                parts = {part: parts[f"a_{part}"] for part in CSR_PARTS}
+            dataset, old = self.datasets.create(name, parts, plan.row_splits, replace, cols)
+            self.place(dataset)
         if old is not None:
             self._forget(old)
-        self.place(dataset)
         event(log, "dataset.loaded", dataset=name, bytes=dataset.nbytes, partitions=dataset.partitions,
               agents=len(set(dataset.placement.values())))
         return dataset
 
-    def place(self, dataset) -> None:
-        """Spread the partitions over the agents, round-robin, each agent's share in one stream."""
+    @staticmethod
+    def _arrived_partitions(inputs: TensorAssembler, chunks, row_splits: np.ndarray):
+        """Read the chunks of one tensor, yielding each partition once all its rows are in."""
+        done = 0
+        for chunk in chunks:
+            inputs.add(chunk)
+            rows = inputs.rows_received(0)
+            while done < len(row_splits) - 1 and row_splits[done + 1] <= rows:
+                yield done
+                done += 1
+        yield from range(done, len(row_splits) - 1)  # (a short stream fails in finish_list)
+
+    PLACE_BATCH_BYTES = 16 << 20  # one CacheTensors call per ~16 MiB of an agent's partitions
+
+    def place(self, dataset, ready=None) -> None:
+        """Spread the partitions over the agents, round-robin. `ready` yields partitions as their
+        rows arrive (default: all of them, now); each agent's thread sends its share in calls of
+        about PLACE_BATCH_BYTES while the rest still streams in."""
         agents = sorted(self.membership.agents(), key=lambda a: a.id)
+        ready = range(dataset.partitions) if ready is None else ready
         if not agents:
-            return  # jobs will place them as they run
-        shares: dict = {}
-        for p in range(dataset.partitions):
-            shares.setdefault(agents[p % len(agents)], []).append(p)
+            for _ in ready:
+                pass  # jobs will place them as they run
+            return
 
         def send(agent, partitions):
             items = [(dataset.key(p, part), part, array) for p in partitions for part, array in dataset.share(p).items()]
@@ -181,17 +210,40 @@ class Coordinator:
                 if all(dataset.key(p, part) in kept for part in dataset.arrays):
                     dataset.placement[p] = agent.id
 
-        threads = [threading.Thread(target=send, args=share) for share in shares.items()]
+        def sender(agent, todo: queue.Queue):
+            batch, size = [], 0
+            while (p := todo.get()) is not None or batch:
+                if p is not None:
+                    batch.append(p)
+                    size += sum(a.nbytes for a in dataset.share(p).values())
+                if batch and (p is None or size >= self.PLACE_BATCH_BYTES):
+                    send(agent, batch)
+                    batch, size = [], 0
+                if p is None:
+                    return
+
+        queues = {agent: queue.Queue() for agent in agents}
+        threads = [threading.Thread(target=sender, args=item, name=f"place-{item[0].id}") for item in queues.items()]
         for t in threads:
             t.start()
-        for t in threads:
-            t.join()
+        try:
+            for p in ready:
+                queues[agents[p % len(agents)]].put(p)
+        finally:
+            for q in queues.values():
+                q.put(None)
+            for t in threads:
+                t.join()
 
     def drop_dataset(self, name: str) -> None:
         self._forget(self.datasets.drop(name))
 
     def _forget(self, dataset) -> None:
         self.datasets.remove_file(dataset)
+        self._forget_keys(dataset)
+
+    def _forget_keys(self, dataset) -> None:
+        """Drop the dataset's partitions from the agents' caches (and from what we believe they hold)."""
         for agent in self.membership.agents():
             agent.cached = {k for k in agent.cached if not k.startswith(dataset.prefix)}
             agent.link.drop_cached(dataset.prefix)

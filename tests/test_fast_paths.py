@@ -101,3 +101,44 @@ def test_describe_is_the_six_reductions_in_one_job(clusters, dtype):
     # The sum is Sum's own fold of the same blocks: bitwise the single op's.
     assert np.array_equal(got["sum"], client.sum(x, partitions=5))
     assert client.jobs(limit=3)[0].op == "sum" and client.jobs(limit=3)[1].op == "describe"
+
+
+def test_framed_chunks_parse_as_the_messages_they_replace():
+    from lepton import wire
+    from lepton.v1 import coordinator_service_pb2 as pb
+
+    arrays = [np.arange(1000, dtype=np.float32), np.zeros(0, np.int64), np.arange(70_000, dtype=np.float64)]
+    framed = [pb.PutDatasetRequest.FromString(b) for b in wire.framed_chunks(arrays, chunk_bytes=100_000)]
+    assert [(f.chunk.tensor_index, f.chunk.offset, len(f.chunk.data)) for f in framed] == \
+        [(i, o, min(100_000, a.nbytes - o)) for i, a in enumerate(arrays) for o in range(0, a.nbytes, 100_000)]
+    assembler = wire.TensorAssembler([wire.header(f"t{i}", a) for i, a in enumerate(arrays)])
+    for f in framed:
+        assembler.add(f.chunk)
+    for got, want in zip(assembler.finish_list(), arrays):
+        assert np.array_equal(got, want)
+
+
+def test_the_coordinators_copy_is_written_in_the_background(tmp_path):
+    from lepton.coordinator.datasets import DatasetStore
+
+    store = DatasetStore(tmp_path)
+    x = np.arange(10_000, dtype=np.float32)
+    dataset, old = store.create("d", {"x": x}, np.array([0, 5000, 10_000]), replace=False)
+    assert old is None and np.array_equal(dataset.share(1)["x"], x[5000:])  # served before it is on disk
+    assert dataset.saved.wait(60)
+    assert isinstance(dataset.arrays["x"], np.memmap) and np.array_equal(dataset.arrays["x"], x)
+    assert [p.name for p in tmp_path.iterdir()] == [f"d.{dataset.generation}.x.npy"]
+    store.drop("d")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_streamed_put_places_every_partition_and_serves_jobs(clusters):
+    client = clusters[2].client(timeout=120)
+    x = np.random.default_rng(12).standard_normal((200_000, 4)).astype(np.float32)
+    ds = client.put("streamed", x, partitions=13, replace=True)
+    try:
+        assert ds.info.partitions == 13
+        np.testing.assert_array_equal(client.max(ds), x.max(axis=0))
+        assert np.array_equal(client.run("sum", ds)["sum"], client.run("sum", x, partitions=13)["sum"])
+    finally:
+        client.drop("streamed")

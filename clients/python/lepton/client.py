@@ -156,6 +156,12 @@ class Client:
         keep_large_buffers_in_heap()
         self._channel = grpc.insecure_channel(address)
         self._stub = pb_grpc.CoordinatorServiceStub(self._channel)
+        # The streaming calls take requests serialized by hand (wire.framed_chunks: one copy per chunk).
+        service = "/lepton.v1.CoordinatorService/"
+        self._submit_raw = self._channel.stream_stream(service + "SubmitJob", request_serializer=None,
+                                                       response_deserializer=pb.SubmitJobResponse.FromString)
+        self._put_raw = self._channel.stream_unary(service + "PutDataset", request_serializer=None,
+                                                   response_deserializer=pb.PutDatasetResponse.FromString)
 
     def __enter__(self) -> "Client":
         return self
@@ -194,11 +200,10 @@ class Client:
             partitioning=_partitioning(partitioning, partitions, target_bytes, key_column))
 
         def requests():
-            yield pb.SubmitJobRequest(spec=spec)
-            for chunk in wire.chunks(arrays.values()):
-                yield pb.SubmitJobRequest(chunk=chunk)
+            yield pb.SubmitJobRequest(spec=spec).SerializeToString()
+            yield from wire.framed_chunks(arrays.values())
 
-        job = Job(lambda r: self._stub.SubmitJob(r, timeout=timeout or self.timeout), requests())
+        job = Job(lambda r: self._submit_raw(r, timeout=timeout or self.timeout), requests())
         job._cancel_rpc = self._stub.CancelJob
         return job
 
@@ -306,12 +311,11 @@ class Client:
             spec.tensor.CopyFrom(wire.header("x", arrays[0]))
 
         def requests():
-            yield pb.PutDatasetRequest(spec=spec)
-            for chunk in wire.chunks(arrays):
-                yield pb.PutDatasetRequest(chunk=chunk)
+            yield pb.PutDatasetRequest(spec=spec).SerializeToString()
+            yield from wire.framed_chunks(arrays)
 
         try:
-            reply = self._stub.PutDataset(requests(), timeout=self.timeout)
+            reply = self._put_raw(requests(), timeout=self.timeout)
         except grpc.RpcError as exc:
             raise LeptonError.from_rpc(exc) from None
         return Dataset(reply.dataset)
