@@ -6,7 +6,8 @@ NumPy devices, Dask's LocalCluster(n_workers=2, threads_per_worker=1) of process
 
 The Dask adapter is written for Dask as its users would: row blocks scattered to the workers (the
 futures are a persisted array), the same per-block kernel as NumPy's (workloads.py), partials
-gathered and combined on the client.
+gathered and combined on the client. Every task is submitted with pure=False: Dask would otherwise
+hand back the warm-up's results from memory (same function, same inputs, same key).
 """
 from __future__ import annotations
 
@@ -101,7 +102,7 @@ class Lepton:
 # -- Dask -------------------------------------------------------------------------------------------
 
 def _w1_block(block):
-    return np.sum(block, dtype=np.float64), np.min(block), np.max(block)
+    return np.float64(np.sum(block)), np.min(block), np.max(block)
 
 
 def _matmul_block(block, b):
@@ -154,13 +155,13 @@ class Dask:
         def run():
             futures, shared = loaded or load()
             if name == "W1":
-                parts = c.gather(c.map(_w1_block, futures))
+                parts = c.gather(c.map(_w1_block, futures, pure=False))
                 return {"sum": sum(p[0] for p in parts), "min": min(p[1] for p in parts),
                         "max": max(p[2] for p in parts)}
             if name in ("W2", "W3"):
-                return np.concatenate(c.gather(c.map(_matmul_block, futures, b=shared)))
+                return np.concatenate(c.gather(c.map(_matmul_block, futures, b=shared, pure=False)))
             if name == "W5":
-                return sum(c.gather(c.map(_gram_block, futures)))
+                return sum(c.gather(c.map(_gram_block, futures, pure=False)))
 
             def step(centroids):
                 parts = c.gather(c.map(workloads.kmeans_step, futures, centroids=centroids, pure=False))
@@ -173,5 +174,5 @@ class Dask:
         future = self.client.scatter(x, hash=False)
 
         def call():
-            return self.client.submit(np.sum, future, dtype=np.float64, pure=False).result()
+            return self.client.submit(np.sum, future, pure=False).result()
         return small_job_figures(call), call()
