@@ -224,7 +224,8 @@ def test_spmm_balanced_on_power_law_rows(device, gpu_device, dtype, index):
             assert np.array_equal(got["y"], again["y"])
         gcn = {**inputs, "a_data": np.abs(data), "x": x, "w": rng.standard_normal((features, 11)).astype(dtype)}
         got, want = run(dev, "gcn_layer", gcn, a_cols=n, activation="none")  # weights: non-negative
-        close(got["y"], want["y"], np.abs(want["y"]) + 1, 1e-5 if dtype == np.float32 else 1e-10)
+        # float32: the products' 1e-4 (the reference sums a heavy row's 2,000+ terms one by one, SciPy's order)
+        close(got["y"], want["y"], np.abs(want["y"]) + 1, 1e-4 if dtype == np.float32 else 1e-10)
         again, _ = run(dev, "gcn_layer", gcn, a_cols=n, activation="none")
         assert np.array_equal(got["y"], again["y"])
 
