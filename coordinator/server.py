@@ -157,7 +157,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServiceServicer):
             pb.PartitionTrace(partition=a.partition, attempt=a.attempt, agent_id=a.agent_id, device=a.device,
                               queued_at=a.queued_at, sent_at=a.sent_at, started_at=a.started_at,
                               finished_at=a.finished_at, received_at=a.received_at, rows=a.rows,
-                              outcome=a.outcome or "running")
+                              outcome=a.outcome_text)
             for a in list(record.trace)])
 
 

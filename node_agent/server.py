@@ -64,7 +64,7 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
 
     def _receive(self, task, request_iterator):
         """The task's inputs: streamed ones assembled (and cached when keyed), referenced ones from the cache."""
-        inputs = [*(i for p in task.partitions for i in p.inputs), *task.whole_inputs]
+        inputs = [*(i for p in task.partitions for i in p.inputs), *task.run_inputs, *task.whole_inputs]
         streamed = [i for i in inputs if not i.by_reference]
         assembler = wire.TensorAssembler([i.tensor for i in streamed])
         for request in request_iterator:
@@ -82,6 +82,10 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
                 if item.cache_key:
                     self.agent.cache.put(item.cache_key, array)
             values.append((item.tensor.name, array))
+        if task.run_inputs:
+            count = len(task.run_inputs)
+            split, offsets = self.agent.cut_run(task.op, dict(values[:count]), list(task.row_splits))
+            return split, dict(values[count:]), offsets
         split, position = [], 0
         for partition in task.partitions:
             split.append(dict(values[position:position + len(partition.inputs)]))
