@@ -11,6 +11,7 @@ result is checked against NumPy (rtol 1e-5: float32 values summed with float64 a
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import threading
 import time
@@ -20,6 +21,13 @@ import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import lepton
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def latencies(call, count: int) -> list[float]:
@@ -55,10 +63,11 @@ def throughput(call, count: int, callers: int) -> float:
     return count / elapsed
 
 
-def report(name: str, lat: list[float], seq_rate: float, rate: float, callers: int) -> None:
+def report(name: str, lat: list[float], seq_rate: float, rate: float, cpu: list[float]) -> None:
     lat = sorted(lat)
     print(f"{name:<28} {1e3 * statistics.median(lat):>8.3f} {1e3 * lat[int(0.9 * len(lat))]:>8.3f} "
-          f"{1e3 * lat[0]:>8.3f} {seq_rate:>10.0f} {rate:>14.0f}", flush=True)
+          f"{1e3 * lat[0]:>8.3f} {seq_rate:>10.0f} {rate:>14.0f} {1e3 * cpu[0]:>11.3f} {1e3 * cpu[1]:>11.3f} "
+          f"{1e3 * cpu[2]:>11.3f}", flush=True)
 
 
 def main() -> None:
@@ -84,12 +93,20 @@ def main() -> None:
 
         print(f"sum of 1,024 float32 on {args.agents} NumPy agents; {args.jobs} calls per figure, "
               f"after {args.jobs // 10} warm-up calls")
+        print("CPU ms per call, over both measurements: of the coordinator, of all agents, of this "
+              "client process (the machine's load does not inflate these much; wall times it does)")
         print(f"{'':<28} {'p50 ms':>8} {'p90 ms':>8} {'min ms':>8} {'seq /s':>10} "
-              f"{f'{args.callers} callers /s':>14}")
+              f"{f'{args.callers} callers /s':>14} {'coord CPU':>11} {'agents CPU':>11} {'client CPU':>11}")
+        pids = [cluster.coordinator.pid, *(a.pid for a in cluster.agents)]
         for name, call in (("bare gRPC unary (health)", bare), ("lepton sum of 1,024 f32", job)):
             latencies(call, args.jobs // 10)
+            before, client_before = [cpu_seconds(p) for p in pids], time.process_time()
             lat = latencies(call, args.jobs)
-            report(name, lat, len(lat) / sum(lat), throughput(call, args.jobs, args.callers), args.callers)
+            rate = throughput(call, args.jobs, args.callers)
+            used = [cpu_seconds(p) - b for p, b in zip(pids, before)]
+            cpu = [used[0] / (2 * args.jobs), sum(used[1:]) / (2 * args.jobs),
+                   (time.process_time() - client_before) / (2 * args.jobs)]
+            report(name, lat, len(lat) / sum(lat), rate, cpu)
         channel.close()
 
 

@@ -13,6 +13,10 @@ from lepton import wire
 from lepton.v1 import agent_service_pb2 as pb, agent_service_pb2_grpc as pb_grpc
 
 
+# Tasks whose streamed inputs are at most this big go in one message (gRPC's default limit is 4 MiB).
+SMALL_TASK_BYTES = 1 << 20
+
+
 class CachedKeys:
     """The tensor cache keys an agent is believed to hold; run threads and RPC threads share it."""
 
@@ -91,7 +95,13 @@ class AgentLink:
                 metrics.BYTES_TO_AGENTS.inc(len(chunk.data))
                 yield pb.RunTaskRequest(chunk=chunk)
 
-        call = self._stub.RunTask(requests(), timeout=timeout)
+        nbytes = sum(a.nbytes for a in streamed)
+        if nbytes <= SMALL_TASK_BYTES:  # one message: no request stream (and no thread) to drive
+            metrics.BYTES_TO_AGENTS.inc(nbytes)
+            call = self._stub.RunSmallTask(pb.SmallTaskRequest(task=task, chunks=wire.chunks(streamed)),
+                                           timeout=timeout)
+        else:
+            call = self._stub.RunTask(requests(), timeout=timeout)
         on_call(call)
         def node_done(node, assembler):
             metrics.BYTES_FROM_AGENTS.inc(assembler.bytes_received)

@@ -230,11 +230,6 @@ class Coordinator:
                                      f"agent whose devices run it (`lepton devices` lists what a machine has; "
                                      f"the numpy device runs every op)")
 
-    def input_ended(self, job: Job) -> None:
-        """The client's stream ended: check the input and let every partition run."""
-        job.end_input()
-        self.scheduler.notify()
-
     def finished(self, job: Job) -> None:
         """The job's stream is over: drop the data it still holds (the record stays)."""
         with self._lock:

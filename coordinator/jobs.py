@@ -152,6 +152,7 @@ class Job:
         self.aggregator = TreeAggregator(Tree(plan.count, tree_arity), op.combine)
         self.result: dict[str, np.ndarray] | None = None
         self.input_complete = False
+        self._ready = 0  # partitions whose rows have arrived, while the input streams
         self._ordered: dict[str, np.ndarray] | None = None  # split inputs in plan order, permuted once
         self.parts = PartitionTable(plan.count, self.home)
         split_bytes = sum(m.nbytes for h, m in zip(inputs.headers, inputs.metas) if h.name in op.split_inputs) + \
@@ -228,12 +229,19 @@ class Job:
         return [p for p in range(run.lo, run.hi) if state[p] is not PartitionState.DONE]
 
     # -- input -------------------------------------------------------------------------------
-    def add_chunk(self, chunk) -> None:
-        """Take one input chunk (raises InvalidInput on a bad one)."""
-        self.inputs.add(chunk)
+    def add_chunk(self, chunk) -> bool:
+        """Take one input chunk (raises InvalidInput on a bad one); True if more partitions are ready."""
+        inputs = self.inputs
+        if inputs is None:
+            raise LeptonError("the job ended while its input was arriving")
+        inputs.add(chunk)
         metrics.INPUT_BYTES.inc(len(chunk.data))
-        self.record.bytes_received = self.inputs.bytes_received
+        ready = self._rows_ready(inputs)
+        with self.lock:
+            self.record.bytes_received = inputs.bytes_received
+            more, self._ready = ready > self._ready, max(ready, self._ready)
         self._progress()
+        return more
 
     def end_input(self) -> None:
         """The client sent everything: check it, and order the rows for permuting schemes."""
@@ -255,18 +263,20 @@ class Job:
 
     def ready_partitions(self) -> int:
         """Partitions 0..n-1 have all their rows here (row blocks stream; others wait for all)."""
-        if self.input_complete:
-            return self.plan.count
-        if self.plan.needs_whole_input or self.inputs is None:
+        return self.plan.count if self.input_complete else self._ready
+
+    def _rows_ready(self, inputs) -> int:
+        """How many partitions the input received so far covers."""
+        if self.plan.needs_whole_input:
             return 0
         if self.datasets:  # split inputs are resident; only the whole inputs stream
-            return self.plan.count if self.inputs.complete() else 0
+            return self.plan.count if inputs.complete() else 0
         split_index = [i for i, n in enumerate(self.names) if n in self.op.split_inputs]
-        whole_done = all(self.inputs.received[i] == self.inputs.metas[i].nbytes
+        whole_done = all(inputs.received[i] == inputs.metas[i].nbytes
                          for i in range(len(self.names)) if i not in split_index)
         if not whole_done:
             return 0
-        rows = min(self.inputs.rows_received(i) for i in split_index)
+        rows = min(inputs.rows_received(i) for i in split_index)
         return int(np.searchsorted(self.plan.row_splits, rows, side="right")) - 1
 
     def _source(self) -> dict[str, np.ndarray]:

@@ -53,10 +53,27 @@ class Scheduler:
         self._thread.start()
 
     def add(self, job: Job) -> None:
+        """Take a job; its partitions go out as its input says they are ready (`notify`)."""
         job.wake = self.notify
         with self.cond:
             self.jobs.append(job)
-            self.cond.notify_all()
+
+    def run_here(self, job: Job) -> bool:
+        """Run the job's next run on the calling thread, if an agent has a credit free: a small job
+        then needs no dispatcher and no pool thread. False if no run could start."""
+        with self.cond:
+            agents = self.membership.agents()
+            capable = [a for a in agents if job.op.name in a.ops]
+            if not capable:
+                return False
+            agent = min(capable, key=lambda a: a.in_flight / a.credits)
+            with job.lock:
+                job.release_ready()
+                run = self._take_run(job, agent, capable, {a.id for a in capable}, {a.id for a in agents})
+        if run is None:
+            return False
+        self._execute(agent, job, run)
+        return True
 
     def notify(self) -> None:
         with self.cond:
@@ -148,16 +165,22 @@ class Scheduler:
         """How many partitions the agent's next run of the job may hold.
 
         Guided self-scheduling: a share of what is ready that leaves every capable agent two runs'
-        worth, so runs shrink as the job drains and the agents finish together; and no more than
-        half the agent's credits' worth of bytes, so the next run's transfer overlaps this one's
-        compute. (The place to weigh agents by their measured speed.)
+        worth, so runs shrink as the job drains and the agents finish together, down to a floor;
+        and no more than half the agent's credits' worth of bytes, so the next run's transfer
+        overlaps this one's compute. (The place to weigh agents by their measured speed.)
         """
         free = agent.credits - agent.in_flight
         if free <= 0:
             return 0
+        per_partition = max(1.0, job.partition_bytes)
         fair = -(-job.parts.ready_count // (2 * len(capable)))
-        by_bytes = int(min(free, max(1, agent.credits // 2)) * self.unit_bytes // max(1.0, job.partition_bytes))
-        return max(1, min(fair, by_bytes))
+        # But never less than an eighth of a credit's bytes, nor than an even split of the job over
+        # the agents: a run costs the coordinator about a millisecond of its own, which thousands of
+        # tiny partitions spread over many agents would pay thousands of times (the per-partition
+        # cost is microseconds).
+        floor = min(-(-(self.unit_bytes // 8) // int(per_partition)), -(-job.plan.count // len(capable)))
+        by_bytes = int(min(free, max(1, agent.credits // 2)) * self.unit_bytes // per_partition)
+        return max(1, min(max(fair, floor), by_bytes))
 
     def credits_of(self, job: Job, partitions: int) -> int:
         return max(1, -(-int(partitions * job.partition_bytes) // self.unit_bytes))

@@ -11,12 +11,13 @@ import queue
 import random
 import threading
 import time
+from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import numpy as np
 
 from lepton.backends.device import Device
-from lepton.errors import FailedPrecondition, InvalidInput, LeptonError, ResourceExhausted
+from lepton.errors import FailedPrecondition, InvalidInput, LeptonError, NotCached, ResourceExhausted
 from lepton.backends.ops import Op, get_op
 from lepton.backends.blocks import layout
 from lepton.backends.tree import Tree, TreeAggregator
@@ -122,6 +123,16 @@ class DeviceWorker:
         self.device.close()
 
 
+@dataclass
+class TaskInput:
+    """How one input of a task arrives: by value (with a cache key to keep it under, or none), or
+    by reference to what the cache holds."""
+
+    name: str
+    cache_key: str = ""
+    by_reference: bool = False
+
+
 class Agent:
     def __init__(self, devices: list[Device], credits: int = 0, test_delay: tuple[float, float] = (0.0, 0.0),
                  cache_bytes: int = 2 << 30):
@@ -132,6 +143,27 @@ class Agent:
     @property
     def devices(self) -> list[Device]:
         return [w.device for w in self.workers]
+
+    def resolve(self, inputs: list[TaskInput], received: list[np.ndarray]) -> list[tuple[str, np.ndarray]]:
+        """The arrays of a task's inputs, in order: `received` holds those sent by value (in order);
+        they are kept in the cache under their keys, and referenced ones come from it."""
+        received_values = iter(received)
+        values = []
+        for item in inputs:
+            if item.by_reference:
+                array = self.cache.get(item.cache_key)
+                if array is None:
+                    raise NotCached(f"{item.cache_key} is no longer cached here; send its bytes")
+            else:
+                array = next(received_values)
+                if item.cache_key:
+                    self.cache.put(item.cache_key, array)
+            values.append((item.name, array))
+        return values
+
+    def keep(self, keys: list[str], arrays: list[np.ndarray]) -> list[str]:
+        """Cache arrays under their keys (dataset partitions); returns the keys kept."""
+        return [key for key, array in zip(keys, arrays) if self.cache.put(key, array)]
 
     @staticmethod
     def cut_run(op_name: str, rows: dict[str, np.ndarray], row_splits: list[int]
