@@ -98,7 +98,7 @@ class AgentLink:
         nbytes = sum(a.nbytes for a in streamed)
         if nbytes <= SMALL_TASK_BYTES:  # one message: no request stream (and no thread) to drive
             metrics.BYTES_TO_AGENTS.inc(nbytes)
-            call = self._stub.RunSmallTask(pb.SmallTaskRequest(task=task, chunks=wire.chunks(streamed)),
+            call = self._stub.RunSmallTask(pb.RunSmallTaskRequest(task=task, chunks=wire.chunks(streamed)),
                                            timeout=timeout)
         else:
             call = self._stub.RunTask(requests(), timeout=timeout)

@@ -8,9 +8,9 @@ from concurrent import futures
 import grpc
 import numpy as np
 
-from lepton.errors import InvalidInput
+from lepton.errors import InvalidInput, ResourceExhausted
 from lepton.coordinator.coordinator import Coordinator
-from lepton.coordinator.intake import InputReader, deadline_from
+from lepton.coordinator.intake import SMALL_JOB_BYTES, InputReader, deadline_from
 from lepton.coordinator.jobs import JobRecord
 from lepton.coordinator.planner import Scheme
 from lepton.coordinator import metrics
@@ -26,6 +26,9 @@ SCHEMES = {job_pb2.PARTITION_SCHEME_UNSPECIFIED: Scheme.ROW_BLOCKS,
            job_pb2.PARTITION_SCHEME_ROW_BLOCKS: Scheme.ROW_BLOCKS,
            job_pb2.PARTITION_SCHEME_HASH: Scheme.HASH,
            job_pb2.PARTITION_SCHEME_ROUND_ROBIN: Scheme.ROUND_ROBIN}
+
+
+MAX_RESULT_BYTES = 3 << 20  # of a RunJob response: below gRPC's 4 MiB default message limit
 
 
 def job_status(r: JobRecord) -> job_pb2.JobStatus:
@@ -77,32 +80,62 @@ class CoordinatorServicer(pb_grpc.CoordinatorServiceServicer):
         self.c, self.metrics_address, self.dashboard_address = coordinator, metrics_address, dashboard_address
         self.intake = InputReader(coordinator)
 
+    def _submit(self, spec, context):
+        headers, datasets = job_inputs(spec)
+        part = spec.partitioning
+        return self.c.submit(spec.op, wire.decode_params(spec.params), headers, scheme_of(part), part.count,
+                             part.target_bytes, part.key_column, spec.label, deadline_from(context.time_remaining()),
+                             datasets)
+
+    @staticmethod
+    def _result(job, context) -> tuple[list, list]:
+        """The job's result as headers and little-endian arrays, once it ended (abort if it failed)."""
+        record = job.record
+        if record.state.name != "SUCCEEDED":
+            context.abort(grpc.StatusCode[record.error_code], record.error_message)
+        arrays = [wire.little_endian(np.asarray(a)) for a in job.result.values()]
+        return [wire.header(name, array) for name, array in zip(job.result, arrays)], arrays
+
     @maps_errors
     def SubmitJob(self, request_iterator, context):
         first = next(request_iterator, None)
         if first is None or not first.HasField("spec"):
             raise InvalidInput("the first SubmitJobRequest must carry the job spec")
-        spec = first.spec
-        headers, datasets = job_inputs(spec)
-        part = spec.partitioning
-        job = self.c.submit(spec.op, wire.decode_params(spec.params), headers, scheme_of(part), part.count,
-                            part.target_bytes, part.key_column, spec.label, deadline_from(context.time_remaining()),
-                            datasets)
+        job = self._submit(first.spec, context)
         context.add_callback(lambda: self.c.finished(job))
         yield pb.SubmitJobResponse(accepted=job_status(job.record))  # first: a client may wait for it
         self.intake.start(job, input_chunks(request_iterator))
         while job.events.get()[0] != "done":
             yield pb.SubmitJobResponse(progress=job_status(job.record))
-        record = job.record
-        if record.state.name != "SUCCEEDED":
-            context.abort(grpc.StatusCode[record.error_code], record.error_message)
-        arrays = [wire.little_endian(np.asarray(a)) for a in job.result.values()]
-        for name, array in zip(job.result, arrays):
-            yield pb.SubmitJobResponse(result_header=wire.header(name, array))
+        headers, arrays = self._result(job, context)
+        for header in headers:
+            yield pb.SubmitJobResponse(result_header=header)
         for chunk in wire.chunks(arrays):
             metrics.RESULT_BYTES.inc(len(chunk.data))
             yield pb.SubmitJobResponse(result_chunk=chunk)
-        yield pb.SubmitJobResponse(done=job_status(record))
+        yield pb.SubmitJobResponse(done=job_status(job.record))
+
+    @maps_errors
+    def RunJob(self, request, context):
+        incoming = sum(item.tensor.total_bytes for item in request.spec.inputs if item.HasField("tensor"))
+        if incoming > SMALL_JOB_BYTES:
+            raise InvalidInput(f"RunJob takes at most {SMALL_JOB_BYTES >> 20} MiB of input and this job has "
+                               f"{incoming} bytes: stream it with SubmitJob")
+        job = self._submit(request.spec, context)
+        context.add_callback(lambda: self.c.finished(job))  # the client went away: cancel it
+        try:
+            self.intake.start(job, iter(request.chunks))
+            while job.events.get()[0] != "done":
+                pass
+            headers, arrays = self._result(job, context)
+        finally:
+            self.c.finished(job)
+        if sum(a.nbytes for a in arrays) > MAX_RESULT_BYTES:
+            raise ResourceExhausted(f"the result of {job.id} is over {MAX_RESULT_BYTES >> 20} MiB, more than one "
+                                    f"message may carry: run the job with SubmitJob")
+        metrics.RESULT_BYTES.inc(sum(a.nbytes for a in arrays))
+        return pb.RunJobResponse(job=job_status(job.record), result_headers=headers,
+                                 result_chunks=wire.chunks(arrays))
 
     @maps_errors
     def GetJob(self, request, context):

@@ -24,13 +24,13 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         first = next(request_iterator, None)
         if first is None or not first.HasField("task"):
             raise InvalidInput("the first RunTaskRequest must carry the task")
-        yield from self._run(first.task, (r.chunk for r in request_iterator), context)
+        yield from self._run(first.task, (r.chunk for r in request_iterator), context, pb.RunTaskResponse)
 
     @maps_errors
     def RunSmallTask(self, request, context):
-        yield from self._run(request.task, request.chunks, context)
+        yield from self._run(request.task, request.chunks, context, pb.RunSmallTaskResponse)
 
-    def _run(self, task, chunks, context):
+    def _run(self, task, chunks, context, response):
         try:
             split, whole, offsets = self._receive(task, chunks)
             nodes = self.agent.run_task(task.job_id, task.op, wire.decode_params(task.params),
@@ -39,12 +39,12 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
             for lo, hi, partial, timings in nodes:
                 names = list(partial)
                 arrays = [wire.little_endian(np.asarray(partial[n])) for n in names]
-                yield pb.RunTaskResponse(partial=pb.PartialHeader(
+                yield response(partial=pb.PartialHeader(
                     range_start=lo, range_end=hi, tensors=[wire.header(n, a) for n, a in zip(names, arrays)],
                     timings=[pb.PartitionTiming(partition=p, device=d, started_at=s, finished_at=f)
                              for p, d, s, f in timings]))
                 for chunk in wire.chunks(arrays):
-                    yield pb.RunTaskResponse(chunk=chunk)
+                    yield response(chunk=chunk)
                 metrics.BYTES_OUT.inc(sum(a.nbytes for a in arrays))
             metrics.TASKS.labels("done").inc()
         except LeptonError as exc:

@@ -203,3 +203,29 @@ def test_whole_inputs_with_equal_crc32c_give_their_own_results(client, rng):
         got = client.matmul(a, w, plan="rows", partitions=4)
         np.testing.assert_allclose(got, a @ w, rtol=1e-5, atol=1e-6)
     assert np.abs(a @ w1 - a @ w2).max() > 0.1  # the results tell the weights apart
+
+
+# -- the input reader, without a network ------------------------------------------------------
+def test_input_reader_releases_row_blocks_as_they_arrive_and_fails_bad_input(coordinator):
+    from lepton.coordinator.intake import InputReader
+    from lepton.coordinator.planner import Scheme
+
+    x = np.arange(8 << 18, dtype=np.float32)  # 8 MiB: several chunks
+    chunks = list(wire.chunks([x]))
+    job = coordinator.submit("sum", {}, [wire.header("x", x)], Scheme.ROW_BLOCKS, 4, 0, 0, "", None)
+    seen = []
+
+    def feed():
+        for chunk in chunks:
+            yield chunk
+            seen.append(job.ready_partitions())
+
+    with coordinator.scheduler.cond:  # keep the dispatcher from sending anything to the fake agent
+        coordinator.scheduler.jobs.remove(job)
+    assert InputReader(coordinator).read(job, feed(), notify=False)
+    assert seen == sorted(seen) and seen[0] < 4 and job.ready_partitions() == 4 and job.input_complete
+
+    bad = coordinator.submit("sum", {}, [wire.header("x", x)], Scheme.ROW_BLOCKS, 4, 0, 0, "", None)
+    broken = [*chunks[:-1], type(chunks[-1])(tensor_index=0, offset=chunks[-1].offset, data=b"\0" * len(chunks[-1].data))]
+    assert not InputReader(coordinator).read(bad, iter(broken))
+    assert bad.state is JobState.FAILED and bad.record.error_code == "INVALID_ARGUMENT"

@@ -166,13 +166,21 @@ class PartitionTiming(_message.Message):
     finished_at: float
     def __init__(self, partition: _Optional[int] = ..., device: _Optional[str] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ...) -> None: ...
 
-class SmallTaskRequest(_message.Message):
+class RunSmallTaskRequest(_message.Message):
     __slots__ = ("task", "chunks")
     TASK_FIELD_NUMBER: _ClassVar[int]
     CHUNKS_FIELD_NUMBER: _ClassVar[int]
     task: Task
     chunks: _containers.RepeatedCompositeFieldContainer[_tensor_pb2.TensorChunk]
     def __init__(self, task: _Optional[_Union[Task, _Mapping]] = ..., chunks: _Optional[_Iterable[_Union[_tensor_pb2.TensorChunk, _Mapping]]] = ...) -> None: ...
+
+class RunSmallTaskResponse(_message.Message):
+    __slots__ = ("partial", "chunk")
+    PARTIAL_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    partial: PartialHeader
+    chunk: _tensor_pb2.TensorChunk
+    def __init__(self, partial: _Optional[_Union[PartialHeader, _Mapping]] = ..., chunk: _Optional[_Union[_tensor_pb2.TensorChunk, _Mapping]] = ...) -> None: ...
 
 class RunTaskResponse(_message.Message):
     __slots__ = ("partial", "chunk")

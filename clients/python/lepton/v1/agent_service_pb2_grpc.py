@@ -207,8 +207,8 @@ class AgentServiceStub:
                 _registered_method=True)
         self.RunSmallTask = channel.unary_stream(
                 '/lepton.v1.AgentService/RunSmallTask',
-                request_serializer=lepton_dot_v1_dot_agent__service__pb2.SmallTaskRequest.SerializeToString,
-                response_deserializer=lepton_dot_v1_dot_agent__service__pb2.RunTaskResponse.FromString,
+                request_serializer=lepton_dot_v1_dot_agent__service__pb2.RunSmallTaskRequest.SerializeToString,
+                response_deserializer=lepton_dot_v1_dot_agent__service__pb2.RunSmallTaskResponse.FromString,
                 _registered_method=True)
         self.CacheTensors = channel.stream_unary(
                 '/lepton.v1.AgentService/CacheTensors',
@@ -268,8 +268,8 @@ def add_AgentServiceServicer_to_server(servicer, server):
             ),
             'RunSmallTask': grpc.unary_stream_rpc_method_handler(
                     servicer.RunSmallTask,
-                    request_deserializer=lepton_dot_v1_dot_agent__service__pb2.SmallTaskRequest.FromString,
-                    response_serializer=lepton_dot_v1_dot_agent__service__pb2.RunTaskResponse.SerializeToString,
+                    request_deserializer=lepton_dot_v1_dot_agent__service__pb2.RunSmallTaskRequest.FromString,
+                    response_serializer=lepton_dot_v1_dot_agent__service__pb2.RunSmallTaskResponse.SerializeToString,
             ),
             'CacheTensors': grpc.stream_unary_rpc_method_handler(
                     servicer.CacheTensors,
@@ -335,8 +335,8 @@ class AgentService:
             request,
             target,
             '/lepton.v1.AgentService/RunSmallTask',
-            lepton_dot_v1_dot_agent__service__pb2.SmallTaskRequest.SerializeToString,
-            lepton_dot_v1_dot_agent__service__pb2.RunTaskResponse.FromString,
+            lepton_dot_v1_dot_agent__service__pb2.RunSmallTaskRequest.SerializeToString,
+            lepton_dot_v1_dot_agent__service__pb2.RunSmallTaskResponse.FromString,
             options,
             channel_credentials,
             insecure,
