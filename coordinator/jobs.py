@@ -155,7 +155,7 @@ class Job:
         self._ready = 0  # partitions whose rows have arrived, while the input streams
         self._ordered: dict[str, np.ndarray] | None = None  # split inputs in plan order, permuted once
         self.parts = PartitionTable(plan.count, self.home)
-        split_bytes = sum(m.nbytes for h, m in zip(inputs.headers, inputs.metas) if h.name in op.split_inputs) + \
+        split_bytes = sum(h.total_bytes for h in inputs.headers if h.name in op.split_inputs) + \
             sum(d.arrays[part].nbytes for n, (d, part) in self.datasets.items() if n in op.split_inputs)
         self.partition_bytes = split_bytes / plan.count  # on average: what sizes a run
         self.runs: list[Run] = []
