@@ -182,6 +182,10 @@ class Agent:
         """Run partitions [first, first + len(split)), `split[j]` holding partition j's rows of the split
         inputs; yield each complete tree node as (lo, hi, partial, timings), timings being
         (partition, device, started_at, finished_at)."""
+        if partitions < 1 or arity < 2 or not 0 <= first <= first + len(split) <= partitions or not split:
+            raise InvalidInput(f"a task covers partitions [first_partition, first_partition + its partitions) of "
+                               f"partition_count >= 1, with tree_arity >= 2; got [{first}, {first + len(split)}) of "
+                               f"{partitions}, arity {arity}")
         op = get_op(op_name)
         workers = [w for w in self.workers if op.name in w.device.kernels]
         if not workers:

@@ -73,3 +73,16 @@ def test_out_of_memory_pieces_keep_the_canonical_blocks_bits():
     assert device.calls[1:] == [2 * per_block, len(x) - 2 * per_block]
     for key in want:
         assert np.array_equal(got[key], want[key]), key
+
+
+@pytest.mark.parametrize("first, partitions, arity", [(0, 0, 8), (0, 1, 1), (2, 2, 8), (-1, 4, 8)])
+def test_a_task_outside_its_tree_is_invalid_input_not_a_crash(first, partitions, arity):
+    from lepton.agent.agent import Agent
+    from lepton.errors import InvalidInput
+
+    agent = Agent([NumpyDevice()])
+    try:
+        with pytest.raises(InvalidInput, match="tree_arity"):
+            list(agent.run_task("job-1", "sum", {}, first, partitions, arity, [{"x": np.ones(3)}], {}, [0]))
+    finally:
+        agent.stop()
