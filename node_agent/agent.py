@@ -163,7 +163,7 @@ class Agent:
 
     def keep(self, keys: list[str], arrays: list[np.ndarray]) -> list[str]:
         """Cache arrays under their keys (dataset partitions); returns the keys kept."""
-        return [key for key, array in zip(keys, arrays) if self.cache.put(key, array)]
+        return [key for key, array in zip(keys, arrays) if self.cache.put(key, array, placed=True)]
 
     @staticmethod
     def cut_run(op_name: str, rows: dict[str, np.ndarray], row_splits: list[int]

@@ -229,3 +229,16 @@ def test_input_reader_releases_row_blocks_as_they_arrive_and_fails_bad_input(coo
     broken = [*chunks[:-1], type(chunks[-1])(tensor_index=0, offset=chunks[-1].offset, data=b"\0" * len(chunks[-1].data))]
     assert not InputReader(coordinator).read(bad, iter(broken))
     assert bad.state is JobState.FAILED and bad.record.error_code == "INVALID_ARGUMENT"
+
+
+def test_the_agent_cache_keeps_nothing_under_a_dropped_prefix_unless_placed_there():
+    from lepton.agent.cache import TensorCache
+
+    cache = TensorCache(1 << 20)
+    assert cache.put("ds:a:1:0", np.ones(4))
+    cache.drop_prefix("ds:a:1:")
+    assert cache.get("ds:a:1:0") is None
+    assert not cache.put("ds:a:1:1", np.ones(4))  # a task still reading the dropped dataset
+    assert cache.put("ds:b:2:0", np.ones(4))
+    assert cache.put("ds:a:1:1", np.ones(4), placed=True)  # a new coordinator placed it on purpose
+    assert cache.put("ds:a:1:2", np.ones(4))
