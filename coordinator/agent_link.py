@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import threading
 from typing import Callable, Iterator
 
 import grpc
@@ -12,13 +13,44 @@ from lepton import wire
 from lepton.v1 import agent_service_pb2 as pb, agent_service_pb2_grpc as pb_grpc
 
 
+# Tasks whose streamed inputs are at most this big go in one message (gRPC's default limit is 4 MiB).
+SMALL_TASK_BYTES = 1 << 20
+
+
+class CachedKeys:
+    """The tensor cache keys an agent is believed to hold; run threads and RPC threads share it."""
+
+    def __init__(self):
+        self._keys: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._keys  # one lookup: atomic
+
+    def update(self, keys) -> None:
+        with self._lock:
+            self._keys.update(keys)
+
+    def discard(self, keys) -> None:
+        with self._lock:
+            self._keys.difference_update(keys)
+
+    def drop_prefix(self, prefix: str) -> None:
+        with self._lock:
+            self._keys = {k for k in self._keys if not k.startswith(prefix)}
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+
 class AgentLink:
     def __init__(self, address: str):
         self.address = address
+        self.cached = CachedKeys()
         self._channel = grpc.insecure_channel(address)
         self._stub = pb_grpc.AgentServiceStub(self._channel)
 
-    def run_task(self, job, run, cached: set[str], timeout: float | None, on_call: Callable[[object], None]
+    def run_task(self, job, run, timeout: float | None, on_call: Callable[[object], None]
                  ) -> Iterator[tuple[int, int, dict[str, np.ndarray], list[tuple]]]:
         """Stream the run's inputs to the agent; yield (lo, hi, partial, timings) as the agent's nodes
         arrive, timings being (partition, device, started_at, finished_at).
@@ -28,7 +60,7 @@ class AgentLink:
         added once the agent has the bytes (it answers only after receiving all of them), and the
         referenced keys are dropped when it reports a miss.
         """
-        split, whole = job.task_inputs(run)
+        cached = self.cached
         streamed: list[np.ndarray] = []
         sending, referenced = set(), set()
 
@@ -43,14 +75,19 @@ class AgentLink:
             streamed.append(array)
             return pb.TaskInput(tensor=header, cache_key=key)
 
-        partitions = [pb.TaskPartition(inputs=[task_input(n, a, key=job.split_key(n, run.lo + j))
-                                               for n, a in rows.items()],
-                                       row_offset=int(job.plan.row_splits[run.lo + j]))
-                      for j, rows in enumerate(split)]
-        whole_inputs = [task_input(n, *job.whole_input(n)) for n in whole]
         task = pb.Task(job_id=job.id, op=job.op.name, params=wire.encode_params(job.params),
-                       first_partition=run.lo, partition_count=job.plan.count, tree_arity=job.tree_arity,
-                       partitions=partitions, whole_inputs=whole_inputs)
+                       first_partition=run.lo, partition_count=job.plan.count, tree_arity=job.tree_arity)
+        if job.datasets:  # resident partitions go by their own cache keys: one entry per partition
+            split, whole = job.task_inputs(run)
+            task.partitions.extend(pb.TaskPartition(inputs=[task_input(n, a, key=job.split_key(n, run.lo + j))
+                                                            for n, a in rows.items()],
+                                                    row_offset=int(job.plan.row_splits[run.lo + j]))
+                                   for j, rows in enumerate(split))
+        else:  # the run's rows in one piece per input, cut by row_splits on the agent
+            rows, whole = job.run_inputs(run)
+            task.run_inputs.extend(task_input(n, a) for n, a in rows.items())
+            task.row_splits.extend(job.plan.row_splits[run.lo:run.hi + 1].tolist())
+        task.whole_inputs.extend(task_input(n, *job.whole_input(n)) for n in whole)
 
         def requests():
             yield pb.RunTaskRequest(task=task)
@@ -58,7 +95,13 @@ class AgentLink:
                 metrics.BYTES_TO_AGENTS.inc(len(chunk.data))
                 yield pb.RunTaskRequest(chunk=chunk)
 
-        call = self._stub.RunTask(requests(), timeout=timeout)
+        nbytes = sum(a.nbytes for a in streamed)
+        if nbytes <= SMALL_TASK_BYTES:  # one message: no request stream (and no thread) to drive
+            metrics.BYTES_TO_AGENTS.inc(nbytes)
+            call = self._stub.RunSmallTask(pb.RunSmallTaskRequest(task=task, chunks=wire.chunks(streamed)),
+                                           timeout=timeout)
+        else:
+            call = self._stub.RunTask(requests(), timeout=timeout)
         on_call(call)
         def node_done(node, assembler):
             metrics.BYTES_FROM_AGENTS.inc(assembler.bytes_received)
@@ -71,7 +114,7 @@ class AgentLink:
             first = next(responses, None)
         except grpc.RpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
-                cached.difference_update(referenced)
+                cached.discard(referenced)
             raise
         cached.update(sending)
         for response in itertools.chain([first] if first is not None else [], responses):

@@ -53,7 +53,7 @@ class Coordinator:
                                      on_change=lambda: self.scheduler.notify(),
                                      on_remove=lambda agent: self.scheduler.on_agent_removed(agent))
         self.scheduler = Scheduler(self.membership, self.config.max_attempts, self.config.agent_wait,
-                                   self.config.steal_backlog)
+                                   self.config.steal_backlog, self.config.target_partition_bytes)
         self._tmp = None if self.config.data_dir else tempfile.TemporaryDirectory(prefix="lepton-data-")
         self.datasets = DatasetStore(Path(self.config.data_dir or self._tmp.name))
         self._jobs: dict[str, Job] = {}
@@ -97,13 +97,27 @@ class Coordinator:
         with self._lock:
             self._jobs[job.id] = job
             self._records[job.id] = job.record
-            while len(self._records) > self.config.history:
-                old, _ = self._records.popitem(last=False)
-                self._jobs.pop(old, None)
+            self._evict()
         event(log, "job.accepted", job=job.id, op=op.name, bytes=inputs.bytes_total, partitions=plan.count,
               scheme=plan.scheme.value)
         self.scheduler.add(job)
         return job
+
+    def _evict(self) -> None:
+        """Forget the oldest finished jobs beyond `history` (under `_lock`). Active jobs always stay:
+        their records are how GetJob, CancelJob and the memory limit find them."""
+        excess = len(self._records) - self.config.history
+        if excess <= 0:
+            return
+        victims = []
+        for job_id, record in self._records.items():  # oldest first: usually the first is final
+            if record.state.final:
+                victims.append(job_id)
+                if len(victims) == excess:
+                    break
+        for job_id in victims:
+            del self._records[job_id]
+            self._jobs.pop(job_id, None)
 
     @staticmethod
     def _dataset_plan(op, datasets: dict, names: list[str]) -> planner.Plan:
@@ -205,7 +219,7 @@ class Coordinator:
                 event(log, "dataset.place_failed", level=logging.WARNING, dataset=dataset.name, agent=agent.id,
                       code=exc.code().name)
                 return
-            agent.cached |= kept
+            agent.link.cached.update(kept)
             for p in partitions:
                 if all(dataset.key(p, part) in kept for part in dataset.arrays):
                     dataset.placement[p] = agent.id
@@ -245,7 +259,7 @@ class Coordinator:
     def _forget_keys(self, dataset) -> None:
         """Drop the dataset's partitions from the agents' caches (and from what we believe they hold)."""
         for agent in self.membership.agents():
-            agent.cached = {k for k in agent.cached if not k.startswith(dataset.prefix)}
+            agent.link.cached.drop_prefix(dataset.prefix)
             agent.link.drop_cached(dataset.prefix)
 
     def _check_memory(self, incoming: int) -> None:
@@ -267,11 +281,6 @@ class Coordinator:
             raise FailedPrecondition(f"no agent's devices offer op {op_name!r}; the cluster offers {offered}. Start an "
                                      f"agent whose devices run it (`lepton devices` lists what a machine has; "
                                      f"the numpy device runs every op)")
-
-    def input_ended(self, job: Job) -> None:
-        """The client's stream ended: check the input and let every partition run."""
-        job.end_input()
-        self.scheduler.notify()
 
     def finished(self, job: Job) -> None:
         """The job's stream is over: drop the data it still holds (the record stays)."""

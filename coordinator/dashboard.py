@@ -57,7 +57,7 @@ def trace(record, limit: int | None = None) -> list[dict]:
     return [{"partition": a.partition, "attempt": a.attempt, "agent": a.agent_id, "device": a.device,
              "queued_at": a.queued_at, "sent_at": a.sent_at, "started_at": a.started_at,
              "finished_at": a.finished_at, "received_at": a.received_at, "rows": a.rows,
-             "outcome": a.outcome or "running"} for a in attempts]
+             "outcome": a.outcome_text} for a in attempts]
 
 
 class Sampler:

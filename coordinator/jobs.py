@@ -7,17 +7,20 @@ States (JobState in the contract):
     FAILED     bad input found late (truncated stream, checksum), a non-retryable kernel error,
                retries exhausted, or no capable agent for too long; `error` says which
     CANCELLED  the client cancelled or went away
-Only ACCEPTED -> RUNNING and {ACCEPTED, RUNNING} -> a final state happen. Partition bookkeeping
-(pending, attempts) belongs to the scheduler and is guarded by its lock; aggregation by `lock`.
+Only ACCEPTED -> RUNNING and {ACCEPTED, RUNNING} -> a final state happen (JOB_TRANSITIONS). Each
+partition's own state is in lepton.coordinator.partitions. One lock per job, `Job.lock`, guards all
+of the job's mutable state: its record, partition table, runs and aggregation.
 """
 from __future__ import annotations
 
 import enum
+import hashlib
 import logging
 import queue
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -25,11 +28,20 @@ from lepton.errors import LeptonError
 from lepton.backends.ops import Op
 from lepton.backends.tree import Tree, TreeAggregator
 from lepton.coordinator import metrics
+from lepton.coordinator.partitions import PartitionState, PartitionTable
 from lepton.coordinator.planner import Plan
 from lepton import wire
 from lepton.logs import event
 
 log = logging.getLogger("lepton.coordinator")
+
+
+def content_key(array: np.ndarray) -> str:
+    """The agents' cache key of a whole input: a BLAKE2b hash of its bytes, dtype and shape. Not the
+    wire checksum: CRC-32C is linear, so two inputs with equal CRCs are easy to make, and the agent
+    would compute the second job with the first job's cached bytes."""
+    digest = hashlib.blake2b(np.ascontiguousarray(array).data, digest_size=32).hexdigest()
+    return f"blob:{digest}:{array.dtype.str}:{'x'.join(map(str, array.shape))}"
 
 
 class JobState(enum.Enum):
@@ -42,6 +54,22 @@ class JobState(enum.Enum):
     @property
     def final(self) -> bool:
         return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+
+
+#: Allowed job transitions (the module docstring says when each happens); `Job._move` enforces them.
+JOB_TRANSITIONS = {(JobState.ACCEPTED, JobState.RUNNING)} | {
+    (old, new) for old in (JobState.ACCEPTED, JobState.RUNNING)
+    for new in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)}
+
+
+class Outcome(enum.Enum):
+    """How one attempt of a partition ended, for the trace (the partition's state is in PartitionTable)."""
+
+    RUNNING = "running"
+    DONE = "done"
+    SUPERSEDED = "superseded"  # a speculative copy of its run got there first
+    CACHE_MISS = "NOT_FOUND"  # the agent forgot a cached input; the bytes go again
+    FAILED = "failed"  # `Attempt.code` says how
 
 
 @dataclass
@@ -58,10 +86,15 @@ class Attempt:
     started_at: float = 0.0
     finished_at: float = 0.0
     received_at: float = 0.0
-    outcome: str = ""
+    outcome: Outcome = Outcome.RUNNING
+    code: str = ""  # the gRPC status code name of a FAILED attempt
+
+    @property
+    def outcome_text(self) -> str:
+        return self.code if self.outcome is Outcome.FAILED else self.outcome.value
 
 
-@dataclass
+@dataclass(eq=False)  # identity: runs with equal ranges are distinct (speculative copies)
 class Run:
     """A contiguous run of partitions [lo, hi) sent to one agent as one task."""
 
@@ -73,6 +106,7 @@ class Run:
     call: object = None  # the in-flight gRPC call, to cancel it
     started: float = field(default_factory=time.monotonic)
     duplicated: bool = False  # a speculative copy of it runs elsewhere
+    credits: int = 1  # of the agent's credits it holds while in flight
 
     def __len__(self) -> int:
         return self.hi - self.lo
@@ -100,6 +134,9 @@ class JobRecord:
 
 
 class Job:
+    """One job. Every mutable field, the record's included, is guarded by `lock` (the scheduler
+    takes its own lock first, then this one, never the other way round)."""
+
     def __init__(self, job_id: str, op: Op, params: dict, label: str, inputs, plan: Plan, tree_arity: int,
                  deadline: float | None, datasets: dict | None = None):
         self.id, self.op, self.params, self.plan = job_id, op, params, plan
@@ -110,25 +147,24 @@ class Job:
         self.record = JobRecord(job_id, op.name, label, bytes_total=inputs.bytes_total,
                                 partitions_total=plan.count)
         self.lock = threading.Lock()
-        self.events: queue.Queue = queue.Queue()  # ("progress",) | ("done",) for the submit stream
+        self.events: queue.SimpleQueue = queue.SimpleQueue()  # ("progress",) | ("done",) for the submit stream
+        self.wake: Callable[[], None] = lambda: None  # the scheduler's: new partitions are ready
         self.aggregator = TreeAggregator(Tree(plan.count, tree_arity), op.combine)
         self.result: dict[str, np.ndarray] | None = None
         self.input_complete = False
+        self._ready = 0  # partitions whose rows have arrived, while the input streams
         self._ordered: dict[str, np.ndarray] | None = None  # split inputs in plan order, permuted once
-        # Scheduler-owned (under its lock):
-        self.pending: list[int] = list(range(plan.count))
+        self.parts = PartitionTable(plan.count, self.home)
+        split_bytes = sum(h.total_bytes for h in inputs.headers if h.name in op.split_inputs) + \
+            sum(d.arrays[part].nbytes for n, (d, part) in self.datasets.items() if n in op.split_inputs)
+        self.partition_bytes = split_bytes / plan.count  # on average: what sizes a run
         self.runs: list[Run] = []
-        self.attempts: dict[int, int] = {}
-        self.failed_on: dict[int, set[str]] = {}
-        self.waiting_since: float | None = None  # no capable agent since then
+        self.waiting_since: float | None = None  # no capable agent since then (the scheduler's clock)
         self.run_seconds: list[float] = []  # per partition, of finished runs: what "slow" means
-        self.queued_at: dict[int, float] = {}  # when each partition (re)entered pending with its rows here
-        self.ready_seen = 0
         self._whole: dict[str, tuple] = {}  # name -> (array, header, cache key), per round
         self._prepared: dict[str, np.ndarray] | None = None  # whole inputs after op.prepare
         self.round = 0
         self._finishing = -1  # the round whose completion is being handled
-        self.round_ready = False  # a new round's partitions wait to go back to pending
         self._last_progress = 0.0
 
     # -- state -------------------------------------------------------------------------------
@@ -136,11 +172,18 @@ class Job:
     def state(self) -> JobState:
         return self.record.state
 
+    def _move(self, new: JobState) -> bool:
+        """Change state if the table allows it (the caller holds `lock`)."""
+        if (self.record.state, new) not in JOB_TRANSITIONS:
+            return False
+        self.record.state = new
+        return True
+
     def _finish(self, state: JobState, code: str = "", message: str = "") -> bool:
         with self.lock:
-            if self.record.state.final:
+            if not self._move(state):
                 return False
-            self.record.state, self.record.finished_at = state, time.time()
+            self.record.finished_at = time.time()
             self.record.error_code, self.record.error_message = code, message
             self.inputs = self._ordered = None  # free the data at once
         event(log, "job.finished", job=self.id, op=self.op.name, state=state.name,
@@ -156,17 +199,49 @@ class Job:
     def cancel(self, reason: str = "cancelled by the client") -> bool:
         return self._finish(JobState.CANCELLED, "CANCELLED", reason)
 
-    def mark_running(self) -> None:
-        if self.record.state is JobState.ACCEPTED:
-            self.record.state = JobState.RUNNING
+    # -- runs (the scheduler calls these holding `lock`) ---------------------------------------
+    def release_ready(self) -> None:
+        """Partitions whose rows have all arrived become READY."""
+        if self.parts.released < self.plan.count:
+            self.parts.release(self.ready_partitions())
+
+    def start_run(self, run: Run) -> bool:
+        """Send `run`: its partitions READY -> RUNNING, the job RUNNING, attempts in the trace."""
+        if self.record.state.final:
+            return False
+        self._move(JobState.RUNNING)  # a no-op once RUNNING
+        now, splits, parts = time.time(), self.plan.row_splits, self.parts
+        for p in range(run.lo, run.hi):
+            if not run.duplicated:
+                parts.move(p, PartitionState.RUNNING)
+            attempt = Attempt(p, parts.attempts[p] + 1, run.agent_id, now if run.duplicated else parts.queued_at[p],
+                              now, int(splits[p + 1] - splits[p]))
+            run.attempts[p] = attempt
+            self.record.trace.append(attempt)
+        self.runs.append(run)
+        return True
+
+    def unfinished(self, run: Run) -> list[int]:
+        """The run's partitions (of this round) that no partial covers yet."""
+        if run.round != self.round:
+            return []
+        state = self.parts.state
+        return [p for p in range(run.lo, run.hi) if state[p] is not PartitionState.DONE]
 
     # -- input -------------------------------------------------------------------------------
-    def add_chunk(self, chunk) -> None:
-        """Take one input chunk (raises InvalidInput on a bad one)."""
-        self.inputs.add(chunk)
+    def add_chunk(self, chunk) -> bool:
+        """Take one input chunk (raises InvalidInput on a bad one); True if more partitions are ready."""
+        inputs = self.inputs
+        if inputs is None:
+            raise LeptonError("the job ended while its input was arriving")
+        inputs.add(chunk)
         metrics.INPUT_BYTES.inc(len(chunk.data))
-        self.record.bytes_received = self.inputs.bytes_received
+        ready = self._rows_ready(inputs)
+        with self.lock:
+            self.record.bytes_received = inputs.bytes_received
+            more, self._ready = ready > self._ready, max(ready, self._ready)
         self._progress()
+        return more
 
     def end_input(self) -> None:
         """The client sent everything: check it, and order the rows for permuting schemes."""
@@ -188,18 +263,20 @@ class Job:
 
     def ready_partitions(self) -> int:
         """Partitions 0..n-1 have all their rows here (row blocks stream; others wait for all)."""
-        if self.input_complete:
-            return self.plan.count
-        if self.plan.needs_whole_input or self.inputs is None:
+        return self.plan.count if self.input_complete else self._ready
+
+    def _rows_ready(self, inputs) -> int:
+        """How many partitions the input received so far covers."""
+        if self.plan.needs_whole_input:
             return 0
         if self.datasets:  # split inputs are resident; only the whole inputs stream
-            return self.plan.count if self.inputs.complete() else 0
+            return self.plan.count if inputs.complete() else 0
         split_index = [i for i, n in enumerate(self.names) if n in self.op.split_inputs]
-        whole_done = all(self.inputs.received[i] == self.inputs.metas[i].nbytes
+        whole_done = all(inputs.received[i] == inputs.metas[i].nbytes
                          for i in range(len(self.names)) if i not in split_index)
         if not whole_done:
             return 0
-        rows = min(self.inputs.rows_received(i) for i in split_index)
+        rows = min(inputs.rows_received(i) for i in split_index)
         return int(np.searchsorted(self.plan.row_splits, rows, side="right")) - 1
 
     def _source(self) -> dict[str, np.ndarray]:
@@ -245,7 +322,7 @@ class Job:
             if name not in self._whole:
                 array = wire.little_endian(whole[name])
                 header = wire.header(name, array)
-                key = f"blob:{header.crc32c:08x}:{array.dtype.str}:{'x'.join(map(str, array.shape))}"
+                key = content_key(array)
                 self._whole[name] = (array, header, key)
             return self._whole[name]
 
@@ -256,11 +333,32 @@ class Job:
         split = [self.op.take(source, int(splits[p]), int(splits[p + 1])) for p in range(run.lo, run.hi)]
         return split, self.whole()
 
+    def run_inputs(self, run: Run) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """The run's rows of the split inputs in one piece, and the whole inputs: views, no copies."""
+        splits = self.plan.row_splits
+        return self.op.take(self._source(), int(splits[run.lo]), int(splits[run.hi])), self.whole()
+
     # -- partials ----------------------------------------------------------------------------
+    def node_done(self, run: Run, lo: int, hi: int, partial, timings: list[tuple]) -> None:
+        """A run's agent sent the partial of [lo, hi): trace it, and aggregate it."""
+        now = time.time()
+        with self.lock:
+            for p, device, started, finished in timings:
+                attempt = run.attempts[p]
+                attempt.device, attempt.started_at, attempt.finished_at = device, started, finished
+            for p in range(lo, hi):
+                run.attempts[p].received_at, run.attempts[p].outcome = now, Outcome.DONE
+            if self.datasets:
+                for p in range(lo, hi):
+                    self.resident_on(p, run.agent_id)
+        self.add_partial(lo, hi, partial, run.round)
+
     def add_partial(self, lo: int, hi: int, partial, round: int = 0) -> None:
         with self.lock:
             if self.record.state.final or round != self.round or not self.aggregator.add(lo, hi, partial):
                 return
+            for p in range(lo, hi):
+                self.parts.move(p, PartitionState.DONE)
             self.record.partitions_done = self.aggregator.covered_count
         self._progress()
         self._round_complete()
@@ -292,19 +390,17 @@ class Job:
         self._finish(JobState.SUCCEEDED)
 
     def _next_round(self, params: dict, whole: dict[str, np.ndarray]) -> None:
-        """Start over on the same partitions with new params and whole inputs (the scheduler
-        puts the partitions back in pending when it sees round_ready)."""
+        """Start over on the same partitions with new params and whole inputs."""
         with self.lock:
+            if self.record.state.final:
+                return
             self.params, self._prepared, self._whole = params, whole, {}
             self.round += 1
             self.aggregator = TreeAggregator(Tree(self.plan.count, self.tree_arity), self.op.combine)
+            self.parts.next_round()
             self.record.iteration, self.record.partitions_done = self.round, 0
-            self.round_ready = True
         self.events.put(("progress",))
-
-    def covered(self, partition: int, round: int = 0) -> bool:
-        """Done in this round (a run of an earlier round counts as done: its round completed)."""
-        return round != self.round or bool(self.aggregator.covered[partition])
+        self.wake()
 
     def _progress(self) -> None:
         now = time.monotonic()

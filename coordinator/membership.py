@@ -47,9 +47,8 @@ class Agent:
     link: object  # lepton.coordinator.agent_link.AgentLink
     metrics_address: str = ""
     last_seen: float = field(default_factory=time.monotonic)
-    in_flight: int = 0  # partitions sent and not finished (scheduler-owned)
-    cached: set[str] = field(default_factory=set)  # tensor cache keys it is believed to hold
-    partitions_done: int = 0
+    in_flight: int = 0  # credits in use: partitions sent and not finished (scheduler-owned, under its lock)
+    partitions_done: int = 0  # (scheduler-owned, under its lock)
 
     @property
     def ops(self) -> set[str]:

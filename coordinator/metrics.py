@@ -27,9 +27,10 @@ class ClusterCollector:
         yield GaugeMetricFamily("lepton_agents", "Agents in the cluster", value=len(agents))
         yield GaugeMetricFamily("lepton_jobs_active", "Jobs accepted and not yet ended", value=len(jobs))
         yield GaugeMetricFamily("lepton_pending_partitions", "Partitions not yet sent to an agent",
-                                value=sum(len(j.pending) for j in list(jobs)))
+                                value=sum(j.parts.count - j.parts.released + j.parts.ready_count for j in list(jobs)))
         in_flight = GaugeMetricFamily("lepton_agent_in_flight_partitions",
-                                      "Partitions sent to an agent and not finished", labels=["agent"])
+                                      "Credits in use on an agent: partitions sent and not finished (a "
+                                      "run of small partitions takes one per target partition size)", labels=["agent"])
         credits = GaugeMetricFamily("lepton_agent_credits", "Partitions an agent accepts at once", labels=["agent"])
         for agent in agents:
             in_flight.add_metric([agent.id], agent.in_flight)

@@ -1,14 +1,13 @@
 """Send partitions to agents: credit-based flow control, retries, and failure handling.
 
 One dispatcher thread assigns runs of ready partitions to agents that offer the job's op, never
-putting more partitions in flight on an agent than the credits it granted; a pool of threads
+putting more work in flight on an agent than the credits it granted (see `run_size`); a pool of threads
 streams each run and feeds the partials that come back to the job's aggregation tree. A failed
 run's partitions that no partial covers go back to pending (on another agent when there is one)
 until `max_attempts`; errors that retrying cannot fix fail the job at once.
 """
 from __future__ import annotations
 
-import collections
 import logging
 import threading
 import time
@@ -18,8 +17,9 @@ import grpc
 
 from lepton.errors import LeptonError
 from lepton.coordinator import metrics
-from lepton.coordinator.jobs import Attempt, Job, Run
+from lepton.coordinator.jobs import Job, Outcome, Run
 from lepton.coordinator.membership import Agent, Membership
+from lepton.coordinator.partitions import PartitionState
 from lepton.logs import event
 
 log = logging.getLogger("lepton.coordinator")
@@ -29,13 +29,19 @@ RETRYABLE = {"UNAVAILABLE", "CANCELLED", "RESOURCE_EXHAUSTED", "INTERNAL", "UNKN
 
 
 class Scheduler:
+    """Owns the list of active jobs and the agents' credits in flight, under `cond`; each job's own
+    state is under its lock, always taken after `cond`."""
+
     def __init__(self, membership: Membership, max_attempts: int = 3, agent_wait: float = 30.0,
-                 steal_backlog: int = 16):
+                 steal_backlog: int = 16, unit_bytes: int = 8 << 20):
         self.membership = membership
         self.max_attempts, self.agent_wait = max_attempts, agent_wait
         # Resident partitions move to an idle agent only when their own agent has more than this
         # many of the job's partitions waiting: moving data costs more than a short wait.
         self.steal_backlog = steal_backlog
+        # A credit is one partition of the target size in flight: a run of smaller partitions
+        # costs one credit per this many bytes of its split inputs (at least one).
+        self.unit_bytes = max(1, unit_bytes)
         # A run is a straggler once it has taken this many times the job's median per partition
         # (and at least straggler_min seconds), with nothing left to schedule.
         self.straggler_factor, self.straggler_min = 3.0, 0.5
@@ -47,9 +53,27 @@ class Scheduler:
         self._thread.start()
 
     def add(self, job: Job) -> None:
+        """Take a job; its partitions go out as its input says they are ready (`notify`)."""
+        job.wake = self.notify
         with self.cond:
             self.jobs.append(job)
-            self.cond.notify_all()
+
+    def run_here(self, job: Job) -> bool:
+        """Run the job's next run on the calling thread, if an agent has a credit free: a small job
+        then needs no dispatcher and no pool thread. False if no run could start."""
+        with self.cond:
+            agents = self.membership.agents()
+            capable = [a for a in agents if job.op.name in a.ops]
+            if not capable:
+                return False
+            agent = min(capable, key=lambda a: a.in_flight / a.credits)
+            with job.lock:
+                job.release_ready()
+                run = self._take_run(job, agent, capable, {a.id for a in capable}, {a.id for a in agents})
+        if run is None:
+            return False
+        self._execute(agent, job, run)
+        return True
 
     def notify(self) -> None:
         with self.cond:
@@ -60,19 +84,22 @@ class Scheduler:
         if job.cancel(message) if code == "CANCELLED" else job.fail(code, message):
             event(log, "job.stopped", job=job.id, code=code, message=message)
         with self.cond:
-            for run in job.runs:
-                if run.call is not None:
-                    run.call.cancel()
+            with job.lock:
+                calls = [run.call for run in job.runs if run.call is not None]
             self.cond.notify_all()
+        for call in calls:
+            call.cancel()
 
     def on_agent_removed(self, agent: Agent) -> None:
         """Stop the runs on a lost agent; their partitions return to pending when the calls end."""
+        calls = []
         with self.cond:
             for job in self.jobs:
-                for run in job.runs:
-                    if run.agent_id == agent.id and run.call is not None:
-                        run.call.cancel()
+                with job.lock:
+                    calls += [r.call for r in job.runs if r.agent_id == agent.id and r.call is not None]
             self.cond.notify_all()
+        for call in calls:
+            call.cancel()
 
     def stop(self) -> None:
         with self.cond:
@@ -88,7 +115,9 @@ class Scheduler:
                     return
                 launches, expired = self._assign()
                 if not launches and not expired:
-                    self.cond.wait(0.25)
+                    # Every change that can make work (input, a finished run, an agent) notifies;
+                    # the timeout only serves deadlines, agent waits and stragglers.
+                    self.cond.wait(0.25 if self.jobs else None)
             for job, code, message in expired:
                 self.end(job, code, message)
             for agent, job, run in launches:
@@ -98,40 +127,32 @@ class Scheduler:
         self.jobs = [j for j in self.jobs if not j.state.final]
         agents = self.membership.agents()
         live = {a.id for a in agents}
-        launches, expired, now = [], [], time.time()
+        launches, expired, active, now = [], [], [], time.time()
+        for job in self.jobs:
+            capable = [a for a in agents if job.op.name in a.ops]
+            with job.lock:
+                job.release_ready()
+                problem = self._expired(job, capable, now)
+            if problem:
+                expired.append((job, *problem))
+            elif capable:
+                active.append((job, capable, {a.id for a in capable}))
         progress = True
         while progress:  # one run per (job, agent) per pass, so concurrent jobs interleave
             progress = False
-            for job in self.jobs:
-                if any(j is job for j, _, _ in expired):
-                    continue
-                if job.round_ready:  # an iterative job's next round: every partition again
-                    job.round_ready = False
-                    job.pending, job.attempts, job.failed_on = list(range(job.plan.count)), {}, {}
-                    job.queued_at = dict.fromkeys(job.pending, now)
-                capable = [a for a in agents if job.op.name in a.ops]
-                problem = self._expired(job, capable, now)
-                if problem:
-                    expired.append((job, *problem))
-                    continue
-                ready = job.ready_partitions()
-                for p in range(job.ready_seen, ready):
-                    job.queued_at[p] = now
-                job.ready_seen = max(job.ready_seen, ready)
-                backlog = collections.Counter(job.home(p) for p in job.pending) if job.datasets else {}
-                capable_ids = {a.id for a in capable}
-                for agent in sorted(capable, key=lambda a: a.in_flight / a.credits):
-                    run = self._take_run(job, agent, ready, capable_ids, live, backlog) or \
-                        self._speculate(job, agent)
-                    if run:
-                        launches.append((agent, job, run))
-                        progress = True
+            for job, capable, capable_ids in active:
+                with job.lock:
+                    for agent in sorted(capable, key=lambda a: a.in_flight / a.credits):
+                        run = self._take_run(job, agent, capable, capable_ids, live) or self._speculate(job, agent)
+                        if run:
+                            launches.append((agent, job, run))
+                            progress = True
         return launches, expired
 
     def _expired(self, job: Job, capable: list[Agent], now: float):
         if job.deadline is not None and now > job.deadline:
             return "DEADLINE_EXCEEDED", "the job's deadline passed before it finished"
-        if capable or not job.pending:
+        if capable or not job.parts.ready_count:
             job.waiting_since = None
             return None
         job.waiting_since = job.waiting_since or now
@@ -140,75 +161,82 @@ class Scheduler:
                                    f"start one with `lepton agent --coordinator ADDRESS --device ...`")
         return None
 
-    def _take_run(self, job: Job, agent: Agent, ready: int, capable: set[str], live: set[str],
-                  backlog: dict) -> Run | None:
+    def run_size(self, job: Job, agent: Agent, capable: list[Agent]) -> int:
+        """How many partitions the agent's next run of the job may hold.
+
+        Guided self-scheduling: a share of what is ready that leaves every capable agent two runs'
+        worth, so runs shrink as the job drains and the agents finish together, down to a floor;
+        and no more than half the agent's credits' worth of bytes, so the next run's transfer
+        overlaps this one's compute. (The place to weigh agents by their measured speed.)
+        """
         free = agent.credits - agent.in_flight
-        # Half the credits per run, so the next run's transfer overlaps this one's compute.
-        limit = min(free, max(1, agent.credits // 2), job.tree_arity)
+        if free <= 0:
+            return 0
+        per_partition = max(1.0, job.partition_bytes)
+        fair = -(-job.parts.ready_count // (2 * len(capable)))
+        # But never less than an eighth of a credit's bytes, nor than an even split of the job over
+        # the agents: a run costs the coordinator about a millisecond of its own, which thousands of
+        # tiny partitions spread over many agents would pay thousands of times (the per-partition
+        # cost is microseconds).
+        floor = min(-(-(self.unit_bytes // 8) // int(per_partition)), -(-job.plan.count // len(capable)))
+        by_bytes = int(min(free, max(1, agent.credits // 2)) * self.unit_bytes // per_partition)
+        return max(1, min(max(fair, floor), by_bytes))
+
+    def credits_of(self, job: Job, partitions: int) -> int:
+        return max(1, -(-int(partitions * job.partition_bytes) // self.unit_bytes))
+
+    def _take_run(self, job: Job, agent: Agent, capable: list[Agent], capable_ids: set[str],
+                  live: set[str]) -> Run | None:
+        parts = job.parts
+        if not parts.ready_count or job.state.final:
+            return None
+        limit = self.run_size(job, agent, capable)
         if limit <= 0:
             return None
 
-        def eligible(p: int, tier: int) -> bool:
-            failed_on = job.failed_on.get(p, set())
+        def eligible(p: int) -> bool:
             # Retry elsewhere while some capable agent has not failed it yet.
-            if p >= ready or (agent.id in failed_on and not failed_on >= capable):
-                return False
-            home = job.home(p)
-            if tier == 0:  # resident here, or resident nowhere
-                return home is None or home == agent.id
-            if tier == 1:  # its agent is gone
-                return home not in live
-            return backlog.get(home, 0) > self.steal_backlog  # its agent is far behind
+            failed_on = parts.failed_on.get(p)
+            return not failed_on or agent.id not in failed_on or failed_on >= capable_ids
 
-        for tier in range(3):
-            first = next((p for p in job.pending if eligible(p, tier)), None)
+        # Tiers of homes: resident here or nowhere; then resident on an agent that is gone; then on
+        # one far behind (more than steal_backlog waiting).
+        homes = [[agent.id, None],
+                 [h for h in parts.ready if h not in live and h is not None],
+                 [h for h in parts.ready if h in live and h != agent.id and parts.backlog(h) > self.steal_backlog]]
+        for tier in homes:
+            first = next((p for h in tier for p in parts.ready.get(h, ()) if eligible(p)), None)
             if first is not None:
                 break
         else:
             return None
+        home = parts.queued_home[first]
         hi = first + 1
-        while hi - first < limit and hi in job.pending and hi % job.tree_arity and eligible(hi, tier):
+        while (hi - first < limit and hi < parts.count and parts.state[hi] is PartitionState.READY
+               and parts.queued_home[hi] == home and eligible(hi)):
             hi += 1
-        if tier:
-            for p in range(first, hi):
-                backlog[job.home(p)] -= 1
-        now, splits = time.time(), job.plan.row_splits
-        run = Run(first, hi, agent.id, job.round)
-        for p in range(first, hi):
-            job.pending.remove(p)
-            run.attempts[p] = Attempt(p, job.attempts.get(p, 0) + 1, agent.id,
-                                      job.queued_at.get(p, job.record.submitted_at), now,
-                                      int(splits[p + 1] - splits[p]))
-            job.record.trace.append(run.attempts[p])
-        job.runs.append(run)
-        job.mark_running()
-        agent.in_flight += len(run)
+        run = Run(first, hi, agent.id, job.round, credits=self.credits_of(job, hi - first))
+        job.start_run(run)
+        agent.in_flight += run.credits
         return run
 
     def _speculate(self, job: Job, agent: Agent) -> Run | None:
         """Near the end of a job, run a copy of a straggling run on an idle agent; whichever finishes
         first counts (partials are de-duplicated by range) and the other is cancelled."""
-        if job.pending or job.op.iterative and job.round_ready:
+        if job.parts.ready_count or not job.run_seconds or job.state.final:
             return None
-        median = sorted(job.run_seconds)[len(job.run_seconds) // 2] if job.run_seconds else None
-        if median is None:
-            return None
+        median = sorted(job.run_seconds)[len(job.run_seconds) // 2]
         now = time.monotonic()
         slow = [r for r in job.runs if not r.duplicated and r.agent_id != agent.id and r.round == job.round
                 and now - r.started > max(self.straggler_factor * median * len(r), self.straggler_min)
-                and agent.credits - agent.in_flight >= len(r)]
+                and agent.credits - agent.in_flight >= r.credits]
         if not slow:
             return None
         original = min(slow, key=lambda r: r.started)
         original.duplicated = True
-        copy = Run(original.lo, original.hi, agent.id, job.round, duplicated=True)
-        now_epoch = time.time()
-        for p in range(copy.lo, copy.hi):
-            copy.attempts[p] = Attempt(p, job.attempts.get(p, 0) + 1, agent.id, now_epoch, now_epoch,
-                                       original.attempts[p].rows, outcome="")
-            job.record.trace.append(copy.attempts[p])
-        job.runs.append(copy)
-        agent.in_flight += len(copy)
+        copy = Run(original.lo, original.hi, agent.id, job.round, duplicated=True, credits=original.credits)
+        job.start_run(copy)
+        agent.in_flight += copy.credits
         event(log, "run.speculative", job=job.id, partitions=f"{copy.lo}-{copy.hi}", agent=agent.id,
               straggler=original.agent_id, seconds=f"{now - original.started:.2f}", median=f"{median:.3f}")
         return copy
@@ -216,24 +244,18 @@ class Scheduler:
     # -- execution ---------------------------------------------------------------------------
     def _execute(self, agent: Agent, job: Job, run: Run) -> None:
         def on_call(call):
-            run.call = call
-            if job.state.final:
+            with job.lock:
+                run.call = call
+                final = job.state.final
+            if final:
                 call.cancel()
 
         timeout = None if job.deadline is None else max(0.1, job.deadline - time.time())
-        event(log, "run.sent", job=job.id, partitions=f"{run.lo}-{run.hi}", agent=agent.id)
+        event(log, "run.sent", level=logging.DEBUG, job=job.id, partitions=f"{run.lo}-{run.hi}", agent=agent.id)
         error = None
         try:
-            for lo, hi, partial, timings in agent.link.run_task(job, run, agent.cached, timeout, on_call):
-                now = time.time()
-                for p, device, started, finished in timings:
-                    run.attempts[p].device, run.attempts[p].started_at, run.attempts[p].finished_at = \
-                        device, started, finished
-                for p in range(lo, hi):
-                    run.attempts[p].received_at, run.attempts[p].outcome = now, "done"
-                    if job.datasets:
-                        job.resident_on(p, agent.id)
-                job.add_partial(lo, hi, partial, run.round)
+            for lo, hi, partial, timings in agent.link.run_task(job, run, timeout, on_call):
+                job.node_done(run, lo, hi, partial, timings)
         except grpc.RpcError as exc:
             error = (exc.code().name, exc.details() or "")
         except LeptonError as exc:
@@ -243,51 +265,59 @@ class Scheduler:
         self._finished(agent, job, run, error)
 
     def _finished(self, agent: Agent, job: Job, run: Run, error) -> None:
-        fatal = None
+        fatal, calls = None, []
         with self.cond:
-            job.runs.remove(run)
-            agent.in_flight -= len(run)
-            missing = [p for p in range(run.lo, run.hi) if not job.covered(p, run.round)]
-            agent.partitions_done += len(run) - len(missing)
-            if error is None and len(run):
-                job.run_seconds.append((time.monotonic() - run.started) / len(run))
-            twins = [o for o in job.runs if (o.lo, o.hi, o.round) == (run.lo, run.hi, run.round)]
-            if job.state.final or not missing:  # won or lost a race, or the job is over: stop its twin
-                for other in twins:
-                    if other.call is not None:
-                        other.call.cancel()
-            elif twins:  # failed, but a speculative twin still computes these partitions
-                missing = []
-            for attempt in run.attempts.values():
-                if not attempt.outcome and job.covered(attempt.partition, run.round):
-                    attempt.outcome = "superseded"  # the other copy of the run got there first
-            metrics.PARTITIONS.labels("done").inc(len(run) - len(missing))
-            if missing and not job.state.final and error and error[0] == "NOT_FOUND":
-                # A cache miss, not a failure: the link forgot those keys; the bytes go next time.
-                job.pending = sorted(job.pending + missing)
-                for p in missing:
-                    run.attempts[p].outcome = "NOT_FOUND"
-            elif missing and not job.state.final:
-                code, message = error or ("INTERNAL", "the agent ended the task without all its partials")
-                event(log, "run.failed", level=logging.WARNING, job=job.id, partitions=f"{run.lo}-{run.hi}",
-                      agent=agent.id, code=code, message=message)
-                now = time.time()
-                for p in missing:
-                    job.attempts[p] = job.attempts.get(p, 0) + 1
-                    job.failed_on.setdefault(p, set()).add(agent.id)
-                    run.attempts[p].outcome = code
-                    job.queued_at[p] = now
-                if code not in RETRYABLE:
-                    fatal = (code, f"partition {missing[0]} on {agent.id}: {message}")
-                elif max(job.attempts[p] for p in missing) >= self.max_attempts:
-                    fatal = (code, f"partition {missing[0]} failed {self.max_attempts} times; last error: {message}")
-                else:
-                    job.record.retries += 1
-                    job.pending = sorted(job.pending + missing)
-                metrics.PARTITIONS.labels("failed" if fatal else "retried").inc(len(missing))
+            agent.in_flight -= run.credits
+            with job.lock:
+                job.runs.remove(run)
+                missing = job.unfinished(run)
+                agent.partitions_done += len(run) - len(missing)
+                if error is None and len(run):
+                    job.run_seconds.append((time.monotonic() - run.started) / len(run))
+                twins = [o for o in job.runs if (o.lo, o.hi, o.round) == (run.lo, run.hi, run.round)]
+                if job.state.final or not missing:  # won or lost a race, or the job is over: stop its twin
+                    calls = [o.call for o in twins if o.call is not None]
+                elif twins:  # failed, but a speculative twin still computes these partitions
+                    missing = []
+                for attempt in run.attempts.values():
+                    if attempt.outcome is Outcome.RUNNING and attempt.partition not in missing:
+                        attempt.outcome = Outcome.SUPERSEDED  # the other copy of the run got there first
+                metrics.PARTITIONS.labels("done").inc(len(run) - len(missing))
+                if missing and not job.state.final:
+                    fatal = self._failed(job, agent, run, missing, error)
             self.cond.notify_all()
+        for call in calls:
+            call.cancel()
         if fatal:
             self.end(job, *fatal)
         if error and error[0] == "UNAVAILABLE" and missing:
             # Unreachable: drop it now; if it is alive, its next heartbeat makes it join again.
             self.membership.remove(agent.id, f"unreachable: {error[1]}")
+
+    def _failed(self, job: Job, agent: Agent, run: Run, missing: list[int], error):
+        """Partitions of a run that ended without their partials: queue them again, or say why the
+        job fails (the caller holds the scheduler's and the job's locks)."""
+        parts = job.parts
+        if error and error[0] == "NOT_FOUND":
+            # A cache miss, not a failure: the link forgot those keys; the bytes go next time.
+            for p in missing:
+                parts.move(p, PartitionState.READY)
+                run.attempts[p].outcome = Outcome.CACHE_MISS
+            return None
+        code, message = error or ("INTERNAL", "the agent ended the task without all its partials")
+        event(log, "run.failed", level=logging.WARNING, job=job.id, partitions=f"{run.lo}-{run.hi}",
+              agent=agent.id, code=code, message=message)
+        attempts = max([parts.failed(p, agent.id) for p in missing])
+        for p in missing:
+            run.attempts[p].outcome, run.attempts[p].code = Outcome.FAILED, code
+        fatal = None
+        if code not in RETRYABLE:
+            fatal = (code, f"partition {missing[0]} on {agent.id}: {message}")
+        elif attempts >= self.max_attempts:
+            fatal = (code, f"partition {missing[0]} failed {self.max_attempts} times; last error: {message}")
+        else:
+            job.record.retries += 1
+            for p in missing:
+                parts.move(p, PartitionState.READY)
+        metrics.PARTITIONS.labels("failed" if fatal else "retried").inc(len(missing))
+        return fatal

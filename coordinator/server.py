@@ -2,19 +2,20 @@
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from concurrent import futures
 
 import grpc
 import numpy as np
 
-from lepton.errors import InvalidInput, LeptonError
+from lepton.errors import InvalidInput, ResourceExhausted
 from lepton.coordinator.coordinator import Coordinator
-from lepton.coordinator.jobs import Job, JobRecord
+from lepton.coordinator.intake import SMALL_JOB_BYTES, InputReader, deadline_from
+from lepton.coordinator.jobs import JobRecord
 from lepton.coordinator.planner import Scheme
 from lepton.coordinator import metrics
 from lepton import wire
+from lepton.rpc_errors import maps_errors
 from lepton.serving import add_standard_services
 from lepton.v1 import agent_service_pb2 as agent_pb, agent_service_pb2_grpc as agent_grpc
 from lepton.v1 import coordinator_service_pb2 as pb, coordinator_service_pb2_grpc as pb_grpc, job_pb2, tensor_pb2
@@ -25,6 +26,9 @@ SCHEMES = {job_pb2.PARTITION_SCHEME_UNSPECIFIED: Scheme.ROW_BLOCKS,
            job_pb2.PARTITION_SCHEME_ROW_BLOCKS: Scheme.ROW_BLOCKS,
            job_pb2.PARTITION_SCHEME_HASH: Scheme.HASH,
            job_pb2.PARTITION_SCHEME_ROUND_ROBIN: Scheme.ROUND_ROBIN}
+
+
+MAX_RESULT_BYTES = 3 << 20  # of a RunJob response: below gRPC's 4 MiB default message limit
 
 
 def job_status(r: JobRecord) -> job_pb2.JobStatus:
@@ -50,90 +54,99 @@ def dataset_info(d) -> pb.DatasetInfo:
                           partitions=d.partitions, placement=placement, created_at=d.created_at, sparse=d.sparse)
 
 
-def abort(context, error: LeptonError):
-    context.abort(error.code, error.details)
+def job_inputs(spec) -> tuple[list, dict[str, str]]:
+    """The spec's streamed inputs (headers named by their JobInput) and resident ones (name -> dataset)."""
+    headers, datasets = [], {}
+    for item in spec.inputs:
+        if item.WhichOneof("source") == "dataset":
+            datasets[item.name] = item.dataset
+            continue
+        header = tensor_pb2.TensorHeader()
+        header.CopyFrom(item.tensor)
+        header.name = item.name or header.name
+        headers.append(header)
+    return headers, datasets
+
+
+def input_chunks(request_iterator):
+    for request in request_iterator:
+        if not request.HasField("chunk"):
+            raise InvalidInput("only input chunks may follow the job spec")
+        yield request.chunk
 
 
 class CoordinatorServicer(pb_grpc.CoordinatorServiceServicer):
     def __init__(self, coordinator: Coordinator, metrics_address: str = "", dashboard_address: str = ""):
         self.c, self.metrics_address, self.dashboard_address = coordinator, metrics_address, dashboard_address
+        self.intake = InputReader(coordinator)
 
-    def SubmitJob(self, request_iterator, context):
-        first = next(request_iterator, None)
-        if first is None or not first.HasField("spec"):
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first SubmitJobRequest must carry the job spec")
-        spec = first.spec
-        remaining = context.time_remaining()
-        deadline = time.time() + remaining if remaining is not None and remaining < 1e9 else None
-        headers, datasets = [], {}
-        for item in spec.inputs:
-            if item.WhichOneof("source") == "dataset":
-                datasets[item.name] = item.dataset
-                continue
-            header = tensor_pb2.TensorHeader()
-            header.CopyFrom(item.tensor)
-            header.name = item.name or header.name
-            headers.append(header)
+    def _submit(self, spec, context):
+        headers, datasets = job_inputs(spec)
         part = spec.partitioning
-        try:
-            job = self.c.submit(spec.op, wire.decode_params(spec.params), headers, scheme_of(part), part.count,
-                                part.target_bytes, part.key_column, spec.label, deadline, datasets)
-        except LeptonError as exc:
-            abort(context, exc)
-        context.add_callback(lambda: self.c.finished(job))
-        threading.Thread(target=self._read_input, args=(job, request_iterator), name=f"input-{job.id}",
-                         daemon=True).start()
-        yield pb.SubmitJobResponse(accepted=job_status(job.record))
-        while True:
-            kind = job.events.get()
-            if kind[0] == "done":
-                break
-            yield pb.SubmitJobResponse(progress=job_status(job.record))
+        return self.c.submit(spec.op, wire.decode_params(spec.params), headers, scheme_of(part), part.count,
+                             part.target_bytes, part.key_column, spec.label, deadline_from(context.time_remaining()),
+                             datasets)
+
+    @staticmethod
+    def _result(job, context) -> tuple[list, list]:
+        """The job's result as headers and little-endian arrays, once it ended (abort if it failed)."""
         record = job.record
         if record.state.name != "SUCCEEDED":
             context.abort(grpc.StatusCode[record.error_code], record.error_message)
         arrays = [wire.little_endian(np.asarray(a)) for a in job.result.values()]
-        for name, array in zip(job.result, arrays):
-            yield pb.SubmitJobResponse(result_header=wire.header(name, array))
+        return [wire.header(name, array) for name, array in zip(job.result, arrays)], arrays
+
+    @maps_errors
+    def SubmitJob(self, request_iterator, context):
+        first = next(request_iterator, None)
+        if first is None or not first.HasField("spec"):
+            raise InvalidInput("the first SubmitJobRequest must carry the job spec")
+        job = self._submit(first.spec, context)
+        context.add_callback(lambda: self.c.finished(job))
+        yield pb.SubmitJobResponse(accepted=job_status(job.record))  # first: a client may wait for it
+        self.intake.start(job, input_chunks(request_iterator))
+        while job.events.get()[0] != "done":
+            yield pb.SubmitJobResponse(progress=job_status(job.record))
+        headers, arrays = self._result(job, context)
+        for header in headers:
+            yield pb.SubmitJobResponse(result_header=header)
         for chunk in wire.chunks(arrays):
             metrics.RESULT_BYTES.inc(len(chunk.data))
             yield pb.SubmitJobResponse(result_chunk=chunk)
-        yield pb.SubmitJobResponse(done=job_status(record))
+        yield pb.SubmitJobResponse(done=job_status(job.record))
 
-    def _read_input(self, job: Job, request_iterator) -> None:
+    @maps_errors
+    def RunJob(self, request, context):
+        incoming = sum(item.tensor.total_bytes for item in request.spec.inputs if item.HasField("tensor"))
+        if incoming > SMALL_JOB_BYTES:
+            raise InvalidInput(f"RunJob takes at most {SMALL_JOB_BYTES >> 20} MiB of input and this job has "
+                               f"{incoming} bytes: stream it with SubmitJob")
+        job = self._submit(request.spec, context)
+        context.add_callback(lambda: self.c.finished(job))  # the client went away: cancel it
         try:
-            for request in request_iterator:
-                if job.state.final:
-                    return
-                if not request.HasField("chunk"):
-                    raise InvalidInput("only input chunks may follow the job spec")
-                before = job.ready_partitions()
-                job.add_chunk(request.chunk)
-                if job.ready_partitions() != before:
-                    self.c.scheduler.notify()
-            if not job.state.final:
-                self.c.input_ended(job)
-        except LeptonError as exc:
-            self.c.fail(job, exc.code.name, exc.details)
-        except grpc.RpcError as exc:  # the client went away mid-stream
-            self.c.fail(job, "CANCELLED", f"the input stream broke: {exc!r}")
-        except Exception as exc:  # noqa: BLE001 - a bug must fail the job, not leave it waiting
-            self.c.fail(job, "INTERNAL", f"reading the input failed: {exc!r}")
+            self.intake.start(job, iter(request.chunks))
+            while job.events.get()[0] != "done":
+                pass
+            headers, arrays = self._result(job, context)
+        finally:
+            self.c.finished(job)
+        if sum(a.nbytes for a in arrays) > MAX_RESULT_BYTES:
+            raise ResourceExhausted(f"the result of {job.id} is over {MAX_RESULT_BYTES >> 20} MiB, more than one "
+                                    f"message may carry: run the job with SubmitJob")
+        metrics.RESULT_BYTES.inc(sum(a.nbytes for a in arrays))
+        return pb.RunJobResponse(job=job_status(job.record), result_headers=headers,
+                                 result_chunks=wire.chunks(arrays))
 
+    @maps_errors
     def GetJob(self, request, context):
-        try:
-            return pb.GetJobResponse(job=job_status(self.c.record(request.job_id)))
-        except LeptonError as exc:
-            abort(context, exc)
+        return pb.GetJobResponse(job=job_status(self.c.record(request.job_id)))
 
     def ListJobs(self, request, context):
         return pb.ListJobsResponse(jobs=[job_status(r) for r in self.c.records(request.limit or 100)])
 
+    @maps_errors
     def CancelJob(self, request, context):
-        try:
-            return pb.CancelJobResponse(job=job_status(self.c.cancel(request.job_id)))
-        except LeptonError as exc:
-            abort(context, exc)
+        return pb.CancelJobResponse(job=job_status(self.c.cancel(request.job_id)))
 
     def GetClusterStatus(self, request, context):
         now = time.monotonic()
@@ -148,23 +161,21 @@ class CoordinatorServicer(pb_grpc.CoordinatorServiceServicer):
                                            metrics_address=self.metrics_address,
                                            dashboard_address=self.dashboard_address)
 
+    @maps_errors
     def GetJobTrace(self, request, context):
-        try:
-            record = self.c.record(request.job_id)
-        except LeptonError as exc:
-            abort(context, exc)
+        record = self.c.record(request.job_id)
         return pb.GetJobTraceResponse(job=job_status(record), partitions=[
             pb.PartitionTrace(partition=a.partition, attempt=a.attempt, agent_id=a.agent_id, device=a.device,
                               queued_at=a.queued_at, sent_at=a.sent_at, started_at=a.started_at,
                               finished_at=a.finished_at, received_at=a.received_at, rows=a.rows,
-                              outcome=a.outcome or "running")
+                              outcome=a.outcome_text)
             for a in list(record.trace)])
 
-
+    @maps_errors
     def PutDataset(self, request_iterator, context):
         first = next(request_iterator, None)
         if first is None or not first.HasField("spec"):
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first PutDatasetRequest must carry the spec")
+            raise InvalidInput("the first PutDatasetRequest must carry the spec")
         spec = first.spec
 
         def chunks():
@@ -178,21 +189,16 @@ class CoordinatorServicer(pb_grpc.CoordinatorServiceServicer):
             headers, cols = [spec.csr.indptr, spec.csr.indices, spec.csr.data], spec.csr.cols
         else:
             headers, cols = [spec.tensor], None
-        try:
-            dataset = self.c.put_dataset(spec.name, headers, chunks(), scheme_of(part), part.count,
-                                         part.target_bytes, part.key_column, spec.replace, cols)
-        except LeptonError as exc:
-            abort(context, exc)
+        dataset = self.c.put_dataset(spec.name, headers, chunks(), scheme_of(part), part.count,
+                                     part.target_bytes, part.key_column, spec.replace, cols)
         return pb.PutDatasetResponse(dataset=dataset_info(dataset))
 
     def ListDatasets(self, request, context):
         return pb.ListDatasetsResponse(datasets=[dataset_info(d) for d in self.c.datasets.all()])
 
+    @maps_errors
     def DropDataset(self, request, context):
-        try:
-            self.c.drop_dataset(request.name)
-        except LeptonError as exc:
-            abort(context, exc)
+        self.c.drop_dataset(request.name)
         return pb.DropDatasetResponse()
 
 
@@ -200,13 +206,11 @@ class AgentRegistryServicer(agent_grpc.AgentRegistryServiceServicer):
     def __init__(self, coordinator: Coordinator):
         self.c = coordinator
 
+    @maps_errors
     def JoinCluster(self, request, context):
-        try:
-            agent = self.c.membership.join(request.name, request.address,
-                                           [wire.device_from_proto(d) for d in request.devices], request.credits,
-                                           request.metrics_address)
-        except LeptonError as exc:
-            abort(context, exc)
+        agent = self.c.membership.join(request.name, request.address,
+                                       [wire.device_from_proto(d) for d in request.devices], request.credits,
+                                       request.metrics_address)
         return agent_pb.JoinClusterResponse(agent_id=agent.id,
                                             heartbeat_interval_seconds=self.c.config.heartbeat_interval)
 
@@ -220,10 +224,10 @@ class AgentRegistryServicer(agent_grpc.AgentRegistryServiceServicer):
 
 
 def serve(coordinator: Coordinator, address: str, metrics_address: str = "", max_workers: int = 128,
-          dashboard_address: str = ""):
+          dashboard_address: str = "", interceptors: list[grpc.ServerInterceptor] = ()):
     """Start serving; returns the server, the bound port (address may end in :0) and its health."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
-                         maximum_concurrent_rpcs=max_workers - 8)
+                         maximum_concurrent_rpcs=max_workers - 8, interceptors=list(interceptors))
     pb_grpc.add_CoordinatorServiceServicer_to_server(CoordinatorServicer(coordinator, metrics_address, dashboard_address), server)
     agent_grpc.add_AgentRegistryServiceServicer_to_server(AgentRegistryServicer(coordinator), server)
     health = add_standard_services(server, [pb.DESCRIPTOR.services_by_name["CoordinatorService"].full_name,

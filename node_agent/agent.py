@@ -11,14 +11,15 @@ import queue
 import random
 import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import numpy as np
 
 from lepton.backends.device import Device
-from lepton.errors import FailedPrecondition, LeptonError, ResourceExhausted
+from lepton.errors import FailedPrecondition, InvalidInput, LeptonError, NotCached, ResourceExhausted
 from lepton.backends.ops import Op, get_op
+from lepton.backends.blocks import layout
 from lepton.backends.tree import Tree, TreeAggregator
 from lepton.logs import event
 from lepton.agent import metrics
@@ -30,18 +31,38 @@ log = logging.getLogger("lepton.agent")
 MAX_SPLITS = 6  # halve a partition at most this many times (64 pieces) when a device runs out of memory
 
 
+def split_point(op: Op, inputs: dict[str, np.ndarray]) -> tuple[int, bool] | None:
+    """Where to cut a partition in two, and whether combining the halves' partials gives bitwise its
+    own partial; None if it has one row. Ops with exact merges cut anywhere. A blocked op's partial
+    is the fold of its canonical block tree (lepton.backends.blocks), so the cut is where that tree's
+    root splits: the left half is exactly its left subtree, the right half its right one. A single
+    block can only be cut inexactly (its rounding changes in the last bits)."""
+    rows = op.rows(inputs)
+    if rows < 2:
+        return None
+    if not op.block_bytes:
+        return rows // 2, True
+    rows, per_block, blocks = layout(op, inputs)
+    if blocks < 2:
+        return rows // 2, False
+    return min(rows, 2 ** (Tree(blocks, 2).top - 1) * per_block), True
+
+
 def run_in_pieces(device: Device, op: Op, inputs: dict[str, np.ndarray], params: dict, depth: int = 0) -> dict:
-    """Run a partition; if the device runs out of memory, run its two halves and combine them (the
-    partial of a partition is the combine of its pieces', so the answer stays right)."""
+    """Run a partition; if the device runs out of memory, run its two halves and combine them (cut
+    by `split_point`, so the answer keeps its bits wherever the partition has more than one block)."""
     try:
         return device.run(op, inputs, params)
     except ResourceExhausted:
-        rows = op.rows(inputs)
-        if depth >= MAX_SPLITS or rows < 2:
+        split = split_point(op, inputs)
+        if depth >= MAX_SPLITS or split is None:
             raise
-    event(log, "partition.split", level=logging.WARNING, device=device.name, op=op.name, rows=rows, depth=depth + 1)
+    rows = op.rows(inputs)
+    cut, exact = split
+    event(log, "partition.split", level=logging.WARNING, device=device.name, op=op.name, rows=rows, depth=depth + 1,
+          cut=cut, **({} if exact else {"note": "one block cut in two: the last bits may differ from other runs"}))
     halves = []
-    for start, stop in ((0, rows // 2), (rows // 2, rows)):
+    for start, stop in ((0, cut), (cut, rows)):
         piece = {**inputs, **op.take(inputs, start, stop)}
         halves.append(run_in_pieces(device, op, piece, op.params_at_row(params, start), depth + 1))
     return op.combine(*halves)
@@ -52,43 +73,64 @@ class DeviceWorker:
 
     def __init__(self, device: Device, test_delay: tuple[float, float] = (0.0, 0.0)):
         self.device, self.test_delay = device, test_delay
-        self.queued_bytes = 0
-        self._queue: queue.Queue = queue.Queue()
+        self._queued_bytes = 0  # submitted and not finished: what "least loaded" means
+        self._lock = threading.Lock()  # guards _queued_bytes: task threads add, the device thread subtracts
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._loop, name=f"device-{device.name}", daemon=True)
         self._thread.start()
 
-    def submit(self, op: Op, inputs: dict[str, np.ndarray], params: dict) -> Future:
-        future: Future = Future()
+    @property
+    def queued_bytes(self) -> int:
+        return self._queued_bytes
+
+    def submit(self, op: Op, inputs: dict[str, np.ndarray], params: dict, done: Callable[[tuple], None],
+               tag=None, cancelled: threading.Event | None = None) -> None:
+        """Queue one partition; the device thread calls `done((tag, partial, started, finished))` or
+        `done((tag, exception))` when it ends, or nothing if `cancelled` is set before it starts."""
         nbytes = sum(a.nbytes for a in inputs.values())
-        self.queued_bytes += nbytes
-        self._queue.put((future, op, inputs, params, nbytes))
-        return future
+        with self._lock:
+            self._queued_bytes += nbytes
+        self._queue.put((done, tag, cancelled, op, inputs, params, nbytes))
 
     def _loop(self) -> None:
         while (item := self._queue.get()) is not None:
-            future, op, inputs, params, nbytes = item
+            done, tag, cancelled, op, inputs, params, nbytes = item
+            if cancelled is not None and cancelled.is_set():
+                with self._lock:
+                    self._queued_bytes -= nbytes
+                continue
             try:
-                if future.set_running_or_notify_cancel():
-                    if self.test_delay[1]:  # test hook: shuffle arrival order, or make a straggler
-                        time.sleep(random.uniform(*self.test_delay))
-                    start = time.time()
-                    partial = run_in_pieces(self.device, op, inputs, params)
-                    end = time.time()
-                    metrics.PARTITIONS.labels(self.device.name, op.name).inc()
-                    metrics.BUSY_SECONDS.labels(self.device.name).inc(end - start)
-                    future.set_result((partial, start, end))
+                if self.test_delay[1]:  # test hook: shuffle arrival order, or make a straggler
+                    time.sleep(random.uniform(*self.test_delay))
+                start = time.time()
+                partial = run_in_pieces(self.device, op, inputs, params)
+                end = time.time()
+                metrics.PARTITIONS.labels(self.device.name, op.name).inc()
+                metrics.BUSY_SECONDS.labels(self.device.name).inc(end - start)
+                result = (tag, partial, start, end)
             except LeptonError as exc:
-                future.set_exception(exc)
+                result = (tag, exc)
             except Exception as exc:  # noqa: BLE001 - a kernel bug fails its partition, not the agent
-                err = LeptonError(f"{self.device.name} failed running {op.name!r}: {exc!r}")
-                future.set_exception(err)
+                result = (tag, LeptonError(f"{self.device.name} failed running {op.name!r}: {exc!r}"))
             finally:
-                self.queued_bytes -= nbytes
+                with self._lock:
+                    self._queued_bytes -= nbytes
+            done(result)
 
     def stop(self) -> None:
         self._queue.put(None)
         self._thread.join(timeout=10)
         self.device.close()
+
+
+@dataclass
+class TaskInput:
+    """How one input of a task arrives: by value (with a cache key to keep it under, or none), or
+    by reference to what the cache holds."""
+
+    name: str
+    cache_key: str = ""
+    by_reference: bool = False
 
 
 class Agent:
@@ -102,49 +144,95 @@ class Agent:
     def devices(self) -> list[Device]:
         return [w.device for w in self.workers]
 
+    def resolve(self, inputs: list[TaskInput], received: list[np.ndarray]) -> list[tuple[str, np.ndarray]]:
+        """The arrays of a task's inputs, in order: `received` holds those sent by value (in order);
+        they are kept in the cache under their keys, and referenced ones come from it."""
+        received_values = iter(received)
+        values = []
+        for item in inputs:
+            if item.by_reference:
+                array = self.cache.get(item.cache_key)
+                if array is None:
+                    raise NotCached(f"{item.cache_key} is no longer cached here; send its bytes")
+            else:
+                array = next(received_values)
+                if item.cache_key:
+                    self.cache.put(item.cache_key, array)
+            values.append((item.name, array))
+        return values
+
+    def keep(self, keys: list[str], arrays: list[np.ndarray]) -> list[str]:
+        """Cache arrays under their keys (dataset partitions); returns the keys kept."""
+        return [key for key, array in zip(keys, arrays) if self.cache.put(key, array, placed=True)]
+
+    @staticmethod
+    def cut_run(op_name: str, rows: dict[str, np.ndarray], row_splits: list[int]
+                ) -> tuple[list[dict[str, np.ndarray]], list[int]]:
+        """A run's split inputs in one piece, cut into its partitions (views) at `row_splits`, and
+        each partition's first row in the job."""
+        if len(row_splits) < 2:
+            raise InvalidInput("a task with run inputs needs row_splits, one more than its partitions")
+        op, base = get_op(op_name), row_splits[0]
+        split = [op.take(rows, lo - base, hi - base) for lo, hi in zip(row_splits, row_splits[1:])]
+        return split, row_splits[:-1]
+
     def run_task(self, job_id: str, op_name: str, params: dict, first: int, partitions: int, arity: int,
                  split: list[dict[str, np.ndarray]], whole: dict[str, np.ndarray], row_offsets: list[int],
                  is_active: Callable[[], bool] = lambda: True) -> Iterator[tuple[int, int, dict, list]]:
         """Run partitions [first, first + len(split)), `split[j]` holding partition j's rows of the split
         inputs; yield each complete tree node as (lo, hi, partial, timings), timings being
         (partition, device, started_at, finished_at)."""
+        if partitions < 1 or arity < 2 or not 0 <= first <= first + len(split) <= partitions or not split:
+            raise InvalidInput(f"a task covers partitions [first_partition, first_partition + its partitions) of "
+                               f"partition_count >= 1, with tree_arity >= 2; got [{first}, {first + len(split)}) of "
+                               f"{partitions}, arity {arity}")
         op = get_op(op_name)
         workers = [w for w in self.workers if op.name in w.device.kernels]
         if not workers:
             raise FailedPrecondition(f"no device on this agent offers op {op.name!r}")
         aggregator = TreeAggregator(Tree(partitions, arity), op.combine, first, first + len(split))
-        futures: dict[Future, tuple[int, str]] = {}
+        finished: queue.SimpleQueue = queue.SimpleQueue()  # (partition, partial, started, finished) or (p, error)
+        cancelled = threading.Event()  # the task ended early: queued partitions are skipped, not run
+        outstanding = 0
         for j, rows in enumerate(split):
             if any(len(a) == 0 for a in rows.values()):
                 aggregator.add(first + j, first + j + 1, {})  # an empty partition: the identity
                 continue
             inputs = {**rows, **whole}
             kernel_params = {**params, "row_offset": row_offsets[j]} if op.needs_row_offset else params
-            worker = min(workers, key=lambda w: w.queued_bytes)
-            futures[worker.submit(op, inputs, kernel_params)] = (first + j, worker.device.name)
-        sent: set = set()
+            worker = workers[0] if len(workers) == 1 else min(workers, key=lambda w: w.queued_bytes)
+            worker.submit(op, inputs, kernel_params, finished.put, (first + j, worker.device.name), cancelled)
+            outstanding += 1
+        sent = 0  # nodes of aggregator.done handed back (it only grows, in completion order)
         timings: dict[int, tuple] = {}
         try:
             while True:
-                for node in [n for n in aggregator.done if n not in sent]:
-                    sent.add(node)
-                    yield (*node, aggregator.done[node],
-                           [timings[p] for p in range(*node) if p in timings])
-                if not futures:
+                done = list(aggregator.done)
+                for node in done[sent:]:
+                    yield (*node, aggregator.done[node], [timings[p] for p in range(*node) if p in timings])
+                sent = len(done)
+                if not outstanding:
                     return
-                finished, _ = wait(futures, timeout=0.5, return_when=FIRST_COMPLETED)
+                try:
+                    result = finished.get(timeout=0.5)
+                except queue.Empty:
+                    result = None
                 if not is_active():
                     raise LeptonError("the coordinator cancelled the task")
-                for future in finished:
-                    partition, device = futures.pop(future)
-                    partial, started, finished = future.result()
-                    event(log, "partition.done", level=logging.DEBUG, job=job_id, partition=partition,
-                          device=device, seconds=f"{finished - started:.4f}")
-                    timings[partition] = (partition, device, started, finished)
+                while result is not None:  # everything that finished meanwhile, then hand nodes back
+                    outstanding -= 1
+                    (partition, device), *outcome = result
+                    if isinstance(outcome[0], BaseException):
+                        raise outcome[0]
+                    partial, started, ended = outcome
+                    timings[partition] = (partition, device, started, ended)
                     aggregator.add(partition, partition + 1, partial)
+                    try:
+                        result = finished.get_nowait() if outstanding else None
+                    except queue.Empty:
+                        result = None
         finally:
-            for future in futures:
-                future.cancel()
+            cancelled.set()
 
     def stop(self) -> None:
         for worker in self.workers:

@@ -13,6 +13,10 @@ class TensorCache:
         self.bytes = 0
         self.hits = self.misses = self.evictions = 0
         self._items: collections.OrderedDict[str, np.ndarray] = collections.OrderedDict()
+        # Prefixes dropped (a dropped dataset): a task still running on it sends its partitions with
+        # their keys, and those must not be kept again. Placing keys under one (CacheTensors: a new
+        # coordinator reusing a name and generation) lifts it.
+        self._dropped: set[str] = set()
         self._lock = threading.Lock()
 
     def get(self, key: str) -> np.ndarray | None:
@@ -25,9 +29,14 @@ class TensorCache:
             self.hits += 1
             return array
 
-    def put(self, key: str, array: np.ndarray) -> bool:
-        """Keep `array` under `key`, evicting the least recently used; one larger than the budget is not kept."""
+    def put(self, key: str, array: np.ndarray, placed: bool = False) -> bool:
+        """Keep `array` under `key`, evicting the least recently used; one larger than the budget, or
+        under a dropped prefix (unless `placed` there on purpose), is not kept."""
         with self._lock:
+            dropped = [p for p in self._dropped if key.startswith(p)]
+            if dropped and not placed:
+                return False
+            self._dropped.difference_update(dropped)
             old = self._items.pop(key, None)
             if old is not None:
                 self.bytes -= old.nbytes
@@ -43,6 +52,7 @@ class TensorCache:
 
     def drop_prefix(self, prefix: str) -> None:
         with self._lock:
+            self._dropped.add(prefix)
             for key in [k for k in self._items if k.startswith(prefix)]:
                 self.bytes -= self._items.pop(key).nbytes
 

@@ -57,3 +57,32 @@ def test_pieces_stop_at_one_64th():
     assert np.allclose(run_in_pieces(fits, op, {"x": x}, p)["sum"], x.sum(axis=0), rtol=1e-12, atol=0)
     with pytest.raises(ResourceExhausted):
         run_in_pieces(SmallMemoryDevice(max_rows=9), op, {"x": x}, p)  # 1/128 would: it gives up
+
+
+def test_out_of_memory_pieces_keep_the_canonical_blocks_bits():
+    """A float32 sum over three 4 MiB blocks, on a device that fits two blocks at most: cut on the
+    block tree's root split, the pieces' combine is bitwise the partition's canonical partial (no
+    tolerance: the README promises the same bits however a partition is run)."""
+    op = get_op("sum")
+    per_block = op.block_bytes // 4
+    x = (np.random.default_rng(3).standard_normal(3 * per_block - 12345) * 1e3).astype(np.float32)
+    p = op.validate({"x": TensorMeta(x.dtype, x.shape)}, {})
+    want = NumpyDevice().run(op, {"x": x}, p)
+    device = SmallMemoryDevice(max_rows=2 * per_block)
+    got = run_in_pieces(device, op, {"x": x}, p)
+    assert device.calls[1:] == [2 * per_block, len(x) - 2 * per_block]
+    for key in want:
+        assert np.array_equal(got[key], want[key]), key
+
+
+@pytest.mark.parametrize("first, partitions, arity", [(0, 0, 8), (0, 1, 1), (2, 2, 8), (-1, 4, 8)])
+def test_a_task_outside_its_tree_is_invalid_input_not_a_crash(first, partitions, arity):
+    from lepton.agent.agent import Agent
+    from lepton.errors import InvalidInput
+
+    agent = Agent([NumpyDevice()])
+    try:
+        with pytest.raises(InvalidInput, match="tree_arity"):
+            list(agent.run_task("job-1", "sum", {}, first, partitions, arity, [{"x": np.ones(3)}], {}, [0]))
+    finally:
+        agent.stop()

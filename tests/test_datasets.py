@@ -150,12 +150,7 @@ def test_a_sparse_dataset_is_one_input_to_spmm_and_gcn(own, rng):
     assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT and "balanced by non-zeros" in info.value.details
 
 
-@pytest.mark.parametrize("check_caches", [
-    False,
-    pytest.param(True, marks=pytest.mark.xfail(strict=True, reason=(
-        "defect found by this test: partitions the running job still reads after the drop stay cached "
-        "on the agents (4 of 6.4 MB here), even after later puts and drops"))),
-])
+@pytest.mark.parametrize("check_caches", [False, True])
 def test_dropping_a_dataset_while_a_job_runs_on_it(rng, check_caches):
     """The job ends, with its right result or NOT_FOUND naming the dataset, never a hang; the
     cluster stays usable, and the agents free the dataset's partitions."""

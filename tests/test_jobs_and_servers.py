@@ -44,7 +44,10 @@ def in_flight_peak(trace, agent_id: str) -> int:
 
 
 def test_an_agent_never_holds_more_partitions_than_its_credits():
-    with lepton.LocalCluster(agents=1, agent_args=["--credits", "4", "--test-delay", "0.05:0.15"]) as cluster:
+    # A credit is one partition of the coordinator's target size in flight (a run of smaller ones takes
+    # one per target size): with a target of one partition here (80,000 bytes), one credit each.
+    with lepton.LocalCluster(agents=1, agent_args=["--credits", "4", "--test-delay", "0.05:0.15"],
+                             coordinator_args=["--target-partition-mib", "0.0763"]) as cluster:
         client = cluster.client(timeout=120)
         (agent,) = client.cluster_status().agents
         job = client.submit("sum", np.ones(400_000), partitions=40)

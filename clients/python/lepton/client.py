@@ -24,6 +24,7 @@ from lepton.v1 import coordinator_service_pb2 as pb, coordinator_service_pb2_grp
 SCHEMES = {"row_blocks": job_pb2.PARTITION_SCHEME_ROW_BLOCKS, "hash": job_pb2.PARTITION_SCHEME_HASH,
            "round_robin": job_pb2.PARTITION_SCHEME_ROUND_ROBIN}
 STATES = {v: k.removeprefix("JOB_STATE_") for k, v in job_pb2.JobState.items()}
+SMALL_JOB_BYTES = 1 << 20  # jobs with at most this much input go in one RunJob call
 
 
 def _partitioning(scheme: str, count: int, target_bytes: int, key_column: int) -> job_pb2.Partitioning:
@@ -31,6 +32,23 @@ def _partitioning(scheme: str, count: int, target_bytes: int, key_column: int) -
         raise ValueError(f"partitioning must be one of {sorted(SCHEMES)}; got {scheme!r}")
     return job_pb2.Partitioning(scheme=SCHEMES[scheme], count=count, target_bytes=target_bytes,
                                 key_column=key_column)
+
+
+def _spec(op: str, inputs, partitioning: str, partitions: int, target_bytes: int, key_column: int, label: str,
+          params: dict) -> tuple[job_pb2.JobSpec, dict[str, np.ndarray]]:
+    """The job spec, and the arrays to send (a Dataset or a dataset's name goes by name)."""
+    if inputs is None:
+        inputs = {}
+    elif not isinstance(inputs, Mapping):
+        inputs = {"x": inputs}
+    arrays = {name: wire.little_endian(a) for name, a in inputs.items() if not isinstance(a, (Dataset, str))}
+    resident = {name: getattr(a, "name", a) for name, a in inputs.items() if isinstance(a, (Dataset, str))}
+    spec = job_pb2.JobSpec(
+        op=op, params=wire.encode_params(params), label=label,
+        inputs=[job_pb2.JobInput(name=n, tensor=wire.header(n, a)) for n, a in arrays.items()]
+        + [job_pb2.JobInput(name=n, dataset=d) for n, d in resident.items()],
+        partitioning=_partitioning(partitioning, partitions, target_bytes, key_column))
+    return spec, arrays
 
 
 def state_name(status: job_pb2.JobStatus) -> str:
@@ -187,17 +205,7 @@ class Client:
         An input may be a `Dataset` (or a dataset's name as a string): it is resident on the agents
         and nothing is shipped for it.
         """
-        if inputs is None:
-            inputs = {}
-        elif not isinstance(inputs, Mapping):
-            inputs = {"x": inputs}
-        arrays = {name: wire.little_endian(a) for name, a in inputs.items() if not isinstance(a, (Dataset, str))}
-        resident = {name: getattr(a, "name", a) for name, a in inputs.items() if isinstance(a, (Dataset, str))}
-        spec = job_pb2.JobSpec(
-            op=op, params=wire.encode_params(params), label=label,
-            inputs=[job_pb2.JobInput(name=n, tensor=wire.header(n, a)) for n, a in arrays.items()]
-            + [job_pb2.JobInput(name=n, dataset=d) for n, d in resident.items()],
-            partitioning=_partitioning(partitioning, partitions, target_bytes, key_column))
+        spec, arrays = _spec(op, inputs, partitioning, partitions, target_bytes, key_column, label, params)
 
         def requests():
             yield pb.SubmitJobRequest(spec=spec).SerializeToString()
@@ -207,9 +215,28 @@ class Client:
         job._cancel_rpc = self._stub.CancelJob
         return job
 
-    def run(self, op: str, inputs=None, **kwargs) -> dict[str, np.ndarray]:
-        """Submit and wait: the named results."""
-        return self.submit(op, inputs, **kwargs).result()
+    def run(self, op: str, inputs=None, *, partitioning: str = "row_blocks", partitions: int = 0,
+            target_bytes: int = 0, key_column: int = 0, label: str = "", timeout: float | None = None,
+            **params: Any) -> dict[str, np.ndarray]:
+        """Submit and wait: the named results. A job with at most 1 MiB of input takes one round trip
+        (RunJob: no stream, no thread); a larger one, or one whose result is too big for one message,
+        streams (SubmitJob)."""
+        spec, arrays = _spec(op, inputs, partitioning, partitions, target_bytes, key_column, label, params)
+        if sum(a.nbytes for a in arrays.values()) <= SMALL_JOB_BYTES:
+            try:
+                response = self._stub.RunJob(pb.RunJobRequest(spec=spec, chunks=wire.chunks(arrays.values())),
+                                             timeout=timeout or self.timeout)
+            except grpc.RpcError as exc:
+                # UNIMPLEMENTED: an older coordinator; RESOURCE_EXHAUSTED: the result needs a stream.
+                if exc.code() not in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.RESOURCE_EXHAUSTED):
+                    raise LeptonError.from_rpc(exc) from None
+            else:
+                assembler = wire.TensorAssembler(response.result_headers)
+                for chunk in response.result_chunks:
+                    assembler.add(chunk)
+                return assembler.finish()
+        return self.submit(op, inputs, partitioning=partitioning, partitions=partitions, target_bytes=target_bytes,
+                           key_column=key_column, label=label, timeout=timeout, **params).result()
 
     def sum(self, x, **kw):
         return _scalar(self.run("sum", x, **kw)["sum"])

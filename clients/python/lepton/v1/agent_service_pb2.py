@@ -27,7 +27,7 @@ from lepton.v1 import job_pb2 as lepton_dot_v1_dot_job__pb2
 from lepton.v1 import tensor_pb2 as lepton_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dlepton/v1/agent_service.proto\x12\tlepton.v1\x1a#lepton/v1/coordinator_service.proto\x1a\x13lepton/v1/job.proto\x1a\x16lepton/v1/tensor.proto\"\x85\x01\n\x12JoinClusterRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12&\n\x07\x64\x65vices\x18\x03 \x03(\x0b\x32\x15.lepton.v1.DeviceInfo\x12\x0f\n\x07\x63redits\x18\x04 \x01(\x05\x12\x17\n\x0fmetrics_address\x18\x05 \x01(\t\"K\n\x13JoinClusterResponse\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\"\n\x1aheartbeat_interval_seconds\x18\x02 \x01(\x01\"L\n\x10HeartbeatRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12&\n\x07\x64\x65vices\x18\x02 \x03(\x0b\x32\x15.lepton.v1.DeviceInfo\"\"\n\x11HeartbeatResponse\x12\r\n\x05known\x18\x01 \x01(\x08\"\'\n\x13LeaveClusterRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\"\x16\n\x14LeaveClusterResponse\"z\n\x13\x43\x61\x63heTensorsRequest\x12/\n\x06header\x18\x01 \x01(\x0b\x32\x1d.lepton.v1.CacheTensorsHeaderH\x00\x12\'\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x16.lepton.v1.TensorChunkH\x00\x42\t\n\x07payload\";\n\x12\x43\x61\x63heTensorsHeader\x12%\n\x07tensors\x18\x01 \x03(\x0b\x32\x14.lepton.v1.TaskInput\"$\n\x14\x43\x61\x63heTensorsResponse\x12\x0c\n\x04kept\x18\x01 \x03(\t\"#\n\x11\x44ropCachedRequest\x12\x0e\n\x06prefix\x18\x01 \x01(\t\"\x14\n\x12\x44ropCachedResponse\"\xb0\x02\n\x04Task\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\n\n\x02op\x18\x02 \x01(\t\x12+\n\x06params\x18\x03 \x03(\x0b\x32\x1b.lepton.v1.Task.ParamsEntry\x12\x17\n\x0f\x66irst_partition\x18\x04 \x01(\x05\x12\x17\n\x0fpartition_count\x18\x05 \x01(\x05\x12\x12\n\ntree_arity\x18\x06 \x01(\x05\x12,\n\npartitions\x18\x07 \x03(\x0b\x32\x18.lepton.v1.TaskPartition\x12*\n\x0cwhole_inputs\x18\x08 \x03(\x0b\x32\x14.lepton.v1.TaskInput\x1a?\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x1f\n\x05value\x18\x02 \x01(\x0b\x32\x10.lepton.v1.Param:\x02\x38\x01\"I\n\rTaskPartition\x12$\n\x06inputs\x18\x01 \x03(\x0b\x32\x14.lepton.v1.TaskInput\x12\x12\n\nrow_offset\x18\x02 \x01(\x03\"]\n\tTaskInput\x12\'\n\x06tensor\x18\x01 \x01(\x0b\x32\x17.lepton.v1.TensorHeader\x12\x11\n\tcache_key\x18\x02 \x01(\t\x12\x14\n\x0c\x62y_reference\x18\x03 \x01(\x08\"e\n\x0eRunTaskRequest\x12\x1f\n\x04task\x18\x01 \x01(\x0b\x32\x0f.lepton.v1.TaskH\x00\x12\'\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x16.lepton.v1.TensorChunkH\x00\x42\t\n\x07payload\"\x8e\x01\n\rPartialHeader\x12\x13\n\x0brange_start\x18\x01 \x01(\x05\x12\x11\n\trange_end\x18\x02 \x01(\x05\x12(\n\x07tensors\x18\x03 \x03(\x0b\x32\x17.lepton.v1.TensorHeader\x12+\n\x07timings\x18\x04 \x03(\x0b\x32\x1a.lepton.v1.PartitionTiming\"]\n\x0fPartitionTiming\x12\x11\n\tpartition\x18\x01 \x01(\x05\x12\x0e\n\x06\x64\x65vice\x18\x02 \x01(\t\x12\x12\n\nstarted_at\x18\x03 \x01(\x01\x12\x13\n\x0b\x66inished_at\x18\x04 \x01(\x01\"r\n\x0fRunTaskResponse\x12+\n\x07partial\x18\x01 \x01(\x0b\x32\x18.lepton.v1.PartialHeaderH\x00\x12\'\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x16.lepton.v1.TensorChunkH\x00\x42\t\n\x07payload2\xfd\x01\n\x14\x41gentRegistryService\x12L\n\x0bJoinCluster\x12\x1d.lepton.v1.JoinClusterRequest\x1a\x1e.lepton.v1.JoinClusterResponse\x12\x46\n\tHeartbeat\x12\x1b.lepton.v1.HeartbeatRequest\x1a\x1c.lepton.v1.HeartbeatResponse\x12O\n\x0cLeaveCluster\x12\x1e.lepton.v1.LeaveClusterRequest\x1a\x1f.lepton.v1.LeaveClusterResponse2\xf2\x01\n\x0c\x41gentService\x12\x44\n\x07RunTask\x12\x19.lepton.v1.RunTaskRequest\x1a\x1a.lepton.v1.RunTaskResponse(\x01\x30\x01\x12Q\n\x0c\x43\x61\x63heTensors\x12\x1e.lepton.v1.CacheTensorsRequest\x1a\x1f.lepton.v1.CacheTensorsResponse(\x01\x12I\n\nDropCached\x12\x1c.lepton.v1.DropCachedRequest\x1a\x1d.lepton.v1.DropCachedResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dlepton/v1/agent_service.proto\x12\tlepton.v1\x1a#lepton/v1/coordinator_service.proto\x1a\x13lepton/v1/job.proto\x1a\x16lepton/v1/tensor.proto\"\x85\x01\n\x12JoinClusterRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12&\n\x07\x64\x65vices\x18\x03 \x03(\x0b\x32\x15.lepton.v1.DeviceInfo\x12\x0f\n\x07\x63redits\x18\x04 \x01(\x05\x12\x17\n\x0fmetrics_address\x18\x05 \x01(\t\"K\n\x13JoinClusterResponse\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\"\n\x1aheartbeat_interval_seconds\x18\x02 \x01(\x01\"L\n\x10HeartbeatRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12&\n\x07\x64\x65vices\x18\x02 \x03(\x0b\x32\x15.lepton.v1.DeviceInfo\"\"\n\x11HeartbeatResponse\x12\r\n\x05known\x18\x01 \x01(\x08\"\'\n\x13LeaveClusterRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\"\x16\n\x14LeaveClusterResponse\"z\n\x13\x43\x61\x63heTensorsRequest\x12/\n\x06header\x18\x01 \x01(\x0b\x32\x1d.lepton.v1.CacheTensorsHeaderH\x00\x12\'\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x16.lepton.v1.TensorChunkH\x00\x42\t\n\x07payload\";\n\x12\x43\x61\x63heTensorsHeader\x12%\n\x07tensors\x18\x01 \x03(\x0b\x32\x14.lepton.v1.TaskInput\"$\n\x14\x43\x61\x63heTensorsResponse\x12\x0c\n\x04kept\x18\x01 \x03(\t\"#\n\x11\x44ropCachedRequest\x12\x0e\n\x06prefix\x18\x01 \x01(\t\"\x14\n\x12\x44ropCachedResponse\"\xee\x02\n\x04Task\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\n\n\x02op\x18\x02 \x01(\t\x12+\n\x06params\x18\x03 \x03(\x0b\x32\x1b.lepton.v1.Task.ParamsEntry\x12\x17\n\x0f\x66irst_partition\x18\x04 \x01(\x05\x12\x17\n\x0fpartition_count\x18\x05 \x01(\x05\x12\x12\n\ntree_arity\x18\x06 \x01(\x05\x12,\n\npartitions\x18\x07 \x03(\x0b\x32\x18.lepton.v1.TaskPartition\x12*\n\x0cwhole_inputs\x18\x08 \x03(\x0b\x32\x14.lepton.v1.TaskInput\x12(\n\nrun_inputs\x18\t \x03(\x0b\x32\x14.lepton.v1.TaskInput\x12\x12\n\nrow_splits\x18\n \x03(\x03\x1a?\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x1f\n\x05value\x18\x02 \x01(\x0b\x32\x10.lepton.v1.Param:\x02\x38\x01\"I\n\rTaskPartition\x12$\n\x06inputs\x18\x01 \x03(\x0b\x32\x14.lepton.v1.TaskInput\x12\x12\n\nrow_offset\x18\x02 \x01(\x03\"]\n\tTaskInput\x12\'\n\x06tensor\x18\x01 \x01(\x0b\x32\x17.lepton.v1.TensorHeader\x12\x11\n\tcache_key\x18\x02 \x01(\t\x12\x14\n\x0c\x62y_reference\x18\x03 \x01(\x08\"e\n\x0eRunTaskRequest\x12\x1f\n\x04task\x18\x01 \x01(\x0b\x32\x0f.lepton.v1.TaskH\x00\x12\'\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x16.lepton.v1.TensorChunkH\x00\x42\t\n\x07payload\"\x8e\x01\n\rPartialHeader\x12\x13\n\x0brange_start\x18\x01 \x01(\x05\x12\x11\n\trange_end\x18\x02 \x01(\x05\x12(\n\x07tensors\x18\x03 \x03(\x0b\x32\x17.lepton.v1.TensorHeader\x12+\n\x07timings\x18\x04 \x03(\x0b\x32\x1a.lepton.v1.PartitionTiming\"]\n\x0fPartitionTiming\x12\x11\n\tpartition\x18\x01 \x01(\x05\x12\x0e\n\x06\x64\x65vice\x18\x02 \x01(\t\x12\x12\n\nstarted_at\x18\x03 \x01(\x01\x12\x13\n\x0b\x66inished_at\x18\x04 \x01(\x01\"\\\n\x13RunSmallTaskRequest\x12\x1d\n\x04task\x18\x01 \x01(\x0b\x32\x0f.lepton.v1.Task\x12&\n\x06\x63hunks\x18\x02 \x03(\x0b\x32\x16.lepton.v1.TensorChunk\"w\n\x14RunSmallTaskResponse\x12+\n\x07partial\x18\x01 \x01(\x0b\x32\x18.lepton.v1.PartialHeaderH\x00\x12\'\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x16.lepton.v1.TensorChunkH\x00\x42\t\n\x07payload\"r\n\x0fRunTaskResponse\x12+\n\x07partial\x18\x01 \x01(\x0b\x32\x18.lepton.v1.PartialHeaderH\x00\x12\'\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x16.lepton.v1.TensorChunkH\x00\x42\t\n\x07payload2\xfd\x01\n\x14\x41gentRegistryService\x12L\n\x0bJoinCluster\x12\x1d.lepton.v1.JoinClusterRequest\x1a\x1e.lepton.v1.JoinClusterResponse\x12\x46\n\tHeartbeat\x12\x1b.lepton.v1.HeartbeatRequest\x1a\x1c.lepton.v1.HeartbeatResponse\x12O\n\x0cLeaveCluster\x12\x1e.lepton.v1.LeaveClusterRequest\x1a\x1f.lepton.v1.LeaveClusterResponse2\xc5\x02\n\x0c\x41gentService\x12\x44\n\x07RunTask\x12\x19.lepton.v1.RunTaskRequest\x1a\x1a.lepton.v1.RunTaskResponse(\x01\x30\x01\x12Q\n\x0cRunSmallTask\x12\x1e.lepton.v1.RunSmallTaskRequest\x1a\x1f.lepton.v1.RunSmallTaskResponse0\x01\x12Q\n\x0c\x43\x61\x63heTensors\x12\x1e.lepton.v1.CacheTensorsRequest\x1a\x1f.lepton.v1.CacheTensorsResponse(\x01\x12I\n\nDropCached\x12\x1c.lepton.v1.DropCachedRequest\x1a\x1d.lepton.v1.DropCachedResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -59,23 +59,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DROPCACHEDRESPONSE']._serialized_start=778
   _globals['_DROPCACHEDRESPONSE']._serialized_end=798
   _globals['_TASK']._serialized_start=801
-  _globals['_TASK']._serialized_end=1105
-  _globals['_TASK_PARAMSENTRY']._serialized_start=1042
-  _globals['_TASK_PARAMSENTRY']._serialized_end=1105
-  _globals['_TASKPARTITION']._serialized_start=1107
-  _globals['_TASKPARTITION']._serialized_end=1180
-  _globals['_TASKINPUT']._serialized_start=1182
-  _globals['_TASKINPUT']._serialized_end=1275
-  _globals['_RUNTASKREQUEST']._serialized_start=1277
-  _globals['_RUNTASKREQUEST']._serialized_end=1378
-  _globals['_PARTIALHEADER']._serialized_start=1381
-  _globals['_PARTIALHEADER']._serialized_end=1523
-  _globals['_PARTITIONTIMING']._serialized_start=1525
-  _globals['_PARTITIONTIMING']._serialized_end=1618
-  _globals['_RUNTASKRESPONSE']._serialized_start=1620
-  _globals['_RUNTASKRESPONSE']._serialized_end=1734
-  _globals['_AGENTREGISTRYSERVICE']._serialized_start=1737
-  _globals['_AGENTREGISTRYSERVICE']._serialized_end=1990
-  _globals['_AGENTSERVICE']._serialized_start=1993
-  _globals['_AGENTSERVICE']._serialized_end=2235
+  _globals['_TASK']._serialized_end=1167
+  _globals['_TASK_PARAMSENTRY']._serialized_start=1104
+  _globals['_TASK_PARAMSENTRY']._serialized_end=1167
+  _globals['_TASKPARTITION']._serialized_start=1169
+  _globals['_TASKPARTITION']._serialized_end=1242
+  _globals['_TASKINPUT']._serialized_start=1244
+  _globals['_TASKINPUT']._serialized_end=1337
+  _globals['_RUNTASKREQUEST']._serialized_start=1339
+  _globals['_RUNTASKREQUEST']._serialized_end=1440
+  _globals['_PARTIALHEADER']._serialized_start=1443
+  _globals['_PARTIALHEADER']._serialized_end=1585
+  _globals['_PARTITIONTIMING']._serialized_start=1587
+  _globals['_PARTITIONTIMING']._serialized_end=1680
+  _globals['_RUNSMALLTASKREQUEST']._serialized_start=1682
+  _globals['_RUNSMALLTASKREQUEST']._serialized_end=1774
+  _globals['_RUNSMALLTASKRESPONSE']._serialized_start=1776
+  _globals['_RUNSMALLTASKRESPONSE']._serialized_end=1895
+  _globals['_RUNTASKRESPONSE']._serialized_start=1897
+  _globals['_RUNTASKRESPONSE']._serialized_end=2011
+  _globals['_AGENTREGISTRYSERVICE']._serialized_start=2014
+  _globals['_AGENTREGISTRYSERVICE']._serialized_end=2267
+  _globals['_AGENTSERVICE']._serialized_start=2270
+  _globals['_AGENTSERVICE']._serialized_end=2595
 # @@protoc_insertion_point(module_scope)

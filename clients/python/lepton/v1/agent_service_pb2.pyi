@@ -86,7 +86,7 @@ class DropCachedResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("job_id", "op", "params", "first_partition", "partition_count", "tree_arity", "partitions", "whole_inputs")
+    __slots__ = ("job_id", "op", "params", "first_partition", "partition_count", "tree_arity", "partitions", "whole_inputs", "run_inputs", "row_splits")
     class ParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -102,6 +102,8 @@ class Task(_message.Message):
     TREE_ARITY_FIELD_NUMBER: _ClassVar[int]
     PARTITIONS_FIELD_NUMBER: _ClassVar[int]
     WHOLE_INPUTS_FIELD_NUMBER: _ClassVar[int]
+    RUN_INPUTS_FIELD_NUMBER: _ClassVar[int]
+    ROW_SPLITS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     op: str
     params: _containers.MessageMap[str, _job_pb2.Param]
@@ -110,7 +112,9 @@ class Task(_message.Message):
     tree_arity: int
     partitions: _containers.RepeatedCompositeFieldContainer[TaskPartition]
     whole_inputs: _containers.RepeatedCompositeFieldContainer[TaskInput]
-    def __init__(self, job_id: _Optional[str] = ..., op: _Optional[str] = ..., params: _Optional[_Mapping[str, _job_pb2.Param]] = ..., first_partition: _Optional[int] = ..., partition_count: _Optional[int] = ..., tree_arity: _Optional[int] = ..., partitions: _Optional[_Iterable[_Union[TaskPartition, _Mapping]]] = ..., whole_inputs: _Optional[_Iterable[_Union[TaskInput, _Mapping]]] = ...) -> None: ...
+    run_inputs: _containers.RepeatedCompositeFieldContainer[TaskInput]
+    row_splits: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, job_id: _Optional[str] = ..., op: _Optional[str] = ..., params: _Optional[_Mapping[str, _job_pb2.Param]] = ..., first_partition: _Optional[int] = ..., partition_count: _Optional[int] = ..., tree_arity: _Optional[int] = ..., partitions: _Optional[_Iterable[_Union[TaskPartition, _Mapping]]] = ..., whole_inputs: _Optional[_Iterable[_Union[TaskInput, _Mapping]]] = ..., run_inputs: _Optional[_Iterable[_Union[TaskInput, _Mapping]]] = ..., row_splits: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class TaskPartition(_message.Message):
     __slots__ = ("inputs", "row_offset")
@@ -161,6 +165,22 @@ class PartitionTiming(_message.Message):
     started_at: float
     finished_at: float
     def __init__(self, partition: _Optional[int] = ..., device: _Optional[str] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ...) -> None: ...
+
+class RunSmallTaskRequest(_message.Message):
+    __slots__ = ("task", "chunks")
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    task: Task
+    chunks: _containers.RepeatedCompositeFieldContainer[_tensor_pb2.TensorChunk]
+    def __init__(self, task: _Optional[_Union[Task, _Mapping]] = ..., chunks: _Optional[_Iterable[_Union[_tensor_pb2.TensorChunk, _Mapping]]] = ...) -> None: ...
+
+class RunSmallTaskResponse(_message.Message):
+    __slots__ = ("partial", "chunk")
+    PARTIAL_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    partial: PartialHeader
+    chunk: _tensor_pb2.TensorChunk
+    def __init__(self, partial: _Optional[_Union[PartialHeader, _Mapping]] = ..., chunk: _Optional[_Union[_tensor_pb2.TensorChunk, _Mapping]] = ...) -> None: ...
 
 class RunTaskResponse(_message.Message):
     __slots__ = ("partial", "chunk")

@@ -205,6 +205,11 @@ class AgentServiceStub:
                 request_serializer=lepton_dot_v1_dot_agent__service__pb2.RunTaskRequest.SerializeToString,
                 response_deserializer=lepton_dot_v1_dot_agent__service__pb2.RunTaskResponse.FromString,
                 _registered_method=True)
+        self.RunSmallTask = channel.unary_stream(
+                '/lepton.v1.AgentService/RunSmallTask',
+                request_serializer=lepton_dot_v1_dot_agent__service__pb2.RunSmallTaskRequest.SerializeToString,
+                response_deserializer=lepton_dot_v1_dot_agent__service__pb2.RunSmallTaskResponse.FromString,
+                _registered_method=True)
         self.CacheTensors = channel.stream_unary(
                 '/lepton.v1.AgentService/CacheTensors',
                 request_serializer=lepton_dot_v1_dot_agent__service__pb2.CacheTensorsRequest.SerializeToString,
@@ -225,6 +230,14 @@ class AgentServiceServicer:
         """First request: the task; then the chunks of its inputs. Responses: one
         partial per maximal aggregation-tree node the task covers, each a
         header followed by its tensors' chunks.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RunSmallTask(self, request, context):
+        """RunTask for a task whose inputs fit in one message: the task and all its chunks
+        in one request (no request stream to drive), the same responses.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -252,6 +265,11 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.RunTask,
                     request_deserializer=lepton_dot_v1_dot_agent__service__pb2.RunTaskRequest.FromString,
                     response_serializer=lepton_dot_v1_dot_agent__service__pb2.RunTaskResponse.SerializeToString,
+            ),
+            'RunSmallTask': grpc.unary_stream_rpc_method_handler(
+                    servicer.RunSmallTask,
+                    request_deserializer=lepton_dot_v1_dot_agent__service__pb2.RunSmallTaskRequest.FromString,
+                    response_serializer=lepton_dot_v1_dot_agent__service__pb2.RunSmallTaskResponse.SerializeToString,
             ),
             'CacheTensors': grpc.stream_unary_rpc_method_handler(
                     servicer.CacheTensors,
@@ -292,6 +310,33 @@ class AgentService:
             '/lepton.v1.AgentService/RunTask',
             lepton_dot_v1_dot_agent__service__pb2.RunTaskRequest.SerializeToString,
             lepton_dot_v1_dot_agent__service__pb2.RunTaskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunSmallTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/lepton.v1.AgentService/RunSmallTask',
+            lepton_dot_v1_dot_agent__service__pb2.RunSmallTaskRequest.SerializeToString,
+            lepton_dot_v1_dot_agent__service__pb2.RunSmallTaskResponse.FromString,
             options,
             channel_credentials,
             insecure,

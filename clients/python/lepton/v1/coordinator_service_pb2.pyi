@@ -117,6 +117,24 @@ class SubmitJobResponse(_message.Message):
     done: _job_pb2.JobStatus
     def __init__(self, accepted: _Optional[_Union[_job_pb2.JobStatus, _Mapping]] = ..., progress: _Optional[_Union[_job_pb2.JobStatus, _Mapping]] = ..., result_header: _Optional[_Union[_tensor_pb2.TensorHeader, _Mapping]] = ..., result_chunk: _Optional[_Union[_tensor_pb2.TensorChunk, _Mapping]] = ..., done: _Optional[_Union[_job_pb2.JobStatus, _Mapping]] = ...) -> None: ...
 
+class RunJobRequest(_message.Message):
+    __slots__ = ("spec", "chunks")
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    spec: _job_pb2.JobSpec
+    chunks: _containers.RepeatedCompositeFieldContainer[_tensor_pb2.TensorChunk]
+    def __init__(self, spec: _Optional[_Union[_job_pb2.JobSpec, _Mapping]] = ..., chunks: _Optional[_Iterable[_Union[_tensor_pb2.TensorChunk, _Mapping]]] = ...) -> None: ...
+
+class RunJobResponse(_message.Message):
+    __slots__ = ("job", "result_headers", "result_chunks")
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    RESULT_HEADERS_FIELD_NUMBER: _ClassVar[int]
+    RESULT_CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    job: _job_pb2.JobStatus
+    result_headers: _containers.RepeatedCompositeFieldContainer[_tensor_pb2.TensorHeader]
+    result_chunks: _containers.RepeatedCompositeFieldContainer[_tensor_pb2.TensorChunk]
+    def __init__(self, job: _Optional[_Union[_job_pb2.JobStatus, _Mapping]] = ..., result_headers: _Optional[_Iterable[_Union[_tensor_pb2.TensorHeader, _Mapping]]] = ..., result_chunks: _Optional[_Iterable[_Union[_tensor_pb2.TensorChunk, _Mapping]]] = ...) -> None: ...
+
 class GetJobRequest(_message.Message):
     __slots__ = ("job_id",)
     JOB_ID_FIELD_NUMBER: _ClassVar[int]

@@ -40,6 +40,11 @@ class CoordinatorServiceStub:
                 request_serializer=lepton_dot_v1_dot_coordinator__service__pb2.SubmitJobRequest.SerializeToString,
                 response_deserializer=lepton_dot_v1_dot_coordinator__service__pb2.SubmitJobResponse.FromString,
                 _registered_method=True)
+        self.RunJob = channel.unary_unary(
+                '/lepton.v1.CoordinatorService/RunJob',
+                request_serializer=lepton_dot_v1_dot_coordinator__service__pb2.RunJobRequest.SerializeToString,
+                response_deserializer=lepton_dot_v1_dot_coordinator__service__pb2.RunJobResponse.FromString,
+                _registered_method=True)
         self.GetJob = channel.unary_unary(
                 '/lepton.v1.CoordinatorService/GetJob',
                 request_serializer=lepton_dot_v1_dot_coordinator__service__pb2.GetJobRequest.SerializeToString,
@@ -90,6 +95,16 @@ class CoordinatorServiceServicer:
         """The first request carries the spec; the following ones carry the input
         bytes. Responses: an accepted event, progress, result frames, and a
         final done event. Bad input ends the call with INVALID_ARGUMENT.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RunJob(self, request, context):
+        """A small job in one round trip: the spec and every input chunk in one
+        request (at most 1 MiB of input), the final status and the result in one
+        response (RESOURCE_EXHAUSTED if the result is over 3 MiB: use SubmitJob).
+        Errors as for SubmitJob.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -153,6 +168,11 @@ def add_CoordinatorServiceServicer_to_server(servicer, server):
                     servicer.SubmitJob,
                     request_deserializer=lepton_dot_v1_dot_coordinator__service__pb2.SubmitJobRequest.FromString,
                     response_serializer=lepton_dot_v1_dot_coordinator__service__pb2.SubmitJobResponse.SerializeToString,
+            ),
+            'RunJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.RunJob,
+                    request_deserializer=lepton_dot_v1_dot_coordinator__service__pb2.RunJobRequest.FromString,
+                    response_serializer=lepton_dot_v1_dot_coordinator__service__pb2.RunJobResponse.SerializeToString,
             ),
             'GetJob': grpc.unary_unary_rpc_method_handler(
                     servicer.GetJob,
@@ -223,6 +243,33 @@ class CoordinatorService:
             '/lepton.v1.CoordinatorService/SubmitJob',
             lepton_dot_v1_dot_coordinator__service__pb2.SubmitJobRequest.SerializeToString,
             lepton_dot_v1_dot_coordinator__service__pb2.SubmitJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lepton.v1.CoordinatorService/RunJob',
+            lepton_dot_v1_dot_coordinator__service__pb2.RunJobRequest.SerializeToString,
+            lepton_dot_v1_dot_coordinator__service__pb2.RunJobResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,62 @@
+"""A job's input as it arrives: chunks checked one by one, the scheduler told as partitions become
+ready, the input ended, and small jobs run without a thread of their own.
+
+Plain Python over an iterator of chunks: the servicer turns request messages into chunks, and
+tests can feed chunks directly.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Iterator
+
+import grpc
+
+from lepton.errors import LeptonError
+from lepton.coordinator.jobs import Job
+
+# A job with at most this many input bytes is read on the caller's thread and, with one partition,
+# run there too: it has arrived by the time the first message is read, and a thread hop costs more.
+SMALL_JOB_BYTES = 1 << 20
+
+
+def deadline_from(time_remaining: float | None) -> float | None:
+    """The epoch deadline of a call with `time_remaining` seconds left (gRPC says ~1e9 for none)."""
+    return time.time() + time_remaining if time_remaining is not None and time_remaining < 1e9 else None
+
+
+class InputReader:
+    def __init__(self, coordinator):
+        self.c = coordinator
+
+    def start(self, job: Job, chunks: Iterator) -> None:
+        """Read `job`'s input chunks: a small job's here and now (and its only run with them, if an
+        agent has a credit free), a large one's on a thread of its own, as they stream."""
+        if job.record.bytes_total > SMALL_JOB_BYTES:
+            threading.Thread(target=self.read, args=(job, chunks), name=f"input-{job.id}", daemon=True).start()
+        elif self.read(job, chunks, notify=False) and not (job.plan.count == 1 and self.c.scheduler.run_here(job)):
+            self.c.scheduler.notify()
+
+    def read(self, job: Job, chunks: Iterator, notify: bool = True) -> bool:
+        """Take every chunk, then end the input (and with `notify`, tell the scheduler); False if the
+        job ended meanwhile. Any error in the input fails the job with a status saying why."""
+        scheduler = self.c.scheduler
+        try:
+            for chunk in chunks:
+                if job.state.final:
+                    return False
+                if job.add_chunk(chunk):
+                    scheduler.notify()
+            if job.state.final:
+                return False
+            job.end_input()
+            if notify:
+                scheduler.notify()
+            return True
+        except LeptonError as exc:
+            self.c.fail(job, exc.code.name, exc.details)
+        except grpc.RpcError as exc:  # the client went away mid-stream
+            self.c.fail(job, "CANCELLED", f"the input stream broke: {exc!r}")
+        except Exception as exc:  # noqa: BLE001 - a bug must fail the job, not leave it waiting
+            self.c.fail(job, "INTERNAL", f"reading the input failed: {exc!r}")
+        return False
