@@ -10,6 +10,7 @@ import logging
 import queue
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from lepton.coordinator.jobs import Job, JobRecord
 from lepton.coordinator.membership import Membership
 from lepton.coordinator.scheduler import Scheduler
 from lepton.logs import event
+from lepton.tuning import IdleTrim
 from lepton.wire import TensorAssembler
 
 log = logging.getLogger("lepton.coordinator")
@@ -313,8 +315,12 @@ class Coordinator:
             return list(reversed(self._records.values()))[:limit]
 
     def _reap(self) -> None:
+        trim = IdleTrim()
         while not self._stop.wait(self.config.heartbeat_interval / 2):
             self.membership.expire()
+            with self._lock:
+                busy = any(not job.state.final for job in self._jobs.values())
+            trim.poll(busy, time.monotonic())
 
     def stop(self) -> None:
         self._stop.set()

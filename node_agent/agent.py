@@ -144,6 +144,10 @@ class Agent:
     def devices(self) -> list[Device]:
         return [w.device for w in self.workers]
 
+    def busy(self) -> bool:
+        """Partitions queued or running on any device."""
+        return any(w.queued_bytes for w in self.workers)
+
     def resolve(self, inputs: list[TaskInput], received: list[np.ndarray]) -> list[tuple[str, np.ndarray]]:
         """The arrays of a task's inputs, in order: `received` holds those sent by value (in order);
         they are kept in the cache under their keys, and referenced ones come from it."""

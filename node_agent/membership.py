@@ -16,6 +16,7 @@ import grpc
 
 from lepton import wire
 from lepton.logs import event
+from lepton.tuning import IdleTrim
 from lepton.v1 import agent_service_pb2 as pb, agent_service_pb2_grpc as pb_grpc
 from lepton.agent.agent import Agent
 
@@ -36,6 +37,7 @@ class MembershipClient:
         self._channel = grpc.insecure_channel(coordinator)
         self._stub = pb_grpc.AgentRegistryServiceStub(self._channel)
         self._stop = threading.Event()
+        self._trim = IdleTrim()
         self._thread = threading.Thread(target=self._loop, name="membership", daemon=True)
 
     def start(self) -> None:
@@ -60,6 +62,8 @@ class MembershipClient:
                     self.agent_id = None
                     continue
                 backoff, last_contact = self.BACKOFF_FIRST, time.monotonic()
+                # The heartbeat is the agent's one periodic thread: it also gives freed heap back when idle.
+                self._trim.poll(self.agent.busy(), last_contact)
                 self._stop.wait(self.interval)
             except grpc.RpcError as exc:
                 silent = time.monotonic() - last_contact

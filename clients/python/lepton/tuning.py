@@ -20,3 +20,31 @@ def keep_large_buffers_in_heap() -> None:
         libc.mallopt(_M_TRIM_THRESHOLD, 256 << 20)
     except (OSError, AttributeError):
         pass  # not glibc: nothing to tune
+
+
+class IdleTrim:
+    """Hand freed heap back to the system while a server is idle.
+
+    The thresholds above keep large freed buffers in the heap while data flows (that is their point),
+    so after a burst of requests a process would keep its peak RSS for good. `poll(busy, now)` is
+    called from a periodic thread: while no job is running it calls glibc's malloc_trim at most every
+    `every` seconds (a few milliseconds when there is little to give back).
+    """
+
+    def __init__(self, every: float = 5.0):
+        self.every = every
+        self._last = 0.0
+        self._trim = None
+        if sys.platform.startswith("linux"):
+            try:
+                self._trim = ctypes.CDLL(None).malloc_trim
+            except (OSError, AttributeError):
+                pass  # not glibc
+
+    def poll(self, busy: bool, now: float) -> bool:
+        """Trim if idle and due; returns whether it trimmed."""
+        if busy or self._trim is None or now - self._last < self.every:
+            return False
+        self._last = now
+        self._trim(0)
+        return True
