@@ -181,6 +181,7 @@ def cmd_up(args) -> int:
         pids = " ".join(str(p.pid) for p in [cluster.coordinator, *cluster.agents])
         print(f"lepton cluster up, detached: coordinator {cluster.address}, {args.agents} agent(s) with "
               f"{args.device}; logs in {cluster.log_dir}")
+        print(f"its client token: --token-file {cluster.token_file}")
         print(f"stop it with: kill {pids}", flush=True)
         return 0
     shutdown = lifecycle.Shutdown(args.shutdown_timeout)  # before start: a SIGTERM while starting is bounded too
