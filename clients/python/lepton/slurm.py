@@ -43,8 +43,9 @@ trap stop_cluster EXIT
 # Throw-away TLS certificates naming every node, and tokens, for this job only (lepton certs); the
 # CA and token files reach the coordinator, the agents and the command through LEPTON_* variables.
 CERTS="$RUN_DIR/certs"
-"$PYTHON" -m lepton certs "$CERTS" --agents 1 $(scontrol show hostnames "$SLURM_JOB_NODELIST" | sed 's/^/--host /') \
-    > /dev/null || {{ echo "lepton: could not write certificates to $CERTS" >&2; exit 1; }}
+NAMES=$(scontrol show hostnames "$SLURM_JOB_NODELIST")  # agents advertise addresses: name those too
+"$PYTHON" -m lepton certs "$CERTS" --agents 1 $(for n in $NAMES; do echo "--host $n"; getent ahosts "$n" \
+    | awk '{{print "--host " $1}}' | sort -u; done) > /dev/null || {{ echo "lepton: could not write certificates to $CERTS" >&2; exit 1; }}
 export LEPTON_TLS_CA="$CERTS/ca.pem" LEPTON_TOKEN_FILE="$CERTS/token" LEPTON_JOIN_TOKEN_FILE="$CERTS/join-token"
 
 # The coordinator, on the first node; its bound address lands in the ready file.
