@@ -22,7 +22,7 @@ def test_run_on_an_npy_file(clusters, tmp_path):
     assert out.returncode == 0, out.stderr
     assert "edges" in out.stdout
     out = lepton("run", "histogram", str(tmp_path / "x.npy"), "-p", "bins=4", "-p", "range=0,1", "--json",
-                 "--coordinator", clusters[2].address)
+                 *at(clusters[2]))
     assert out.returncode == 0, out.stderr
     import json
 

@@ -107,10 +107,10 @@ def add_server_arguments(parser: argparse.ArgumentParser, role: str) -> None:
                            help="an extra token for status, jobs and traces only [LEPTON_READ_TOKEN]")
         group.add_argument("--mtls", action="store_true", default=env("LEPTON_MTLS", "") not in ("", "0"),
                            help="require a client certificate signed by --tls-ca from every caller; agents "
-                                "then join by certificate [LEPTON_MTLS=1]")
+                                "then join by certificate (1 turns it on) [LEPTON_MTLS]")
     group.add_argument("--insecure", action="store_true", default=env("LEPTON_INSECURE", "") not in ("", "0"),
                        help="serve beyond loopback without TLS or tokens (a trusted network only) "
-                            "[LEPTON_INSECURE=1]")
+                            "(1 turns it on) [LEPTON_INSECURE]")
 
 
 def credentials_from_args(args: argparse.Namespace, role: str) -> Credentials:
