@@ -224,14 +224,18 @@ def channel(address: str, *, token: str = "", tls: bool | None = None, tls_ca=No
     return grpc.intercept_channel(raw, _Metadata(token)) if token else raw
 
 
+JOB_METHODS = ("/SubmitJob", "/RunJob")  # the calls that run a job: what --max-client-jobs counts
+
+
 # -- the servers' gates --------------------------------------------------------------------
 def coordinator_gate(creds: Credentials | None, max_client_jobs: int = 64) -> Gatekeeper:
-    """The coordinator's interceptor: tokens per method, SubmitJob counted per caller."""
+    """The coordinator's interceptor: tokens per method; the calls that run a job (SubmitJob, and
+    RunJob for small ones) counted per caller."""
     from lepton.v1 import coordinator_service_pb2
 
     submit = _service_methods(coordinator_service_pb2.DESCRIPTOR, "CoordinatorService")
     return Gatekeeper(creds or Credentials(), coordinator_policy(), "coordinator",
-                      limited={m for m in submit if m.endswith("/SubmitJob")}, limiter=JobLimiter(max_client_jobs))
+                      limited={m for m in submit if m.endswith(JOB_METHODS)}, limiter=JobLimiter(max_client_jobs))
 
 
 def agent_gate(creds: Credentials | None) -> Gatekeeper:
