@@ -44,10 +44,10 @@ class CachedKeys:
 
 
 class AgentLink:
-    def __init__(self, address: str):
+    def __init__(self, address: str, channel: grpc.Channel | None = None):
         self.address = address
         self.cached = CachedKeys()
-        self._channel = grpc.insecure_channel(address)
+        self._channel = channel or grpc.insecure_channel(address)  # channel: with the cluster's credentials
         self._stub = pb_grpc.AgentServiceStub(self._channel)
 
     def run_task(self, job, run, timeout: float | None, on_call: Callable[[object], None]

@@ -46,14 +46,17 @@ class Config:
     history: int = 1000
     data_dir: str = ""  # where dataset copies live; empty: a temporary folder
     steal_backlog: int = 16
+    max_agents: int = 1024  # registered at once; JoinCluster beyond it gets RESOURCE_EXHAUSTED
 
 
 class Coordinator:
-    def __init__(self, config: Config | None = None):
+    def __init__(self, config: Config | None = None, dial=None):
+        """dial(address) -> grpc.Channel opens the links to agents (lepton.security.Credentials.channel)."""
         self.config = config or Config()
-        self.membership = Membership(self.config.heartbeat_timeout, AgentLink,
+        self.membership = Membership(self.config.heartbeat_timeout, lambda a: AgentLink(a, dial(a) if dial else None),
                                      on_change=lambda: self.scheduler.notify(),
-                                     on_remove=lambda agent: self.scheduler.on_agent_removed(agent))
+                                     on_remove=lambda agent: self.scheduler.on_agent_removed(agent),
+                                     max_agents=self.config.max_agents)
         self.scheduler = Scheduler(self.membership, self.config.max_attempts, self.config.agent_wait,
                                    self.config.steal_backlog, self.config.target_partition_bytes)
         self._tmp = None if self.config.data_dir else tempfile.TemporaryDirectory(prefix="lepton-data-")

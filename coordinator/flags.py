@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from lepton import lifecycle
+from lepton import credentials, lifecycle
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,4 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="input MiB of all unfinished jobs together (0: half the memory) [LEPTON_MAX_ACTIVE_MIB]")
     parser.add_argument("--agent-wait", type=float, default=float(env("LEPTON_AGENT_WAIT", 30)),
                         help="seconds a job waits for a capable agent before failing [LEPTON_AGENT_WAIT]")
+    parser.add_argument("--max-agents", type=int, default=int(env("LEPTON_MAX_AGENTS", 1024)),
+                        help="agents registered at once [LEPTON_MAX_AGENTS]")
+    parser.add_argument("--max-client-jobs", type=int, default=int(env("LEPTON_MAX_CLIENT_JOBS", 64)),
+                        help="jobs one client (token or certificate) may run at once [LEPTON_MAX_CLIENT_JOBS]")
+    credentials.add_server_arguments(parser, "coordinator")
     lifecycle.add_arguments(parser)

@@ -8,6 +8,7 @@ import os
 from lepton.coordinator.coordinator import Config, Coordinator
 from lepton.coordinator import dashboard, metrics
 from lepton.coordinator.server import serve
+from lepton import security
 from lepton.logs import configure, event
 from lepton import lifecycle
 from lepton.serving import NOT_SERVING, start_metrics
@@ -18,19 +19,23 @@ log = logging.getLogger("lepton.coordinator")
 
 def run(args: argparse.Namespace) -> int:
     configure("coordinator")
+    creds = security.credentials_from_args(args, "coordinator")
+    security.check_exposure("coordinator", creds, args.listen, args.metrics_listen,
+                            plain_http=(args.dashboard_listen,))
     parent = lifecycle.ParentGuard.from_env()
     shutdown = lifecycle.Shutdown(args.shutdown_timeout)
     keep_large_buffers_in_heap()
     config = Config(tree_arity=args.tree_arity, target_partition_bytes=int(args.target_partition_mib * (1 << 20)),
                     heartbeat_timeout=args.heartbeat_timeout, max_job_bytes=int(args.max_job_mib * (1 << 20)),
                     agent_wait=args.agent_wait, data_dir=args.data_dir,
-                    max_active_bytes=int(args.max_active_mib * (1 << 20)))
-    coordinator = Coordinator(config)
+                    max_active_bytes=int(args.max_active_mib * (1 << 20)), max_agents=args.max_agents)
+    coordinator = Coordinator(config, dial=creds.channel)
     metrics.register(coordinator)
-    metrics_address = start_metrics(args.metrics_listen)
+    metrics_address = start_metrics(args.metrics_listen, **security.metrics_tls(creds))
     board = dashboard.start(coordinator, args.dashboard_listen)
     server, port, health = serve(coordinator, args.listen, metrics_address,
-                                 dashboard_address=board.address if board else "")
+                                 dashboard_address=board.address if board else "", creds=creds,
+                                 max_client_jobs=args.max_client_jobs)
     address = f"{args.listen.rsplit(':', 1)[0]}:{port}"
     event(log, "coordinator.serving", address=address, metrics=metrics_address or "off",
           dashboard=board.address if board else "off")

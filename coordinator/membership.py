@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from lepton.contract import DeviceInfo
-from lepton.errors import InvalidInput
+from lepton.errors import InvalidInput, ResourceExhausted
 from lepton.logs import event
 
 log = logging.getLogger("lepton.coordinator")
@@ -57,8 +57,8 @@ class Agent:
 
 class Membership:
     def __init__(self, heartbeat_timeout: float, make_link: Callable[[str], object],
-                 on_change: Callable[[], None], on_remove: Callable[[Agent], None]):
-        self.heartbeat_timeout = heartbeat_timeout
+                 on_change: Callable[[], None], on_remove: Callable[[Agent], None], max_agents: int = 1024):
+        self.heartbeat_timeout, self.max_agents = heartbeat_timeout, max_agents
         self._make_link, self._on_change, self._on_remove = make_link, on_change, on_remove
         self._agents: dict[str, Agent] = {}
         self._ids = itertools.count(1)
@@ -72,6 +72,9 @@ class Membership:
              metrics_address: str = "") -> Agent:
         check_join(name, address, metrics_address)
         with self._lock:
+            if len(self._agents) >= self.max_agents:
+                raise ResourceExhausted(f"{self.max_agents} agents are registered already (--max-agents); "
+                                        f"one must leave or expire before another joins")
             agent = Agent(f"agent-{next(self._ids)}", name, address, devices, max(1, credits),
                           self._make_link(address), metrics_address)
             self._agents[agent.id] = agent

@@ -14,7 +14,7 @@ from lepton.coordinator.intake import SMALL_JOB_BYTES, InputReader, deadline_fro
 from lepton.coordinator.jobs import JobRecord
 from lepton.coordinator.planner import Scheme
 from lepton.coordinator import metrics
-from lepton import wire
+from lepton import security, wire
 from lepton.rpc_errors import maps_errors
 from lepton.serving import add_standard_services
 from lepton.v1 import agent_service_pb2 as agent_pb, agent_service_pb2_grpc as agent_grpc
@@ -224,16 +224,17 @@ class AgentRegistryServicer(agent_grpc.AgentRegistryServiceServicer):
 
 
 def serve(coordinator: Coordinator, address: str, metrics_address: str = "", max_workers: int = 128,
-          dashboard_address: str = "", interceptors: list[grpc.ServerInterceptor] = ()):
-    """Start serving; returns the server, the bound port (address may end in :0) and its health."""
+          dashboard_address: str = "", interceptors: list[grpc.ServerInterceptor] = (),
+          creds: security.Credentials | None = None, max_client_jobs: int = 64):
+    """Start serving (TLS and tokens as creds say); returns the server, the bound port (address may
+    end in :0) and its health. The security gate runs before any other interceptor."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
-                         maximum_concurrent_rpcs=max_workers - 8, interceptors=list(interceptors))
+                         maximum_concurrent_rpcs=max_workers - 8, options=security.server_options(),
+                         interceptors=[security.coordinator_gate(creds, max_client_jobs), *interceptors])
     pb_grpc.add_CoordinatorServiceServicer_to_server(CoordinatorServicer(coordinator, metrics_address, dashboard_address), server)
     agent_grpc.add_AgentRegistryServiceServicer_to_server(AgentRegistryServicer(coordinator), server)
     health = add_standard_services(server, [pb.DESCRIPTOR.services_by_name["CoordinatorService"].full_name,
                                             agent_pb.DESCRIPTOR.services_by_name["AgentRegistryService"].full_name])
-    port = server.add_insecure_port(address)
-    if port == 0:
-        raise OSError(f"cannot listen on {address}")
+    port = security.bind(server, address, creds)
     server.start()
     return server, port, health

@@ -27,6 +27,8 @@ import grpc.experimental.gevent as grpc_gevent
 from locust import User
 from locust.exception import LocustError
 
+from lepton import security
+
 grpc_gevent.init_gevent()
 
 NAME_KEY = "x-locust-name"
@@ -167,7 +169,8 @@ class GrpcUser(User):
         for value, attr in ((self.host, "host"), (self.stub_class, "stub_class")):
             if value is None:
                 raise LocustError(f"You must specify the {attr} (for the host: --host ADDRESS).")
-        self.raw_channel = grpc.insecure_channel(self.host, options=self.channel_options)
+        # The token from LEPTON_TOKEN / LEPTON_TOKEN_FILE (loadtests/run passes its cluster's).
+        self.raw_channel = security.channel(self.host, token=security.read_token(), options=self.channel_options)
         self.channel = grpc.intercept_channel(self.raw_channel, LocustInterceptor(environment))
         self.stub = self.stub_class(self.channel)
         self.raw_stub = self.stub_class(self.raw_channel)

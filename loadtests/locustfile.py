@@ -31,7 +31,7 @@ import numpy as np
 from grpc_user import GrpcUser, name
 from locust import constant, events, stats, tag
 
-from lepton import wire
+from lepton import security, wire
 from lepton.v1 import coordinator_service_pb2 as pb, coordinator_service_pb2_grpc as pb_grpc, job_pb2
 
 log = logging.getLogger("lepton.loadtest")
@@ -209,7 +209,7 @@ def _drop_dataset(environment, **_kwargs) -> None:
     state = _datasets
     if state.name is not None:
         try:
-            channel = grpc.insecure_channel(environment.host)
+            channel = security.channel(environment.host, token=security.read_token())
             pb_grpc.CoordinatorServiceStub(channel).DropDataset(pb.DropDatasetRequest(name=state.name), timeout=10)
             channel.close()
         except grpc.RpcError as exc:

@@ -5,7 +5,7 @@ import argparse
 import os
 import socket
 
-from lepton import lifecycle
+from lepton import credentials, lifecycle
 
 
 def _delay(text: str) -> tuple[float, float]:
@@ -42,6 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds without reaching the coordinator before the agent gives up and exits "
                              "non-zero (0: retry forever) [LEPTON_COORDINATOR_TIMEOUT]")
     lifecycle.add_arguments(parser)
+    credentials.add_server_arguments(parser, "agent")
     # Tests: sleep before each partition, uniformly in [0, MAX] or [MIN, MAX] ("MIN:MAX").
     parser.add_argument("--test-delay", type=_delay, default=_delay(env("LEPTON_TEST_DELAY", "0")),
                         help=argparse.SUPPRESS)

@@ -6,6 +6,7 @@ import logging
 import os
 
 from lepton.backends.discovery import open_devices
+from lepton import security
 from lepton.logs import configure, event
 from lepton.tuning import keep_large_buffers_in_heap
 from lepton import lifecycle
@@ -20,21 +21,25 @@ log = logging.getLogger("lepton.agent")
 
 def run(args: argparse.Namespace) -> int:
     configure("agent")
+    creds = security.credentials_from_args(args, "agent")
+    security.check_exposure("agent", creds, addresses.listen_address(args.listen, args.coordinator),
+                            args.metrics_listen)
     keep_large_buffers_in_heap()
     parent = lifecycle.ParentGuard.from_env()  # before open_devices: mpi:N execs mpiexec, which keeps PDEATHSIG
     # Devices first: an MPI device may re-exec this process under mpiexec, before any thread exists.
     devices = open_devices(args.device or [os.environ.get("LEPTON_DEVICE", "numpy")])
     agent = Agent(devices, args.credits, args.test_delay, int(args.cache_mib * (1 << 20)))
     listen = addresses.listen_address(args.listen, args.coordinator)
-    server, port, health = serve(agent, listen)
+    server, port, health = serve(agent, listen, creds=creds)
     address = addresses.advertise_address(args.advertise, listen, port, args.coordinator)
     metrics.register(agent)
-    metrics_address = start_metrics(args.metrics_listen)
+    metrics_address = start_metrics(args.metrics_listen, **security.metrics_tls(creds))
     event(log, "agent.serving", address=address, devices=",".join(d.name for d in devices),
           credits=agent.credits, metrics=metrics_address or "off")
     shutdown = lifecycle.Shutdown(args.shutdown_timeout)
     membership = MembershipClient(agent, args.coordinator, args.name, address, metrics_address,
-                                  coordinator_timeout=args.coordinator_timeout, on_give_up=shutdown.request)
+                                  coordinator_timeout=args.coordinator_timeout, on_give_up=shutdown.request,
+                                  channel=creds.channel(args.coordinator))
     membership.start()
     parent.watch(shutdown.request)
     broken: list[str] = []

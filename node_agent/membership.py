@@ -27,14 +27,14 @@ class MembershipClient:
     BACKOFF_FIRST, BACKOFF_MAX = 0.1, 5.0
 
     def __init__(self, agent: Agent, coordinator: str, name: str, address: str, metrics_address: str = "",
-                 coordinator_timeout: float = 0, on_give_up=lambda reason: None):
+                 coordinator_timeout: float = 0, on_give_up=lambda reason: None, channel: grpc.Channel | None = None):
         self.agent, self.coordinator, self.name, self.address = agent, coordinator, name, address
         self.metrics_address = metrics_address
         self.coordinator_timeout, self._on_give_up = coordinator_timeout, on_give_up
         self.gave_up = ""  # why the agent stopped waiting for its coordinator, once it has
         self.agent_id: str | None = None
         self.interval = 0.5
-        self._channel = grpc.insecure_channel(coordinator)
+        self._channel = channel or grpc.insecure_channel(coordinator)  # channel: with the join credential
         self._stub = pb_grpc.AgentRegistryServiceStub(self._channel)
         self._stop = threading.Event()
         self._trim = IdleTrim()

@@ -7,7 +7,7 @@ import grpc
 import numpy as np
 
 from lepton.errors import InvalidInput, LeptonError
-from lepton import wire
+from lepton import security, wire
 from lepton.rpc_errors import maps_errors
 from lepton.v1 import agent_service_pb2 as pb, agent_service_pb2_grpc as pb_grpc
 from lepton.serving import add_standard_services
@@ -87,15 +87,16 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         return split, dict(values[position:]), [p.row_offset for p in task.partitions]
 
 
-def serve(agent: Agent, address: str, interceptors: list[grpc.ServerInterceptor] = ()):
-    """Start serving; returns the server, the bound port and the health servicer."""
+def serve(agent: Agent, address: str, interceptors: list[grpc.ServerInterceptor] = (),
+          creds: security.Credentials | None = None):
+    """Start serving (TLS, and only its coordinator, as creds say); returns the server, the bound port
+    and the health servicer. The security gate runs before any other interceptor."""
     # Enough threads for every credit plus a margin: a task holds its thread while it runs.
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=agent.credits + 16, thread_name_prefix="rpc"),
-                         interceptors=list(interceptors))
+                         options=security.server_options(),
+                         interceptors=[security.agent_gate(creds), *interceptors])
     pb_grpc.add_AgentServiceServicer_to_server(AgentServicer(agent), server)
     health = add_standard_services(server, [pb.DESCRIPTOR.services_by_name["AgentService"].full_name])
-    port = server.add_insecure_port(address)
-    if port == 0:
-        raise OSError(f"cannot listen on {address}")
+    port = security.bind(server, address, creds)
     server.start()
     return server, port, health

@@ -5,6 +5,11 @@ import sys
 import numpy as np
 
 
+def at(cluster) -> list[str]:
+    """--coordinator and the cluster's client token (LocalCluster makes a random one)."""
+    return ["--coordinator", cluster.address, "--token-file", str(cluster.token_file)]
+
+
 def lepton(*args, timeout=120):
     return subprocess.run([sys.executable, "-m", "lepton", *args], capture_output=True, text=True, timeout=timeout)
 
@@ -13,11 +18,11 @@ def test_run_on_an_npy_file(clusters, tmp_path):
     x = np.random.default_rng(5).uniform(0, 1, size=(30_000, 2))
     np.save(tmp_path / "x.npy", x)
     out = lepton("run", "histogram", str(tmp_path / "x.npy"), "-p", "bins=4", "-p", "range=0,1",
-                 "--coordinator", clusters[2].address)
+                 *at(clusters[2]))
     assert out.returncode == 0, out.stderr
     assert "edges" in out.stdout
     out = lepton("run", "histogram", str(tmp_path / "x.npy"), "-p", "bins=4", "-p", "range=0,1", "--json",
-                 "--coordinator", clusters[2].address)
+                 *at(clusters[2]))
     assert out.returncode == 0, out.stderr
     import json
 
@@ -28,21 +33,21 @@ def test_run_on_an_npy_file(clusters, tmp_path):
 
 def test_status_lists_agents_devices_ops_and_jobs(clusters):
     clusters[2].client().sum(np.ones(5))
-    out = lepton("status", "--coordinator", clusters[2].address)
+    out = lepton("status", *at(clusters[2]))
     assert out.returncode == 0, out.stderr
     assert "2 agent(s)" in out.stdout and "numpy:0" in out.stdout
     from lepton.backends.ops import REGISTRY
 
     assert ",".join(sorted(n for n, op in REGISTRY.items() if not op.abstract)) in out.stdout
     assert "SUCCEEDED" in out.stdout
-    jobs = lepton("jobs", "--json", "--coordinator", clusters[2].address)
+    jobs = lepton("jobs", "--json", *at(clusters[2]))
     assert jobs.returncode == 0 and '"state": "JOB_STATE_SUCCEEDED"' in jobs.stdout
 
 
 def test_put_run_on_and_drop_a_dataset(clusters, tmp_path):
     x = np.random.default_rng(9).standard_normal((40_000, 3))
     np.save(tmp_path / "x.npy", x)
-    address = ["--coordinator", clusters[2].address]
+    address = [*at(clusters[2])]
     out = lepton("put", "cli-x", str(tmp_path / "x.npy"), "--partitions", "4", "--replace", *address)
     assert out.returncode == 0 and "4 partitions" in out.stdout, out.stderr
     assert "cli-x" in lepton("datasets", *address).stdout
@@ -82,7 +87,7 @@ def test_run_with_named_inputs_and_json(clusters, tmp_path):
     np.save(tmp_path / "a.npy", a)
     np.save(tmp_path / "b.npy", b)
     out = lepton("run", "matmul", "-i", f"a={tmp_path / 'a.npy'}", "-i", f"b={tmp_path / 'b.npy'}", "--json",
-                 "-o", str(tmp_path / "c.npz"), "--coordinator", clusters[2].address)
+                 "-o", str(tmp_path / "c.npz"), *at(clusters[2]))
     assert out.returncode == 0, out.stderr
     import json
 

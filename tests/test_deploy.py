@@ -123,7 +123,8 @@ def test_the_probe_command_answers_for_a_live_coordinator_and_fails_for_a_dead_o
     import sys
 
     probe = [sys.executable, "-m", "lepton", "health", "--timeout", "5", "--coordinator"]
-    live = subprocess.run([*probe, clusters[1].address], capture_output=True, text=True, timeout=60)
+    live = subprocess.run([*probe, clusters[1].address, "--token-file", str(clusters[1].token_file)],
+                          capture_output=True, text=True, timeout=60)
     assert (live.returncode, live.stdout.strip()) == (0, "SERVING"), live.stderr
     dead = subprocess.run([*probe, "127.0.0.1:1"], capture_output=True, text=True, timeout=60)
     assert dead.returncode == 1 and "Traceback" not in dead.stderr

@@ -9,7 +9,7 @@ from lepton.v1 import coordinator_service_pb2 as pb, coordinator_service_pb2_grp
 
 @pytest.fixture(scope="module")
 def stub(clusters):
-    channel = grpc.insecure_channel(clusters[2].address)
+    channel = clusters[2].channel()
     yield pb_grpc.CoordinatorServiceStub(channel)
     channel.close()
 

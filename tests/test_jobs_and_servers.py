@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 import urllib.request
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -66,7 +67,8 @@ def test_cancellation_and_deadlines_reach_the_agent_and_free_its_queue(how):
         wait_until(lambda: samples(agent.metrics_address, "lepton_device_queued_bytes") > 0, "work queued on the agent")
         if how == "lepton cancel":
             out = subprocess.run([sys.executable, "-m", "lepton", "cancel", job.job_id, "--coordinator",
-                                  cluster.address], capture_output=True, text=True, timeout=60)
+                                  cluster.address, "--token-file", str(cluster.token_file)],
+                                 capture_output=True, text=True, timeout=60)
             assert out.returncode == 0 and "CANCELLED" in out.stdout, out.stdout + out.stderr
         with pytest.raises(lepton.LeptonError) as info:
             job.result(timeout=120)
@@ -87,7 +89,7 @@ def test_coordinator_reports_not_serving_while_it_shuts_down():
         client = cluster.client()
         job = client.submit("sum", np.ones(1_000_000), partitions=40)  # keeps it busy while it stops
         assert job.job_id
-        channel = grpc.insecure_channel(cluster.address)
+        channel = cluster.channel()
         watch = health_pb2_grpc.HealthStub(channel).Watch(
             health_pb2.HealthCheckRequest(service="lepton.v1.CoordinatorService"), timeout=60)
         seen = [next(watch).status]
@@ -114,7 +116,10 @@ def test_lepton_up_serves_until_ctrl_c():
         line = wait_until(lambda: up.stdout.readline() or up.poll() is not None, "lepton up to start", 120)
         assert isinstance(line, str) and "coordinator" in line, line
         address = line.split("coordinator ", 1)[1].split(",")[0]
-        with lepton.Client(address, timeout=60) as client:
+        hint = wait_until(lambda: (lambda text: text if "--token-file" in text else None)(up.stdout.readline()),
+                          "lepton up to say where its token is", 120)
+        token = Path(hint.split("--token-file ", 1)[1].split()[0]).read_text()
+        with lepton.Client(address, timeout=60, token=token) as client:
             assert len(wait_until(lambda: len(client.cluster_status().agents) == 2 and client.cluster_status().agents,
                                   "both agents")) == 2
             x = np.arange(100_000, dtype=np.float64)
@@ -152,7 +157,8 @@ def test_every_flag_has_an_environment_equivalent(monkeypatch):
                 continue
             assert "[LEPTON_" in action.help, f"lepton {command} {action.option_strings[0]} names no variable"
             var = action.help.rsplit("[", 1)[1].rstrip("]").split(",")[0]
-            value = {int: "7", float: "7.5"}.get(action.type, "127.0.0.1:7")
+            switch = isinstance(action, argparse._StoreTrueAction)  # --mtls, --insecure: VAR=1
+            value = "1" if switch else {int: "7", float: "7.5"}.get(action.type, "127.0.0.1:7")
             monkeypatch.setenv(var, value)
             fresh = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
             parsed = fresh.choices[command].parse_args([])
@@ -160,6 +166,9 @@ def test_every_flag_has_an_environment_equivalent(monkeypatch):
             monkeypatch.delenv(var)
             if got is None and action.default is None:  # read when the server starts (--device)
                 continue
-            assert str(got if not isinstance(got, list) else got[0]) == value, (command, var, got)
+            if switch:
+                assert got is True, (command, var, got)
+            else:
+                assert str(got if not isinstance(got, list) else got[0]) == value, (command, var, got)
             checked += 1
     assert checked >= 10

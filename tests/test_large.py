@@ -38,7 +38,7 @@ class MessageSizes(grpc.StreamStreamClientInterceptor):
 def test_sum_of_1e8_float32_streams_in_small_messages(clusters):
     x = np.random.default_rng(1).random(100_000_000, dtype=np.float32)
     sizes = MessageSizes()
-    client = Client(clusters[2].address, timeout=300)
+    client = clusters[2].client(timeout=300)
     # Servers and this client keep gRPC's default 4 MiB receive limit: a bigger message would fail.
     client._channel = grpc.intercept_channel(client._channel, sizes)
     client._stub = type(client._stub)(client._channel)

@@ -22,13 +22,13 @@ FOLDERS = {"lepton": "clients/python/lepton", "lepton.coordinator": "coordinator
 # Each layer, from the bottom, with the modules in it (a prefix covers its submodules) and the layers it
 # may import besides its own. The CLI may import anything.
 CONTRACT = ("lepton.v1", "lepton.errors", "lepton.contract", "lepton.wire", "lepton.logs", "lepton.tuning",
-            "lepton.serving", "lepton.rpc_errors", "lepton.lifecycle")
+            "lepton.serving", "lepton.rpc_errors", "lepton.lifecycle", "lepton.credentials", "lepton.security")
 LAYERS = {
     "contract": (CONTRACT, set()),
     "backends": (("lepton.backends",), {"contract"}),
     "coordinator": (("lepton.coordinator",), {"contract", "backends"}),
     "agent": (("lepton.agent",), {"contract", "backends"}),
-    "client": (("lepton.client", "lepton.local", "lepton.trace"), {"contract"}),
+    "client": (("lepton.client", "lepton.local", "lepton.trace", "lepton.certs"), {"contract"}),
     "cli": (("lepton.cli", "lepton.demo", "lepton.__main__", "lepton.slurm"), {"contract", "backends", "coordinator", "agent",
                                                                "client"}),
 }
@@ -136,7 +136,8 @@ def test_help_loads_neither_grpc_nor_numpy_nor_a_server():
 
 @pytest.mark.parametrize("command", [["status"], ["jobs"], ["datasets"]])
 def test_client_commands_load_no_device_library_and_no_server(clusters, command):
-    code = (f"from lepton.cli import main\nassert main({[*command, '--coordinator', clusters[1].address]!r}) == 0")
+    args = [*command, "--coordinator", clusters[1].address, "--token-file", str(clusters[1].token_file)]
+    code = f"from lepton.cli import main\nassert main({args!r}) == 0"
     assert roots(loaded_after(code)) == {"grpc", "numpy"}
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 import signal
 import subprocess
 import sys
@@ -86,8 +87,8 @@ def stopped_code(process: subprocess.Popen, sig: int = signal.SIGTERM) -> int:
 class HalfOpen:
     """Client streams that send one message and then neither send more nor end (half-open for good)."""
 
-    def __init__(self, address: str):
-        self.channel = grpc.insecure_channel(address)
+    def __init__(self, channel: grpc.Channel):
+        self.channel = channel  # with the cluster's credentials: the gate must let the streams through
         self._never = threading.Event()
         self._sent: set[int] = set()
         self.calls = []
@@ -120,7 +121,7 @@ def header(name: str, rows: int) -> tensor_pb2.TensorHeader:
 def test_agent_flooded_with_half_open_streams_stops_within_its_bound():
     with lepton.LocalCluster(agents=1, agent_args=["--shutdown-timeout", BOUND]) as cluster:
         address = cluster.client(timeout=10).cluster_status().agents[0].address
-        flood = HalfOpen(address)
+        flood = HalfOpen(cluster.channel(address, peer=True))
         stub = apb_grpc.AgentServiceStub(flood.channel)
         task = apb.Task(job_id="half-open", op="sum", partition_count=1, tree_arity=2,
                         partitions=[apb.TaskPartition(inputs=[apb.TaskInput(tensor=header("x", 1000))])])
@@ -142,7 +143,7 @@ def test_agent_flooded_with_half_open_streams_stops_within_its_bound():
 
 def test_coordinator_flooded_with_half_open_streams_stops_within_its_bound():
     with lepton.LocalCluster(agents=1, coordinator_args=["--shutdown-timeout", BOUND]) as cluster:
-        flood = HalfOpen(cluster.address)
+        flood = HalfOpen(cluster.channel())
         stub = cpb_grpc.CoordinatorServiceStub(flood.channel)
         job = job_pb2.JobSpec(op="sum", inputs=[job_pb2.JobInput(name="x", tensor=header("x", 1000))])
         dataset = cpb.DatasetSpec(name="half-open", tensor=header("x", 1000))
@@ -164,7 +165,7 @@ def test_a_second_sigterm_exits_at_once():
     # A long bound, and a stream that holds the drain open: only the second signal can end it soon.
     with lepton.LocalCluster(agents=1, agent_args=["--shutdown-timeout", "600"]) as cluster:
         agent = cluster.agents[0]
-        flood = HalfOpen(cluster.client(timeout=10).cluster_status().agents[0].address)
+        flood = HalfOpen(cluster.channel(cluster.client(timeout=10).cluster_status().agents[0].address, peer=True))
         try:
             flood.open(apb_grpc.AgentServiceStub(flood.channel).CacheTensors.future, apb.CacheTensorsRequest(
                 header=apb.CacheTensorsHeader(tensors=[apb.TaskInput(tensor=header("x", 10), cache_key="k")])), 1)
@@ -298,7 +299,8 @@ def test_lepton_up_detach_leaves_a_cluster_that_outlives_it():
         assert out.returncode == 0, out.stderr
         assert len(pids) == 3 and all(alive(pid) for pid in pids), out.stdout
         address = out.stdout.split("coordinator ", 1)[1].split(",", 1)[0]
-        with lepton.Client(address, timeout=10) as client:
+        token_file = out.stdout.split("--token-file ", 1)[1].split()[0]
+        with lepton.Client(address, timeout=10, token=Path(token_file).read_text()) as client:
             assert len(client.cluster_status().agents) == 2
         for pid in pids:
             os.kill(pid, signal.SIGTERM)
@@ -328,9 +330,11 @@ def test_an_agent_rejoins_a_coordinator_that_comes_back_within_its_timeout(tmp_p
         wait_until(lambda: "event=coordinator.unreachable" in log.read_text(), "the agent to miss its coordinator")
         with open(tmp_path / "coordinator.log", "wb") as out:
             again = subprocess.Popen([sys.executable, "-m", "lepton", "coordinator", "--listen", cluster.address],
-                                     stdout=out, stderr=subprocess.STDOUT)
+                                     stdout=out, stderr=subprocess.STDOUT,  # the same cluster: its tokens
+                                     env={**os.environ, "LEPTON_TOKEN": cluster.token,
+                                          "LEPTON_JOIN_TOKEN": cluster.join_token})
         try:
-            with lepton.Client(cluster.address, timeout=10) as client:
+            with lepton.Client(cluster.address, timeout=10, **cluster.credentials()) as client:
                 wait_until(lambda: _agents(client) == 1, "the agent to join the new coordinator")
                 assert float(client.sum(np.arange(10.0))) == 45.0  # exact: small integers in float64
         finally:

@@ -18,8 +18,9 @@ def wait_until(condition, what, timeout=60.0):
         time.sleep(0.1)
 
 
-def status_text(address):
-    out = subprocess.run([sys.executable, "-m", "lepton", "status", "--coordinator", address],
+def status_text(cluster):
+    out = subprocess.run([sys.executable, "-m", "lepton", "status", "--coordinator", cluster.address,
+                          "--token-file", str(cluster.token_file)],
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     return out.stdout
@@ -32,7 +33,7 @@ def test_killed_agent_is_dropped_and_a_new_agent_is_used():
         pid = cluster.agents[0].pid
         (killed,) = [a for a in client.cluster_status().agents if a.name.endswith(f"-{pid}")]
         cluster.kill_agent(0)  # SIGKILL: no goodbye
-        wait_until(lambda: killed.address not in status_text(cluster.address), "the killed agent still listed")
+        wait_until(lambda: killed.address not in status_text(cluster), "the killed agent still listed")
         assert f"event=agent.removed agent={killed.agent_id}" in cluster.logs(100_000)
         assert "no heartbeat for" in cluster.logs(100_000)  # dropped by the heartbeat timeout
         newcomer = cluster.add_agent("numpy")

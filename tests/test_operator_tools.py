@@ -29,22 +29,26 @@ def grpcurl(*args):
 
 def test_grpcurl_lists_describes_and_calls_the_coordinator_and_agents(clusters):
     address = clusters[2].address
-    services = grpcurl(address, "list").split()
+    token = ["-H", f"authorization: Bearer {clusters[2].token}"]
+    services = grpcurl(*token, address, "list").split()
     assert {"lepton.v1.CoordinatorService", "lepton.v1.AgentRegistryService", "grpc.health.v1.Health"} <= set(services)
-    assert "rpc SubmitJob" in grpcurl(address, "describe", "lepton.v1.CoordinatorService")
-    status = json.loads(grpcurl(address, "lepton.v1.CoordinatorService/GetClusterStatus"))
+    assert "rpc SubmitJob" in grpcurl(*token, address, "describe", "lepton.v1.CoordinatorService")
+    status = json.loads(grpcurl(*token, address, "lepton.v1.CoordinatorService/GetClusterStatus"))
     assert len(status["agents"]) == 2
     for service in ("", "lepton.v1.CoordinatorService"):
-        reply = json.loads(grpcurl("-d", json.dumps({"service": service}), address, "grpc.health.v1.Health/Check"))
+        reply = json.loads(grpcurl(*token, "-d", json.dumps({"service": service}), address,
+                                   "grpc.health.v1.Health/Check"))
         assert reply["status"] == "SERVING"
     agent = status["agents"][0]["address"]
-    assert "lepton.v1.AgentService" in grpcurl(agent, "list").split()
-    reply = json.loads(grpcurl("-d", '{"service": "lepton.v1.AgentService"}', agent, "grpc.health.v1.Health/Check"))
+    join = ["-H", f"authorization: Bearer {clusters[2].join_token}"]  # agents answer their cluster only
+    assert "lepton.v1.AgentService" in grpcurl(*join, agent, "list").split()
+    reply = json.loads(grpcurl(*join, "-d", '{"service": "lepton.v1.AgentService"}', agent,
+                               "grpc.health.v1.Health/Check"))
     assert reply["status"] == "SERVING"
 
 
 def test_health_check_keeps_answering_under_concurrent_watches(clusters):
-    channel = grpc.insecure_channel(clusters[2].address)
+    channel = clusters[2].channel()
     stub = health_pb2_grpc.HealthStub(channel)
     watches = [stub.Watch(health_pb2.HealthCheckRequest(service="lepton.v1.CoordinatorService")) for _ in range(16)]
     assert all(next(w).status == health_pb2.HealthCheckResponse.SERVING for w in watches)
@@ -61,7 +65,7 @@ def test_health_check_keeps_answering_under_concurrent_watches(clusters):
 def test_agent_reports_not_serving_while_it_shuts_down():
     with lepton.LocalCluster(agents=1) as cluster:
         (agent,) = cluster.client().cluster_status().agents
-        channel = grpc.insecure_channel(agent.address)
+        channel = cluster.channel(agent.address, peer=True)
         watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""), timeout=30)
         seen = [next(watch).status]
 
@@ -127,6 +131,7 @@ def test_trace_shows_every_partition_and_plots_a_timeline(clusters, tmp_path):
         assert p.started_at <= p.finished_at
     png = tmp_path / "trace.png"
     out = subprocess.run([sys.executable, "-m", "lepton", "trace", job.job_id, "--coordinator",
-                          clusters[2].address, "--plot", str(png)], capture_output=True, text=True, timeout=120)
+                          clusters[2].address, "--token-file", str(clusters[2].token_file), "--plot", str(png)],
+                         capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "stragglers" in out.stdout and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

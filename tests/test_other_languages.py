@@ -103,10 +103,12 @@ def arrays(results: dict) -> dict[str, np.ndarray]:
     return {name: np.asarray(t["data"], dtype=DTYPES[t["dtype"]]).reshape(t["shape"]) for name, t in results.items()}
 
 
-def run_example(command: list[str], cluster) -> dict:
+def run_example(command: list[str], cluster, args: list[str] = ()) -> dict:
+    """Run an example against the cluster; without args it finds the cluster's token in LEPTON_TOKEN."""
+    env = {**os.environ, "LEPTON_TOKEN": cluster.token} if not args else None
     try:
-        done = subprocess.run([*command, cluster.address], capture_output=True, text=True, timeout=150,
-                              stdin=subprocess.DEVNULL)
+        done = subprocess.run([*command, cluster.address, *args], capture_output=True, text=True, timeout=150,
+                              stdin=subprocess.DEVNULL, env=env)
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"{command[-1]} still running after {exc.timeout}s:\n{exc.stderr}\n{exc.stdout}\n{cluster.logs()}")
     assert done.returncode == 0, f"{command[-1]} failed:\n{done.stderr}\n{done.stdout}\n{cluster.logs()}"

@@ -83,15 +83,15 @@ def empty_cluster():
         yield cluster
 
 
-def join(coordinator: str, **fields) -> agent_pb.JoinClusterResponse:
+def join(cluster, **fields) -> agent_pb.JoinClusterResponse:
     request = {"name": "agent", "address": "127.0.0.1:1", "credits": 1, **fields}
-    with grpc.insecure_channel(coordinator) as channel:
+    with cluster.channel(peer=True) as channel:  # with the cluster's join token
         return agent_grpc.AgentRegistryServiceStub(channel).JoinCluster(agent_pb.JoinClusterRequest(**request),
                                                                         timeout=30)
 
 
-def leave(coordinator: str, agent_id: str) -> None:
-    with grpc.insecure_channel(coordinator) as channel:
+def leave(cluster, agent_id: str) -> None:
+    with cluster.channel(peer=True) as channel:
         agent_grpc.AgentRegistryServiceStub(channel).LeaveCluster(agent_pb.LeaveClusterRequest(agent_id=agent_id),
                                                                   timeout=30)
 
@@ -113,7 +113,7 @@ def leave(coordinator: str, agent_id: str) -> None:
 ])
 def test_join_rejects_garbage_names_and_addresses(empty_cluster, fields, message):
     with pytest.raises(grpc.RpcError) as info:
-        join(empty_cluster.address, **fields)
+        join(empty_cluster, **fields)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert message in info.value.details()
     assert empty_cluster.client().cluster_status().agents == []
@@ -121,19 +121,19 @@ def test_join_rejects_garbage_names_and_addresses(empty_cluster, fields, message
 
 @pytest.mark.parametrize("address", ["127.0.0.1:50051", "node-7.example.org:9000", "[::1]:8080", "localhost:1"])
 def test_join_accepts_real_addresses(empty_cluster, address):
-    reply = join(empty_cluster.address, name="host-1234", address=address, metrics_address="127.0.0.1:9100")
-    leave(empty_cluster.address, reply.agent_id)
+    reply = join(empty_cluster, name="host-1234", address=address, metrics_address="127.0.0.1:9100")
+    leave(empty_cluster, reply.agent_id)
 
 
 def test_status_of_an_agent_with_huge_device_fields_stays_a_few_lines(empty_cluster):
     """Device fields come from the agent and are not validated: the table must bound them itself."""
     device = pb.DeviceInfo(name="d\n" * 500, kind="numpy", description="x" * 10_000 + "\n" * 2000,
                            ops=[f"op{i}" for i in range(2000)])
-    reply = join(empty_cluster.address, name="big", devices=[device])
+    reply = join(empty_cluster, name="big", devices=[device])
     try:
-        out = lepton_cli("status", "--coordinator", empty_cluster.address)
+        out = lepton_cli("status", "--coordinator", empty_cluster.address, "--token-file", str(empty_cluster.token_file))
     finally:
-        leave(empty_cluster.address, reply.agent_id)
+        leave(empty_cluster, reply.agent_id)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert len(lines) < 10, len(lines)

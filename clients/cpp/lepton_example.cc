@@ -16,6 +16,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <iostream>
 #include <map>
 #include <memory>
@@ -98,10 +99,54 @@ class Error : public std::runtime_error {
   std::string details;
 };
 
+inline std::string read_file(const std::string& path) {
+  if (path.empty()) return "";
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error("cannot read " + path);
+  std::ostringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+inline std::string env_or(const char* name, const std::string& value) {
+  const char* v = std::getenv(name);
+  return !value.empty() || !v ? value : v;
+}
+
+// TLS and the token. Empty fields fall back to LEPTON_TOKEN, LEPTON_TOKEN_FILE, LEPTON_TLS_CA,
+// LEPTON_TLS_CERT and LEPTON_TLS_KEY; TLS is on when a CA or a certificate is given or tls is set
+// (LEPTON_TLS=1: the system's roots), and the server's certificate is always checked.
+struct Security {
+  std::string token, token_file, tls_ca, tls_cert, tls_key;
+  bool tls = false;
+
+  std::shared_ptr<grpc::ChannelCredentials> credentials() const {
+    const std::string ca = env_or("LEPTON_TLS_CA", tls_ca), cert = env_or("LEPTON_TLS_CERT", tls_cert);
+    const std::string key = env_or("LEPTON_TLS_KEY", tls_key), flag = env_or("LEPTON_TLS", "");
+    if (!tls && ca.empty() && cert.empty() && (flag.empty() || flag == "0")) return grpc::InsecureChannelCredentials();
+    grpc::SslCredentialsOptions options;
+    options.pem_root_certs = read_file(ca);  // empty: the system's roots
+    options.pem_private_key = read_file(key);
+    options.pem_cert_chain = read_file(cert);
+    return grpc::SslCredentials(options);
+  }
+
+  std::string bearer() const {
+    std::string t = env_or("LEPTON_TOKEN", token);
+    const std::string file = env_or("LEPTON_TOKEN_FILE", token_file);
+    if (t.empty() && !file.empty()) {
+      t = read_file(file);
+      while (!t.empty() && std::isspace(static_cast<unsigned char>(t.back()))) t.pop_back();
+    }
+    return t;
+  }
+};
+
 class Client {
  public:
-  explicit Client(const std::string& address, double timeout_seconds = 120)
-      : stub_(v1::CoordinatorService::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()))),
+  explicit Client(const std::string& address, double timeout_seconds = 120, const Security& security = {})
+      : stub_(v1::CoordinatorService::NewStub(grpc::CreateChannel(address, security.credentials()))),
+        token_(security.bearer()),
         timeout_(timeout_seconds) {}
 
   // Run `op` on the named inputs; returns the named result tensors.
@@ -195,11 +240,14 @@ class Client {
   }
 
  private:
+  // Every call: its deadline and the token.
   void set_deadline(grpc::ClientContext& context) const {
     context.set_deadline(std::chrono::system_clock::now() +
                          std::chrono::milliseconds(static_cast<int64_t>(timeout_ * 1000)));
+    if (!token_.empty()) context.AddMetadata("authorization", "Bearer " + token_);
   }
   std::unique_ptr<v1::CoordinatorService::Stub> stub_;
+  std::string token_;
   double timeout_;
 };
 
@@ -266,12 +314,31 @@ static std::string json_results(const std::map<std::string, lepton::Tensor>& res
   return out + "}";
 }
 
+// lepton_example [ADDRESS] [--tls] [--tls-ca F] [--tls-cert F --tls-key F] [--token T | --token-file F]
 int main(int argc, char** argv) {
   const char* env = std::getenv("LEPTON_ADDRESS");
-  std::string address = argc > 1 ? argv[1] : env ? env : "127.0.0.1:50051";
+  std::string address = env ? env : "127.0.0.1:50051";
+  lepton::Security security;
+  const std::map<std::string, std::string*> flags = {
+      {"--token", &security.token}, {"--token-file", &security.token_file}, {"--tls-ca", &security.tls_ca},
+      {"--tls-cert", &security.tls_cert}, {"--tls-key", &security.tls_key}};
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--tls") {
+      security.tls = true;
+    } else if (flags.count(arg)) {
+      if (i + 1 >= argc) { std::cerr << "error: " << arg << " needs a value\n"; return 2; }
+      *flags.at(arg) = argv[++i];
+    } else if (arg.rfind("--", 0) == 0) {
+      std::cerr << "error: unknown option " << arg << "\n";
+      return 2;
+    } else {
+      address = arg;
+    }
+  }
   constexpr size_t n = 1000000;
   try {
-    lepton::Client client(address, 60);  // seconds per call
+    lepton::Client client(address, 60, security);  // seconds per call
     std::vector<float> x(n);
     for (size_t i = 0; i < n; ++i) x[i] = static_cast<float>(static_cast<double>(i % 1000) / 7.0);
 

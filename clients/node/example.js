@@ -1,7 +1,9 @@
 'use strict';
 // Calls a running Lepton cluster from Node.js and prints the results as one JSON object.
 //
-//   npm ci && node example.js 127.0.0.1:50051
+//   npm ci && node example.js 127.0.0.1:50051 [--tls-ca CA.pem] [--tls-cert C.pem --tls-key C.key]
+//                                            [--token TOKEN | --token-file FILE]
+// (or LEPTON_TLS_CA, LEPTON_TLS_CERT, LEPTON_TLS_KEY, LEPTON_TOKEN, LEPTON_TOKEN_FILE)
 //
 // x[i] = (i % 1000) / 7 as float32 for i < 1,000,000 (4 MB, streamed in 1 MiB chunks); runs sum,
 // mean and a histogram on it, then matmul of two small matrices if some device advertises it.
@@ -18,9 +20,26 @@ function plainAll(results) {
   return Object.fromEntries(Object.entries(results).map(([name, t]) => [name, plain(t)]));
 }
 
+// ADDRESS and --flag VALUE pairs -> { address, options }.
+function parseArgs(argv) {
+  const flags = { '--token': 'token', '--token-file': 'tokenFile', '--tls-ca': 'tlsCa', '--tls-cert': 'tlsCert',
+    '--tls-key': 'tlsKey' };
+  const options = {};
+  let address;
+  for (let i = 0; i < argv.length; i += 1) {
+    if (argv[i] === '--tls') options.tls = true;
+    else if (flags[argv[i]]) {
+      if (i + 1 >= argv.length) throw new Error(`${argv[i]} needs a value`);
+      options[flags[argv[i]]] = argv[i += 1];
+    } else if (argv[i].startsWith('--')) throw new Error(`unknown option ${argv[i]}`);
+    else address = argv[i];
+  }
+  return { address: address || process.env.LEPTON_ADDRESS || '127.0.0.1:50051', options };
+}
+
 async function main() {
-  const address = process.argv[2] || process.env.LEPTON_ADDRESS || '127.0.0.1:50051';
-  const client = lepton.connect(address, { timeoutMs: 60000 });
+  const { address, options } = parseArgs(process.argv.slice(2));
+  const client = lepton.connect(address, { timeoutMs: 60000, ...options });
   try {
     const x = new Float32Array(N);
     for (let i = 0; i < N; i += 1) x[i] = (i % 1000) / 7;

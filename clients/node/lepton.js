@@ -11,10 +11,16 @@
 //   out.sum.data[0]; hist.counts.data;   // results: { name: { dtype, shape, data: TypedArray } }
 //   client.close();
 //
+// Security (each option falls back to its environment variable): { token (LEPTON_TOKEN), tokenFile
+// (LEPTON_TOKEN_FILE), tlsCa (LEPTON_TLS_CA), tlsCert (LEPTON_TLS_CERT), tlsKey (LEPTON_TLS_KEY), tls
+// (LEPTON_TLS=1: the system's roots) }. TLS is on when a CA or a certificate is given or tls is set, and
+// the server's certificate is always checked. The token rides in `authorization: Bearer` metadata.
+//
 // Wire format (ARCHITECTURE.md §7): a header per tensor (dtype enum, shape, total bytes), then the raw
 // little-endian C-order bytes in chunks of at most 1 MiB. Errors reject with an Error carrying the
 // gRPC `code` (e.g. 3 = INVALID_ARGUMENT), `codeName` and `details`.
 
+const fs = require('fs');
 const os = require('os');
 const path = require('path');
 const grpc = require('@grpc/grpc-js');
@@ -104,11 +110,31 @@ function rpcError(err) {
   return e;
 }
 
+function readFile(path) { return path ? fs.readFileSync(path) : null; }
+
+// Channel credentials and call metadata from the security options (see the top of this file).
+function security(options = {}) {
+  const env = process.env;
+  const tokenFile = options.tokenFile || env.LEPTON_TOKEN_FILE;
+  const token = options.token ?? (env.LEPTON_TOKEN || (tokenFile ? fs.readFileSync(tokenFile, 'utf8').trim() : ''));
+  const ca = options.tlsCa || env.LEPTON_TLS_CA;
+  const cert = options.tlsCert || env.LEPTON_TLS_CERT;
+  const key = options.tlsKey || env.LEPTON_TLS_KEY;
+  const tls = options.tls ?? Boolean(ca || cert || (env.LEPTON_TLS && env.LEPTON_TLS !== '0'));
+  const credentials = tls ? grpc.credentials.createSsl(readFile(ca), readFile(key), readFile(cert))
+    : grpc.credentials.createInsecure();
+  const metadata = new grpc.Metadata();
+  if (token) metadata.set('authorization', `Bearer ${token}`);
+  return { credentials, metadata };
+}
+
 class Client {
-  constructor(address = '127.0.0.1:50051', { timeoutMs = 0 } = {}) {
+  constructor(address = '127.0.0.1:50051', { timeoutMs = 0, ...options } = {}) {
     this.address = address;
     this.timeoutMs = timeoutMs;
-    this.stub = new (protos().CoordinatorService)(address, grpc.credentials.createInsecure());
+    const { credentials, metadata } = security(options);
+    this.metadata = metadata;
+    this.stub = new (protos().CoordinatorService)(address, credentials);
   }
 
   close() { this.stub.close(); }
@@ -120,7 +146,7 @@ class Client {
 
   _unary(method, request, timeoutMs = 30000) {
     return new Promise((resolve, reject) => {
-      this.stub[method](request, this._options(timeoutMs), (err, response) => (err ? reject(rpcError(err)) : resolve(response)));
+      this.stub[method](request, this.metadata.clone(), this._options(timeoutMs), (err, response) => (err ? reject(rpcError(err)) : resolve(response)));
     });
   }
 
@@ -147,7 +173,7 @@ class Client {
       partitioning: { scheme: 'PARTITION_SCHEME_ROW_BLOCKS', count: options.partitions || 0 },
     };
     return new Promise((resolve, reject) => {
-      const call = this.stub.SubmitJob(this._options(options.timeoutMs));
+      const call = this.stub.SubmitJob(this.metadata.clone(), this._options(options.timeoutMs));
       const headers = [];
       const buffers = [];
       const received = [];
@@ -220,4 +246,4 @@ class Client {
 
 function connect(address, options) { return new Client(address, options); }
 
-module.exports = { connect, Client, float, floatList, encodeParams, DTYPES, CHUNK_BYTES };
+module.exports = { connect, Client, security, float, floatList, encodeParams, DTYPES, CHUNK_BYTES };

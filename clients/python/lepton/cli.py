@@ -24,6 +24,15 @@ state_name = _lazy("lepton.client", "state_name")
 DEFAULT_ADDRESS = os.environ.get("LEPTON_ADDRESS", "127.0.0.1:50051")
 
 
+def connect(args, timeout: float | None = None) -> Client:
+    """A client with the command's --token, --token-file and --tls-* (each defaults to its LEPTON_* variable)."""
+    from lepton.credentials import read_token
+
+    token = read_token(args.token, args.token_file) if (args.token or args.token_file) else None
+    return Client(args.coordinator, timeout, token=token, tls_ca=args.tls_ca, tls_cert=args.tls_cert,
+                  tls_key=args.tls_key, tls=True if args.tls else None)
+
+
 CELL_WIDTH = 64  # characters; wider cells end in "…" (--json has everything)
 
 
@@ -54,7 +63,7 @@ def as_json(*messages) -> str:
 
 
 def cmd_status(args) -> int:
-    with Client(args.coordinator, timeout=10) as client:
+    with connect(args, timeout=10) as client:
         status = client.cluster_status()
         jobs = client.jobs(limit=args.jobs)
     if args.json:
@@ -90,7 +99,7 @@ def jobs_table(jobs) -> str:
 
 
 def cmd_jobs(args) -> int:
-    with Client(args.coordinator, timeout=10) as client:
+    with connect(args, timeout=10) as client:
         jobs = client.jobs(limit=args.limit)
     print(as_json(*jobs) if args.json else jobs_table(jobs) if jobs else "no jobs yet")
     return 0
@@ -140,7 +149,7 @@ def cmd_run(args) -> int:
     for item in args.param:
         key, _, value = item.partition("=")
         params[key] = _parse_value(value)
-    with Client(args.coordinator) as client:
+    with connect(args) as client:
         job = client.submit(args.op, arrays, partitioning=args.partitioning, partitions=args.partitions,
                             label=" ".join(os.path.basename(p) for p in inputs.values()), **params)
         start = time.perf_counter()
@@ -172,13 +181,15 @@ def cmd_up(args) -> int:
         pids = " ".join(str(p.pid) for p in [cluster.coordinator, *cluster.agents])
         print(f"lepton cluster up, detached: coordinator {cluster.address}, {args.agents} agent(s) with "
               f"{args.device}; logs in {cluster.log_dir}")
+        print(f"its client token: --token-file {cluster.token_file}")
         print(f"stop it with: kill {pids}", flush=True)
         return 0
     shutdown = lifecycle.Shutdown(args.shutdown_timeout)  # before start: a SIGTERM while starting is bounded too
     with cluster:
         print(f"lepton cluster up: coordinator {cluster.address}, {args.agents} agent(s) with {args.device}")
         print(f"dashboard: {cluster.dashboard_url or 'off'}")
-        print(f"try: lepton status --coordinator {cluster.address}    (Ctrl-C stops the cluster)", flush=True)
+        print(f"try: lepton status --coordinator {cluster.address} --token-file {cluster.token_file}"
+              f"    (Ctrl-C stops the cluster)", flush=True)
         processes = [cluster.coordinator, *cluster.agents]
         while not shutdown.stop.wait(0.5):
             if any(p.poll() is not None for p in processes):
@@ -192,7 +203,7 @@ def cmd_up(args) -> int:
 def cmd_trace(args) -> int:
     from lepton import trace
 
-    with Client(args.coordinator, timeout=10) as client:
+    with connect(args, timeout=10) as client:
         result = client.trace(args.job_id)
     if args.json:
         print(as_json(result))
@@ -236,7 +247,7 @@ def cmd_put(args) -> int:
     import numpy as np
 
     array = np.asarray(np.load(args.file, mmap_mode="r"))
-    with Client(args.coordinator) as client:
+    with connect(args) as client:
         dataset = client.put(args.name, array, partitioning=args.partitioning, partitions=args.partitions,
                              key_column=args.key_column, replace=args.replace)
     placement = ", ".join(f"{agent}: {n}" for agent, n in sorted(dataset.info.placement.items()))
@@ -246,7 +257,7 @@ def cmd_put(args) -> int:
 
 
 def cmd_datasets(args) -> int:
-    with Client(args.coordinator, timeout=10) as client:
+    with connect(args, timeout=10) as client:
         datasets = client.datasets()
     if args.json:
         print(as_json(*(d.info for d in datasets)))
@@ -260,14 +271,14 @@ def cmd_datasets(args) -> int:
 
 
 def cmd_drop(args) -> int:
-    with Client(args.coordinator, timeout=30) as client:
+    with connect(args, timeout=30) as client:
         client.drop(args.name)
     print(f"dropped {args.name}")
     return 0
 
 
 def cmd_cancel(args) -> int:
-    with Client(args.coordinator, timeout=10) as client:
+    with connect(args, timeout=10) as client:
         status = client.cancel(args.job_id)
     print(f"{status.job_id}: {state_name(status)}")
     return 0
@@ -275,7 +286,7 @@ def cmd_cancel(args) -> int:
 
 def cmd_health(args) -> int:
     """Exit 0 when the server answers grpc.health.v1 SERVING: probes (Kubernetes exec, scripts) use it."""
-    with Client(args.coordinator, timeout=args.timeout) as client:
+    with connect(args, timeout=args.timeout) as client:
         status = client.health(args.service)
     print(status)
     return 0 if status == "SERVING" else 1
@@ -308,6 +319,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     def with_address(p):
         p.add_argument("--coordinator", default=DEFAULT_ADDRESS, help="coordinator host:port [LEPTON_ADDRESS]")
+        p.add_argument("--token", help="the coordinator's client token [LEPTON_TOKEN]")
+        p.add_argument("--token-file", help="read the token from this file [LEPTON_TOKEN_FILE]")
+        p.add_argument("--tls", action="store_true", help="TLS, checking the server against the system's roots "
+                                                          "[LEPTON_TLS=1]")
+        p.add_argument("--tls-ca", help="TLS, checking the server against this CA [LEPTON_TLS_CA]")
+        p.add_argument("--tls-cert", help="client certificate, for --mtls coordinators [LEPTON_TLS_CERT]")
+        p.add_argument("--tls-key", help="its private key [LEPTON_TLS_KEY]")
         return p
 
     p = with_address(sub.add_parser("status", help="agents, devices, ops and recent jobs"))
@@ -354,6 +372,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_address(sub.add_parser("drop", help="drop a dataset"))
     p.add_argument("name")
     p.set_defaults(func=cmd_drop)
+
+    p = sub.add_parser("certs", help="a development CA, certificates and tokens for a secure cluster")
+    p.add_argument("directory", help="where to write the files (created if missing)")
+    p.add_argument("--agents", type=int, default=2, help="agent certificates to issue (agent-1 ...)")
+    p.add_argument("--host", action="append", default=[],
+                   help="a host name or IP the servers are reached at (repeatable; localhost is always in)")
+    p.set_defaults(func=lambda a: __import__("lepton.certs", fromlist=["run"]).run(a))  # cryptography: only here
 
     p = sub.add_parser("devices", help="the devices an agent on this machine can open")
     p.set_defaults(func=cmd_devices)

@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from typing import Any, Iterator, Mapping
@@ -16,7 +17,7 @@ from typing import Any, Iterator, Mapping
 import grpc
 import numpy as np
 
-from lepton import wire
+from lepton import security, wire
 from lepton.errors import LeptonError
 from lepton.tuning import keep_large_buffers_in_heap
 from lepton.v1 import coordinator_service_pb2 as pb, coordinator_service_pb2_grpc as pb_grpc, job_pb2
@@ -169,10 +170,21 @@ def _scalar(array: np.ndarray):
 
 
 class Client:
-    def __init__(self, address: str = "127.0.0.1:50051", timeout: float | None = None):
+    def __init__(self, address: str = "127.0.0.1:50051", timeout: float | None = None, *, token: str | None = None,
+                 tls_ca=None, tls_cert=None, tls_key=None, tls: bool | None = None):
+        """token: the coordinator's client token (else LEPTON_TOKEN, or the file LEPTON_TOKEN_FILE).
+        TLS when tls, or when a CA or a certificate is given (else LEPTON_TLS_CA, LEPTON_TLS_CERT,
+        LEPTON_TLS_KEY; LEPTON_TLS=1 for the system's roots); the server's certificate is always
+        checked. tls_cert and tls_key (paths or PEM) are the client certificate for --mtls."""
         self.address, self.timeout = address, timeout
         keep_large_buffers_in_heap()
-        self._channel = grpc.insecure_channel(address)
+        env = os.environ.get
+        tls_ca, tls_cert = tls_ca or env("LEPTON_TLS_CA"), tls_cert or env("LEPTON_TLS_CERT")
+        tls_key = tls_key or env("LEPTON_TLS_KEY")
+        if tls is None and env("LEPTON_TLS", "") not in ("", "0"):
+            tls = True
+        self._channel = security.channel(address, token=security.read_token(token), tls=tls, tls_ca=tls_ca,
+                                         tls_cert=tls_cert, tls_key=tls_key)
         self._stub = pb_grpc.CoordinatorServiceStub(self._channel)
         # The streaming calls take requests serialized by hand (wire.framed_chunks: one copy per chunk).
         service = "/lepton.v1.CoordinatorService/"

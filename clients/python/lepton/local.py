@@ -9,6 +9,7 @@ Its processes end with the process that started them, even one killed outright (
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -17,13 +18,22 @@ import time
 from pathlib import Path
 
 from lepton import lifecycle
+from lepton import security
 from lepton.client import Client, LeptonError
+
+# Security settings a cluster's processes must not inherit from the caller's environment.
+_SECURITY_ENV = ("LEPTON_TOKEN", "LEPTON_TOKEN_FILE", "LEPTON_READ_TOKEN", "LEPTON_JOIN_TOKEN", "LEPTON_JOIN_TOKEN_FILE",
+                 "LEPTON_TLS_CERT", "LEPTON_TLS_KEY", "LEPTON_TLS_CA", "LEPTON_MTLS", "LEPTON_INSECURE")
 
 
 class LocalCluster:
     def __init__(self, agents: int = 2, devices: str | list[str] = "numpy", *, coordinator_args: list[str] = (),
                  agent_args: list[str] = (), env: dict[str, str] | None = None, startup_timeout: float = 60,
-                 detach: bool = False):
+                 detach: bool = False, token: str | None = None, tls: bool = False, mtls: bool = True):
+        """token: the client token (None: a random one per cluster, which `client()` carries; "": no
+        tokens at all, the open loopback of old). tls: a throw-away CA and certificates, and TLS on
+        every port; agents then obey the coordinator's certificate, and with mtls the coordinator too
+        requires one from every caller (clients present the client certificate)."""
         per_agent = [devices] * agents if isinstance(devices, str) else list(devices)
         if len(per_agent) != agents:
             raise ValueError(f"devices lists {len(per_agent)} specs for {agents} agents")
@@ -33,13 +43,28 @@ class LocalCluster:
         # pools oversubscribe the cores and spin (a Gram of 8M x 32 ran 37x slower than NumPy so).
         threads = str(max(1, (os.cpu_count() or 1) // max(1, agents)))
         blas = {v: threads for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
-        self._env = {**os.environ, **(env or {})}
-        self._agent_env = {**blas, **self._env}  # what the caller set wins
         self._timeout = startup_timeout
         self.detach = detach
         # A detached cluster keeps its logs after this process is gone.
         self._dir = None if detach else tempfile.TemporaryDirectory(prefix="lepton-")
         self.log_dir = Path(tempfile.mkdtemp(prefix="lepton-") if detach else self._dir.name)
+        self.token = secrets.token_urlsafe(32) if token is None else token
+        self.join_token = secrets.token_urlsafe(32) if self.token else ""
+        self.token_file = self.log_dir / "token"  # for `lepton --token-file` (0600, gone with the cluster)
+        self.token_file.touch(mode=0o600)
+        self.token_file.write_text(self.token)
+        base = {k: v for k, v in os.environ.items() if k not in _SECURITY_ENV}
+        secure = {"LEPTON_TOKEN": self.token, "LEPTON_JOIN_TOKEN": self.join_token}  # env: not in `ps`
+        self.certs: Path | None = None
+        self.mtls = tls and mtls
+        if tls:
+            from lepton import certs
+
+            self._ca = certs.make_ca("Lepton LocalCluster CA")
+            self.certs = certs.create(self.log_dir / "certs", agents=0, ca=self._ca)
+            secure.update(LEPTON_TLS_CA=str(self.certs / "ca.pem"))
+        self._env = {**base, **secure, **(env or {})}
+        self._agent_env = {**blas, **self._env}  # what the caller set wins
         self.coordinator: subprocess.Popen | None = None
         self.agents: list[subprocess.Popen] = []
         self.address = ""
@@ -61,8 +86,9 @@ class LocalCluster:
 
     def start(self) -> None:
         ready = self.log_dir / "coordinator.address"
+        env = {**self._env, **self._tls_env("coordinator"), **({"LEPTON_MTLS": "1"} if self.mtls else {})}
         self.coordinator = self._spawn("coordinator", ["coordinator", "--listen", "127.0.0.1:0", "--ready-file",
-                                                       str(ready), *self._coordinator_args])
+                                                       str(ready), *self._coordinator_args], env)
         self._wait(lambda: ready.exists(), [self.coordinator], "coordinator")
         self.address = ready.read_text()
         try:
@@ -76,8 +102,9 @@ class LocalCluster:
     def add_agent(self, devices: str = "numpy", args: list[str] = (), wait: bool = True) -> subprocess.Popen:
         """Start one more agent; with wait, return once it has joined."""
         joined = len(self._probe().cluster_status().agents)
+        env = {**self._agent_env, **self._tls_env(f"agent-{len(self.agents) + 1}")}
         process = self._spawn(f"agent-{len(self.agents)}", ["agent", "--coordinator", self.address, "--device",
-                                                             devices, *self._agent_args, *args], self._agent_env)
+                                                             devices, *self._agent_args, *args], env)
         self.agents.append(process)
         if wait:
             self.wait_for_agents(joined + 1, [process])
@@ -110,9 +137,38 @@ class LocalCluster:
         os.killpg(process.pid, sig)
         process.wait(timeout=30)
 
+    def _tls_env(self, name: str) -> dict[str, str]:
+        """A certificate of its own for the process `name` ("coordinator", "agent-N", "client")."""
+        if not self.certs:
+            return {}
+        from lepton import certs
+
+        cert, key = self.certs / f"{name}.pem", self.certs / f"{name}.key"
+        if not cert.exists():
+            common_name = {"coordinator": security.COORDINATOR_CN, "client": "lepton-client"}.get(
+                name, f"{security.AGENT_CN_PREFIX}-{name.rpartition('-')[2]}")
+            certs.write_pair(self.certs, name, common_name, self._ca)
+        return {"LEPTON_TLS_CERT": str(cert), "LEPTON_TLS_KEY": str(key)}
+
+    def credentials(self) -> dict:
+        """What a client of this cluster presents: Client(address, **cluster.credentials())."""
+        tls = self._tls_env("client") if self.mtls else {}
+        return {"token": self.token, "tls": bool(self.certs), "tls_ca": self._env.get("LEPTON_TLS_CA"),
+                "tls_cert": tls.get("LEPTON_TLS_CERT"), "tls_key": tls.get("LEPTON_TLS_KEY")}
+
+    def channel(self, address: str | None = None, peer: bool = False):
+        """A raw gRPC channel to the coordinator (or `address`) with a client's credentials; with
+        peer, with the coordinator's own (the join token, its certificate): what agents obey."""
+        if not peer:
+            return security.channel(address or self.address, **self.credentials())
+        tls = self._tls_env("coordinator")
+        return security.channel(address or self.address, token=self.join_token, tls=bool(self.certs),
+                                tls_ca=self._env.get("LEPTON_TLS_CA"), tls_cert=tls.get("LEPTON_TLS_CERT"),
+                                tls_key=tls.get("LEPTON_TLS_KEY"))
+
     def _probe(self) -> Client:
         if not self._clients:
-            self._clients.append(Client(self.address, timeout=5))
+            self._clients.append(Client(self.address, timeout=5, **self.credentials()))
         return self._clients[0]
 
     @property
@@ -122,7 +178,7 @@ class LocalCluster:
         return f"http://{address}/" if address else ""
 
     def client(self, timeout: float | None = None) -> Client:
-        client = Client(self.address, timeout)
+        client = Client(self.address, timeout, **self.credentials())
         self._clients.append(client)
         return client
 

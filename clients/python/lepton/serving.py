@@ -56,12 +56,13 @@ def add_standard_services(server: grpc.Server, services: list[str]) -> Health:
     return health
 
 
-def start_metrics(listen: str) -> str:
-    """Serve Prometheus text metrics on host:port (port 0 picks one); returns the bound address."""
+def start_metrics(listen: str, **tls) -> str:
+    """Serve Prometheus text metrics on host:port (port 0 picks one); returns the bound address.
+    tls: start_http_server's certfile, keyfile, client_cafile, ... (lepton.security.metrics_tls)."""
     if not listen or listen == "off":
         return ""
     from prometheus_client import start_http_server
 
     host, _, port = listen.rpartition(":")
-    server, _ = start_http_server(int(port), addr=host or "127.0.0.1")
+    server, _ = start_http_server(int(port), addr=host or "127.0.0.1", **tls)
     return f"{host or '127.0.0.1'}:{server.server_port}"

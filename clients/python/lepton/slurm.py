@@ -40,6 +40,14 @@ stop_cluster() {{
 trap 'stop_cluster; exit 143' TERM INT
 trap stop_cluster EXIT
 
+# Throw-away TLS certificates naming every node, and tokens, for this job only (lepton certs); the
+# CA and token files reach the coordinator, the agents and the command through LEPTON_* variables.
+CERTS="$RUN_DIR/certs"
+NAMES=$(scontrol show hostnames "$SLURM_JOB_NODELIST")  # agents advertise addresses: name those too
+"$PYTHON" -m lepton certs "$CERTS" --agents 1 $(for n in $NAMES; do echo "--host $n"; getent ahosts "$n" \
+    | awk '{{print "--host " $1}}' | sort -u; done) > /dev/null || {{ echo "lepton: could not write certificates to $CERTS" >&2; exit 1; }}
+export LEPTON_TLS_CA="$CERTS/ca.pem" LEPTON_TOKEN_FILE="$CERTS/token" LEPTON_JOIN_TOKEN_FILE="$CERTS/join-token"
+
 # The coordinator, on the first node; its bound address lands in the ready file.
 srun --nodes=1 --ntasks=1 --nodelist="$HEAD" --overlap --kill-on-bad-exit=0 \\
     "$PYTHON" -m lepton coordinator --listen "0.0.0.0:{port}" --ready-file "$RUN_DIR/coordinator.address" \\
@@ -96,7 +104,8 @@ def script(args: argparse.Namespace) -> str:
     return TEMPLATE.format(
         job_name=args.job_name, nodes=args.nodes, agents_per_node=args.agents_per_node, output=args.output,
         extra_sbatch="\n".join(extra), python=shlex.quote(args.python), port=args.port,
-        coordinator_args="", agent_args="", device=shlex.quote(args.device),
+        coordinator_args='--tls-cert "$CERTS/coordinator.pem" --tls-key "$CERTS/coordinator.key" ',
+        agent_args='--tls-cert "$CERTS/agent-1.pem" --tls-key "$CERTS/agent-1.key" ', device=shlex.quote(args.device),
         agent_srun_args=f"--gpus-per-task={args.gpus_per_agent} " if args.gpus_per_agent else "",
         startup_timeout=int(args.startup_timeout),
         command=shlex.join(command) if command else '"$PYTHON" -m lepton status --coordinator "$LEPTON_ADDRESS"')
