@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     coordinator = Coordinator(config, dial=creds.channel)
     metrics.register(coordinator)
     metrics_address = start_metrics(args.metrics_listen, **security.metrics_tls(creds))
-    board = dashboard.start(coordinator, args.dashboard_listen)
+    board = dashboard.start(coordinator, args.dashboard_listen, token=creds.token)  # the API's token
     server, port, health = serve(coordinator, args.listen, metrics_address,
                                  dashboard_address=board.address if board else "", creds=creds,
                                  max_client_jobs=args.max_client_jobs)

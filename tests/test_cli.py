@@ -78,7 +78,7 @@ def test_unreachable_coordinator_says_what_to_do():
 def test_demo_verifies_every_result():
     out = lepton("demo", "--rows", "2000000", timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "10/10 results match NumPy" in out.stdout
+    assert "13/13 results match NumPy" in out.stdout
 
 
 def test_run_with_named_inputs_and_json(clusters, tmp_path):

@@ -183,8 +183,12 @@ class Client:
         tls_key = tls_key or env("LEPTON_TLS_KEY")
         if tls is None and env("LEPTON_TLS", "") not in ("", "0"):
             tls = True
-        self._channel = security.channel(address, token=security.read_token(token), tls=tls, tls_ca=tls_ca,
-                                         tls_cert=tls_cert, tls_key=tls_key)
+        self._bind(security.channel(address, token=security.read_token(token), tls=tls, tls_ca=tls_ca,
+                                    tls_cert=tls_cert, tls_key=tls_key))
+
+    def _bind(self, channel: grpc.Channel) -> None:
+        """Make the stubs on `channel` (tests wrap it in interceptors and bind again)."""
+        self._channel = channel
         self._stub = pb_grpc.CoordinatorServiceStub(self._channel)
         # The streaming calls take requests serialized by hand (wire.framed_chunks: one copy per chunk).
         service = "/lepton.v1.CoordinatorService/"

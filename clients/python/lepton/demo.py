@@ -60,6 +60,53 @@ def jobs(rows: int):
     yield "count", counts, {}, {}
 
 
+def close_to(got: np.ndarray, want: np.ndarray, scale: np.ndarray, rtol: float = 1e-10) -> str | None:
+    """None if every entry is within rtol of `scale` (the summed magnitudes behind it), else how far."""
+    error = np.max(np.abs(got - want) / np.maximum(scale, np.finfo(np.float64).tiny))
+    return None if error <= rtol else f"off by {error:.2e} of the summed magnitudes (allowed {rtol:g})"
+
+
+def catalog(client, rows: int):
+    """The op catalog beyond reductions: (label, input, partitions, seconds, problem, result shown)."""
+    from scipy import sparse  # a base dependency: the NumPy device's SpMM is SciPy's
+
+    rng = np.random.default_rng(11)
+    n = max(2_000, min(rows // 500, 4_000))
+    # float64 products: each entry is one dot product, BLAS-blocked; held to 1e-10 of |a| @ |b|.
+    a, b = rng.standard_normal((n, 512)), rng.standard_normal((512, 256))
+    t0 = time.perf_counter()
+    job = client.submit("matmul", {"a": a, "b": b}, label="demo matmul", partitions=8)
+    c = run_with_progress(job, f"matmul {n}x512 @ 512x256")["c"]
+    yield ("matmul", f"{n}x512 @ 512x256", job.status.partitions_total, time.perf_counter() - t0,
+           close_to(c, a @ b, np.abs(a) @ np.abs(b)), f"c {c.shape}")
+    # k-means on a resident dataset: put once, ten rounds run where the partitions live. Well-separated
+    # blobs from near their centres converge to the blob means (1e-9 of their spread).
+    centres = rng.uniform(-50, 50, size=(8, 4))
+    points = np.concatenate([centre + rng.standard_normal((25_000, 4)) for centre in centres])
+    t0 = time.perf_counter()
+    dataset = client.put("demo-points", points, partitions=8, replace=True)
+    job = client.submit("kmeans", {"x": dataset, "centroids": centres + 0.3}, k=8, max_iter=10, label="demo kmeans")
+    found = run_with_progress(job, "kmeans 200000x4 k=8, resident")
+    labels = np.argmin(((points[:, None, :] - found["centroids"][None]) ** 2).sum(-1), axis=1)
+    means = np.stack([points[labels == j].mean(axis=0) for j in range(8)])
+    yield ("kmeans", "200000x4 dataset, k=8", job.status.partitions_total, time.perf_counter() - t0,
+           close_to(found["centroids"], means, np.full_like(means, 50.0), 1e-9),
+           f"inertia {float(found['inertia']):.4g}, {int(found['iterations'])} rounds")
+    client.drop("demo-points")
+    # SpMM of a random sparse matrix: each row sums its non-zeros in index order, as SciPy does.
+    nnz = 500_000
+    matrix = sparse.csr_matrix((rng.standard_normal(nnz), (rng.integers(0, 50_000, nnz), rng.integers(0, 50_000, nnz))),
+                               shape=(50_000, 50_000))
+    matrix.sum_duplicates()  # sorted column indices in each row, as CSR inputs must have
+    x = rng.standard_normal((50_000, 16))
+    t0 = time.perf_counter()
+    job = client.submit("spmm", {"a_indptr": matrix.indptr.astype(np.int64), "a_indices": matrix.indices,
+                                 "a_data": matrix.data, "x": x}, a_cols=50_000, label="demo spmm")
+    y = run_with_progress(job, f"spmm 50000x50000 ({matrix.nnz} non-zeros) @ 50000x16")["y"]
+    yield ("spmm", f"50000^2 with {matrix.nnz} nnz @ 50000x16", job.status.partitions_total,
+           time.perf_counter() - t0, close_to(y, matrix @ x, abs(matrix) @ np.abs(x)), f"y {y.shape}")
+
+
 def run(args) -> int:
     start = time.perf_counter()
     print(f"starting a local cluster: 1 coordinator, {args.agents} agent(s) with device {args.device!r}", flush=True)
@@ -67,6 +114,7 @@ def run(args) -> int:
     with LocalCluster(agents=args.agents, devices=args.device) as cluster:
         client = cluster.client()
         print(f"coordinator at {cluster.address}; agents joined", flush=True)
+        print(f"dashboard: {cluster.dashboard_url or 'off'}  (open it to watch the jobs run)", flush=True)
         for op, x, params, options in jobs(args.rows):
             shape = "x".join(map(str, x.shape))
             t0 = time.perf_counter()
@@ -82,6 +130,11 @@ def run(args) -> int:
                          "OK" if problem is None else "MISMATCH", shown[:60]])
             print(f"  {op:<9} {shape:>12} {x.dtype}: {seconds:.2f}s  {'matches NumPy' if problem is None else problem}",
                   flush=True)
+        for op, shape, partitions, seconds, problem, shown in catalog(client, args.rows):
+            failures += problem is not None
+            rows.append([op, shape, "row_blocks", partitions, "", f"{seconds:.2f}",
+                         "OK" if problem is None else "MISMATCH", shown])
+            print(f"  {op:<9} {shape}: {seconds:.2f}s  {'matches NumPy' if problem is None else problem}", flush=True)
     print()
     print(table(["OP", "INPUT", "PARTITIONING", "PARTS", "MB", "SECONDS", "CHECK", "RESULT"], rows))
     print(f"\n{len(rows) - failures}/{len(rows)} results match NumPy within the stated tolerances "

@@ -175,7 +175,9 @@ class LocalCluster:
     def dashboard_url(self) -> str:
         """The coordinator's live dashboard ('' when it serves none)."""
         address = self._probe().cluster_status().dashboard_address
-        return f"http://{address}/" if address else ""
+        if not address:
+            return ""
+        return f"http://{address}/" + (f"?token={self.token}" if self.token else "")
 
     def client(self, timeout: float | None = None) -> Client:
         client = Client(self.address, timeout, **self.credentials())
