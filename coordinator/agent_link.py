@@ -10,6 +10,7 @@ import numpy as np
 
 from lepton.coordinator import metrics
 from lepton import wire
+from lepton.errors import Unavailable
 from lepton.v1 import agent_service_pb2 as pb, agent_service_pb2_grpc as pb_grpc
 
 
@@ -49,6 +50,17 @@ class AgentLink:
         self.cached = CachedKeys()
         self._channel = channel or grpc.insecure_channel(address)  # channel: with the cluster's credentials
         self._stub = pb_grpc.AgentServiceStub(self._channel)
+        # Calls start under this lock and close() takes it: grpcio segfaults when a call starts on a
+        # closed channel (seen when a dataset still placing met the coordinator's shutdown).
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def _start(self, method, *args, **kwargs):
+        """Start a call (non-blocking forms only), unless the link is closed."""
+        with self._lock:
+            if self._closed:
+                raise Unavailable(f"the link to the agent at {self.address} is closed")
+            return method(*args, **kwargs)
 
     def run_task(self, job, run, timeout: float | None, on_call: Callable[[object], None]
                  ) -> Iterator[tuple[int, int, dict[str, np.ndarray], list[tuple]]]:
@@ -98,10 +110,10 @@ class AgentLink:
         nbytes = sum(a.nbytes for a in streamed)
         if nbytes <= SMALL_TASK_BYTES:  # one message: no request stream (and no thread) to drive
             metrics.BYTES_TO_AGENTS.inc(nbytes)
-            call = self._stub.RunSmallTask(pb.RunSmallTaskRequest(task=task, chunks=wire.chunks(streamed)),
-                                           timeout=timeout)
+            call = self._start(self._stub.RunSmallTask, pb.RunSmallTaskRequest(task=task, chunks=wire.chunks(streamed)),
+                               timeout=timeout)
         else:
-            call = self._stub.RunTask(requests(), timeout=timeout)
+            call = self._start(self._stub.RunTask, requests(), timeout=timeout)
         on_call(call)
         def node_done(node, assembler):
             metrics.BYTES_FROM_AGENTS.inc(assembler.bytes_received)
@@ -139,13 +151,15 @@ class AgentLink:
                 metrics.BYTES_TO_AGENTS.inc(len(chunk.data))
                 yield pb.CacheTensorsRequest(chunk=chunk)
 
-        return list(self._stub.CacheTensors(requests(), timeout=timeout).kept)
+        return list(self._start(self._stub.CacheTensors.future, requests(), timeout=timeout).result().kept)
 
     def drop_cached(self, prefix: str) -> None:
         try:
-            self._stub.DropCached(pb.DropCachedRequest(prefix=prefix), timeout=5)
-        except grpc.RpcError:
+            self._start(self._stub.DropCached.future, pb.DropCachedRequest(prefix=prefix), timeout=5).result()
+        except (grpc.RpcError, Unavailable):
             pass  # best effort: its LRU evicts what it no longer needs
 
     def close(self) -> None:
-        self._channel.close()
+        with self._lock:
+            self._closed = True
+            self._channel.close()

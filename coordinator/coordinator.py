@@ -17,7 +17,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from lepton.errors import FailedPrecondition, InvalidInput, NotFound, ResourceExhausted, Unavailable
+from lepton.errors import FailedPrecondition, InvalidInput, LeptonError, NotFound, ResourceExhausted, Unavailable
 from lepton.backends.numpy_device import physical_memory
 from lepton.backends.ops import TensorMeta, get_op, sparse
 from lepton.coordinator import planner
@@ -220,9 +220,10 @@ class Coordinator:
             items = [(dataset.key(p, part), part, array) for p in partitions for part, array in dataset.share(p).items()]
             try:
                 kept = set(agent.link.cache_tensors(items, timeout=600))
-            except grpc.RpcError as exc:
+            except (grpc.RpcError, LeptonError) as exc:
+                code = exc.code() if isinstance(exc, grpc.RpcError) else exc.code
                 event(log, "dataset.place_failed", level=logging.WARNING, dataset=dataset.name, agent=agent.id,
-                      code=exc.code().name)
+                      code=code.name)
                 return
             agent.link.cached.update(kept)
             for p in partitions:

@@ -154,7 +154,8 @@ def test_coordinator_flooded_with_half_open_streams_stops_within_its_bound():
             flood.open(stub.PutDataset.future, cpb.PutDatasetRequest(spec=dataset), count)
             flood.open(stub.PutDataset.future, cpb.PutDatasetRequest(chunk=tensor_pb2.TensorChunk()), count)
             flood.wait_sent()
-            assert stopped_code(cluster.coordinator) == 0, cluster.logs()
+            code = stopped_code(cluster.coordinator)
+            assert code == 0, (code, cluster.logs())
         finally:
             flood.close()
         log = (cluster.log_dir / "coordinator.log").read_text()
