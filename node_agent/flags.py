@@ -46,3 +46,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     # Tests: sleep before each partition, uniformly in [0, MAX] or [MIN, MAX] ("MIN:MAX").
     parser.add_argument("--test-delay", type=_delay, default=_delay(env("LEPTON_TEST_DELAY", "0")),
                         help=argparse.SUPPRESS)
+    # Tests: every partition runs out of device memory, so the split into halves gives up.
+    parser.add_argument("--test-out-of-memory", action="store_true",
+                        default=env("LEPTON_TEST_OUT_OF_MEMORY", "") not in ("", "0"), help=argparse.SUPPRESS)

@@ -7,6 +7,7 @@ import os
 
 from lepton.backends.discovery import open_devices
 from lepton import security
+from lepton.errors import ResourceExhausted
 from lepton.logs import configure, event
 from lepton.tuning import keep_large_buffers_in_heap
 from lepton import lifecycle
@@ -19,6 +20,11 @@ from lepton.agent.server import serve
 log = logging.getLogger("lepton.agent")
 
 
+def _out_of_memory(op, inputs, params):
+    raise ResourceExhausted(f"test hook: {op.name} on {sum(a.nbytes for a in inputs.values())} bytes is out of "
+                            f"device memory (--test-out-of-memory)")
+
+
 def run(args: argparse.Namespace) -> int:
     configure("agent")
     creds = security.credentials_from_args(args, "agent")
@@ -28,6 +34,9 @@ def run(args: argparse.Namespace) -> int:
     parent = lifecycle.ParentGuard.from_env()  # before open_devices: mpi:N execs mpiexec, which keeps PDEATHSIG
     # Devices first: an MPI device may re-exec this process under mpiexec, before any thread exists.
     devices = open_devices(args.device or [os.environ.get("LEPTON_DEVICE", "numpy")])
+    if args.test_out_of_memory:
+        for device in devices:
+            device.run = _out_of_memory
     agent = Agent(devices, args.credits, args.test_delay, int(args.cache_mib * (1 << 20)))
     listen = addresses.listen_address(args.listen, args.coordinator)
     server, port, health = serve(agent, listen, creds=creds)

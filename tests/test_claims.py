@@ -80,3 +80,23 @@ def test_numpy_n_gives_an_agent_n_devices_that_all_work():
         assert_matches("sum", x, job.result())
         used = {p.device for p in client.trace(job.job_id).partitions}
         assert len(used) > 1, used  # the agent spread its partitions over its devices
+
+
+def test_a_partition_whose_split_gives_up_is_retried_on_another_agent():
+    """README: a device out of memory reruns the partition in halves down to 1/64; past that the
+    partition fails and the coordinator retries it on another agent."""
+    with lepton.LocalCluster(agents=1) as cluster:
+        cluster.add_agent(args=["--test-out-of-memory"])
+        client = cluster.client(timeout=120)
+        x = np.random.default_rng(4).standard_normal(2_000_000)
+        job = client.submit("sum", x, partitions=16)
+        assert_matches("sum", x, job.result())
+        trace = client.trace(job.job_id).partitions
+        sick = next(a.agent_id for a in client.cluster_status().agents
+                    if any(t.agent_id == a.agent_id and t.outcome == "RESOURCE_EXHAUSTED" for t in trace))
+        failed = {t.partition for t in trace if t.agent_id == sick and t.outcome == "RESOURCE_EXHAUSTED"}
+        redone = {t.partition for t in trace if t.agent_id != sick and t.outcome == "done"}
+        assert failed and failed <= redone, (failed, redone)
+        assert all(t.outcome != "done" for t in trace if t.agent_id == sick)
+        log = "".join(p.read_text() for p in cluster.log_dir.glob("agent-*.log"))
+        assert "event=partition.split" in log and "depth=6" in log  # halved down to 1/64 first
