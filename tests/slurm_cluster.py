@@ -12,8 +12,9 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
+
+from waits import wait_for
 
 DAEMONS = ("munged", "slurmctld", "slurmd")
 MUNGE_SOCKET = Path("/run/munge/munge.socket.2")
@@ -27,14 +28,6 @@ def unavailable() -> str | None:
         return f"not installed: {', '.join(missing)} (Debian packages slurm-wlm and munge)"
     return None
 
-
-def _wait(condition, what: str, timeout: float = 60) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if condition():
-            return
-        time.sleep(0.1)
-    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
 
 
 class SlurmCluster:
@@ -66,10 +59,10 @@ class SlurmCluster:
             shutil.chown("/run/munge", "munge", "munge")
             subprocess.run(["runuser", "-u", "munge", "--", "munged"], check=True, capture_output=True, text=True)
             self._munged = True
-            _wait(MUNGE_SOCKET.exists, "munged")
+            wait_for(MUNGE_SOCKET.exists, "munged")
         subprocess.run(["slurmctld", "-c"], env=self.env, check=True, capture_output=True, text=True)
         subprocess.run(["slurmd", "-c"], env=self.env, check=True, capture_output=True, text=True)
-        _wait(lambda: "idle" in self.cmd(["sinfo", "-h", "-o", "%T"]).stdout, "the node to be idle")
+        wait_for(lambda: "idle" in self.cmd(["sinfo", "-h", "-o", "%T"]).stdout, "the node to be idle")
         return self
 
     def cmd(self, argv: list[str], **kwargs) -> subprocess.CompletedProcess:
@@ -100,7 +93,7 @@ class SlurmCluster:
                 except (ProcessLookupError, ValueError):
                     pass
         for pid_file in ("slurmd.pid", "slurmctld.pid"):
-            _wait(lambda: not _alive(self.root / pid_file), pid_file, timeout=30)
+            wait_for(lambda: not _alive(self.root / pid_file), pid_file, timeout=30)
         if self._munged:
             pid = Path("/run/munge/munged.pid")
             if pid.exists():

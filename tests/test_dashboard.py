@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import lepton
+from waits import wait_for
 
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
@@ -24,15 +25,6 @@ pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER),
 PAGES = ["cluster", "jobs", "stream", "movement", "devices"]
 HEARTBEAT_TIMEOUT = 3.0  # the coordinator's default
 
-
-def wait_for(condition, what: str, timeout: float = 30):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 @pytest.fixture(scope="module")

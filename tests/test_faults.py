@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 
 import lepton
+from waits import wait_for
 import netns
 
 # float64 data of wide dynamic range: its partials differ in their last bits with the fold's order,
@@ -25,15 +25,6 @@ DELAY = "0.05:0.15"  # seconds per partition: long enough to act mid-job
 # runs its hosts with TLS and tokens).
 INSECURE = ["--insecure"]
 
-
-def wait_for(condition, what: str, timeout: float = 60):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def close_to_numpy(total: np.ndarray) -> None:

@@ -5,30 +5,18 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 import netns
+from waits import wait_for
 from lepton import certs
 
 HERE = Path(__file__).parent
 why = netns.unavailable()
 pytestmark = pytest.mark.skipif(why is not None, reason=f"no network namespaces here: {why}")
 
-
-def wait_for(condition, what: str, timeout: float = 60, processes=()):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = condition()
-        if value:
-            return value
-        dead = [p for p in processes if p.poll() is not None]
-        if dead:
-            raise AssertionError(f"a process exited with {dead[0].returncode} while waiting for {what}")
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 @pytest.fixture

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 import slurm_cluster
+from waits import wait_for
 
 why = slurm_cluster.unavailable()
 pytestmark = pytest.mark.skipif(why is not None, reason=f"no Slurm here: {why}")
@@ -43,14 +43,6 @@ def write_script(tmp_path: Path, command: list[str], agents_per_node: int = 2) -
     return script
 
 
-def wait_for(condition, what: str, timeout: float = 120):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if condition():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
 
 def test_sbatch_runs_a_cluster_job_to_a_checked_result(slurm, tmp_path):
     import json
@@ -58,22 +50,23 @@ def test_sbatch_runs_a_cluster_job_to_a_checked_result(slurm, tmp_path):
     (tmp_path / "check.py").write_text(CHECK)
     script = write_script(tmp_path, [sys.executable, str(tmp_path / "check.py"), str(tmp_path / "result.json")])
     job = slurm.sbatch(script, tmp_path)
-    wait_for(lambda: slurm.state(job) not in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING"), f"job {job}")
+    wait_for(lambda: slurm.state(job) not in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING"), f"job {job}",
+             timeout=120)
     output = (tmp_path / "job.out").read_text() if (tmp_path / "job.out").exists() else ""
     assert slurm.state(job) in ("COMPLETED", "GONE"), output + slurm.logs()
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["agents"] == 2 and result["ok"], result
     assert "cluster up" in output
-    wait_for(lambda: not slurm_cluster.processes_with_env("LEPTON_SLURM_JOB", job), "the cluster to go")
+    wait_for(lambda: not slurm_cluster.processes_with_env("LEPTON_SLURM_JOB", job), "the cluster to go", timeout=120)
 
 
 def test_scancel_mid_job_leaves_no_process(slurm, tmp_path):
     script = write_script(tmp_path, [sys.executable, "-c", "import time; time.sleep(600)"])
     job = slurm.sbatch(script, tmp_path)
     ready = tmp_path / f"lepton-{job}" / "ready"
-    wait_for(ready.exists, "the cluster to start")
+    wait_for(ready.exists, "the cluster to start", timeout=120)
     assert len(slurm_cluster.processes_with_env("LEPTON_SLURM_JOB", job)) >= 4  # coordinator, 2 agents, command
     slurm.cmd(["scancel", job], check=True)
     wait_for(lambda: not slurm_cluster.processes_with_env("LEPTON_SLURM_JOB", job), "every process of the job to end",
              timeout=60)
-    wait_for(lambda: slurm.state(job) in ("CANCELLED", "GONE"), f"job {job} to end as cancelled")
+    wait_for(lambda: slurm.state(job) in ("CANCELLED", "GONE"), f"job {job} to end as cancelled", timeout=120)
