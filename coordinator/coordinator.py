@@ -23,6 +23,7 @@ from lepton.backends.ops import TensorMeta, get_op, sparse
 from lepton.coordinator import planner
 from lepton.coordinator.agent_link import AgentLink
 from lepton.coordinator.datasets import CSR_PARTS, DatasetStore
+from lepton.coordinator.early import EarlyAnswers, EarlyOptions
 from lepton.coordinator.jobs import Job, JobRecord
 from lepton.coordinator.membership import Membership
 from lepton.coordinator.scheduler import Scheduler
@@ -71,9 +72,9 @@ class Coordinator:
 
     def submit(self, op_name: str, params: dict, headers: list, scheme: planner.Scheme, count: int,
                target_bytes: int, key_column: int, label: str, deadline: float | None,
-               dataset_inputs: dict[str, str] | None = None) -> Job:
+               dataset_inputs: dict[str, str] | None = None, early: EarlyOptions | None = None) -> Job:
         """Validate and plan a job whose `headers` inputs stream and `dataset_inputs` (input name ->
-        dataset name) are resident."""
+        dataset name) are resident; with `early`, it sends running estimates (coordinator/early.py)."""
         op = get_op(op_name)
         datasets = {}  # op input name -> (dataset, part): a sparse dataset stands for three inputs
         for name, dataset_name in (dataset_inputs or {}).items():
@@ -95,10 +96,11 @@ class Coordinator:
         else:
             plan = planner.plan(op, metas, scheme, count, target_bytes or self.config.target_partition_bytes,
                                 key_column)
+        answers = EarlyAnswers(op, params, early.checked(), plan.count, op_name) if early else None
         self._check_capacity(op.name)
         self._check_memory(inputs.bytes_total)
         job = Job(f"job-{next(self._ids)}", op, params, label, inputs, plan, self.config.tree_arity, deadline,
-                  datasets)
+                  datasets, answers)
         with self._lock:
             self._jobs[job.id] = job
             self._records[job.id] = job.record

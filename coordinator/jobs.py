@@ -28,6 +28,7 @@ from lepton.errors import LeptonError
 from lepton.backends.ops import Op
 from lepton.backends.tree import Tree, TreeAggregator
 from lepton.coordinator import metrics
+from lepton.coordinator.early import EarlyAnswers
 from lepton.coordinator.partitions import PartitionState, PartitionTable
 from lepton.coordinator.planner import Plan
 from lepton import wire
@@ -138,7 +139,7 @@ class Job:
     takes its own lock first, then this one, never the other way round)."""
 
     def __init__(self, job_id: str, op: Op, params: dict, label: str, inputs, plan: Plan, tree_arity: int,
-                 deadline: float | None, datasets: dict | None = None):
+                 deadline: float | None, datasets: dict | None = None, early: EarlyAnswers | None = None):
         self.id, self.op, self.params, self.plan = job_id, op, params, plan
         self.inputs = inputs  # a TensorAssembler over the inputs streamed with the job
         self.names = [h.name for h in inputs.headers]
@@ -147,7 +148,11 @@ class Job:
         self.record = JobRecord(job_id, op.name, label, bytes_total=inputs.bytes_total,
                                 partitions_total=plan.count)
         self.lock = threading.Lock()
-        self.events: queue.SimpleQueue = queue.SimpleQueue()  # ("progress",) | ("done",) for the submit stream
+        # ("progress",) | ("estimate", Estimate) | ("done",) for the submit stream
+        self.events: queue.SimpleQueue = queue.SimpleQueue()
+        self.early = early  # running estimates asked for (coordinator/early.py), or None
+        if early is not None:
+            early.emit = lambda estimate: self.events.put(("estimate", estimate))
         self.wake: Callable[[], None] = lambda: None  # the scheduler's: new partitions are ready
         self.aggregator = TreeAggregator(Tree(plan.count, tree_arity), op.combine)
         self.result: dict[str, np.ndarray] | None = None
@@ -201,9 +206,19 @@ class Job:
 
     # -- runs (the scheduler calls these holding `lock`) ---------------------------------------
     def release_ready(self) -> None:
-        """Partitions whose rows have all arrived become READY."""
+        """Partitions whose rows have all arrived become READY (an early job's all at once, in its
+        random order)."""
         if self.parts.released < self.plan.count:
-            self.parts.release(self.ready_partitions())
+            if self.early is None:
+                self.parts.release(self.ready_partitions())
+            elif self.ready_partitions():
+                self.parts.release(self.plan.count, self.early.order)
+                self.early.begin([self.parts.queued_home[p] for p in range(self.plan.count)], self.plan.row_splits)
+
+    @property
+    def max_run(self) -> int:
+        """Partitions a run may hold: one for early answers, whose unit of sampling is a partition."""
+        return 1 if self.early is not None else self.plan.count
 
     def start_run(self, run: Run) -> bool:
         """Send `run`: its partitions READY -> RUNNING, the job RUNNING, attempts in the trace."""
@@ -262,8 +277,11 @@ class Job:
         self._round_complete()  # partitions may all be done already: only now is the input verified
 
     def ready_partitions(self) -> int:
-        """Partitions 0..n-1 have all their rows here (row blocks stream; others wait for all)."""
-        return self.plan.count if self.input_complete else self._ready
+        """Partitions 0..n-1 have all their rows here (row blocks stream; others wait for all, and so
+        do early jobs: the rows that arrive first are no random sample)."""
+        if self.input_complete:
+            return self.plan.count
+        return 0 if self.early is not None else self._ready
 
     def _rows_ready(self, inputs) -> int:
         """How many partitions the input received so far covers."""
@@ -360,6 +378,8 @@ class Job:
             for p in range(lo, hi):
                 self.parts.move(p, PartitionState.DONE)
             self.record.partitions_done = self.aggregator.covered_count
+        if self.early is not None:
+            self.early.add(lo, hi, partial)
         self._progress()
         self._round_complete()
 

@@ -83,9 +83,11 @@ class PartitionTable:
         elif new is D:
             self.done += 1
 
-    def release(self, upto: int) -> None:
-        """Partitions [0, upto) have their rows: WAITING -> READY."""
-        for p in range(self.released, upto):
+    def release(self, upto: int, order=None) -> None:
+        """Partitions [0, upto) have their rows: WAITING -> READY, in the order of `order` (a
+        permutation of the partitions) if given, which is then the order they are handed out in."""
+        todo = range(self.released, upto) if order is None else [p for p in order if self.released <= p < upto]
+        for p in todo:
             self.move(p, R)
         self.released = max(self.released, upto)
 

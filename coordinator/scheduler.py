@@ -190,7 +190,7 @@ class Scheduler:
         parts = job.parts
         if not parts.ready_count or job.state.final:
             return None
-        limit = self.run_size(job, agent, capable)
+        limit = min(self.run_size(job, agent, capable), job.max_run)
         if limit <= 0:
             return None
 

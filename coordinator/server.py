@@ -10,6 +10,7 @@ import numpy as np
 
 from lepton.errors import InvalidInput, ResourceExhausted
 from lepton.coordinator.coordinator import Coordinator
+from lepton.coordinator.early import EarlyOptions, Estimate
 from lepton.coordinator.intake import SMALL_JOB_BYTES, InputReader, deadline_from
 from lepton.coordinator.jobs import JobRecord
 from lepton.coordinator.planner import Scheme
@@ -68,6 +69,29 @@ def job_inputs(spec) -> tuple[list, dict[str, str]]:
     return headers, datasets
 
 
+def early_options(spec) -> EarlyOptions | None:
+    """The spec's early-answer options (unset fields: the defaults), or None if it asks for none."""
+    if not spec.HasField("early"):
+        return None
+    early, default = spec.early, EarlyOptions()
+    return EarlyOptions(early.confidence if early.HasField("confidence") else default.confidence,
+                        early.min_fraction_step if early.HasField("min_fraction_step") else default.every,
+                        early.min_interval_seconds if early.HasField("min_interval_seconds") else default.interval,
+                        early.seed)
+
+
+def estimate_message(estimate: Estimate) -> pb.Estimate:
+    values = []
+    for name, value in estimate.values.items():
+        array, bound = wire.little_endian(np.asarray(value)), estimate.bounds[name]
+        values.append(pb.EstimatedValue(
+            header=wire.header(name, array), data=array.tobytes(),
+            bound=b"" if bound is None else wire.little_endian(np.asarray(bound, dtype=np.float64)).tobytes()))
+    return pb.Estimate(fraction=estimate.fraction, partitions_used=estimate.partitions_used,
+                       partitions_total=estimate.partitions_total, confidence=estimate.confidence,
+                       seed=estimate.seed, values=values)
+
+
 def input_chunks(request_iterator):
     for request in request_iterator:
         if not request.HasField("chunk"):
@@ -85,7 +109,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServiceServicer):
         part = spec.partitioning
         return self.c.submit(spec.op, wire.decode_params(spec.params), headers, scheme_of(part), part.count,
                              part.target_bytes, part.key_column, spec.label, deadline_from(context.time_remaining()),
-                             datasets)
+                             datasets, early_options(spec))
 
     @staticmethod
     def _result(job, context) -> tuple[list, list]:
@@ -105,8 +129,11 @@ class CoordinatorServicer(pb_grpc.CoordinatorServiceServicer):
         context.add_callback(lambda: self.c.finished(job))
         yield pb.SubmitJobResponse(accepted=job_status(job.record))  # first: a client may wait for it
         self.intake.start(job, input_chunks(request_iterator))
-        while job.events.get()[0] != "done":
-            yield pb.SubmitJobResponse(progress=job_status(job.record))
+        while (item := job.events.get())[0] != "done":
+            if item[0] == "estimate":
+                yield pb.SubmitJobResponse(estimate=estimate_message(item[1]))
+            else:
+                yield pb.SubmitJobResponse(progress=job_status(job.record))
         headers, arrays = self._result(job, context)
         for header in headers:
             yield pb.SubmitJobResponse(result_header=header)
@@ -121,6 +148,9 @@ class CoordinatorServicer(pb_grpc.CoordinatorServiceServicer):
         if incoming > SMALL_JOB_BYTES:
             raise InvalidInput(f"RunJob takes at most {SMALL_JOB_BYTES >> 20} MiB of input and this job has "
                                f"{incoming} bytes: stream it with SubmitJob")
+        if request.spec.HasField("early"):
+            raise InvalidInput("RunJob has one reply and cannot stream early estimates: submit the job with "
+                               "SubmitJob, or without early")
         job = self._submit(request.spec, context)
         context.add_callback(lambda: self.c.finished(job))  # the client went away: cancel it
         try:

@@ -109,6 +109,11 @@ class Op:
         """Root partial (possibly empty) to named results."""
         raise NotImplementedError
 
+    def estimators(self, params: Params) -> dict:
+        """Early answers: fresh estimators (lepton.backends.estimates) of the results that a random
+        sample of partitions can estimate, by result name. {}: the op has none."""
+        return {}
+
     def combine(self, left: Partial, right: Partial) -> Partial:
         """`merge` with the empty partial as identity."""
         if not left:

@@ -10,6 +10,7 @@ import math
 import numpy as np
 
 from lepton.errors import InvalidInput
+from lepton.backends.estimates import Running, Scaled, Spread, Total
 from lepton.backends.ops.base import Op, Params, TensorMeta
 from lepton.backends.ops.common import chan_merge, check_params
 
@@ -61,6 +62,9 @@ class Sum(_Reduction):
     def merge(self, left, right):
         return {"sum": left["sum"] + right["sum"]}
 
+    def estimators(self, params):
+        return {"sum": Total("sum", params["columns"], params["out_dtype"])}
+
     def finalize(self, partial, params):
         total = partial["sum"] if partial else np.zeros(params["columns"])
         return {"sum": np.asarray(total).astype(params["out_dtype"])}
@@ -76,6 +80,9 @@ class _Extreme(_Reduction):
 
     def finalize(self, partial, params):
         return {self.name: partial[self.name]}
+
+    def estimators(self, params):
+        return {self.name: Running(self.name, params["columns"], self.elementwise)}
 
 
 class Min(_Extreme):
@@ -108,6 +115,9 @@ class Count(_Reduction):
     def finalize(self, partial, params):
         return {"count": partial["count"] if partial else np.zeros(params["columns"], dtype=np.int64)}
 
+    def estimators(self, params):
+        return {"count": Total("count", params["columns"], "<i8")}
+
 
 def _result_float(params: Params) -> np.dtype:
     """np.mean / np.var keep float32 and float64; integers give float64."""
@@ -128,6 +138,9 @@ class Mean(_Reduction):
 
     def finalize(self, partial, params):
         return {"mean": (partial["sum"] / partial["n"]).astype(_result_float(params))}
+
+    def estimators(self, params):
+        return {"mean": Total("sum", params["columns"], _result_float(params), mean=True)}
 
 
 class Var(_Reduction):
@@ -156,6 +169,9 @@ class Var(_Reduction):
 
     def finalize(self, partial, params):
         return {"var": (partial["m2"] / (partial["n"] - params["ddof"])).astype(_result_float(params))}
+
+    def estimators(self, params):
+        return {"var": Spread(params["columns"], _result_float(params), params["ddof"])}
 
 
 class Describe(Var):
@@ -208,6 +224,12 @@ class Describe(Var):
         return {**super().finalize(partial, params), "sum": partial["sum"].astype(params["out_dtype"]),
                 "mean": partial["mean"].astype(_result_float(params)), "min": partial["min"],
                 "max": partial["max"], "count": partial["count"]}
+
+    def estimators(self, params):
+        columns, out = params["columns"], _result_float(params)
+        return {**super().estimators(params), "sum": Total("sum", columns, params["out_dtype"]),
+                "mean": Total("sum", columns, out, mean=True), "min": Running("min", columns, np.minimum),
+                "max": Running("max", columns, np.maximum), "count": Total("count", columns, "<i8")}
 
 
 class Histogram(Op):
@@ -262,6 +284,10 @@ class Histogram(Op):
         # The edges np.histogram itself returns for this dtype, bins and range.
         bins, rng = self._bins(params)
         return np.histogram(np.empty(0, dtype=params["dtype"]), bins=bins, range=rng)[1]
+
+    def estimators(self, params):
+        bins = params["bins"] if "bins" in params else len(params["edges"]) - 1
+        return {"counts": Scaled("counts", [*params["columns"], bins])}
 
     def finalize(self, partial, params):
         edges = self.edges(params)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-_HOMES = {"Client": "lepton.client", "Dataset": "lepton.client", "Job": "lepton.client",
+_HOMES = {"Client": "lepton.client", "Dataset": "lepton.client", "Early": "lepton.client", "Estimate": "lepton.client",
+          "Job": "lepton.client",
           "LocalCluster": "lepton.local",
           **{name: "lepton.errors" for name in ("AlreadyExists", "Cancelled", "DeadlineExceeded", "FailedPrecondition",
                                                 "InvalidInput", "LeptonError", "NotFound", "PermissionDenied",
@@ -20,7 +21,7 @@ _HOMES = {"Client": "lepton.client", "Dataset": "lepton.client", "Job": "lepton.
 __all__ = sorted(_HOMES)
 
 if TYPE_CHECKING:
-    from lepton.client import Client, Dataset, Job
+    from lepton.client import Client, Dataset, Early, Estimate, Job
     from lepton.errors import (AlreadyExists, Cancelled, DeadlineExceeded, FailedPrecondition, InvalidInput,
                                LeptonError, NotFound, PermissionDenied, ResourceExhausted, Unauthenticated,
                                Unavailable)

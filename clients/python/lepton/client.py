@@ -6,13 +6,17 @@
         for status in job:            # progress while it runs
             print(status.partitions_done, "/", status.partitions_total)
         counts = job.result()["counts"]
+        for estimate in client.sum(x, early=True):   # running estimates, then the exact sum
+            print(estimate.fraction, estimate.value, "+-", estimate.bound)
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import queue
 import threading
-from typing import Any, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Mapping
 
 import grpc
 import numpy as np
@@ -35,8 +39,71 @@ def _partitioning(scheme: str, count: int, target_bytes: int, key_column: int) -
                                 key_column=key_column)
 
 
+@dataclass(frozen=True)
+class Early:
+    """What early answers to send (`submit(..., early=Early(...))`; `early=True` takes these defaults)."""
+
+    confidence: float = 0.95  # of the bounds: the exact result lies within value +- bound this often
+    every: float = 0.05  # at least this fraction of the rows between two estimates
+    interval: float = 0.1  # at least this many seconds between two estimates
+    seed: int = 0  # of the random order partitions are handed out in; 0: the coordinator picks one
+
+    def message(self) -> job_pb2.EarlyAnswers:
+        return job_pb2.EarlyAnswers(confidence=self.confidence, min_fraction_step=self.every,
+                                    min_interval_seconds=self.interval, seed=self.seed)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A running estimate of a job's result, or (`final`) the exact result itself.
+
+    `values` and `bounds` are by result name; `value` and `bound` are those of `name` (the first
+    value when unset), scalars for a 1-D input. The exact result lies within value +- bound with
+    probability about `confidence`; bound is inf while too few partitions are in, None for values
+    that have none (min and max are running values, histogram counts scaled), and 0 once final.
+    """
+
+    values: dict[str, np.ndarray]
+    bounds: dict[str, np.ndarray]
+    fraction: float  # of the rows behind it: rises from estimate to estimate, 1 when final
+    partitions_used: int
+    partitions_total: int
+    confidence: float
+    seed: int  # of the random order the partitions went out in
+    final: bool = False
+    name: str | None = None
+
+    @property
+    def value(self):
+        return _scalar(self.values[self.name or next(iter(self.values))])
+
+    @property
+    def bound(self):
+        bound = self.bounds.get(self.name or next(iter(self.values)))
+        return None if bound is None else _scalar(bound)
+
+    @property
+    def interval(self) -> tuple | None:
+        """(low, high) of `value`, or None without a bound."""
+        bound = self.bound
+        return None if bound is None else (self.value - bound, self.value + bound)
+
+
+def _estimate(message) -> Estimate:
+    values, bounds = {}, {}
+    for item in message.values:
+        meta = wire.meta(item.header)
+        if len(item.data) != meta.nbytes or len(item.bound) not in (0, 8 * int(np.prod(meta.shape))):
+            raise LeptonError(f"estimate of {item.header.name!r}: its bytes do not match its header")
+        values[item.header.name] = np.frombuffer(item.data, dtype=meta.dtype).reshape(meta.shape)
+        if item.bound:
+            bounds[item.header.name] = np.frombuffer(item.bound, dtype="<f8").reshape(meta.shape)
+    return Estimate(values, bounds, message.fraction, message.partitions_used, message.partitions_total,
+                    message.confidence, message.seed)
+
+
 def _spec(op: str, inputs, partitioning: str, partitions: int, target_bytes: int, key_column: int, label: str,
-          params: dict) -> tuple[job_pb2.JobSpec, dict[str, np.ndarray]]:
+          params: dict, early: bool | Early = False) -> tuple[job_pb2.JobSpec, dict[str, np.ndarray]]:
     """The job spec, and the arrays to send (a Dataset or a dataset's name goes by name)."""
     if inputs is None:
         inputs = {}
@@ -49,6 +116,8 @@ def _spec(op: str, inputs, partitioning: str, partitions: int, target_bytes: int
         inputs=[job_pb2.JobInput(name=n, tensor=wire.header(n, a)) for n, a in arrays.items()]
         + [job_pb2.JobInput(name=n, dataset=d) for n, d in resident.items()],
         partitioning=_partitioning(partitioning, partitions, target_bytes, key_column))
+    if early:
+        spec.early.CopyFrom((Early() if early is True else early).message())
     return spec, arrays
 
 
@@ -59,8 +128,11 @@ def state_name(status: job_pb2.JobStatus) -> str:
 class Job:
     """A submitted job. Its events are read in the background; iterate for progress."""
 
-    def __init__(self, call_factory, requests):
+    def __init__(self, call_factory, requests, on_estimate: Callable[[Estimate], None] | None = None):
         self._events: queue.Queue = queue.Queue()
+        self._estimates: list[Estimate] = []  # as they arrived; the last one final once the job succeeded
+        self._estimated = threading.Condition()
+        self._on_estimate = on_estimate
         self._accepted = threading.Event()
         self._done = threading.Event()
         self.status: job_pb2.JobStatus | None = None
@@ -90,16 +162,52 @@ class Job:
                 elif kind == "result_chunk":
                     assembler = assembler or wire.TensorAssembler(headers)
                     assembler.add(response.result_chunk)
+                elif kind == "estimate":
+                    self._add_estimate(_estimate(response.estimate))
             assembler = assembler or wire.TensorAssembler(headers)
             self._result = assembler.finish()
+            self._add_estimate(self._final_estimate())
         except grpc.RpcError as exc:
             self._error = LeptonError.from_rpc(exc)
         except Exception as exc:  # noqa: BLE001 - surface anything else through result()
             self._error = LeptonError(repr(exc))
         finally:
             self._accepted.set()
-            self._done.set()
+            with self._estimated:
+                self._done.set()
+                self._estimated.notify_all()
             self._events.put(None)
+
+    def _add_estimate(self, estimate: Estimate) -> None:
+        with self._estimated:
+            self._estimates.append(estimate)
+            self._estimated.notify_all()
+        if self._on_estimate is not None:
+            self._on_estimate(estimate)
+
+    def _final_estimate(self) -> Estimate:
+        """The exact result as the last estimate: bound 0, fraction 1."""
+        last = self._estimates[-1] if self._estimates else None
+        total = self.status.partitions_total if self.status else 0
+        return Estimate(dict(self._result), {k: np.zeros(np.shape(v)) for k, v in self._result.items()}, 1.0,
+                        total, total, 1.0, last.seed if last else 0, final=True)
+
+    def estimates(self, name: str | None = None) -> Iterator[Estimate]:
+        """Every estimate, from the first (whenever you start), ending with the exact result
+        (`final`); raises LeptonError then if the job failed. `name` picks the result that
+        `Estimate.value` and `.bound` show. A job submitted without early gives the final one only."""
+        seen = 0
+        while True:
+            with self._estimated:
+                while seen == len(self._estimates) and not self._done.is_set():
+                    self._estimated.wait()
+                if seen == len(self._estimates):
+                    break
+                estimate = self._estimates[seen]
+            seen += 1
+            yield dataclasses.replace(estimate, name=name) if name else estimate
+        if self._error:
+            raise self._error
 
     def __iter__(self) -> Iterator[job_pb2.JobStatus]:
         """Statuses (accepted, progress, done) not yet seen by any iterator, until the job ends.
@@ -215,19 +323,22 @@ class Client:
     # -- jobs --------------------------------------------------------------------------------
     def submit(self, op: str, inputs: np.ndarray | Mapping[str, np.ndarray] | None = None, *,
                partitioning: str = "row_blocks", partitions: int = 0, target_bytes: int = 0,
-               key_column: int = 0, label: str = "", timeout: float | None = None, **params: Any) -> Job:
+               key_column: int = 0, label: str = "", timeout: float | None = None, early: bool | Early = False,
+               on_estimate: Callable[[Estimate], None] | None = None, **params: Any) -> Job:
         """Submit `op` on `inputs` (one array is named "x"); returns at once with a Job.
 
         An input may be a `Dataset` (or a dataset's name as a string): it is resident on the agents
-        and nothing is shipped for it.
+        and nothing is shipped for it. `early` (True or an `Early`) asks for running estimates of a
+        reduction's result: `job.estimates()` yields them, and `on_estimate` is called with each
+        (on the job's reader thread).
         """
-        spec, arrays = _spec(op, inputs, partitioning, partitions, target_bytes, key_column, label, params)
+        spec, arrays = _spec(op, inputs, partitioning, partitions, target_bytes, key_column, label, params, early)
 
         def requests():
             yield pb.SubmitJobRequest(spec=spec).SerializeToString()
             yield from wire.framed_chunks(arrays.values())
 
-        job = Job(lambda r: self._submit_raw(r, timeout=timeout or self.timeout), requests())
+        job = Job(lambda r: self._submit_raw(r, timeout=timeout or self.timeout), requests(), on_estimate)
         job._cancel_rpc = self._stub.CancelJob
         return job
 
@@ -254,31 +365,45 @@ class Client:
         return self.submit(op, inputs, partitioning=partitioning, partitions=partitions, target_bytes=target_bytes,
                            key_column=key_column, label=label, timeout=timeout, **params).result()
 
-    def sum(self, x, **kw):
-        return _scalar(self.run("sum", x, **kw)["sum"])
+    # The reductions take early=True (or an Early): they then return an iterator of Estimates, the
+    # last of which is the exact result (Job.estimates).
+    def _reduce(self, op: str, x, name: str, early, kw):
+        if early:
+            return self.submit(op, x, early=early, **kw).estimates(name)
+        return _scalar(self.run(op, x, **kw)[name])
 
-    def min(self, x, **kw):
-        return _scalar(self.run("min", x, **kw)["min"])
+    def sum(self, x, early: bool | Early = False, **kw):
+        return self._reduce("sum", x, "sum", early, kw)
 
-    def max(self, x, **kw):
-        return _scalar(self.run("max", x, **kw)["max"])
+    def min(self, x, early: bool | Early = False, **kw):
+        return self._reduce("min", x, "min", early, kw)
 
-    def mean(self, x, **kw):
-        return _scalar(self.run("mean", x, **kw)["mean"])
+    def max(self, x, early: bool | Early = False, **kw):
+        return self._reduce("max", x, "max", early, kw)
 
-    def var(self, x, ddof: int = 0, **kw):
-        return _scalar(self.run("var", x, ddof=ddof, **kw)["var"])
+    def mean(self, x, early: bool | Early = False, **kw):
+        return self._reduce("mean", x, "mean", early, kw)
 
-    def count(self, x, **kw):
-        return _scalar(self.run("count", x, **kw)["count"])
+    def var(self, x, ddof: int = 0, early: bool | Early = False, **kw):
+        return self._reduce("var", x, "var", early, {"ddof": ddof, **kw})
 
-    def describe(self, x, ddof: int = 0, **kw) -> dict:
-        """sum, min, max, mean, var (with `ddof`) and count along axis 0, in one pass (one job)."""
+    def count(self, x, early: bool | Early = False, **kw):
+        return self._reduce("count", x, "count", early, kw)
+
+    def describe(self, x, ddof: int = 0, early: bool | Early = False, **kw):
+        """sum, min, max, mean, var (with `ddof`) and count along axis 0, in one pass (one job); with
+        early, an iterator of Estimates holding all six."""
+        if early:
+            return self.submit("describe", x, ddof=ddof, early=early, **kw).estimates()
         return {k: _scalar(v) for k, v in self.run("describe", x, ddof=ddof, **kw).items()}
 
-    def histogram(self, x, bins: int | None = None, range=None, edges=None, **kw):
-        """(counts, edges), as numpy.histogram; give bins with range, or edges."""
+    def histogram(self, x, bins: int | None = None, range=None, edges=None, early: bool | Early = False, **kw):
+        """(counts, edges), as numpy.histogram; give bins with range, or edges. With early, an
+        iterator of Estimates of the counts (scaled up from the rows seen), the last the exact
+        result (its values hold the edges too)."""
         params = {k: v for k, v in (("bins", bins), ("range", range), ("edges", edges)) if v is not None}
+        if early:
+            return self.submit("histogram", x, early=early, **params, **kw).estimates("counts")
         out = self.run("histogram", x, **params, **kw)
         return out["counts"], out["edges"]
 

@@ -26,7 +26,7 @@ from lepton.v1 import job_pb2 as lepton_dot_v1_dot_job__pb2
 from lepton.v1 import tensor_pb2 as lepton_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#lepton/v1/coordinator_service.proto\x12\tlepton.v1\x1a\x13lepton/v1/job.proto\x1a\x16lepton/v1/tensor.proto\"\xb3\x01\n\x0b\x44\x61tasetSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12)\n\x06tensor\x18\x02 \x01(\x0b\x32\x17.lepton.v1.TensorHeaderH\x00\x12#\n\x03\x63sr\x18\x05 \x01(\x0b\x32\x14.lepton.v1.CsrMatrixH\x00\x12-\n\x0cpartitioning\x18\x03 \x01(\x0b\x32\x17.lepton.v1.Partitioning\x12\x0f\n\x07replace\x18\x04 \x01(\x08\x42\x06\n\x04\x64\x61ta\"\x93\x01\n\tCsrMatrix\x12\'\n\x06indptr\x18\x01 \x01(\x0b\x32\x17.lepton.v1.TensorHeader\x12(\n\x07indices\x18\x02 \x01(\x0b\x32\x17.lepton.v1.TensorHeader\x12%\n\x04\x64\x61ta\x18\x03 \x01(\x0b\x32\x17.lepton.v1.TensorHeader\x12\x0c\n\x04\x63ols\x18\x04 \x01(\x03\"o\n\x11PutDatasetRequest\x12&\n\x04spec\x18\x01 \x01(\x0b\x32\x16.lepton.v1.DatasetSpecH\x00\x12\'\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x16.lepton.v1.TensorChunkH\x00\x42\t\n\x07payload\"\x87\x02\n\x0b\x44\x61tasetInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\"\n\x05\x64type\x18\x02 \x01(\x0e\x32\x13.lepton.v1.DataType\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x13\n\x0btotal_bytes\x18\x04 \x01(\x03\x12\x12\n\npartitions\x18\x05 \x01(\x05\x12\x38\n\tplacement\x18\x06 \x03(\x0b\x32%.lepton.v1.DatasetInfo.PlacementEntry\x12\x12\n\ncreated_at\x18\x07 \x01(\x01\x12\x0e\n\x06sparse\x18\x08 \x01(\x08\x1a\x30\n\x0ePlacementEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\"=\n\x12PutDatasetResponse\x12\'\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\x16.lepton.v1.DatasetInfo\"\x15\n\x13ListDatasetsRequest\"@\n\x14ListDatasetsResponse\x12(\n\x08\x64\x61tasets\x18\x01 \x03(\x0b\x32\x16.lepton.v1.DatasetInfo\"\"\n\x12\x44ropDatasetRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x15\n\x13\x44ropDatasetResponse\"j\n\x10SubmitJobRequest\x12\"\n\x04spec\x18\x01 \x01(\x0b\x32\x12.lepton.v1.JobSpecH\x00\x12\'\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x16.lepton.v1.TensorChunkH\x00\x42\t\n\x07payload\"\xf8\x01\n\x11SubmitJobResponse\x12(\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x0b\x32\x14.lepton.v1.JobStatusH\x00\x12(\n\x08progress\x18\x02 \x01(\x0b\x32\x14.lepton.v1.JobStatusH\x00\x12\x30\n\rresult_header\x18\x03 \x01(\x0b\x32\x17.lepton.v1.TensorHeaderH\x00\x12.\n\x0cresult_chunk\x18\x04 \x01(\x0b\x32\x16.lepton.v1.TensorChunkH\x00\x12$\n\x04\x64one\x18\x05 \x01(\x0b\x32\x14.lepton.v1.JobStatusH\x00\x42\x07\n\x05\x65vent\"Y\n\rRunJobRequest\x12 \n\x04spec\x18\x01 \x01(\x0b\x32\x12.lepton.v1.JobSpec\x12&\n\x06\x63hunks\x18\x02 \x03(\x0b\x32\x16.lepton.v1.TensorChunk\"\x93\x01\n\x0eRunJobResponse\x12!\n\x03job\x18\x01 \x01(\x0b\x32\x14.lepton.v1.JobStatus\x12/\n\x0eresult_headers\x18\x02 \x03(\x0b\x32\x17.lepton.v1.TensorHeader\x12-\n\rresult_chunks\x18\x03 \x03(\x0b\x32\x16.lepton.v1.TensorChunk\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"3\n\x0eGetJobResponse\x12!\n\x03job\x18\x01 \x01(\x0b\x32\x14.lepton.v1.JobStatus\" \n\x0fListJobsRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\"6\n\x10ListJobsResponse\x12\"\n\x04jobs\x18\x01 \x03(\x0b\x32\x14.lepton.v1.JobStatus\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"6\n\x11\x43\x61ncelJobResponse\x12!\n\x03job\x18\x01 \x01(\x0b\x32\x14.lepton.v1.JobStatus\"\x19\n\x17GetClusterStatusRequest\"\xa0\x01\n\x18GetClusterStatusResponse\x12&\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x16.lepton.v1.AgentStatus\x12\x14\n\x0cjobs_running\x18\x02 \x01(\x05\x12\x12\n\njobs_total\x18\x03 \x01(\x05\x12\x17\n\x0fmetrics_address\x18\x04 \x01(\t\x12\x19\n\x11\x64\x61shboard_address\x18\x05 \x01(\t\"$\n\x12GetJobTraceRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"g\n\x13GetJobTraceResponse\x12!\n\x03job\x18\x01 \x01(\x0b\x32\x14.lepton.v1.JobStatus\x12-\n\npartitions\x18\x02 \x03(\x0b\x32\x19.lepton.v1.PartitionTrace\"\xd7\x01\n\x0ePartitionTrace\x12\x11\n\tpartition\x18\x01 \x01(\x05\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x10\n\x08\x61gent_id\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\x12\x11\n\tqueued_at\x18\x05 \x01(\x01\x12\x0f\n\x07sent_at\x18\x06 \x01(\x01\x12\x12\n\nstarted_at\x18\x07 \x01(\x01\x12\x13\n\x0b\x66inished_at\x18\x08 \x01(\x01\x12\x13\n\x0breceived_at\x18\t \x01(\x01\x12\x0c\n\x04rows\x18\n \x01(\x03\x12\x0f\n\x07outcome\x18\x0b \x01(\t\"\xce\x01\n\nDeviceInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x14\n\x0cmemory_bytes\x18\x04 \x01(\x03\x12\x0b\n\x03ops\x18\x05 \x03(\t\x12\x39\n\nthroughput\x18\x06 \x03(\x0b\x32%.lepton.v1.DeviceInfo.ThroughputEntry\x1a\x31\n\x0fThroughputEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xe0\x01\n\x0b\x41gentStatus\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12&\n\x07\x64\x65vices\x18\x04 \x03(\x0b\x32\x15.lepton.v1.DeviceInfo\x12\x0f\n\x07\x63redits\x18\x05 \x01(\x05\x12\x11\n\tin_flight\x18\x06 \x01(\x05\x12\"\n\x1alast_heartbeat_age_seconds\x18\x07 \x01(\x01\x12\x17\n\x0fpartitions_done\x18\x08 \x01(\x03\x12\x17\n\x0fmetrics_address\x18\t \x01(\t2\x82\x06\n\x12\x43oordinatorService\x12J\n\tSubmitJob\x12\x1b.lepton.v1.SubmitJobRequest\x1a\x1c.lepton.v1.SubmitJobResponse(\x01\x30\x01\x12=\n\x06RunJob\x12\x18.lepton.v1.RunJobRequest\x1a\x19.lepton.v1.RunJobResponse\x12=\n\x06GetJob\x12\x18.lepton.v1.GetJobRequest\x1a\x19.lepton.v1.GetJobResponse\x12\x43\n\x08ListJobs\x12\x1a.lepton.v1.ListJobsRequest\x1a\x1b.lepton.v1.ListJobsResponse\x12\x46\n\tCancelJob\x12\x1b.lepton.v1.CancelJobRequest\x1a\x1c.lepton.v1.CancelJobResponse\x12[\n\x10GetClusterStatus\x12\".lepton.v1.GetClusterStatusRequest\x1a#.lepton.v1.GetClusterStatusResponse\x12L\n\x0bGetJobTrace\x12\x1d.lepton.v1.GetJobTraceRequest\x1a\x1e.lepton.v1.GetJobTraceResponse\x12K\n\nPutDataset\x12\x1c.lepton.v1.PutDatasetRequest\x1a\x1d.lepton.v1.PutDatasetResponse(\x01\x12O\n\x0cListDatasets\x12\x1e.lepton.v1.ListDatasetsRequest\x1a\x1f.lepton.v1.ListDatasetsResponse\x12L\n\x0b\x44ropDataset\x12\x1d.lepton.v1.DropDatasetRequest\x1a\x1e.lepton.v1.DropDatasetResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#lepton/v1/coordinator_service.proto\x12\tlepton.v1\x1a\x13lepton/v1/job.proto\x1a\x16lepton/v1/tensor.proto\"\xb3\x01\n\x0b\x44\x61tasetSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12)\n\x06tensor\x18\x02 \x01(\x0b\x32\x17.lepton.v1.TensorHeaderH\x00\x12#\n\x03\x63sr\x18\x05 \x01(\x0b\x32\x14.lepton.v1.CsrMatrixH\x00\x12-\n\x0cpartitioning\x18\x03 \x01(\x0b\x32\x17.lepton.v1.Partitioning\x12\x0f\n\x07replace\x18\x04 \x01(\x08\x42\x06\n\x04\x64\x61ta\"\x93\x01\n\tCsrMatrix\x12\'\n\x06indptr\x18\x01 \x01(\x0b\x32\x17.lepton.v1.TensorHeader\x12(\n\x07indices\x18\x02 \x01(\x0b\x32\x17.lepton.v1.TensorHeader\x12%\n\x04\x64\x61ta\x18\x03 \x01(\x0b\x32\x17.lepton.v1.TensorHeader\x12\x0c\n\x04\x63ols\x18\x04 \x01(\x03\"o\n\x11PutDatasetRequest\x12&\n\x04spec\x18\x01 \x01(\x0b\x32\x16.lepton.v1.DatasetSpecH\x00\x12\'\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x16.lepton.v1.TensorChunkH\x00\x42\t\n\x07payload\"\x87\x02\n\x0b\x44\x61tasetInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\"\n\x05\x64type\x18\x02 \x01(\x0e\x32\x13.lepton.v1.DataType\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x13\n\x0btotal_bytes\x18\x04 \x01(\x03\x12\x12\n\npartitions\x18\x05 \x01(\x05\x12\x38\n\tplacement\x18\x06 \x03(\x0b\x32%.lepton.v1.DatasetInfo.PlacementEntry\x12\x12\n\ncreated_at\x18\x07 \x01(\x01\x12\x0e\n\x06sparse\x18\x08 \x01(\x08\x1a\x30\n\x0ePlacementEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\"=\n\x12PutDatasetResponse\x12\'\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\x16.lepton.v1.DatasetInfo\"\x15\n\x13ListDatasetsRequest\"@\n\x14ListDatasetsResponse\x12(\n\x08\x64\x61tasets\x18\x01 \x03(\x0b\x32\x16.lepton.v1.DatasetInfo\"\"\n\x12\x44ropDatasetRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x15\n\x13\x44ropDatasetResponse\"j\n\x10SubmitJobRequest\x12\"\n\x04spec\x18\x01 \x01(\x0b\x32\x12.lepton.v1.JobSpecH\x00\x12\'\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x16.lepton.v1.TensorChunkH\x00\x42\t\n\x07payload\"\xa1\x02\n\x11SubmitJobResponse\x12(\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x0b\x32\x14.lepton.v1.JobStatusH\x00\x12(\n\x08progress\x18\x02 \x01(\x0b\x32\x14.lepton.v1.JobStatusH\x00\x12\x30\n\rresult_header\x18\x03 \x01(\x0b\x32\x17.lepton.v1.TensorHeaderH\x00\x12.\n\x0cresult_chunk\x18\x04 \x01(\x0b\x32\x16.lepton.v1.TensorChunkH\x00\x12$\n\x04\x64one\x18\x05 \x01(\x0b\x32\x14.lepton.v1.JobStatusH\x00\x12\'\n\x08\x65stimate\x18\x06 \x01(\x0b\x32\x13.lepton.v1.EstimateH\x00\x42\x07\n\x05\x65vent\"\x9c\x01\n\x08\x45stimate\x12\x10\n\x08\x66raction\x18\x01 \x01(\x01\x12\x17\n\x0fpartitions_used\x18\x02 \x01(\x05\x12\x18\n\x10partitions_total\x18\x03 \x01(\x05\x12\x12\n\nconfidence\x18\x04 \x01(\x01\x12\x0c\n\x04seed\x18\x05 \x01(\x04\x12)\n\x06values\x18\x06 \x03(\x0b\x32\x19.lepton.v1.EstimatedValue\"V\n\x0e\x45stimatedValue\x12\'\n\x06header\x18\x01 \x01(\x0b\x32\x17.lepton.v1.TensorHeader\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\r\n\x05\x62ound\x18\x03 \x01(\x0c\"Y\n\rRunJobRequest\x12 \n\x04spec\x18\x01 \x01(\x0b\x32\x12.lepton.v1.JobSpec\x12&\n\x06\x63hunks\x18\x02 \x03(\x0b\x32\x16.lepton.v1.TensorChunk\"\x93\x01\n\x0eRunJobResponse\x12!\n\x03job\x18\x01 \x01(\x0b\x32\x14.lepton.v1.JobStatus\x12/\n\x0eresult_headers\x18\x02 \x03(\x0b\x32\x17.lepton.v1.TensorHeader\x12-\n\rresult_chunks\x18\x03 \x03(\x0b\x32\x16.lepton.v1.TensorChunk\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"3\n\x0eGetJobResponse\x12!\n\x03job\x18\x01 \x01(\x0b\x32\x14.lepton.v1.JobStatus\" \n\x0fListJobsRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\"6\n\x10ListJobsResponse\x12\"\n\x04jobs\x18\x01 \x03(\x0b\x32\x14.lepton.v1.JobStatus\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"6\n\x11\x43\x61ncelJobResponse\x12!\n\x03job\x18\x01 \x01(\x0b\x32\x14.lepton.v1.JobStatus\"\x19\n\x17GetClusterStatusRequest\"\xa0\x01\n\x18GetClusterStatusResponse\x12&\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x16.lepton.v1.AgentStatus\x12\x14\n\x0cjobs_running\x18\x02 \x01(\x05\x12\x12\n\njobs_total\x18\x03 \x01(\x05\x12\x17\n\x0fmetrics_address\x18\x04 \x01(\t\x12\x19\n\x11\x64\x61shboard_address\x18\x05 \x01(\t\"$\n\x12GetJobTraceRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"g\n\x13GetJobTraceResponse\x12!\n\x03job\x18\x01 \x01(\x0b\x32\x14.lepton.v1.JobStatus\x12-\n\npartitions\x18\x02 \x03(\x0b\x32\x19.lepton.v1.PartitionTrace\"\xd7\x01\n\x0ePartitionTrace\x12\x11\n\tpartition\x18\x01 \x01(\x05\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x10\n\x08\x61gent_id\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\x12\x11\n\tqueued_at\x18\x05 \x01(\x01\x12\x0f\n\x07sent_at\x18\x06 \x01(\x01\x12\x12\n\nstarted_at\x18\x07 \x01(\x01\x12\x13\n\x0b\x66inished_at\x18\x08 \x01(\x01\x12\x13\n\x0breceived_at\x18\t \x01(\x01\x12\x0c\n\x04rows\x18\n \x01(\x03\x12\x0f\n\x07outcome\x18\x0b \x01(\t\"\xce\x01\n\nDeviceInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x14\n\x0cmemory_bytes\x18\x04 \x01(\x03\x12\x0b\n\x03ops\x18\x05 \x03(\t\x12\x39\n\nthroughput\x18\x06 \x03(\x0b\x32%.lepton.v1.DeviceInfo.ThroughputEntry\x1a\x31\n\x0fThroughputEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xe0\x01\n\x0b\x41gentStatus\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12&\n\x07\x64\x65vices\x18\x04 \x03(\x0b\x32\x15.lepton.v1.DeviceInfo\x12\x0f\n\x07\x63redits\x18\x05 \x01(\x05\x12\x11\n\tin_flight\x18\x06 \x01(\x05\x12\"\n\x1alast_heartbeat_age_seconds\x18\x07 \x01(\x01\x12\x17\n\x0fpartitions_done\x18\x08 \x01(\x03\x12\x17\n\x0fmetrics_address\x18\t \x01(\t2\x82\x06\n\x12\x43oordinatorService\x12J\n\tSubmitJob\x12\x1b.lepton.v1.SubmitJobRequest\x1a\x1c.lepton.v1.SubmitJobResponse(\x01\x30\x01\x12=\n\x06RunJob\x12\x18.lepton.v1.RunJobRequest\x1a\x19.lepton.v1.RunJobResponse\x12=\n\x06GetJob\x12\x18.lepton.v1.GetJobRequest\x1a\x19.lepton.v1.GetJobResponse\x12\x43\n\x08ListJobs\x12\x1a.lepton.v1.ListJobsRequest\x1a\x1b.lepton.v1.ListJobsResponse\x12\x46\n\tCancelJob\x12\x1b.lepton.v1.CancelJobRequest\x1a\x1c.lepton.v1.CancelJobResponse\x12[\n\x10GetClusterStatus\x12\".lepton.v1.GetClusterStatusRequest\x1a#.lepton.v1.GetClusterStatusResponse\x12L\n\x0bGetJobTrace\x12\x1d.lepton.v1.GetJobTraceRequest\x1a\x1e.lepton.v1.GetJobTraceResponse\x12K\n\nPutDataset\x12\x1c.lepton.v1.PutDatasetRequest\x1a\x1d.lepton.v1.PutDatasetResponse(\x01\x12O\n\x0cListDatasets\x12\x1e.lepton.v1.ListDatasetsRequest\x1a\x1f.lepton.v1.ListDatasetsResponse\x12L\n\x0b\x44ropDataset\x12\x1d.lepton.v1.DropDatasetRequest\x1a\x1e.lepton.v1.DropDatasetResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -60,39 +60,43 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SUBMITJOBREQUEST']._serialized_start=1017
   _globals['_SUBMITJOBREQUEST']._serialized_end=1123
   _globals['_SUBMITJOBRESPONSE']._serialized_start=1126
-  _globals['_SUBMITJOBRESPONSE']._serialized_end=1374
-  _globals['_RUNJOBREQUEST']._serialized_start=1376
-  _globals['_RUNJOBREQUEST']._serialized_end=1465
-  _globals['_RUNJOBRESPONSE']._serialized_start=1468
-  _globals['_RUNJOBRESPONSE']._serialized_end=1615
-  _globals['_GETJOBREQUEST']._serialized_start=1617
-  _globals['_GETJOBREQUEST']._serialized_end=1648
-  _globals['_GETJOBRESPONSE']._serialized_start=1650
-  _globals['_GETJOBRESPONSE']._serialized_end=1701
-  _globals['_LISTJOBSREQUEST']._serialized_start=1703
-  _globals['_LISTJOBSREQUEST']._serialized_end=1735
-  _globals['_LISTJOBSRESPONSE']._serialized_start=1737
-  _globals['_LISTJOBSRESPONSE']._serialized_end=1791
-  _globals['_CANCELJOBREQUEST']._serialized_start=1793
-  _globals['_CANCELJOBREQUEST']._serialized_end=1827
-  _globals['_CANCELJOBRESPONSE']._serialized_start=1829
-  _globals['_CANCELJOBRESPONSE']._serialized_end=1883
-  _globals['_GETCLUSTERSTATUSREQUEST']._serialized_start=1885
-  _globals['_GETCLUSTERSTATUSREQUEST']._serialized_end=1910
-  _globals['_GETCLUSTERSTATUSRESPONSE']._serialized_start=1913
-  _globals['_GETCLUSTERSTATUSRESPONSE']._serialized_end=2073
-  _globals['_GETJOBTRACEREQUEST']._serialized_start=2075
-  _globals['_GETJOBTRACEREQUEST']._serialized_end=2111
-  _globals['_GETJOBTRACERESPONSE']._serialized_start=2113
-  _globals['_GETJOBTRACERESPONSE']._serialized_end=2216
-  _globals['_PARTITIONTRACE']._serialized_start=2219
-  _globals['_PARTITIONTRACE']._serialized_end=2434
-  _globals['_DEVICEINFO']._serialized_start=2437
-  _globals['_DEVICEINFO']._serialized_end=2643
-  _globals['_DEVICEINFO_THROUGHPUTENTRY']._serialized_start=2594
-  _globals['_DEVICEINFO_THROUGHPUTENTRY']._serialized_end=2643
-  _globals['_AGENTSTATUS']._serialized_start=2646
-  _globals['_AGENTSTATUS']._serialized_end=2870
-  _globals['_COORDINATORSERVICE']._serialized_start=2873
-  _globals['_COORDINATORSERVICE']._serialized_end=3643
+  _globals['_SUBMITJOBRESPONSE']._serialized_end=1415
+  _globals['_ESTIMATE']._serialized_start=1418
+  _globals['_ESTIMATE']._serialized_end=1574
+  _globals['_ESTIMATEDVALUE']._serialized_start=1576
+  _globals['_ESTIMATEDVALUE']._serialized_end=1662
+  _globals['_RUNJOBREQUEST']._serialized_start=1664
+  _globals['_RUNJOBREQUEST']._serialized_end=1753
+  _globals['_RUNJOBRESPONSE']._serialized_start=1756
+  _globals['_RUNJOBRESPONSE']._serialized_end=1903
+  _globals['_GETJOBREQUEST']._serialized_start=1905
+  _globals['_GETJOBREQUEST']._serialized_end=1936
+  _globals['_GETJOBRESPONSE']._serialized_start=1938
+  _globals['_GETJOBRESPONSE']._serialized_end=1989
+  _globals['_LISTJOBSREQUEST']._serialized_start=1991
+  _globals['_LISTJOBSREQUEST']._serialized_end=2023
+  _globals['_LISTJOBSRESPONSE']._serialized_start=2025
+  _globals['_LISTJOBSRESPONSE']._serialized_end=2079
+  _globals['_CANCELJOBREQUEST']._serialized_start=2081
+  _globals['_CANCELJOBREQUEST']._serialized_end=2115
+  _globals['_CANCELJOBRESPONSE']._serialized_start=2117
+  _globals['_CANCELJOBRESPONSE']._serialized_end=2171
+  _globals['_GETCLUSTERSTATUSREQUEST']._serialized_start=2173
+  _globals['_GETCLUSTERSTATUSREQUEST']._serialized_end=2198
+  _globals['_GETCLUSTERSTATUSRESPONSE']._serialized_start=2201
+  _globals['_GETCLUSTERSTATUSRESPONSE']._serialized_end=2361
+  _globals['_GETJOBTRACEREQUEST']._serialized_start=2363
+  _globals['_GETJOBTRACEREQUEST']._serialized_end=2399
+  _globals['_GETJOBTRACERESPONSE']._serialized_start=2401
+  _globals['_GETJOBTRACERESPONSE']._serialized_end=2504
+  _globals['_PARTITIONTRACE']._serialized_start=2507
+  _globals['_PARTITIONTRACE']._serialized_end=2722
+  _globals['_DEVICEINFO']._serialized_start=2725
+  _globals['_DEVICEINFO']._serialized_end=2931
+  _globals['_DEVICEINFO_THROUGHPUTENTRY']._serialized_start=2882
+  _globals['_DEVICEINFO_THROUGHPUTENTRY']._serialized_end=2931
+  _globals['_AGENTSTATUS']._serialized_start=2934
+  _globals['_AGENTSTATUS']._serialized_end=3158
+  _globals['_COORDINATORSERVICE']._serialized_start=3161
+  _globals['_COORDINATORSERVICE']._serialized_end=3931
 # @@protoc_insertion_point(module_scope)

@@ -104,18 +104,46 @@ class SubmitJobRequest(_message.Message):
     def __init__(self, spec: _Optional[_Union[_job_pb2.JobSpec, _Mapping]] = ..., chunk: _Optional[_Union[_tensor_pb2.TensorChunk, _Mapping]] = ...) -> None: ...
 
 class SubmitJobResponse(_message.Message):
-    __slots__ = ("accepted", "progress", "result_header", "result_chunk", "done")
+    __slots__ = ("accepted", "progress", "result_header", "result_chunk", "done", "estimate")
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
     RESULT_HEADER_FIELD_NUMBER: _ClassVar[int]
     RESULT_CHUNK_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATE_FIELD_NUMBER: _ClassVar[int]
     accepted: _job_pb2.JobStatus
     progress: _job_pb2.JobStatus
     result_header: _tensor_pb2.TensorHeader
     result_chunk: _tensor_pb2.TensorChunk
     done: _job_pb2.JobStatus
-    def __init__(self, accepted: _Optional[_Union[_job_pb2.JobStatus, _Mapping]] = ..., progress: _Optional[_Union[_job_pb2.JobStatus, _Mapping]] = ..., result_header: _Optional[_Union[_tensor_pb2.TensorHeader, _Mapping]] = ..., result_chunk: _Optional[_Union[_tensor_pb2.TensorChunk, _Mapping]] = ..., done: _Optional[_Union[_job_pb2.JobStatus, _Mapping]] = ...) -> None: ...
+    estimate: Estimate
+    def __init__(self, accepted: _Optional[_Union[_job_pb2.JobStatus, _Mapping]] = ..., progress: _Optional[_Union[_job_pb2.JobStatus, _Mapping]] = ..., result_header: _Optional[_Union[_tensor_pb2.TensorHeader, _Mapping]] = ..., result_chunk: _Optional[_Union[_tensor_pb2.TensorChunk, _Mapping]] = ..., done: _Optional[_Union[_job_pb2.JobStatus, _Mapping]] = ..., estimate: _Optional[_Union[Estimate, _Mapping]] = ...) -> None: ...
+
+class Estimate(_message.Message):
+    __slots__ = ("fraction", "partitions_used", "partitions_total", "confidence", "seed", "values")
+    FRACTION_FIELD_NUMBER: _ClassVar[int]
+    PARTITIONS_USED_FIELD_NUMBER: _ClassVar[int]
+    PARTITIONS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    fraction: float
+    partitions_used: int
+    partitions_total: int
+    confidence: float
+    seed: int
+    values: _containers.RepeatedCompositeFieldContainer[EstimatedValue]
+    def __init__(self, fraction: _Optional[float] = ..., partitions_used: _Optional[int] = ..., partitions_total: _Optional[int] = ..., confidence: _Optional[float] = ..., seed: _Optional[int] = ..., values: _Optional[_Iterable[_Union[EstimatedValue, _Mapping]]] = ...) -> None: ...
+
+class EstimatedValue(_message.Message):
+    __slots__ = ("header", "data", "bound")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    BOUND_FIELD_NUMBER: _ClassVar[int]
+    header: _tensor_pb2.TensorHeader
+    data: bytes
+    bound: bytes
+    def __init__(self, header: _Optional[_Union[_tensor_pb2.TensorHeader, _Mapping]] = ..., data: _Optional[bytes] = ..., bound: _Optional[bytes] = ...) -> None: ...
 
 class RunJobRequest(_message.Message):
     __slots__ = ("spec", "chunks")

@@ -85,7 +85,7 @@ class JobInput(_message.Message):
     def __init__(self, name: _Optional[str] = ..., tensor: _Optional[_Union[_tensor_pb2.TensorHeader, _Mapping]] = ..., dataset: _Optional[str] = ...) -> None: ...
 
 class JobSpec(_message.Message):
-    __slots__ = ("op", "params", "inputs", "partitioning", "label")
+    __slots__ = ("op", "params", "inputs", "partitioning", "label", "early")
     class ParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -98,12 +98,26 @@ class JobSpec(_message.Message):
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     PARTITIONING_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
+    EARLY_FIELD_NUMBER: _ClassVar[int]
     op: str
     params: _containers.MessageMap[str, Param]
     inputs: _containers.RepeatedCompositeFieldContainer[JobInput]
     partitioning: Partitioning
     label: str
-    def __init__(self, op: _Optional[str] = ..., params: _Optional[_Mapping[str, Param]] = ..., inputs: _Optional[_Iterable[_Union[JobInput, _Mapping]]] = ..., partitioning: _Optional[_Union[Partitioning, _Mapping]] = ..., label: _Optional[str] = ...) -> None: ...
+    early: EarlyAnswers
+    def __init__(self, op: _Optional[str] = ..., params: _Optional[_Mapping[str, Param]] = ..., inputs: _Optional[_Iterable[_Union[JobInput, _Mapping]]] = ..., partitioning: _Optional[_Union[Partitioning, _Mapping]] = ..., label: _Optional[str] = ..., early: _Optional[_Union[EarlyAnswers, _Mapping]] = ...) -> None: ...
+
+class EarlyAnswers(_message.Message):
+    __slots__ = ("confidence", "min_fraction_step", "min_interval_seconds", "seed")
+    CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    MIN_FRACTION_STEP_FIELD_NUMBER: _ClassVar[int]
+    MIN_INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    confidence: float
+    min_fraction_step: float
+    min_interval_seconds: float
+    seed: int
+    def __init__(self, confidence: _Optional[float] = ..., min_fraction_step: _Optional[float] = ..., min_interval_seconds: _Optional[float] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class JobStatus(_message.Message):
     __slots__ = ("job_id", "op", "label", "state", "bytes_received", "bytes_total", "partitions_done", "partitions_total", "submitted_at", "finished_at", "error_code", "error_message", "retries", "iteration")
