@@ -9,13 +9,14 @@ finishes does not depend on its values (true of equal row blocks; it is the assu
 Totals (sum, count) use the separate ratio estimator over each stratum's row counts, which are
 known for every partition: T = sum_h M_h * (sum of y / sum of m over the sample of stratum h), with
 the linearized variance N_h^2 (1 - n_h/N_h) s_h^2 / n_h of the residuals y - R_h m (Cochran,
-"Sampling Techniques", 6.11 and 5A.13). The interval is Student's t with Satterthwaite's degrees of
+"Sampling Techniques", chapters 5 and 6). The interval is Student's t with Satterthwaite's degrees of
 freedom; it is infinite while a stratum has fewer than two partitions in (no spread is known) and
 widens by the rounding the exact answer itself may differ by. A mean is a total over M; a variance is the
 total of each partition's squared deviations about the estimated mean, over M - ddof (first order
 in the mean's error). Min and max are running values and histogram counts scaled totals, unbounded.
 
-Each estimator keeps what it needs per stratum, from partials only: never the data.
+Each estimator keeps running sums per stratum (`Moments`), from partials only: never the data, and
+nothing per partition, so neither its memory nor the cost of an estimate grows with the partitions.
 """
 from __future__ import annotations
 
@@ -69,6 +70,34 @@ class Estimator:
         raise NotImplementedError
 
 
+class Moments:
+    """Running sums of k features per partition in one stratum: their sums and cross-products, per
+    column. Feature 0 is the partition's rows. A ratio estimate of any linear combination of the
+    features then needs no per-partition memory: its residuals' sum of squares is a quadratic form
+    in the cross-products. The features are shifted by the stratum's first partition (by its ratio
+    or its mean), so that form does not cancel catastrophically."""
+
+    def __init__(self, k: int, shape: tuple[int, ...]):
+        self.n = 0
+        self.sums = np.zeros((k, *shape))
+        self.products = np.zeros((k, k, *shape))
+
+    def add(self, features: np.ndarray) -> None:
+        self.n += 1
+        self.sums += features
+        self.products += features[:, None] * features[None, :]
+
+    def ratio(self, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For z = weights . features: sum z / sum rows, and the residuals' sum of squares,
+        sum (z - ratio * rows)^2 (clipped at 0 against rounding)."""
+        rows = self.sums[0]
+        ratio = (weights * self.sums).sum(axis=0) / rows if rows.all() else np.zeros(rows.shape)
+        u = weights.copy()
+        u[0] = u[0] - ratio
+        squares = (u[:, None] * u[None, :] * self.products).sum(axis=(0, 1))
+        return ratio, np.maximum(squares, 0.0)
+
+
 @dataclass
 class _Total:
     value: np.ndarray
@@ -77,25 +106,22 @@ class _Total:
     used: int  # partitions behind it
 
 
-def ratio_total(strata: Strata, ys: dict[int, list], ms: dict[int, list], shape) -> _Total:
-    """The stratified ratio estimate of a population total from per-partition values `ys[h]` and
-    row counts `ms[h]` (see the module docstring)."""
+def ratio_total(strata: Strata, moments: dict[int, Moments], weights: dict[int, np.ndarray], shape) -> _Total:
+    """The stratified ratio estimate of a population total of z = weights[h] . features (see the
+    module docstring), with its variance and Satterthwaite's degrees of freedom."""
     value, variance = np.zeros(shape), np.zeros(shape)
     df_denominator, used = np.zeros(shape), 0
-    for h, y in ys.items():
-        y = np.stack(y).astype(np.float64).reshape((len(y), *shape))
-        m = np.asarray(ms[h], dtype=np.float64).reshape((-1,) + (1,) * len(shape))
-        n, big_n, big_m, seen = len(y), int(strata.partitions[h]), float(strata.rows[h]), float(m.sum())
+    for h, m in moments.items():
+        n, big_n = m.n, int(strata.partitions[h])
         used += n
-        ratio = y.sum(axis=0) / seen if seen else np.zeros(shape)
-        value += big_m * ratio
+        ratio, squares = m.ratio(weights[h])
+        value += float(strata.rows[h]) * ratio
         if n >= big_n:  # the whole stratum is in: exact
             continue
         if n < 2:
             variance += np.inf
             continue
-        residual = y - ratio * m
-        a = big_n * big_n * (1 - n / big_n) / n * (residual * residual).sum(axis=0) / (n - 1)
+        a = big_n * big_n * (1 - n / big_n) / n * squares / (n - 1)
         variance += a
         df_denominator += a * a / (n - 1)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -109,22 +135,31 @@ def half_width(total: _Total, confidence: float) -> np.ndarray:
                         t_quantile(confidence, np.maximum(total.df, 1.0)) * np.sqrt(total.variance))
 
 
+def _value(partial: Partial, key: str, shape) -> np.ndarray:
+    value = partial.get(key)
+    return np.zeros(shape) if value is None else np.asarray(value, dtype=np.float64)
+
+
 class Total(Estimator):
-    """The total of partial key `key` (sum, count); divided by the rows with `mean=True`."""
+    """The total of partial key `key` (sum, count); divided by the rows with `mean=True`.
+    Features: rows, and y - r0 * rows with r0 the ratio of the stratum's first partition."""
 
     def __init__(self, key: str, shape, result_dtype, mean: bool = False):
         super().__init__(tuple(shape))
         self.key, self.mean, self.u = key, mean, roundoff(result_dtype)
-        self.ys: dict[int, list] = {}
-        self.ms: dict[int, list] = {}
+        self.moments: dict[int, Moments] = {}
+        self.shift: dict[int, np.ndarray] = {}
 
     def add(self, h, rows, partial):
-        y = partial.get(self.key)
-        self.ys.setdefault(h, []).append(np.zeros(self.shape) if y is None else np.asarray(y, dtype=np.float64))
-        self.ms.setdefault(h, []).append(rows)
+        y = _value(partial, self.key, self.shape)
+        if h not in self.moments:
+            self.moments[h] = Moments(2, self.shape)
+            self.shift[h] = y / rows if rows else np.zeros(self.shape)
+        self.moments[h].add(np.stack([np.full(self.shape, float(rows)), y - self.shift[h] * rows]))
 
     def estimate(self, strata, confidence):
-        total = ratio_total(strata, self.ys, self.ms, self.shape)
+        weights = {h: np.stack([r0, np.ones(self.shape)]) for h, r0 in self.shift.items()}
+        total = ratio_total(strata, self.moments, weights, self.shape)
         scale = 1.0 / strata.total_rows if self.mean and strata.total_rows else 1.0
         value = total.value * scale
         # The exact answer differs from the true value by its own rounding: the result's dtype, and
@@ -134,34 +169,44 @@ class Total(Estimator):
 
 
 class Spread(Estimator):
-    """The variance (ddof) from (n, mean, m2) partials: sum of squared deviations over M - ddof."""
+    """The variance (ddof) from (n, mean, m2) partials: the total of each partition's squared
+    deviations about the estimated mean, m2 + rows * (mean - mu)^2, over M - ddof.
+
+    With c the stratum's first mean, e = mean - c and eps = mu - c, a partition's deviations are
+    a - 2 eps b + eps^2 rows for the features a = m2 + rows e^2 (shifted by a0 * rows, a0 the
+    first partition's m2 / rows) and b = rows e: linear in them, whatever mu turns out to be."""
 
     def __init__(self, shape, result_dtype, ddof: int):
         super().__init__(tuple(shape))
         self.u, self.ddof = roundoff(result_dtype), ddof
-        self.means: dict[int, list] = {}
-        self.m2s: dict[int, list] = {}
-        self.ms: dict[int, list] = {}
+        self.moments: dict[int, Moments] = {}
+        self.centre: dict[int, np.ndarray] = {}  # c
+        self.base: dict[int, np.ndarray] = {}  # a0
 
     def add(self, h, rows, partial):
-        zero = np.zeros(self.shape)
-        self.means.setdefault(h, []).append(np.asarray(partial.get("mean", zero), dtype=np.float64))
-        self.m2s.setdefault(h, []).append(np.asarray(partial.get("m2", zero), dtype=np.float64))
-        self.ms.setdefault(h, []).append(rows)
+        mean, m2 = _value(partial, "mean", self.shape), _value(partial, "m2", self.shape)
+        if h not in self.moments:
+            self.moments[h] = Moments(3, self.shape)
+            self.centre[h] = mean
+            self.base[h] = m2 / rows if rows else np.zeros(self.shape)
+        e = mean - self.centre[h]
+        a = m2 + rows * e * e - self.base[h] * rows
+        self.moments[h].add(np.stack([np.full(self.shape, float(rows)), a, rows * e]))
 
     def estimate(self, strata, confidence):
-        rows = strata.total_rows
-        sums = {h: [mean * m for mean, m in zip(means, self.ms[h])] for h, means in self.means.items()}
-        mean = ratio_total(strata, sums, self.ms, self.shape).value / rows
-        # Each partition's squared deviations about the estimated mean: its own m2 plus its offset.
-        deviations = {h: [m2 + m * np.square(part_mean - mean)
-                          for m2, part_mean, m in zip(self.m2s[h], self.means[h], self.ms[h])]
-                      for h in self.means}
-        total = ratio_total(strata, deviations, self.ms, self.shape)
+        rows, one, zero = strata.total_rows, np.ones(self.shape), np.zeros(self.shape)
+        # mu: the ratio estimate of the total of rows * mean (= rows * c + b), over M
+        sums = {h: np.stack([c, zero, one]) for h, c in self.centre.items()}
+        mu = ratio_total(strata, self.moments, sums, self.shape).value / rows
+        weights = {}
+        for h, c in self.centre.items():
+            eps = mu - c
+            weights[h] = np.stack([self.base[h] + eps * eps, one, -2 * eps])
+        total = ratio_total(strata, self.moments, weights, self.shape)
         scale = 1.0 / max(1, rows - self.ddof)
         value = total.value * scale
         with np.errstate(divide="ignore", invalid="ignore"):
-            condition = 1 + np.nan_to_num(np.abs(mean) / np.sqrt(value), nan=0.0, posinf=0.0)
+            condition = 1 + np.nan_to_num(np.abs(mu) / np.sqrt(value), nan=0.0, posinf=0.0)
         slack = np.abs(value) * (self.u + 2 * (total.used + 4) * U64 * condition)
         return value, half_width(total, confidence) * scale + slack
 

@@ -14,10 +14,10 @@ the order of its work only, never in what is computed (the final result is bitwi
 What is assumed: how soon a partition finishes does not depend on its values (true of row blocks
 of a dense input, whose partitions differ in size by a row at most).
 
-The coordinator's cost: each partial is kept as its op's estimators need (a few numbers per column;
-histograms a running sum), never the data; an estimate is computed only when the fraction of rows
-covered has grown by `every` since the last one and `interval` seconds have passed, so a job gets at
-most 1/every of them.
+The coordinator's cost: each partial goes into its op's estimators' running sums per stratum (a few
+dozen numbers per column, whatever the number of partitions), never the data; an estimate is
+computed only when the fraction of rows covered has grown by `every` since the last one and
+`interval` seconds have passed, so a job gets at most 1/every of them, each costing O(strata x columns).
 """
 from __future__ import annotations
 

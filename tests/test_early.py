@@ -14,7 +14,7 @@ import pytest
 from scipy import stats
 
 import lepton
-from lepton.backends.estimates import Strata, Total
+from lepton.backends.estimates import Spread, Strata, Total
 from lepton.v1 import coordinator_service_pb2 as pb, coordinator_service_pb2_grpc as pb_grpc
 
 EVERY_PARTITION = lepton.Early(every=0.0, interval=0.0)
@@ -114,7 +114,7 @@ def _coverage(client, ds, exact, confidence: float, seeds) -> dict[str, int]:
     the seed (15% to 85%): is each exact value inside its interval? (One estimate per job: the
     estimates of one job share partitions, so only different jobs are independent trials.)"""
     def one(seed):
-        target = np.random.default_rng(seed).uniform(0.15, 0.85)
+        target = np.random.default_rng((seed, 1)).uniform(0.15, 0.85)  # not the order's stream
         early = lepton.Early(confidence=confidence, every=0.0, interval=0.0, seed=seed)
         job = client.submit("describe", ds, early=early)
         chosen = next(e for e in job.estimates() if e.fraction >= target)
@@ -166,6 +166,53 @@ def test_strata_sampled_at_different_rates_still_cover():
         value, bound = estimator.estimate(strata, 0.95)
         hits += abs(value - totals.sum()) <= bound
     assert stats.binom.cdf(hits, runs, 0.92) >= 1e-3, f"{hits}/{runs} inside the 95% intervals"
+
+
+def _direct(strata, samples, confidence):
+    """The stratified ratio estimate and bound of a total, straight from the per-partition values
+    (samples[h] = (y, rows) arrays): the definition the running sums must reproduce."""
+    value = variance = df_den = 0.0
+    for h, (y, m) in samples.items():
+        n, big_n = len(y), strata.partitions[h]
+        ratio = y.sum(axis=0) / m.sum()
+        value = value + strata.rows[h] * ratio
+        d = y - ratio * m[:, None]
+        a = big_n ** 2 * (1 - n / big_n) / n * (d * d).sum(axis=0) / (n - 1)
+        variance, df_den = variance + a, df_den + a * a / (n - 1)
+    return value, stats.t.ppf(0.5 + confidence / 2, variance ** 2 / df_den) * np.sqrt(variance)
+
+
+@pytest.mark.parametrize("offset", [0.0, 1e6], ids=["centred", "mean-1e6-spread-1e-3"])
+def test_running_sums_reproduce_the_estimator_from_every_partition(offset):
+    """The estimators keep running sums per stratum, not the partitions: their values and bounds
+    must equal the textbook formulas over the partitions kept, also where the data's mean dwarfs
+    its spread (a sum of squares there would cancel to noise)."""
+    rng = np.random.default_rng(5)
+    parts = [offset + 1e-3 * (rng.standard_normal((int(rows), 3)) + p / 10)
+             for p, rows in enumerate(rng.integers(50, 150, 30))]
+    stratum = [p % 2 for p in range(30)]
+    strata = Strata(np.array([15, 15]), np.array([sum(len(q) for p, q in enumerate(parts) if stratum[p] == h)
+                                                  for h in (0, 1)]))
+    total, spread = Total("sum", [3], "<f8"), Spread([3], "<f8", 0)
+    taken = [p for p in rng.permutation(30) if stratum[p] == 0][:6] + [p for p in rng.permutation(30) if stratum[p] == 1][:9]
+    for p in taken:
+        q = parts[p]
+        total.add(stratum[p], len(q), {"sum": q.sum(axis=0)})
+        spread.add(stratum[p], len(q), {"n": len(q), "mean": q.mean(axis=0), "m2": ((q - q.mean(axis=0)) ** 2).sum(axis=0)})
+    rows = {h: np.array([len(parts[p]) for p in taken if stratum[p] == h], dtype=float) for h in (0, 1)}
+    sums = {h: (np.array([parts[p].sum(axis=0) for p in taken if stratum[p] == h]), rows[h]) for h in (0, 1)}
+    value, bound = total.estimate(strata, 0.9)
+    want, want_bound = _direct(strata, sums, 0.9)
+    assert np.allclose(value, want, rtol=1e-12) and np.allclose(bound, want_bound, rtol=1e-6, atol=1e-9 * np.abs(want))
+    big_m = strata.rows.sum()
+    mu = _direct(strata, sums, 0.9)[0] / big_m
+    deviations = {h: (np.array([((parts[p] - mu) ** 2).sum(axis=0) for p in taken if stratum[p] == h]), rows[h])
+                  for h in (0, 1)}
+    value, bound = spread.estimate(strata, 0.9)
+    want, want_bound = (v / big_m for v in _direct(strata, deviations, 0.9))
+    # Tolerance: the features are shifted by the first partition, the definition's are not; float64
+    # leaves ~1e-10 of the spread here, and the bound needs two digits.
+    assert np.allclose(value, want, rtol=1e-9) and np.allclose(bound, want_bound, rtol=1e-4)
 
 
 def test_bad_early_requests_are_invalid_argument_naming_what(client):
