@@ -9,11 +9,11 @@ finishes does not depend on its values (true of equal row blocks; it is the assu
 Totals (sum, count) use the separate ratio estimator over each stratum's row counts, which are
 known for every partition: T = sum_h M_h * (sum of y / sum of m over the sample of stratum h), with
 the linearized variance N_h^2 (1 - n_h/N_h) s_h^2 / n_h of the residuals y - R_h m (Cochran,
-"Sampling Techniques", chapters 5 and 6). The interval is Student's t with Satterthwaite's degrees of
-freedom; it is infinite while a stratum has fewer than two partitions in (no spread is known) and
-widens by the rounding the exact answer itself may differ by. A mean is a total over M; a variance is the
-total of each partition's squared deviations about the estimated mean, over M - ddof (first order
-in the mean's error). Min and max are running values and histogram counts scaled totals, unbounded.
+"Sampling Techniques", chapters 5 and 6). The interval is Student's t with the degrees of freedom
+of the stratum with the fewest partitions in (conservative); it is infinite while a stratum has
+fewer than two partitions in (no spread is known), and widens by the rounding the exact answer
+itself may differ by. A mean is a total over M; a variance is the total of each partition's squared
+deviations about the estimated mean, over M - ddof (first order in the mean's error). Min and max are running values and histogram counts scaled totals, unbounded.
 
 Each estimator keeps running sums per stratum (`Moments`), from partials only: never the data, and
 nothing per partition, so neither its memory nor the cost of an estimate grows with the partitions.
@@ -108,9 +108,9 @@ class _Total:
 
 def ratio_total(strata: Strata, moments: dict[int, Moments], weights: dict[int, np.ndarray], shape) -> _Total:
     """The stratified ratio estimate of a population total of z = weights[h] . features (see the
-    module docstring), with its variance and Satterthwaite's degrees of freedom."""
+    module docstring), with its variance and degrees of freedom."""
     value, variance = np.zeros(shape), np.zeros(shape)
-    df_denominator, used = np.zeros(shape), 0
+    df, used = np.inf, 0
     for h, m in moments.items():
         n, big_n = m.n, int(strata.partitions[h])
         used += n
@@ -121,12 +121,11 @@ def ratio_total(strata: Strata, moments: dict[int, Moments], weights: dict[int, 
         if n < 2:
             variance += np.inf
             continue
-        a = big_n * big_n * (1 - n / big_n) / n * squares / (n - 1)
-        variance += a
-        df_denominator += a * a / (n - 1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        df = np.where(df_denominator > 0, variance * variance / df_denominator, np.inf)
-    return _Total(value, variance, np.nan_to_num(df, nan=np.inf), used)
+        variance += big_n * big_n * (1 - n / big_n) / n * squares / (n - 1)
+        # The smallest stratum's degrees of freedom: conservative. Satterthwaite's (between that and
+        # their sum) covered 0.91-0.93 instead of 0.95 when one agent had done far fewer partitions.
+        df = min(df, n - 1)
+    return _Total(value, variance, np.full(shape, float(df)), used)
 
 
 def half_width(total: _Total, confidence: float) -> np.ndarray:

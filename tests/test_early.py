@@ -1,9 +1,10 @@
 """Early answers: running estimates while partials arrive, on a real cluster (coordinator/early.py).
 
 The bounds are CLT intervals (Student's t over the partitions, stratified by the agent a partition
-lives on), so their coverage is the stated confidence only approximately: on the data below it was
-0.943 (sum) and 0.935 (var) at 0.95, and 0.804 / 0.793 at 0.8, simulated over 2,000 random orders
-(the estimators alone). The binomial checks therefore allow 0.03 either side of the confidence; each
+lives on), so their coverage is the stated confidence only approximately: on the data below, with
+the two strata sampled evenly to unevenly (one agent done with 15% of what the other did), it was
+0.93-0.95 (sum, var) at 0.95 and 0.78-0.81 at 0.8, simulated over 2,000 random orders each (the
+estimators alone). The binomial checks therefore allow 0.03 either side of the confidence; each
 fails by chance with probability at most 1e-3 when the coverage is inside that band.
 """
 from concurrent.futures import ThreadPoolExecutor
@@ -74,10 +75,10 @@ def test_early_on_a_resident_dataset_is_bitwise_the_plain_job(client):
                          .estimates())
         assert seen == estimates  # the callback saw each one, in order, the final one too
         assert all(same_bits(estimates[-1].values[k], plain[k]) for k in plain)
-        # Two agents, two strata: no bound until each has two partitions in, and no value until one.
-        assert estimates[0].partitions_used >= 2 and len(estimates) >= 25
-        sums = [e for e in estimates if not e.final]
-        assert all(abs(e.values["sum"] - plain["sum"]) <= e.bounds["sum"] for e in sums[-5:])
+        # Two agents, two strata: no estimate until each has a partition in, no bound until two.
+        *running, last = estimates
+        assert running and running[0].partitions_used >= 2 and np.isinf(running[0].bounds["sum"])
+        assert np.isfinite(running[-1].bounds["sum"]) and last.final
         defaults = list(client.sum(ds, early=True))  # estimates at least 5% of the rows and 0.1 s apart
         fractions = [e.fraction for e in defaults]
         assert all(b - a >= 0.05 for a, b in zip(fractions, fractions[1:-1]))
@@ -171,15 +172,15 @@ def test_strata_sampled_at_different_rates_still_cover():
 def _direct(strata, samples, confidence):
     """The stratified ratio estimate and bound of a total, straight from the per-partition values
     (samples[h] = (y, rows) arrays): the definition the running sums must reproduce."""
-    value = variance = df_den = 0.0
+    value = variance = 0.0
     for h, (y, m) in samples.items():
         n, big_n = len(y), strata.partitions[h]
         ratio = y.sum(axis=0) / m.sum()
         value = value + strata.rows[h] * ratio
         d = y - ratio * m[:, None]
-        a = big_n ** 2 * (1 - n / big_n) / n * (d * d).sum(axis=0) / (n - 1)
-        variance, df_den = variance + a, df_den + a * a / (n - 1)
-    return value, stats.t.ppf(0.5 + confidence / 2, variance ** 2 / df_den) * np.sqrt(variance)
+        variance = variance + big_n ** 2 * (1 - n / big_n) / n * (d * d).sum(axis=0) / (n - 1)
+    df = min(len(y) for y, _ in samples.values()) - 1
+    return value, stats.t.ppf(0.5 + confidence / 2, df) * np.sqrt(variance)
 
 
 @pytest.mark.parametrize("offset", [0.0, 1e6], ids=["centred", "mean-1e6-spread-1e-3"])
