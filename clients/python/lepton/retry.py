@@ -45,7 +45,10 @@ class Backoff:
 
 
 def unavailable(exc: BaseException) -> bool:
-    return isinstance(exc, grpc.RpcError) and exc.code() == grpc.StatusCode.UNAVAILABLE
+    """UNAVAILABLE that waiting may cure: not a failed TLS handshake (an untrusted or wrong
+    certificate stays so; a restarting coordinator refuses connections instead)."""
+    return (isinstance(exc, grpc.RpcError) and exc.code() == grpc.StatusCode.UNAVAILABLE
+            and "handshake" not in (exc.details() or "").lower())
 
 
 def retrying(call: Callable[[], T], budget: float) -> T:
