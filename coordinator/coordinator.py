@@ -325,6 +325,9 @@ class Coordinator:
         with self._lock:
             record = self._records.get(job_id)
         if record is None:
+            if job_id.startswith("job-") and not job_id.startswith(f"job-{self.membership.incarnation}-"):
+                raise NotFound(f"no job {job_id!r}: it is not one of this coordinator's (job-"
+                               f"{self.membership.incarnation}-N); a coordinator that restarted forgets its jobs")
             raise NotFound(f"no job {job_id!r} (the coordinator keeps the last {self.config.history} jobs)")
         return record
 

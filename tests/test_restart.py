@@ -182,12 +182,15 @@ def test_in_flight_jobs_fail_with_unavailable_and_idempotent_calls_wait_for_the_
         cluster.kill_coordinator()
         with pytest.raises(lepton.Unavailable):
             job.result(timeout=60)  # not UNKNOWN, and no hang
+        lost = job.status.job_id
         status = {}
         asking = threading.Thread(target=lambda: status.update(agents=client.cluster_status().agents))
         asking.start()  # while no coordinator listens: retried with backoff
         cluster.start_coordinator()
         asking.join(timeout=60)
         assert "agents" in status  # it got its answer from the new coordinator
+        with pytest.raises(lepton.NotFound, match="restarted forgets its jobs"):
+            client.job(lost)
 
 
 class Counting(grpc.UnaryUnaryClientInterceptor):
