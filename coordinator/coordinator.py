@@ -188,6 +188,7 @@ class Coordinator:
                 inputs.finish_list()  # every byte in, checksums right
                 dataset, old = self.datasets.add(dataset, replace)
             except BaseException:
+                self.datasets.abandon(dataset)
                 self._forget_keys(dataset)
                 raise
         else:

@@ -135,6 +135,7 @@ class DatasetStore:
         self.directory, self.test_save_delay = Path(directory), test_save_delay
         self.directory.mkdir(parents=True, exist_ok=True)
         self._datasets: dict[str, Dataset] = {}
+        self._placing: dict[str, Dataset] = {}  # by version: made by new(), placed, not added yet
         self._generation = 0
         self._lock = threading.Lock()
         self._reload()
@@ -163,8 +164,14 @@ class DatasetStore:
         self.check_name(name)
         with self._lock:
             self._generation += 1
-            generation = self._generation
-        return Dataset(name, generation, secrets.token_hex(8), dict(arrays), row_splits, cols)
+            dataset = Dataset(name, self._generation, secrets.token_hex(8), dict(arrays), row_splits, cols)
+            self._placing[dataset.version] = dataset  # an agent rejoining meanwhile keeps what it got
+        return dataset
+
+    def abandon(self, dataset: Dataset) -> None:
+        """A dataset from new() that will not be added (its put failed)."""
+        with self._lock:
+            self._placing.pop(dataset.version, None)
 
     def add(self, dataset: Dataset, replace: bool) -> tuple[Dataset, Dataset | None]:
         """Register `dataset` and start writing its copy; returns the dataset it replaced, whose
@@ -173,6 +180,7 @@ class DatasetStore:
         with self._lock:
             old = self._datasets.get(dataset.name)
             self._datasets[dataset.name] = dataset
+            self._placing.pop(dataset.version, None)
         if old is not None:
             old.dropped = True  # its copy, if still being written, is abandoned
         threading.Thread(target=self._save, args=(dataset, old), name=f"save-{dataset.name}", daemon=True).start()
@@ -266,6 +274,8 @@ class DatasetStore:
         for (name, version), entries in sorted(announced.items()):
             with self._lock:
                 dataset = self._datasets.get(name)
+                if dataset is None or dataset.version != version:
+                    dataset = self._placing.get(version) or dataset  # a put in progress
             parts = dict(entries)
             if (dataset is None or dataset.version != version or dataset.dropped or len(parts) != len(entries)
                     or not parts.keys() <= (set(CSR_PARTS) if dataset.sparse else {""})

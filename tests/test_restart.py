@@ -149,6 +149,12 @@ def test_stale_and_unknown_announcements_are_not_trusted(tmp_path):
     assert w.placement == {}
     keys, stale = store.adopt("agent-2", [("x", x.version, "", [(3, 9)])])  # past its 4 partitions
     assert keys == [] and stale == [f"ds:x:{x.version}:"] and 3 not in x.placement
+    # A version still being put (placed while its rows arrive, not in the catalog yet) is not stale.
+    placing = store.new("x", {"x": np.zeros((20, 2))}, splits)
+    keys, stale = store.adopt("agent-3", [("x", placing.version, "", [(0, 1)])])
+    assert keys == [placing.key(0)] and stale == [] and placing.placement == {0: "agent-3"}
+    store.abandon(placing)
+    assert store.adopt("agent-3", [("x", placing.version, "", [(0, 1)])]) == ([], [f"ds:x:{placing.version}:"])
 
 
 def test_an_agent_announces_its_partitions_as_ranges():
