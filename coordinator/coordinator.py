@@ -48,6 +48,7 @@ class Config:
     data_dir: str = ""  # where dataset copies live; empty: a temporary folder
     steal_backlog: int = 16
     max_agents: int = 1024  # registered at once; JoinCluster beyond it gets RESOURCE_EXHAUSTED
+    test_save_delay: float = 0.0  # tests: a dataset copy's writer pauses before it flushes each file
 
 
 class Coordinator:
@@ -61,7 +62,7 @@ class Coordinator:
         self.scheduler = Scheduler(self.membership, self.config.max_attempts, self.config.agent_wait,
                                    self.config.steal_backlog, self.config.target_partition_bytes)
         self._tmp = None if self.config.data_dir else tempfile.TemporaryDirectory(prefix="lepton-data-")
-        self.datasets = DatasetStore(Path(self.config.data_dir or self._tmp.name))
+        self.datasets = DatasetStore(Path(self.config.data_dir or self._tmp.name), self.config.test_save_delay)
         self._jobs: dict[str, Job] = {}
         self._records: collections.OrderedDict[str, JobRecord] = collections.OrderedDict()
         self._ids = itertools.count(1)
@@ -99,8 +100,8 @@ class Coordinator:
         answers = EarlyAnswers(op, params, early.checked(), plan.count, op_name) if early else None
         self._check_capacity(op.name)
         self._check_memory(inputs.bytes_total)
-        job = Job(f"job-{next(self._ids)}", op, params, label, inputs, plan, self.config.tree_arity, deadline,
-                  datasets, answers)
+        job = Job(f"job-{self.membership.incarnation}-{next(self._ids)}", op, params, label, inputs, plan,
+                  self.config.tree_arity, deadline, datasets, answers)
         with self._lock:
             self._jobs[job.id] = job
             self._records[job.id] = job.record
@@ -142,6 +143,23 @@ class Coordinator:
                 raise InvalidInput(f"datasets {first.name!r} and {other.name!r} are partitioned differently")
         return planner.Plan(planner.Scheme.ROW_BLOCKS, first.partitions, first.shape[0], row_splits=first.row_splits)
 
+    # -- agents ------------------------------------------------------------------------------
+    def join(self, name: str, address: str, devices: list, credits: int, metrics_address: str = "",
+             resident=()) -> tuple:
+        """Register an agent with the dataset partitions it already holds (`resident`, as
+        DatasetStore.adopt takes them): those of datasets in the catalog count as placed there and
+        are never sent again. Returns the agent and the key prefixes it must drop (stale versions)."""
+        stale = []
+
+        def adopt(agent) -> None:
+            keys, dropped = self.datasets.adopt(agent.id, resident)
+            agent.link.cached.update(keys)
+            stale.extend(dropped)
+            if keys or dropped:
+                event(log, "agent.resident", agent=agent.id, partitions=len(keys), stale=len(dropped))
+
+        return self.membership.join(name, address, devices, credits, metrics_address, prepare=adopt), stale
+
     # -- datasets ----------------------------------------------------------------------------
     def put_dataset(self, name: str, headers: list, chunks, scheme: planner.Scheme, count: int, target_bytes: int,
                     key_column: int, replace: bool, cols: int | None = None):
@@ -172,6 +190,7 @@ class Coordinator:
                 inputs.finish_list()  # every byte in, checksums right
                 dataset, old = self.datasets.add(dataset, replace)
             except BaseException:
+                self.datasets.abandon(dataset)
                 self._forget_keys(dataset)
                 raise
         else:
@@ -187,8 +206,8 @@ class Coordinator:
                 parts = {part: parts[f"a_{part}"] for part in CSR_PARTS}
             dataset, old = self.datasets.create(name, parts, plan.row_splits, replace, cols)
             self.place(dataset)
-        if old is not None:
-            self._forget(old)
+        if old is not None:  # (its copy on disk goes once the new one is whole: DatasetStore.add)
+            self._forget_keys(old)
         event(log, "dataset.loaded", dataset=name, bytes=dataset.nbytes, partitions=dataset.partitions,
               agents=len(set(dataset.placement.values())))
         return dataset
@@ -258,11 +277,7 @@ class Coordinator:
                 t.join()
 
     def drop_dataset(self, name: str) -> None:
-        self._forget(self.datasets.drop(name))
-
-    def _forget(self, dataset) -> None:
-        self.datasets.remove_file(dataset)
-        self._forget_keys(dataset)
+        self._forget_keys(self.datasets.drop(name))
 
     def _forget_keys(self, dataset) -> None:
         """Drop the dataset's partitions from the agents' caches (and from what we believe they hold)."""
@@ -313,6 +328,9 @@ class Coordinator:
         with self._lock:
             record = self._records.get(job_id)
         if record is None:
+            if job_id.startswith("job-") and not job_id.startswith(f"job-{self.membership.incarnation}-"):
+                raise NotFound(f"no job {job_id!r}: it is not one of this coordinator's (job-"
+                               f"{self.membership.incarnation}-N); a coordinator that restarted forgets its jobs")
             raise NotFound(f"no job {job_id!r} (the coordinator keeps the last {self.config.history} jobs)")
         return record
 

@@ -7,11 +7,20 @@ cache dropped something. `placement` says where each partition is believed to be
 The copy is written to disk in the background: until the file is written (`Dataset.saved`) the
 received arrays themselves serve, so a put waits for the network and the agents, not for the disk
 (writing 1 GiB took 5 s on the benchmark machine, where placing it took under 2).
+
+The copy survives a crash whole or not at all: each part goes to a temporary file in the same
+folder, is flushed to the disk and renamed into place, and a small manifest written the same way
+last is what makes the dataset exist (`DatasetStore.catalog()` reads the manifests back when a
+coordinator starts on the folder). A replaced version's files go only once its successor's manifest
+is in place, so a crash during a put leaves the old dataset, or none, never half of one.
 """
 from __future__ import annotations
 
+import json
 import logging
+import os
 import re
+import secrets
 import threading
 import time
 from dataclasses import dataclass, field
@@ -19,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lepton.contract import dataset_key, dataset_prefix
 from lepton.errors import AlreadyExists, InvalidInput, NotFound
 from lepton.logs import event
 from lepton.backends.ops.sparse import take_csr
@@ -35,7 +45,8 @@ class Dataset:
     """A dense array ({"x": array}) or a CSR matrix ({"indptr", "indices", "data"} and `cols`)."""
 
     name: str
-    generation: int
+    generation: int  # orders the puts of a name in one data folder
+    version: str  # unique to this put, across coordinators: its agents' cache keys are its own
     arrays: dict[str, np.ndarray]  # dense rows in partition order: memory maps once `saved`
     row_splits: np.ndarray
     cols: int | None = None  # set for a sparse matrix
@@ -66,11 +77,11 @@ class Dataset:
 
     @property
     def prefix(self) -> str:
-        return f"ds:{self.name}:{self.generation}:"
+        return dataset_prefix(self.name, self.version)
 
     def key(self, partition: int, part: str = "x") -> str:
         """The agents' cache key of one partition (of one part of a sparse matrix)."""
-        return f"{self.prefix}{partition}" + (f".{part}" if self.sparse else "")
+        return dataset_key(self.name, self.version, partition, part if self.sparse else "")
 
     def inputs(self, name: str) -> dict[str, str]:
         """A job input named `name` as the op inputs it stands for -> the part each one is."""
@@ -84,13 +95,50 @@ class Dataset:
         return {"x": self.arrays["x"][start:stop]}
 
 
+# The files of one version: NAME.VERSION.PART.npy and NAME.VERSION.json (its manifest, written last).
+MANIFEST = ".json"
+TEMPORARY = ".lepton-tmp-"  # a file being written: renamed when whole, removed at start if a crash left it
+OWN_FILE = re.compile(r"^[A-Za-z0-9._-]{1,128}\.[0-9a-f]{16}\.(x|indptr|indices|data)\.npy$")
+
+
+def write_atomically(path: Path, write, test_delay: float = 0.0) -> None:
+    """write(file) into a temporary file beside `path`, flush it to the disk, rename it to `path`:
+    a crash leaves the old file or the new one, never part of one."""
+    tmp = path.with_name(f"{TEMPORARY}{path.name}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            if test_delay:
+                time.sleep(test_delay)  # (tests: a crash while the copy is written)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def sync_directory(directory: Path) -> None:
+    """Flush the folder's entries (the renames) to the disk."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class DatasetStore:
-    def __init__(self, directory: Path):
-        self.directory = Path(directory)
+    """The catalog of datasets by name, and their copies in `directory`. Every change of the catalog
+    goes through these methods (a shared store can sit under them)."""
+
+    def __init__(self, directory: Path, test_save_delay: float = 0.0):
+        self.directory, self.test_save_delay = Path(directory), test_save_delay
         self.directory.mkdir(parents=True, exist_ok=True)
         self._datasets: dict[str, Dataset] = {}
+        self._placing: dict[str, Dataset] = {}  # by version: made by new(), placed, not added yet
         self._generation = 0
         self._lock = threading.Lock()
+        self._reload()
 
     @staticmethod
     def check_name(name: str) -> None:
@@ -111,42 +159,135 @@ class DatasetStore:
 
     def new(self, name: str, arrays: dict[str, np.ndarray], row_splits: np.ndarray,
             cols: int | None = None) -> Dataset:
-        """A dataset with a fresh generation (its cache keys are its own), not registered yet: its
+        """A dataset with a fresh version (its cache keys are its own), not registered yet: its
         partitions can be placed while its rows still arrive."""
         self.check_name(name)
         with self._lock:
             self._generation += 1
-            generation = self._generation
-        return Dataset(name, generation, dict(arrays), row_splits, cols)
+            dataset = Dataset(name, self._generation, secrets.token_hex(8), dict(arrays), row_splits, cols)
+            self._placing[dataset.version] = dataset  # an agent rejoining meanwhile keeps what it got
+        return dataset
+
+    def abandon(self, dataset: Dataset) -> None:
+        """A dataset from new() that will not be added (its put failed)."""
+        with self._lock:
+            self._placing.pop(dataset.version, None)
 
     def add(self, dataset: Dataset, replace: bool) -> tuple[Dataset, Dataset | None]:
-        """Register `dataset` and start writing its copy; returns the dataset it replaced."""
+        """Register `dataset` and start writing its copy; returns the dataset it replaced, whose
+        files stay until the new copy is whole on disk."""
         self.check_new(dataset.name, replace)
         with self._lock:
             old = self._datasets.get(dataset.name)
             self._datasets[dataset.name] = dataset
-        threading.Thread(target=self._save, args=(dataset,), name=f"save-{dataset.name}", daemon=True).start()
+            self._placing.pop(dataset.version, None)
+        if old is not None:
+            old.dropped = True  # its copy, if still being written, is abandoned
+        threading.Thread(target=self._save, args=(dataset, old), name=f"save-{dataset.name}", daemon=True).start()
         return dataset, old
 
     def _path(self, dataset: Dataset, part: str) -> Path:
-        return self.directory / f"{dataset.name}.{dataset.generation}.{part}.npy"
+        return self.directory / f"{dataset.name}.{dataset.version}.{part}.npy"
 
-    def _save(self, dataset: Dataset) -> None:
-        """Write the copy, then serve it from memory maps (the received buffers are freed)."""
+    def _manifest(self, dataset: Dataset) -> Path:
+        return self.directory / f"{dataset.name}.{dataset.version}{MANIFEST}"
+
+    def _save(self, dataset: Dataset, replaced: Dataset | None = None) -> None:
+        """Write the copy (parts, then the manifest that makes it exist), then serve it from memory
+        maps (the received buffers are freed), then remove the version it replaced."""
         maps = {}
         try:
             for part, array in dataset.arrays.items():
                 if dataset.dropped:
                     return
-                np.save(self._path(dataset, part), array)
+                write_atomically(self._path(dataset, part), lambda f, a=array: np.save(f, a), self.test_save_delay)
                 maps[part] = np.load(self._path(dataset, part), mmap_mode="r")
+            manifest = {"name": dataset.name, "version": dataset.version, "generation": dataset.generation,
+                        "row_splits": [int(r) for r in dataset.row_splits], "cols": dataset.cols,
+                        "created_at": dataset.created_at, "parts": list(dataset.arrays)}
+            if dataset.dropped:
+                return
+            write_atomically(self._manifest(dataset), lambda f: f.write(json.dumps(manifest).encode()))
+            sync_directory(self.directory)
         except OSError as exc:  # a full disk: the arrays in memory still serve, correctly
             event(log, "dataset.save_failed", level=logging.WARNING, dataset=dataset.name, error=str(exc))
             return
+        finally:
+            if dataset.dropped:  # dropped or replaced while it was being written: so is what it replaced
+                self.remove_file(dataset)
+                if replaced is not None:
+                    self.remove_file(replaced)
         dataset.arrays = maps
         dataset.saved.set()
-        if dataset.dropped:  # dropped while it was being written
-            self.remove_file(dataset)
+        if replaced is not None:
+            self.remove_file(replaced)
+
+    def _reload(self) -> None:
+        """Read back the datasets whose manifests a previous coordinator on this folder wrote: the
+        newest version of each name. Files of other versions, and any a crash left half-written,
+        are removed."""
+        found: dict[str, Dataset] = {}
+        for path in sorted(self.directory.glob(f"*{MANIFEST}")):
+            if path.name.startswith(TEMPORARY):
+                continue
+            try:
+                dataset = self._read(path)
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                event(log, "dataset.unreadable", level=logging.WARNING, manifest=path.name, error=str(exc))
+                continue
+            self._generation = max(self._generation, dataset.generation)
+            current = found.get(dataset.name)
+            if current is None or dataset.generation > current.generation:
+                found[dataset.name] = dataset
+        kept = {p.name for d in found.values() for p in [self._manifest(d), *(self._path(d, part) for part in d.arrays)]}
+        for path in self.directory.iterdir():
+            ours = path.name.startswith(TEMPORARY) or OWN_FILE.match(path.name) or path.name.endswith(MANIFEST)
+            if ours and path.name not in kept and path.is_file():
+                path.unlink(missing_ok=True)
+        self._datasets = found
+        for dataset in found.values():
+            event(log, "dataset.reloaded", dataset=dataset.name, bytes=dataset.nbytes, partitions=dataset.partitions)
+
+    def _read(self, manifest: Path) -> Dataset:
+        meta = json.loads(manifest.read_text())
+        name, version = meta["name"], meta["version"]
+        self.check_name(name)
+        arrays = {part: np.load(self.directory / f"{name}.{version}.{part}.npy", mmap_mode="r")
+                  for part in meta["parts"]}
+        dataset = Dataset(name, int(meta["generation"]), version, arrays, np.asarray(meta["row_splits"], np.int64),
+                          meta["cols"], created_at=float(meta["created_at"]))
+        rows = len(arrays["indptr"]) - 1 if dataset.sparse else len(arrays["x"])
+        if dataset.row_splits[-1] != rows:
+            raise ValueError(f"its partitions cover {dataset.row_splits[-1]} rows of {rows}")
+        dataset.saved.set()
+        return dataset
+
+    def adopt(self, agent_id: str, resident) -> tuple[list[str], list[str]]:
+        """What an agent that (re)joins says it holds: `resident` lists (name, version, part,
+        [(start, end), ...]). Partitions of versions in the catalog are placed on it; returns their
+        cache keys, and the key prefixes of the versions it must drop (unknown, replaced, or not
+        shaped like the catalog's)."""
+        announced: dict[tuple[str, str], list] = {}
+        for name, version, part, ranges in resident:
+            announced.setdefault((name, version), []).append((part, ranges))
+        keys, stale = [], []
+        for (name, version), entries in sorted(announced.items()):
+            with self._lock:
+                dataset = self._datasets.get(name)
+                if dataset is None or dataset.version != version:
+                    dataset = self._placing.get(version) or dataset  # a put in progress
+            parts = dict(entries)
+            if (dataset is None or dataset.version != version or dataset.dropped or len(parts) != len(entries)
+                    or not parts.keys() <= (set(CSR_PARTS) if dataset.sparse else {""})
+                    or any(not 0 <= lo < hi <= dataset.partitions for _, ranges in entries for lo, hi in ranges)):
+                stale.append(dataset_prefix(name, version))  # none of it is trusted
+                continue
+            held = {part: {p for lo, hi in ranges for p in range(lo, hi)} for part, ranges in entries}
+            keys += [dataset.key(p, part or "x") for part, partitions in held.items() for p in sorted(partitions)]
+            if len(held) == (len(CSR_PARTS) if dataset.sparse else 1):  # a sparse partition needs all its parts
+                for p in set.intersection(*held.values()):
+                    dataset.placement[p] = agent_id
+        return keys, stale
 
     def get(self, name: str) -> Dataset:
         with self._lock:
@@ -165,8 +306,10 @@ class DatasetStore:
 
     def remove_file(self, dataset: Dataset) -> None:
         # Jobs still reading keep their memory maps: unlinking does not disturb them. A copy still
-        # being written is removed by its writer when it is done.
+        # being written is removed by its writer when it is done. The manifest goes first: without
+        # it, the parts are leftovers the next start removes.
         dataset.dropped = True
+        self._manifest(dataset).unlink(missing_ok=True)
         for part in dataset.arrays:
             self._path(dataset, part).unlink(missing_ok=True)
 

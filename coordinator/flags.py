@@ -40,3 +40,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="jobs one client (token or certificate) may run at once [LEPTON_MAX_CLIENT_JOBS]")
     credentials.add_server_arguments(parser, "coordinator")
     lifecycle.add_arguments(parser)
+    # Tests: seconds the writer of a dataset's copy waits, its bytes in a temporary file, before it
+    # flushes and renames the file (a crash in the middle of writing the copy).
+    parser.add_argument("--test-slow-disk", type=float, default=0.0, help=argparse.SUPPRESS)

@@ -28,7 +28,8 @@ def run(args: argparse.Namespace) -> int:
     config = Config(tree_arity=args.tree_arity, target_partition_bytes=int(args.target_partition_mib * (1 << 20)),
                     heartbeat_timeout=args.heartbeat_timeout, max_job_bytes=int(args.max_job_mib * (1 << 20)),
                     agent_wait=args.agent_wait, data_dir=args.data_dir,
-                    max_active_bytes=int(args.max_active_mib * (1 << 20)), max_agents=args.max_agents)
+                    max_active_bytes=int(args.max_active_mib * (1 << 20)), max_agents=args.max_agents,
+                    test_save_delay=args.test_slow_disk)
     coordinator = Coordinator(config, dial=creds.channel)
     metrics.register(coordinator)
     metrics_address = start_metrics(args.metrics_listen, **security.metrics_tls(creds))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import itertools
 import logging
 import re
+import secrets
 import threading
 import time
 from dataclasses import dataclass, field
@@ -61,6 +62,9 @@ class Membership:
         self.heartbeat_timeout, self.max_agents = heartbeat_timeout, max_agents
         self._make_link, self._on_change, self._on_remove = make_link, on_change, on_remove
         self._agents: dict[str, Agent] = {}
+        # Ids carry this coordinator's incarnation: an agent still heartbeating an id from before a
+        # restart is told to join again, never taken for the agent the new one gave that number.
+        self.incarnation = secrets.token_hex(2)
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
 
@@ -68,15 +72,26 @@ class Membership:
         with self._lock:
             return list(self._agents.values())
 
+    def _full(self) -> None:
+        if len(self._agents) >= self.max_agents:
+            raise ResourceExhausted(f"{self.max_agents} agents are registered already (--max-agents); "
+                                    f"one must leave or expire before another joins")
+
     def join(self, name: str, address: str, devices: list[DeviceInfo], credits: int,
-             metrics_address: str = "") -> Agent:
+             metrics_address: str = "", prepare: Callable[[Agent], None] = lambda agent: None) -> Agent:
+        """Register an agent; `prepare(agent)` runs before any job can see it (what it already holds)."""
         check_join(name, address, metrics_address)
         with self._lock:
-            if len(self._agents) >= self.max_agents:
-                raise ResourceExhausted(f"{self.max_agents} agents are registered already (--max-agents); "
-                                        f"one must leave or expire before another joins")
-            agent = Agent(f"agent-{next(self._ids)}", name, address, devices, max(1, credits),
-                          self._make_link(address), metrics_address)
+            self._full()
+        agent = Agent(f"agent-{self.incarnation}-{next(self._ids)}", name, address, devices, max(1, credits),
+                      self._make_link(address), metrics_address)
+        prepare(agent)
+        with self._lock:
+            try:
+                self._full()
+            except ResourceExhausted:
+                agent.link.close()
+                raise
             self._agents[agent.id] = agent
         event(log, "agent.joined", agent=agent.id, name=name, address=address,
               devices=",".join(d.name for d in devices), credits=agent.credits)

@@ -52,7 +52,8 @@ def dataset_info(d) -> pb.DatasetInfo:
     for agent_id in d.placement.values():
         placement[agent_id] = placement.get(agent_id, 0) + 1
     return pb.DatasetInfo(name=d.name, dtype=wire.dtype_enum(d.dtype), shape=d.shape, total_bytes=d.nbytes,
-                          partitions=d.partitions, placement=placement, created_at=d.created_at, sparse=d.sparse)
+                          partitions=d.partitions, placement=placement, created_at=d.created_at, sparse=d.sparse,
+                          saved=d.saved.is_set())
 
 
 def job_inputs(spec) -> tuple[list, dict[str, str]]:
@@ -238,10 +239,10 @@ class AgentRegistryServicer(agent_grpc.AgentRegistryServiceServicer):
 
     @maps_errors
     def JoinCluster(self, request, context):
-        agent = self.c.membership.join(request.name, request.address,
-                                       [wire.device_from_proto(d) for d in request.devices], request.credits,
-                                       request.metrics_address)
-        return agent_pb.JoinClusterResponse(agent_id=agent.id,
+        resident = [(r.name, r.version, r.part, [(g.start, g.end) for g in r.ranges]) for r in request.resident]
+        agent, stale = self.c.join(request.name, request.address, [wire.device_from_proto(d) for d in request.devices],
+                                   request.credits, request.metrics_address, resident)
+        return agent_pb.JoinClusterResponse(agent_id=agent.id, stale_prefixes=stale,
                                             heartbeat_interval_seconds=self.c.config.heartbeat_interval)
 
     def Heartbeat(self, request, context):

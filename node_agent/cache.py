@@ -50,6 +50,10 @@ class TensorCache:
                 self.evictions += 1
             return key in self._items
 
+    def keys(self, prefix: str = "") -> list[str]:
+        with self._lock:
+            return [k for k in self._items if k.startswith(prefix)]
+
     def drop_prefix(self, prefix: str) -> None:
         with self._lock:
             self._dropped.add(prefix)

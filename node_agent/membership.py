@@ -4,6 +4,10 @@ While the coordinator cannot be reached, the agent retries with exponential back
 (so a fleet of agents does not reconnect in lockstep after a coordinator restart). Once it has been
 unreachable for `coordinator_timeout` seconds (0: never), the agent gives up: `on_give_up` is called
 with the reason, and the agent exits non-zero.
+
+Every join announces the dataset partitions the agent's cache holds (`resident`), so that a
+restarted coordinator uses them instead of sending them again; the versions it answers are stale
+(dropped or replaced meanwhile) leave the cache.
 """
 from __future__ import annotations
 
@@ -15,12 +19,34 @@ import time
 import grpc
 
 from lepton import wire
+from lepton.contract import DATASET_KEY_PREFIX, parse_dataset_key
 from lepton.logs import event
 from lepton.tuning import IdleTrim
 from lepton.v1 import agent_service_pb2 as pb, agent_service_pb2_grpc as pb_grpc
 from lepton.agent.agent import Agent
 
 log = logging.getLogger("lepton.agent")
+
+
+def resident(keys: list[str]) -> list[pb.ResidentDataset]:
+    """The dataset partitions among cache `keys`, by (dataset, version, part), in ranges."""
+    held: dict[tuple[str, str, str], list[int]] = {}
+    for key in keys:
+        parsed = parse_dataset_key(key)
+        if parsed is not None:
+            name, version, partition, part = parsed
+            held.setdefault((name, version, part), []).append(partition)
+    out = []
+    for (name, version, part), partitions in sorted(held.items()):
+        ranges: list[list[int]] = []
+        for p in sorted(set(partitions)):
+            if ranges and ranges[-1][1] == p:
+                ranges[-1][1] = p + 1
+            else:
+                ranges.append([p, p + 1])
+        out.append(pb.ResidentDataset(name=name, version=version, part=part,
+                                      ranges=[pb.PartitionRange(start=a, end=b) for a, b in ranges]))
+    return out
 
 
 class MembershipClient:
@@ -51,11 +77,16 @@ class MembershipClient:
         while not self._stop.is_set():
             try:
                 if self.agent_id is None:
+                    held = resident(self.agent.cache.keys(DATASET_KEY_PREFIX))
                     reply = self._stub.JoinCluster(pb.JoinClusterRequest(
                         name=self.name, address=self.address, devices=self._devices(),
-                        credits=self.agent.credits, metrics_address=self.metrics_address), timeout=5)
+                        credits=self.agent.credits, metrics_address=self.metrics_address, resident=held), timeout=5)
+                    for prefix in reply.stale_prefixes:
+                        self.agent.cache.drop_prefix(prefix)
                     self.agent_id, self.interval = reply.agent_id, reply.heartbeat_interval_seconds or 0.5
-                    event(log, "agent.joined", agent=self.agent_id, coordinator=self.coordinator)
+                    event(log, "agent.joined", agent=self.agent_id, coordinator=self.coordinator,
+                          resident=sum(r.end - r.start for d in held for r in d.ranges),
+                          stale=len(reply.stale_prefixes))
                 elif not self._stub.Heartbeat(pb.HeartbeatRequest(agent_id=self.agent_id, devices=self._devices()),
                                               timeout=5).known:
                     event(log, "agent.forgotten", agent=self.agent_id)

@@ -127,7 +127,7 @@ def test_the_coordinators_copy_is_written_in_the_background(tmp_path):
     assert old is None and np.array_equal(dataset.share(1)["x"], x[5000:])  # served before it is on disk
     assert dataset.saved.wait(60)
     assert isinstance(dataset.arrays["x"], np.memmap) and np.array_equal(dataset.arrays["x"], x)
-    assert [p.name for p in tmp_path.iterdir()] == [f"d.{dataset.generation}.x.npy"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"d.{dataset.version}.json", f"d.{dataset.version}.x.npy"]
     store.drop("d")
     assert list(tmp_path.iterdir()) == []
 

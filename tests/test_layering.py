@@ -28,7 +28,7 @@ LAYERS = {
     "backends": (("lepton.backends",), {"contract"}),
     "coordinator": (("lepton.coordinator",), {"contract", "backends"}),
     "agent": (("lepton.agent",), {"contract", "backends"}),
-    "client": (("lepton.client", "lepton.local", "lepton.trace", "lepton.certs"), {"contract"}),
+    "client": (("lepton.client", "lepton.retry", "lepton.local", "lepton.trace", "lepton.certs"), {"contract"}),
     "cli": (("lepton.cli", "lepton.demo", "lepton.__main__", "lepton.slurm"), {"contract", "backends", "coordinator", "agent",
                                                                "client"}),
 }

@@ -29,8 +29,9 @@ def connect(args, timeout: float | None = None) -> Client:
     from lepton.credentials import read_token
 
     token = read_token(args.token, args.token_file) if (args.token or args.token_file) else None
+    # A person waits for the answer: retry an UNAVAILABLE coordinator briefly (a restart), not for long.
     return Client(args.coordinator, timeout, token=token, tls_ca=args.tls_ca, tls_cert=args.tls_cert,
-                  tls_key=args.tls_key, tls=True if args.tls else None)
+                  tls_key=args.tls_key, tls=True if args.tls else None, retry_for=5)
 
 
 CELL_WIDTH = 64  # characters; wider cells end in "…" (--json has everything)

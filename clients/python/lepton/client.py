@@ -23,6 +23,7 @@ import numpy as np
 
 from lepton import security, wire
 from lepton.errors import LeptonError
+from lepton.retry import IDEMPOTENT, Backoff, retrying, unavailable
 from lepton.tuning import keep_large_buffers_in_heap
 from lepton.v1 import coordinator_service_pb2 as pb, coordinator_service_pb2_grpc as pb_grpc, job_pb2
 
@@ -126,19 +127,28 @@ def state_name(status: job_pb2.JobStatus) -> str:
 
 
 class Job:
-    """A submitted job. Its events are read in the background; iterate for progress."""
+    """A submitted job. Its events are read in the background; iterate for progress.
 
-    def __init__(self, call_factory, requests, on_estimate: Callable[[Estimate], None] | None = None):
+    With `resubmit` (a Backoff), a job whose call fails with UNAVAILABLE (its coordinator went away)
+    is submitted again, from its inputs, until the backoff's budget is spent; `resubmits` counts how
+    often. A resubmitted job has a new job_id."""
+
+    def __init__(self, call_factory, requests, resubmit: Backoff | None = None,
+                 on_estimate: Callable[[Estimate], None] | None = None):
+        """requests() makes the job's request stream (once per submission)."""
         self._events: queue.Queue = queue.Queue()
         self._estimates: list[Estimate] = []  # as they arrived; the last one final once the job succeeded
         self._estimated = threading.Condition()
         self._on_estimate = on_estimate
         self._accepted = threading.Event()
         self._done = threading.Event()
+        self._cancelled = False
         self.status: job_pb2.JobStatus | None = None
         self._result: dict[str, np.ndarray] | None = None
         self._error: LeptonError | None = None
-        self._call = call_factory(requests)
+        self._call_factory, self._requests, self._resubmit = call_factory, requests, resubmit
+        self.resubmits = 0
+        self._call = call_factory(requests())
         self._cancel_rpc = None
         threading.Thread(target=self._read, name="lepton-job", daemon=True).start()
 
@@ -149,34 +159,49 @@ class Job:
         return self.status.job_id if self.status else None
 
     def _read(self) -> None:
+        while True:
+            try:
+                self._read_once()
+                return
+            except grpc.RpcError as exc:
+                if (self._resubmit is None or self._cancelled or not unavailable(exc)
+                        or not self._resubmit.pause() or self._cancelled):
+                    self._error = LeptonError.from_rpc(exc)
+                    break
+                self.resubmits += 1
+                self._call = self._call_factory(self._requests())
+            except Exception as exc:  # noqa: BLE001 - surface anything else through result()
+                self._error = LeptonError(repr(exc))
+                break
+        self._finish()
+
+    def _finish(self) -> None:
+        self._accepted.set()
+        with self._estimated:
+            self._done.set()
+            self._estimated.notify_all()
+        self._events.put(None)
+
+    def _read_once(self) -> None:
+        """Read one submission's events and result (RpcError if the call fails)."""
         headers, assembler = [], None
-        try:
-            for response in self._call:
-                kind = response.WhichOneof("event")
-                if kind in ("accepted", "progress", "done"):
-                    self.status = getattr(response, kind)
-                    self._accepted.set()
-                    self._events.put(self.status)
-                elif kind == "result_header":
-                    headers.append(response.result_header)
-                elif kind == "result_chunk":
-                    assembler = assembler or wire.TensorAssembler(headers)
-                    assembler.add(response.result_chunk)
-                elif kind == "estimate":
-                    self._add_estimate(_estimate(response.estimate))
-            assembler = assembler or wire.TensorAssembler(headers)
-            self._result = assembler.finish()
-            self._add_estimate(self._final_estimate())
-        except grpc.RpcError as exc:
-            self._error = LeptonError.from_rpc(exc)
-        except Exception as exc:  # noqa: BLE001 - surface anything else through result()
-            self._error = LeptonError(repr(exc))
-        finally:
-            self._accepted.set()
-            with self._estimated:
-                self._done.set()
-                self._estimated.notify_all()
-            self._events.put(None)
+        for response in self._call:
+            kind = response.WhichOneof("event")
+            if kind in ("accepted", "progress", "done"):
+                self.status = getattr(response, kind)
+                self._accepted.set()
+                self._events.put(self.status)
+            elif kind == "result_header":
+                headers.append(response.result_header)
+            elif kind == "result_chunk":
+                assembler = assembler or wire.TensorAssembler(headers)
+                assembler.add(response.result_chunk)
+            elif kind == "estimate":
+                self._add_estimate(_estimate(response.estimate))
+        assembler = assembler or wire.TensorAssembler(headers)
+        self._result = assembler.finish()
+        self._add_estimate(self._final_estimate())
+        self._finish()
 
     def _add_estimate(self, estimate: Estimate) -> None:
         with self._estimated:
@@ -231,6 +256,7 @@ class Job:
 
     def cancel(self) -> None:
         """Ask the coordinator to cancel the job; result() then raises CANCELLED."""
+        self._cancelled = True  # and it is not submitted again
         if self.status and self._cancel_rpc:
             try:
                 self._cancel_rpc(pb.CancelJobRequest(job_id=self.status.job_id), timeout=5)
@@ -279,12 +305,19 @@ def _scalar(array: np.ndarray):
 
 class Client:
     def __init__(self, address: str = "127.0.0.1:50051", timeout: float | None = None, *, token: str | None = None,
-                 tls_ca=None, tls_cert=None, tls_key=None, tls: bool | None = None):
+                 tls_ca=None, tls_cert=None, tls_key=None, tls: bool | None = None, retry_for: float = 30.0,
+                 resubmit_on_unavailable: bool = False):
         """token: the coordinator's client token (else LEPTON_TOKEN, or the file LEPTON_TOKEN_FILE).
         TLS when tls, or when a CA or a certificate is given (else LEPTON_TLS_CA, LEPTON_TLS_CERT,
         LEPTON_TLS_KEY; LEPTON_TLS=1 for the system's roots); the server's certificate is always
-        checked. tls_cert and tls_key (paths or PEM) are the client certificate for --mtls."""
+        checked. tls_cert and tls_key (paths or PEM) are the client certificate for --mtls.
+
+        retry_for: seconds for which calls that are safe to repeat (lepton.retry.IDEMPOTENT: status,
+        listings, health, cancel) are retried while the coordinator is UNAVAILABLE, with backoff and
+        jitter (0: never). resubmit_on_unavailable: a job that fails with UNAVAILABLE (its coordinator
+        crashed or restarted) is submitted again within the same budget, resident datasets by name."""
         self.address, self.timeout = address, timeout
+        self.retry_for, self.resubmit_on_unavailable = retry_for, resubmit_on_unavailable
         keep_large_buffers_in_heap()
         env = os.environ.get
         tls_ca, tls_cert = tls_ca or env("LEPTON_TLS_CA"), tls_cert or env("LEPTON_TLS_CERT")
@@ -314,11 +347,18 @@ class Client:
     def close(self) -> None:
         self._channel.close()
 
-    def _unary(self, method, request):
+    def _unary(self, name: str, request, stub=None):
+        """One unary call of method `name`, retried on UNAVAILABLE if it is IDEMPOTENT."""
+        method = getattr(stub or self._stub, name)
         try:
+            if name in IDEMPOTENT:
+                return retrying(lambda: method(request, timeout=self.timeout or 30), self.retry_for)
             return method(request, timeout=self.timeout or 30)
         except grpc.RpcError as exc:
             raise LeptonError.from_rpc(exc) from None
+
+    def _resubmit(self) -> Backoff | None:
+        return Backoff(self.retry_for) if self.resubmit_on_unavailable else None
 
     # -- jobs --------------------------------------------------------------------------------
     def submit(self, op: str, inputs: np.ndarray | Mapping[str, np.ndarray] | None = None, *,
@@ -338,7 +378,8 @@ class Client:
             yield pb.SubmitJobRequest(spec=spec).SerializeToString()
             yield from wire.framed_chunks(arrays.values())
 
-        job = Job(lambda r: self._submit_raw(r, timeout=timeout or self.timeout), requests(), on_estimate)
+        job = Job(lambda r: self._submit_raw(r, timeout=timeout or self.timeout), requests, self._resubmit(),
+                  on_estimate)
         job._cancel_rpc = self._stub.CancelJob
         return job
 
@@ -350,9 +391,13 @@ class Client:
         streams (SubmitJob)."""
         spec, arrays = _spec(op, inputs, partitioning, partitions, target_bytes, key_column, label, params)
         if sum(a.nbytes for a in arrays.values()) <= SMALL_JOB_BYTES:
+            request = pb.RunJobRequest(spec=spec, chunks=wire.chunks(arrays.values()))
+
+            def run_job():
+                return self._stub.RunJob(request, timeout=timeout or self.timeout)
+
             try:
-                response = self._stub.RunJob(pb.RunJobRequest(spec=spec, chunks=wire.chunks(arrays.values())),
-                                             timeout=timeout or self.timeout)
+                response = retrying(run_job, self.retry_for) if self.resubmit_on_unavailable else run_job()
             except grpc.RpcError as exc:
                 # UNIMPLEMENTED: an older coordinator; RESOURCE_EXHAUSTED: the result needs a stream.
                 if exc.code() not in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.RESOURCE_EXHAUSTED):
@@ -489,32 +534,32 @@ class Client:
         return Dataset(reply.dataset)
 
     def datasets(self) -> list[Dataset]:
-        return [Dataset(d) for d in self._unary(self._stub.ListDatasets, pb.ListDatasetsRequest()).datasets]
+        return [Dataset(d) for d in self._unary("ListDatasets", pb.ListDatasetsRequest()).datasets]
 
     def drop(self, name: str) -> None:
-        self._unary(self._stub.DropDataset, pb.DropDatasetRequest(name=name))
+        self._unary("DropDataset", pb.DropDatasetRequest(name=name))
 
     # -- cluster -----------------------------------------------------------------------------
     def job(self, job_id: str) -> job_pb2.JobStatus:
-        return self._unary(self._stub.GetJob, pb.GetJobRequest(job_id=job_id)).job
+        return self._unary("GetJob", pb.GetJobRequest(job_id=job_id)).job
 
     def jobs(self, limit: int = 100) -> list[job_pb2.JobStatus]:
-        return list(self._unary(self._stub.ListJobs, pb.ListJobsRequest(limit=limit)).jobs)
+        return list(self._unary("ListJobs", pb.ListJobsRequest(limit=limit)).jobs)
 
     def cancel(self, job_id: str) -> job_pb2.JobStatus:
-        return self._unary(self._stub.CancelJob, pb.CancelJobRequest(job_id=job_id)).job
+        return self._unary("CancelJob", pb.CancelJobRequest(job_id=job_id)).job
 
     def cluster_status(self) -> pb.GetClusterStatusResponse:
-        return self._unary(self._stub.GetClusterStatus, pb.GetClusterStatusRequest())
+        return self._unary("GetClusterStatus", pb.GetClusterStatusRequest())
 
     def health(self, service: str = "") -> str:
         """The server's grpc.health.v1 status ("SERVING", "NOT_SERVING", ...) for `service` ("" = all)."""
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-        reply = self._unary(health_pb2_grpc.HealthStub(self._channel).Check,
-                            health_pb2.HealthCheckRequest(service=service))
+        reply = self._unary("Check", health_pb2.HealthCheckRequest(service=service),
+                            health_pb2_grpc.HealthStub(self._channel))
         return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
     def trace(self, job_id: str) -> pb.GetJobTraceResponse:
         """Per-partition timings of a job (see `lepton trace`)."""
-        return self._unary(self._stub.GetJobTrace, pb.GetJobTraceRequest(job_id=job_id))
+        return self._unary("GetJobTrace", pb.GetJobTraceRequest(job_id=job_id))

@@ -33,3 +33,34 @@ class DeviceInfo:
     memory_bytes: int
     ops: list[str]
     throughput: dict[str, float] = field(default_factory=dict)
+
+
+# -- dataset cache keys ---------------------------------------------------------------------
+# The coordinator places dataset partitions in the agents' caches under these keys; an agent parses
+# its own keys back to announce what it holds when it (re)joins. Dataset names have no ':' and
+# versions are hex, so the format is unambiguous.
+DATASET_KEY_PREFIX = "ds:"
+
+
+def dataset_prefix(name: str, version: str) -> str:
+    """The key prefix of every partition of one version of a dataset."""
+    return f"{DATASET_KEY_PREFIX}{name}:{version}:"
+
+
+def dataset_key(name: str, version: str, partition: int, part: str = "") -> str:
+    """A partition's key; `part` names one part of a sparse dataset ("" for a dense one)."""
+    return f"{dataset_prefix(name, version)}{partition}" + (f".{part}" if part else "")
+
+
+def parse_dataset_key(key: str) -> tuple[str, str, int, str] | None:
+    """(name, version, partition, part) of a dataset key; None for any other key."""
+    if not key.startswith(DATASET_KEY_PREFIX):
+        return None
+    fields = key[len(DATASET_KEY_PREFIX):].split(":")
+    if len(fields) != 3:
+        return None
+    name, version, rest = fields
+    partition, _, part = rest.partition(".")
+    if not name or not version or not partition.isdigit():
+        return None
+    return name, version, int(partition), part

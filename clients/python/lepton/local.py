@@ -17,6 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import grpc
+
 from lepton import lifecycle
 from lepton import security
 from lepton.client import Client, LeptonError
@@ -84,13 +86,35 @@ class LocalCluster:
         return subprocess.Popen([sys.executable, "-m", "lepton", *args], stdin=subprocess.DEVNULL, stdout=log,
                                 stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
-    def start(self) -> None:
+    def _start_coordinator(self, listen: str, args: list[str] = ()) -> None:
         ready = self.log_dir / "coordinator.address"
+        ready.unlink(missing_ok=True)
         env = {**self._env, **self._tls_env("coordinator"), **({"LEPTON_MTLS": "1"} if self.mtls else {})}
-        self.coordinator = self._spawn("coordinator", ["coordinator", "--listen", "127.0.0.1:0", "--ready-file",
-                                                       str(ready), *self._coordinator_args], env)
+        # Its datasets' copies in a folder of the cluster's own, so that a restarted one finds them.
+        # (Not for a detached cluster: its folder outlives it, and its copies would stay for ever.)
+        mine = not self.detach and "--data-dir" not in self._coordinator_args
+        data = ["--data-dir", str(self.log_dir / "data")] if mine else []
+        self.coordinator = self._spawn("coordinator", ["coordinator", "--listen", listen, "--ready-file",
+                                                       str(ready), *data, *self._coordinator_args, *args], env)
         self._wait(lambda: ready.exists(), [self.coordinator], "coordinator")
         self.address = ready.read_text()
+
+    def kill_coordinator(self, sig: int = signal.SIGKILL) -> None:
+        """Stop the coordinator with `sig` (default: SIGKILL, a crash); start_coordinator brings it back."""
+        os.killpg(self.coordinator.pid, sig)
+        self.coordinator.wait(timeout=60)
+
+    def start_coordinator(self, args: list[str] = ()) -> None:
+        """Start a coordinator again on the same address and data folder (with `args` besides the
+        cluster's); the agents rejoin by themselves (wait_for_agents)."""
+        self._start_coordinator(self.address, list(args))
+
+    def restart_coordinator(self, sig: int = signal.SIGKILL, args: list[str] = ()) -> None:
+        self.kill_coordinator(sig)
+        self.start_coordinator(args)
+
+    def start(self) -> None:
+        self._start_coordinator("127.0.0.1:0")
         try:
             for devices in self._devices:
                 self.add_agent(devices, wait=False)
@@ -113,7 +137,13 @@ class LocalCluster:
     def wait_for_agents(self, count: int, watch: list[subprocess.Popen] = ()) -> None:
         """Wait until `count` agents have joined; fail early if a watched process dies."""
         def joined() -> bool:
-            return len(self._probe().cluster_status().agents) >= count
+            try:
+                return len(self._probe().cluster_status().agents) >= count
+            except LeptonError as exc:
+                if exc.code != grpc.StatusCode.UNAVAILABLE:
+                    raise
+                return False  # a restarted coordinator: the probe's channel reconnects
+
         self._wait(joined, list(watch), f"{count} agent(s) to join")
 
     def _wait(self, condition, watch: list[subprocess.Popen], what: str) -> None:
@@ -168,7 +198,8 @@ class LocalCluster:
 
     def _probe(self) -> Client:
         if not self._clients:
-            self._clients.append(Client(self.address, timeout=5, **self.credentials()))
+            # No retries of its own: its callers poll, watching the processes meanwhile.
+            self._clients.append(Client(self.address, timeout=5, retry_for=0, **self.credentials()))
         return self._clients[0]
 
     @property

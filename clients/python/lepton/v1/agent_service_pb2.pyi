@@ -10,26 +10,50 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class JoinClusterRequest(_message.Message):
-    __slots__ = ("name", "address", "devices", "credits", "metrics_address")
+    __slots__ = ("name", "address", "devices", "credits", "metrics_address", "resident")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     DEVICES_FIELD_NUMBER: _ClassVar[int]
     CREDITS_FIELD_NUMBER: _ClassVar[int]
     METRICS_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    RESIDENT_FIELD_NUMBER: _ClassVar[int]
     name: str
     address: str
     devices: _containers.RepeatedCompositeFieldContainer[_coordinator_service_pb2.DeviceInfo]
     credits: int
     metrics_address: str
-    def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., devices: _Optional[_Iterable[_Union[_coordinator_service_pb2.DeviceInfo, _Mapping]]] = ..., credits: _Optional[int] = ..., metrics_address: _Optional[str] = ...) -> None: ...
+    resident: _containers.RepeatedCompositeFieldContainer[ResidentDataset]
+    def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., devices: _Optional[_Iterable[_Union[_coordinator_service_pb2.DeviceInfo, _Mapping]]] = ..., credits: _Optional[int] = ..., metrics_address: _Optional[str] = ..., resident: _Optional[_Iterable[_Union[ResidentDataset, _Mapping]]] = ...) -> None: ...
+
+class ResidentDataset(_message.Message):
+    __slots__ = ("name", "version", "part", "ranges")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    PART_FIELD_NUMBER: _ClassVar[int]
+    RANGES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: str
+    part: str
+    ranges: _containers.RepeatedCompositeFieldContainer[PartitionRange]
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., part: _Optional[str] = ..., ranges: _Optional[_Iterable[_Union[PartitionRange, _Mapping]]] = ...) -> None: ...
+
+class PartitionRange(_message.Message):
+    __slots__ = ("start", "end")
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    start: int
+    end: int
+    def __init__(self, start: _Optional[int] = ..., end: _Optional[int] = ...) -> None: ...
 
 class JoinClusterResponse(_message.Message):
-    __slots__ = ("agent_id", "heartbeat_interval_seconds")
+    __slots__ = ("agent_id", "heartbeat_interval_seconds", "stale_prefixes")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    STALE_PREFIXES_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     heartbeat_interval_seconds: float
-    def __init__(self, agent_id: _Optional[str] = ..., heartbeat_interval_seconds: _Optional[float] = ...) -> None: ...
+    stale_prefixes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, agent_id: _Optional[str] = ..., heartbeat_interval_seconds: _Optional[float] = ..., stale_prefixes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
     __slots__ = ("agent_id", "devices")

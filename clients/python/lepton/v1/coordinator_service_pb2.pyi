@@ -43,7 +43,7 @@ class PutDatasetRequest(_message.Message):
     def __init__(self, spec: _Optional[_Union[DatasetSpec, _Mapping]] = ..., chunk: _Optional[_Union[_tensor_pb2.TensorChunk, _Mapping]] = ...) -> None: ...
 
 class DatasetInfo(_message.Message):
-    __slots__ = ("name", "dtype", "shape", "total_bytes", "partitions", "placement", "created_at", "sparse")
+    __slots__ = ("name", "dtype", "shape", "total_bytes", "partitions", "placement", "created_at", "sparse", "saved")
     class PlacementEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -59,6 +59,7 @@ class DatasetInfo(_message.Message):
     PLACEMENT_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     SPARSE_FIELD_NUMBER: _ClassVar[int]
+    SAVED_FIELD_NUMBER: _ClassVar[int]
     name: str
     dtype: _tensor_pb2.DataType
     shape: _containers.RepeatedScalarFieldContainer[int]
@@ -67,7 +68,8 @@ class DatasetInfo(_message.Message):
     placement: _containers.ScalarMap[str, int]
     created_at: float
     sparse: bool
-    def __init__(self, name: _Optional[str] = ..., dtype: _Optional[_Union[_tensor_pb2.DataType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., total_bytes: _Optional[int] = ..., partitions: _Optional[int] = ..., placement: _Optional[_Mapping[str, int]] = ..., created_at: _Optional[float] = ..., sparse: _Optional[bool] = ...) -> None: ...
+    saved: bool
+    def __init__(self, name: _Optional[str] = ..., dtype: _Optional[_Union[_tensor_pb2.DataType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., total_bytes: _Optional[int] = ..., partitions: _Optional[int] = ..., placement: _Optional[_Mapping[str, int]] = ..., created_at: _Optional[float] = ..., sparse: _Optional[bool] = ..., saved: _Optional[bool] = ...) -> None: ...
 
 class PutDatasetResponse(_message.Message):
     __slots__ = ("dataset",)
