@@ -4,7 +4,10 @@ Every host gets a veth pair whose far end sits on a bridge inside a "switch" nam
 so hosts reach one another at their addresses while nothing is added to the machine's own network
 (no interface of the root namespace gets an address; the traffic never leaves the namespaces).
 Faults are applied to one host's link: `cut` takes it down, `restore` brings it back, `netem` adds
-delay and loss with `tc netem`. Needs root and `ip netns`; `unavailable()` says why not, for skips.
+delay and loss with `tc netem`. Kernels built without the netem qdisc get the same faults another
+way: `drop` loses a fraction of a host's outgoing packets with an iptables `statistic` rule, and
+`delay_relay` puts tests/delay_relay.py (a TCP relay holding every segment for a delay, each way) in
+front of a host's server. Needs root and `ip netns`; `unavailable()` says why not, for skips.
 """
 from __future__ import annotations
 
@@ -49,6 +52,24 @@ def netem_unavailable() -> str | None:
         done = subprocess.run(["tc", "-n", probe, "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms"],
                               capture_output=True, text=True)
         return None if done.returncode == 0 else f"this kernel has no netem qdisc: {done.stderr.strip()}"
+    finally:
+        _ip("netns", "del", probe, check=False)
+
+
+def drop_unavailable() -> str | None:
+    """Why iptables cannot drop a random fraction of packets here, or None."""
+    why = unavailable()
+    if why:
+        return why
+    if shutil.which("iptables") is None:
+        return "the `iptables` command is not installed"
+    probe = f"lepton-drop-{os.getpid()}"
+    _ip("netns", "add", probe)
+    try:
+        done = subprocess.run(["ip", "netns", "exec", probe, "iptables", "-A", "OUTPUT", "-m", "statistic",
+                               "--mode", "random", "--probability", "0.01", "-j", "DROP"],
+                              capture_output=True, text=True)
+        return None if done.returncode == 0 else f"iptables cannot drop at random: {done.stderr.strip()}"
     finally:
         _ip("netns", "del", probe, check=False)
 
@@ -118,6 +139,28 @@ class Hosts:
     def netem(self, host: str, spec: str = "delay 50ms loss 1%") -> None:
         subprocess.run(["tc", "-n", self.namespace(host), "qdisc", "replace", "dev", self._link(host), "root",
                         "netem", *spec.split()], check=True, capture_output=True, text=True)
+
+    def drop(self, host: str, probability: float) -> None:
+        """Lose each packet `host` sends on its link with this probability (iptables `statistic`)."""
+        self.run(host, ["iptables", "-A", "OUTPUT", "-o", self._link(host), "-m", "statistic", "--mode", "random",
+                        "--probability", str(probability), "-j", "DROP"], check=True, capture_output=True, text=True)
+
+    def dropped(self, host: str) -> int:
+        """Packets the `drop` rule of `host` has lost so far."""
+        listing = self.run(host, ["iptables", "-L", "OUTPUT", "-v", "-x", "-n"], check=True, capture_output=True,
+                           text=True).stdout
+        return sum(int(line.split()[0]) for line in listing.splitlines() if "statistic" in line)
+
+    def delay_relay(self, host: str, port: int, target: str, delay: float) -> str:
+        """Start tests/delay_relay.py on `host`, at its address and `port`, relaying to `target` (a server
+        on the host's loopback) with `delay` seconds each way; returns the relay's address once it listens."""
+        relay = self.python(host, [os.path.join(os.path.dirname(__file__), "delay_relay.py"),
+                                   f"{self.addresses[host]}:{port}", target, str(delay)],
+                            stdout=subprocess.PIPE, text=True)
+        line = relay.stdout.readline().strip()
+        if line != "listening":
+            raise RuntimeError(f"the delay relay on {host} did not start (exit {relay.poll()})")
+        return f"{self.addresses[host]}:{port}"
 
     def close(self) -> None:
         for process in self._processes:
