@@ -6,19 +6,15 @@ and runs the sum again. Saves both results, for a bitwise comparison."""
 from __future__ import annotations
 
 import sys
-import time
 
 import numpy as np
 
 import lepton
+from waits import wait_for  # this script's directory is on sys.path
 
 
 def wait_for_agents(client, count: int) -> None:
-    end = time.monotonic() + 120
-    while len(client.cluster_status().agents) < count:
-        if time.monotonic() > end:
-            sys.exit(f"fewer than {count} agents joined within 120 s")
-        time.sleep(0.1)
+    wait_for(lambda: len(client.cluster_status().agents) >= count, f"{count} agents to join", 120)
 
 
 def main(address: str, x_path: str, out: str, partitions: int) -> None:

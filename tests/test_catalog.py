@@ -5,7 +5,7 @@ Tolerances: float64 results to 1e-10 relative (different summation orders and BL
 float32 to 1e-4 relative to the magnitude of the terms summed (|a| @ |b| for products), since
 float32 has 24 bits and a length-k dot product may lose log2(k) of them.
 """
-import time
+
 import urllib.request
 
 import grpc
@@ -15,6 +15,7 @@ import pytest
 import lepton
 from lepton.backends.ops import TensorMeta, get_op
 from references import check_kmeans, check_pca, check_topk, close, csr, gcn_reference
+from waits import wait_for
 
 CATALOG_OPS = {"matmul.rows", "matmul.inner", "linear", "mlp", "gram", "lstsq", "pca", "kmeans", "spmm",
                "gcn_layer", "qmatmul", "topk"}
@@ -198,12 +199,11 @@ def test_the_opencl_device_ran_the_catalog(any_client):
     x = np.random.default_rng(3).standard_normal((2000, 16))  # 256 KB in one partition
     any_client.matmul(x, x[:16], plan="rows", partitions=1)
     any_client.gram(x, partitions=1)
-    deadline = time.monotonic() + 60
-    while True:
+
+    def measured():
         (agent,) = any_client.cluster_status().agents
         (device,) = agent.devices
-        if {"matmul.rows", "gram"} <= set(device.throughput):
-            break
-        assert time.monotonic() < deadline, device.throughput
-        time.sleep(0.1)
+        return device if {"matmul.rows", "gram"} <= set(device.throughput) else None
+
+    device = wait_for(measured, "the next heartbeat to report matmul.rows and gram throughput")
     assert device.kind == "opencl" and CATALOG_OPS <= set(device.ops)

@@ -1,5 +1,4 @@
 """Datasets: loaded once, resident on agents, used by name; evictions and lost agents lose nothing."""
-import time
 import urllib.request
 
 import grpc
@@ -8,6 +7,7 @@ import pytest
 
 import lepton
 from references import assert_matches
+from waits import wait_for
 
 
 def bytes_sent(client):
@@ -36,13 +36,6 @@ def cache_bytes(client):
     return total
 
 
-def wait_until(condition, what, timeout=60.0):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"still waiting after {timeout} s: {what}"
-        time.sleep(0.1)
-
-
 def test_jobs_on_a_dataset_ship_no_input_bytes(own, rng):
     client = own.client()
     x = rng.standard_normal((1_000_000, 4))
@@ -59,7 +52,7 @@ def test_jobs_on_a_dataset_ship_no_input_bytes(own, rng):
     assert bytes_sent(client) - before == 0
     assert "resident-x" in [d.name for d in client.datasets()]
     client.drop("resident-x")
-    wait_until(lambda: cache_bytes(client) <= cached, "the agents to free the dropped partitions")
+    wait_for(lambda: cache_bytes(client) <= cached, "the agents to free the dropped partitions")
     with pytest.raises(lepton.LeptonError) as info:
         client.sum(ds)
     assert info.value.code == grpc.StatusCode.NOT_FOUND and "client.put" in info.value.details
@@ -160,7 +153,7 @@ def test_dropping_a_dataset_while_a_job_runs_on_it(rng, check_caches):
         cached = cache_bytes(client)
         ds = client.put("dropped", x, partitions=16)
         job = client.submit("sum", ds)
-        wait_until(lambda: client.job(job.job_id).partitions_done >= 2, "the job to be under way")
+        wait_for(lambda: client.job(job.job_id).partitions_done >= 2, "the job to be under way")
         client.drop("dropped")
         try:
             assert_matches("sum", x, job.result(timeout=120))
@@ -169,7 +162,7 @@ def test_dropping_a_dataset_while_a_job_runs_on_it(rng, check_caches):
         assert "dropped" not in [d.name for d in client.datasets()]
         assert client.sum(np.ones(10), partitions=1) == 10
         if check_caches:
-            wait_until(lambda: cache_bytes(client) <= cached, "the agents to free the dropped partitions", 10)
+            wait_for(lambda: cache_bytes(client) <= cached, "the agents to free the dropped partitions")
 
 
 def test_partitions_move_off_an_agent_more_than_16_behind(rng):

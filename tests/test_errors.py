@@ -5,6 +5,7 @@ import pytest
 
 from lepton import wire
 from lepton.v1 import coordinator_service_pb2 as pb, coordinator_service_pb2_grpc as pb_grpc, job_pb2, tensor_pb2
+from waits import wait_for
 
 
 @pytest.fixture(scope="module")
@@ -120,8 +121,6 @@ def test_memory_limit_of_active_jobs_is_resource_exhausted():
 
 def test_no_result_before_the_input_is_verified(stub):
     """Every partition may be done before the stream ends; the checksum still decides."""
-    import time
-
     header, chunks = valid(X)
     chunks[-1] = chunk(chunks[-1].offset, bytes(len(chunks[-1].data)))  # corrupt the last chunk
     spec = job_pb2.JobSpec(op="sum", inputs=[job_pb2.JobInput(name="x", tensor=header)])
@@ -131,13 +130,17 @@ def test_no_result_before_the_input_is_verified(stub):
         yield pb.SubmitJobRequest(spec=spec)
         for c in chunks:
             yield pb.SubmitJobRequest(chunk=c)
-        deadline = time.monotonic() + 60  # end the stream only once every partition is done
-        while not finished and time.monotonic() < deadline:
-            if accepted:
-                status = stub.GetJob(pb.GetJobRequest(job_id=accepted[0]), timeout=10).job
-                if 0 < status.partitions_total == status.partitions_done:
-                    finished.append(status)
-            time.sleep(0.05)
+
+        def all_done():
+            if not accepted:
+                return None
+            status = stub.GetJob(pb.GetJobRequest(job_id=accepted[0]), timeout=10).job
+            return status if 0 < status.partitions_total == status.partitions_done else None
+
+        try:  # end the stream only once every partition is done
+            finished.append(wait_for(all_done, "every partition to be done"))
+        except AssertionError:
+            pass  # `assert finished` below says so, once the stream has ended
 
     seen = []
     with pytest.raises(grpc.RpcError) as info:

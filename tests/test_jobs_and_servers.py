@@ -6,7 +6,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
 from pathlib import Path
 
@@ -17,14 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 import lepton
-
-
-def wait_until(condition, what, timeout=60.0):
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        assert time.monotonic() < deadline, f"still waiting after {timeout} s: {what}"
-        time.sleep(0.05)
-    return value
+from waits import wait_for
 
 
 def samples(address: str, name: str) -> float:
@@ -64,7 +56,7 @@ def test_cancellation_and_deadlines_reach_the_agent_and_free_its_queue(how):
         (agent,) = client.cluster_status().agents
         x = np.ones(4_000_000)  # 40 partitions of 800 KB, each 0.5 s on the agent
         job = client.submit("sum", x, partitions=40, timeout=None if how == "lepton cancel" else 3.0)
-        wait_until(lambda: samples(agent.metrics_address, "lepton_device_queued_bytes") > 0, "work queued on the agent")
+        wait_for(lambda: samples(agent.metrics_address, "lepton_device_queued_bytes") > 0, "work queued on the agent")
         if how == "lepton cancel":
             out = subprocess.run([sys.executable, "-m", "lepton", "cancel", job.job_id, "--coordinator",
                                   cluster.address, "--token-file", str(cluster.token_file)],
@@ -78,7 +70,7 @@ def test_cancellation_and_deadlines_reach_the_agent_and_free_its_queue(how):
         queued = samples(agent.metrics_address, "lepton_device_queued_bytes") // 800_000
         # The agent drops what it queued for the job: its queue empties, and it runs at most the
         # partition on its device and one more started before it heard (it checks every 0.5 s).
-        wait_until(lambda: samples(agent.metrics_address, "lepton_device_queued_bytes") == 0, "the queue to empty")
+        wait_for(lambda: samples(agent.metrics_address, "lepton_device_queued_bytes") == 0, "the queue to empty")
         ran = samples(agent.metrics_address, "lepton_device_partitions_total") - ran_then
         assert ran <= 3 < queued, (ran, queued)  # it had more queued than it ran
         assert client.sum(np.ones(10), partitions=1) == 10
@@ -113,14 +105,14 @@ def test_lepton_up_serves_until_ctrl_c():
     up = subprocess.Popen([sys.executable, "-m", "lepton", "up", "--agents", "2"], stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
-        line = wait_until(lambda: up.stdout.readline() or up.poll() is not None, "lepton up to start", 120)
+        line = wait_for(lambda: up.stdout.readline() or up.poll() is not None, "lepton up to start", 120)
         assert isinstance(line, str) and "coordinator" in line, line
         address = line.split("coordinator ", 1)[1].split(",")[0]
-        hint = wait_until(lambda: (lambda text: text if "--token-file" in text else None)(up.stdout.readline()),
+        hint = wait_for(lambda: (lambda text: text if "--token-file" in text else None)(up.stdout.readline()),
                           "lepton up to say where its token is", 120)
         token = Path(hint.split("--token-file ", 1)[1].split()[0]).read_text()
         with lepton.Client(address, timeout=60, token=token) as client:
-            assert len(wait_until(lambda: len(client.cluster_status().agents) == 2 and client.cluster_status().agents,
+            assert len(wait_for(lambda: len(client.cluster_status().agents) == 2 and client.cluster_status().agents,
                                   "both agents")) == 2
             x = np.arange(100_000, dtype=np.float64)
             assert client.sum(x) == x.sum()

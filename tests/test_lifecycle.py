@@ -26,19 +26,12 @@ from lepton import lifecycle
 from lepton.v1 import agent_service_pb2 as apb, agent_service_pb2_grpc as apb_grpc
 from lepton.v1 import coordinator_service_pb2 as cpb, coordinator_service_pb2_grpc as cpb_grpc
 from lepton.v1 import job_pb2, tensor_pb2
+from waits import wait_for
 
 GENEROUS = 60  # seconds: how long a test waits for something that should take a few, on a loaded machine
 BOUND = "3"  # --shutdown-timeout of the processes under test
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc to find processes")
-
-
-def wait_until(condition, what: str, timeout: float = GENEROUS) -> None:
-    end = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def alive(pid: int) -> bool:
@@ -104,7 +97,7 @@ class HalfOpen:
 
     def wait_sent(self) -> None:
         """Until each stream has sent its first message, or been refused (an aborted call stops asking)."""
-        wait_until(lambda: all(i in self._sent or call.done() for i, call in enumerate(self.calls)),
+        wait_for(lambda: all(i in self._sent or call.done() for i, call in enumerate(self.calls)),
                    f"{len(self.calls)} half-open streams to start")
 
     def close(self) -> None:
@@ -173,7 +166,7 @@ def test_a_second_sigterm_exits_at_once():
             flood.wait_sent()
             log = cluster.log_dir / "agent-0.log"
             agent.send_signal(signal.SIGTERM)
-            wait_until(lambda: "event=agent.stopping" in log.read_text(), "the agent to start stopping")
+            wait_for(lambda: "event=agent.stopping" in log.read_text(), "the agent to start stopping")
             assert stopped_code(agent) == 128 + signal.SIGTERM
             assert "event=shutdown.forced" in log.read_text()
         finally:
@@ -185,7 +178,7 @@ def test_the_watchdog_ends_a_shutdown_that_overruns_its_bound():
     with lepton.LocalCluster(agents=1, agent_args=["--shutdown-timeout", BOUND, "--test-delay", "600:600"]) as cluster:
         job = cluster.client(timeout=GENEROUS).submit("sum", np.ones(1000))  # kept: its stream stays open
         metrics = cluster.client(timeout=10).cluster_status().agents[0].metrics_address
-        wait_until(lambda: _device_busy(metrics), "the partition to reach the device")
+        wait_for(lambda: _device_busy(metrics), "the partition to reach the device")
         assert stopped_code(cluster.agents[0]) == lifecycle.EXIT_OVERRAN
         log = (cluster.log_dir / "agent-0.log").read_text()
         assert "event=shutdown.overran" in log and "step=\"stopping devices\"" in log, log[-3000:]
@@ -253,7 +246,7 @@ def test_a_local_cluster_dies_with_the_process_that_made_it(spawned_from, device
             assert all(alive(pid) for pid in pids)
         holder.kill()
         holder.wait(timeout=GENEROUS)
-        wait_until(lambda: not any(alive(pid) for pid in pids), f"cluster processes {pids} to end")
+        wait_for(lambda: not any(alive(pid) for pid in pids), f"cluster processes {pids} to end")
     finally:
         holder.kill()
         kill_all(pids)
@@ -272,7 +265,7 @@ def test_lepton_up_killed_leaves_no_cluster_behind():
         assert len(pids) == 3, pids  # the coordinator and two agents
         up.kill()
         up.wait(timeout=GENEROUS)
-        wait_until(lambda: not any(alive(pid) for pid in pids), f"cluster processes {pids} to end")
+        wait_for(lambda: not any(alive(pid) for pid in pids), f"cluster processes {pids} to end")
     finally:
         up.kill()
         kill_all(pids)
@@ -305,7 +298,7 @@ def test_lepton_up_detach_leaves_a_cluster_that_outlives_it():
             assert len(client.cluster_status().agents) == 2
         for pid in pids:
             os.kill(pid, signal.SIGTERM)
-        wait_until(lambda: not any(alive(pid) for pid in pids), "the detached cluster to stop when told")
+        wait_for(lambda: not any(alive(pid) for pid in pids), "the detached cluster to stop when told")
     finally:
         kill_all(pids)
 
@@ -328,7 +321,7 @@ def test_an_agent_rejoins_a_coordinator_that_comes_back_within_its_timeout(tmp_p
         cluster.coordinator.kill()
         cluster.coordinator.wait(timeout=GENEROUS)
         log = cluster.log_dir / "agent-0.log"
-        wait_until(lambda: "event=coordinator.unreachable" in log.read_text(), "the agent to miss its coordinator")
+        wait_for(lambda: "event=coordinator.unreachable" in log.read_text(), "the agent to miss its coordinator")
         with open(tmp_path / "coordinator.log", "wb") as out:
             again = subprocess.Popen([sys.executable, "-m", "lepton", "coordinator", "--listen", cluster.address],
                                      stdout=out, stderr=subprocess.STDOUT,  # the same cluster: its tokens
@@ -336,7 +329,7 @@ def test_an_agent_rejoins_a_coordinator_that_comes_back_within_its_timeout(tmp_p
                                           "LEPTON_JOIN_TOKEN": cluster.join_token})
         try:
             with lepton.Client(cluster.address, timeout=10, **cluster.credentials()) as client:
-                wait_until(lambda: _agents(client) == 1, "the agent to join the new coordinator")
+                wait_for(lambda: _agents(client) == 1, "the agent to join the new coordinator")
                 assert float(client.sum(np.arange(10.0))) == 45.0  # exact: small integers in float64
         finally:
             again.terminate()

@@ -2,20 +2,12 @@
 import collections
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 
 import lepton
-
-
-def wait_until(condition, what, timeout=60.0):
-    """Poll `condition` until it holds; a generous deadline, since a loaded 2-core machine is slow."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"still waiting after {timeout} s: {what}"
-        time.sleep(0.1)
+from waits import wait_for
 
 
 def status_text(cluster):
@@ -33,7 +25,7 @@ def test_killed_agent_is_dropped_and_a_new_agent_is_used():
         pid = cluster.agents[0].pid
         (killed,) = [a for a in client.cluster_status().agents if a.name.endswith(f"-{pid}")]
         cluster.kill_agent(0)  # SIGKILL: no goodbye
-        wait_until(lambda: killed.address not in status_text(cluster), "the killed agent still listed")
+        wait_for(lambda: killed.address not in status_text(cluster), "the killed agent still listed")
         assert f"event=agent.removed agent={killed.agent_id}" in cluster.logs(100_000)
         assert "no heartbeat for" in cluster.logs(100_000)  # dropped by the heartbeat timeout
         newcomer = cluster.add_agent("numpy")
@@ -65,7 +57,7 @@ def test_sigterm_stops_an_agent_cleanly_and_it_leaves_at_once():
         process = cluster.agents[0]
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0
-        wait_until(lambda: len(client.cluster_status().agents) == 1, "the stopped agent still listed")
+        wait_for(lambda: len(client.cluster_status().agents) == 1, "the stopped agent still listed")
         logs = cluster.logs(100_000)
         assert "reason=left" in logs and "no heartbeat for" not in logs, logs  # it said goodbye
         assert client.sum(np.ones(100)) == 100
@@ -84,7 +76,7 @@ def test_deadline_ends_the_job_and_the_cluster_stays_usable():
             raise AssertionError("the job should have missed its deadline")
         except lepton.LeptonError as exc:
             assert exc.code == grpc.StatusCode.DEADLINE_EXCEEDED
-        wait_until(lambda: client.job(job_id).state in (4, 5), "the job to end")  # FAILED or CANCELLED
+        wait_for(lambda: client.job(job_id).state in (4, 5), "the job to end")  # FAILED or CANCELLED
         assert client.sum(np.ones(10), partitions=1) == 10
 
 

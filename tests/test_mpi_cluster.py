@@ -9,7 +9,6 @@ import os
 import re
 import signal
 import sys
-import time
 import uuid
 
 import numpy as np
@@ -18,6 +17,7 @@ import pytest
 import lepton
 from lepton.backends.ops import REGISTRY
 from references import assert_matches, check_kmeans, check_pca, check_topk, close, csr, gcn_reference
+from waits import wait_for
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from test_mpi_device import _gone, _tagged  # noqa: E402
@@ -204,11 +204,9 @@ def test_killing_a_worker_rank_mid_job_retries_elsewhere_and_the_job_succeeds():
         x = np.random.default_rng(5).standard_normal(400_000)
         job = client.submit("histogram", x, partitions=16, bins=100, range=[-5.0, 5.0])
         # Kill the worker only once the MPI agent holds a partition it has not returned.
-        deadline = time.monotonic() + 60
-        while not any(p.agent_id == agent_id and p.outcome == "running"
-                      for p in client.trace(job.job_id).partitions):
-            assert time.monotonic() < deadline, "the MPI agent never got a partition"
-            time.sleep(0.02)
+        wait_for(lambda: any(p.agent_id == agent_id and p.outcome == "running"
+                             for p in client.trace(job.job_id).partitions), "the MPI agent to hold a partition",
+                 every=0.02)
         os.kill(worker, signal.SIGKILL)
         result = job.result(timeout=120)
         assert np.array_equal(result["counts"], np.histogram(x, bins=100, range=(-5, 5))[0])

@@ -107,6 +107,7 @@ def register_test_ops() -> None:
 
 sys.path.insert(0, os.path.dirname(HERE))  # tests/, also when this file runs as the driver
 from references import assert_matches  # noqa: E402
+from waits import wait_for  # noqa: E402
 
 
 def cases():
@@ -309,7 +310,8 @@ class Run:
         # Readers in threads: a timeout on a blocked read, and stderr can never fill its pipe.
         threading.Thread(target=lambda: [self.lines.put(t) for t in self.proc.stdout] + [self.lines.put("")],
                          daemon=True).start()
-        threading.Thread(target=lambda: self.stderr.extend(self.proc.stderr), daemon=True).start()
+        self._stderr_reader = threading.Thread(target=lambda: self.stderr.extend(self.proc.stderr), daemon=True)
+        self._stderr_reader.start()
 
     def line(self, timeout: float = 20) -> dict:
         """The next JSON line rank 0 prints."""
@@ -327,7 +329,7 @@ class Run:
     def finish(self, timeout: float = 20) -> tuple[int, str]:
         """Exit status and stderr once the launched process (mpiexec, after a re-exec) ends."""
         code = self.proc.wait(timeout=timeout)
-        time.sleep(0.05)  # let the stderr reader drain
+        self._stderr_reader.join(timeout)  # the pipe's end: everything it wrote has been read
         return code, "".join(self.stderr)
 
     def kill(self) -> None:
@@ -358,12 +360,13 @@ def launch():
 
 
 def _gone(tag: str, within: float) -> bool:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if not _tagged(tag):
-            return True
-        time.sleep(0.05)
-    return False
+    """Whether every process tagged `tag` ends within `within` s (a bound with a meaning: shorter
+    than the 30 s a test kernel sleeps, so a pool that waited for its kernel would miss it)."""
+    try:
+        wait_for(lambda: not _tagged(tag), f"the processes tagged {tag} to end", within)
+        return True
+    except AssertionError:
+        return False
 
 
 def test_specs_and_the_mpiexec_command_line(monkeypatch, tmp_path):

@@ -11,7 +11,6 @@ import signal
 import ssl
 import subprocess
 import sys
-import time
 import urllib.request
 
 import grpc
@@ -27,6 +26,7 @@ from lepton.local import _SECURITY_ENV
 from lepton.v1 import agent_service_pb2 as agent_pb, agent_service_pb2_grpc as agent_grpc
 from lepton.v1 import coordinator_service_pb2 as pb, coordinator_service_pb2_grpc as pb_grpc, job_pb2
 from test_other_languages import check, cpp_example, node_example, run_example  # noqa: F401 - fixtures
+from waits import wait_for
 
 UNAUTHENTICATED, UNAVAILABLE = grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.UNAVAILABLE
 
@@ -249,15 +249,6 @@ def stop(process: subprocess.Popen) -> None:
             process.wait()
 
 
-def wait_until(condition, what: str, timeout: float = 60) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
 @pytest.mark.parametrize("credential", ["no join token", "wrong join token", "client token as join token"])
 def test_an_agent_without_the_join_credential_cannot_register(plain_cluster, credential, tmp_path):
     cluster = plain_cluster
@@ -267,7 +258,7 @@ def test_an_agent_without_the_join_credential_cannot_register(plain_cluster, cre
     with open(log_path, "wb") as log:
         agent = spawn(["agent", "--coordinator", cluster.address], lepton_env(LEPTON_JOIN_TOKEN=token), log)
     try:
-        wait_until(lambda: "code=UNAUTHENTICATED" in log_path.read_text(errors="replace"), "a refused JoinCluster")
+        wait_for(lambda: "code=UNAUTHENTICATED" in log_path.read_text(errors="replace"), "a refused JoinCluster")
         assert len(cluster.client(timeout=30).cluster_status().agents) == 1
     finally:
         stop(agent)
@@ -289,7 +280,7 @@ def test_under_mtls_agents_join_by_certificate_and_clients_cannot(mtls_cluster, 
         agent = spawn(["agent", "--coordinator", cluster.address], env, log)
     try:
         status = cluster.client(timeout=30)
-        wait_until(lambda: len(status.cluster_status().agents) == 3, "the certified agent to join")
+        wait_for(lambda: len(status.cluster_status().agents) == 3, "the certified agent to join")
         np.testing.assert_array_equal(status.sum(np.arange(100_000, dtype=np.int64)), np.arange(100_000).sum())
     finally:
         stop(agent)
@@ -347,7 +338,7 @@ def test_insecure_starts_beyond_loopback_and_warns(tmp_path):
         process = spawn(["coordinator", "--listen", "0.0.0.0:0", "--insecure", "--ready-file", str(ready)],
                         lepton_env(), log)
     try:
-        wait_until(lambda: ready.exists() or process.poll() is not None, "the coordinator to serve")
+        wait_for(lambda: ready.exists() or process.poll() is not None, "the coordinator to serve")
         assert process.poll() is None, log_path.read_text()
         text = log_path.read_text()
         assert "WARNING" in text and "event=security.insecure" in text and "anyone who can reach" in text
@@ -393,7 +384,7 @@ def test_the_readmes_two_machine_setup_on_one_machine(tmp_path):
                                   "--tls-ca", f"{c}/ca.pem", "--token-file", f"{c}/token"], env=env,
                                  capture_output=True, text=True, timeout=60)
             return out.returncode == 0 and "1 agent(s)" in out.stdout
-        wait_until(joined, "the agent to join over TLS")
+        wait_for(joined, "the agent to join over TLS")
         with lepton.Client(f"127.0.0.1:{port}", timeout=60, token=(c / "token").read_text().strip(),
                            tls_ca=c / "ca.pem") as client:
             x = np.arange(10_000, dtype=np.float64)
