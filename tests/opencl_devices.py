@@ -34,3 +34,25 @@ def missing(why: str):
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(f"CI=true and {why}", pytrace=False)
     pytest.skip(why, allow_module_level=True)
+
+
+def opencl_stages(device=None, fp64: bool | None = None):
+    """The `stages` argument of references.mismatch for results an OpenCL device computed: its reduce
+    kernels' fold (references.opencl_stages), with the loads per work-item of its launch plan when
+    `device` (an OpenCLDevice) is given, else the deepest plan any device could make (16 lanes, the
+    whole input per work-item, float32 outer sums unless fp64)."""
+    import math
+
+    from references import opencl_stages as stages
+
+    if device is None:
+        return lambda op, x: stages(op, x, 16, bool(fp64), False, None)
+    from lepton.backends.opencl.reductions import ReducePlan
+
+    def for_device(op, x):
+        cols = max(1, math.prod(x.shape[1:]))
+        flat = device.vec % cols == 0
+        plan = ReducePlan.make(device, len(x), cols, flat) if len(x) else None
+        per = None if plan is None else (-(-plan.count // plan.global_size[0]) if device.is_gpu and flat else plan.per)
+        return stages(op, x, device.vec if flat else 1, device.fp64, device.is_gpu and flat, per)
+    return for_device
