@@ -96,15 +96,17 @@ def opencl_stages(op: str, x: np.ndarray, vec: int = 16, fp64: bool = True, gpu:
 def within_bound(terms: np.ndarray, stages: list[Stage]) -> np.ndarray:
     """Per column, the bound above on the error of adding |terms| (rows along axis 0) in `stages`."""
     columns = terms.shape[1:]
-    terms = np.abs(terms.astype(np.float64)).reshape(len(terms), -1)
+    if len(terms) == 0:
+        return np.zeros(columns)
+    terms = np.abs(terms.astype(np.float64)).reshape(len(terms), math.prod(columns))
     total = terms.sum(axis=0)
     cumulative = np.concatenate([np.zeros((1, terms.shape[1])), np.cumsum(terms, axis=0)])
 
     def window(span: int) -> np.ndarray:  # the largest sum of |terms| over `span` consecutive rows
         span = min(len(terms), max(1, span))
-        return np.max(cumulative[span:] - cumulative[:-span], axis=0) if len(terms) else total
+        return np.max(cumulative[span:] - cumulative[:-span], axis=0)
 
-    largest = np.max(terms, axis=0) if len(terms) else total
+    largest = np.max(terms, axis=0)
 
     def covered(span: int, values: int | None = None) -> np.ndarray:  # the largest subtotal's |terms|
         return window(span) if values is None else np.minimum(window(span), values * largest)

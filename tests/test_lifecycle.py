@@ -342,3 +342,38 @@ def _agents(client) -> int:
         return len(client.cluster_status().agents)
     except lepton.LeptonError:  # the new coordinator is not serving yet
         return 0
+
+
+def test_an_agent_retries_its_coordinator_with_doubling_pauses_at_most_5s_apart(monkeypatch):
+    """The backoff of "An agent alone gives up": full jitter over a bound that doubles from 0.1 s up to
+    5 s (the jitter is pinned to its largest pause here; the pauses are recorded, not slept)."""
+    from types import SimpleNamespace
+
+    from lepton.agent import membership
+
+    monkeypatch.setattr(membership.random, "uniform", lambda low, high: high)
+    client = membership.MembershipClient(SimpleNamespace(devices=[], credits=1, busy=lambda: False),
+                                         "127.0.0.1:1", "lonely", "127.0.0.1:2")  # nothing listens on port 1
+    pauses = []
+
+    def wait(seconds):
+        pauses.append(seconds)
+        if len(pauses) == 9:
+            client._stop.set()
+        return client._stop.is_set()
+
+    monkeypatch.setattr(client._stop, "wait", wait)
+    client._loop()
+    client._channel.close()
+    assert pauses == [0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0, 5.0], pauses
+
+
+def test_servers_log_one_line_per_event_at_lepton_log_level(monkeypatch):
+    """Events are logged at INFO by default; LEPTON_LOG_LEVEL=WARNING leaves them out."""
+    for level, logged in (("", True), ("WARNING", False)):
+        monkeypatch.setenv("LEPTON_LOG_LEVEL", level or "INFO")
+        with lepton.LocalCluster(agents=1) as cluster:
+            assert cluster.client().sum(np.ones(10)) == 10
+            lines = [line for line in cluster.logs().splitlines() if "event=job.accepted" in line]
+        assert bool(lines) == logged, (level, lines)
+        assert all(line.count("event=") == 1 for line in lines)
