@@ -472,3 +472,30 @@ def test_no_token_appears_in_any_log(tls_cluster, mtls_cluster, plain_cluster):
         assert "event=agent.joined" in text
         for secret in (cluster.token, cluster.join_token):
             assert secret not in text
+
+
+def test_the_dashboard_needs_the_token_serves_plotly_itself_and_can_be_off():
+    """The Dashboard section: every request needs the cluster's token, plotly.js comes from the
+    coordinator (no address beyond it in the page), and `--dashboard-listen off` serves none."""
+    import re
+    import urllib.error
+
+    def get(url: str) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(url, timeout=30) as reply:
+                return reply.status, reply.read()
+        except urllib.error.HTTPError as error:
+            return error.code, b""
+
+    with lepton.LocalCluster(agents=1) as cluster:
+        url = cluster.dashboard_url
+        base, token = url.split("?token=")
+        assert token and get(base)[0] == 401 and get(f"{base}?token=wrong{token}")[0] == 401
+        status, page = get(url)
+        assert status == 200 and b"static/plotly.min.js" in page
+        assert not re.search(rb"""(src|href)\s*=\s*["']?https?://""", page)  # nothing fetched from elsewhere
+        assert get(f"{base}static/plotly.min.js")[0] == 401
+        status, script = get(f"{base}static/plotly.min.js?token={token}")
+        assert status == 200 and b"plotly" in script[:4096].lower() and len(script) > 1 << 20
+    with lepton.LocalCluster(agents=1, coordinator_args=["--dashboard-listen", "off"]) as cluster:
+        assert cluster.dashboard_url == ""
