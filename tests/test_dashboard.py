@@ -115,3 +115,24 @@ def test_a_killed_agent_is_gone_from_the_cluster_page(browser, cluster):
     rows = browser.find_elements("css selector", "#agents tr.agent")
     assert len(rows) == 1
     assert errors(browser) == []
+
+
+def test_the_task_stream_of_a_bigger_job_carries_its_latest_4000_attempts():
+    """'the latest 4,000 attempts of bigger jobs': the stream's trace of a 4,100-partition job holds
+    4,000 attempts, the job's last ones, and counts all of them."""
+    import json
+    import urllib.request
+
+    with lepton.LocalCluster(agents=1) as cluster:
+        client = cluster.client(timeout=120)
+        job = client.submit("sum", np.arange(8_200.0), partitions=4_100)
+        assert job.result()["sum"] == np.arange(8_200.0).sum()
+        base, token = cluster.dashboard_url.split("?token=")
+        with urllib.request.urlopen(f"{base}events?job={job.job_id}&token={token}", timeout=60) as stream:
+            line = wait_for(lambda: (lambda text: text if text.startswith(b"data: ") else None)(stream.readline()),
+                            "the first event")
+        trace = json.loads(line[len(b"data: "):])["trace"]
+        attempts = client.trace(job.job_id).partitions
+        assert trace["attempts"] == len(attempts) >= 4_100
+        assert len(trace["trace"]) == 4_000
+        assert {a["partition"] for a in trace["trace"]} == {p.partition for p in attempts[-4_000:]}

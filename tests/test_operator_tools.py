@@ -117,6 +117,16 @@ def check_metrics(client):
     assert sum(delta(a, b, key) for a, b in zip(agents_after, agents_before)) == 6
     assert all('lepton_device_queued_bytes{"device": "numpy:0"}' in a for a in agents_after)
     assert all("lepton_agent_cache_bytes{}" in a and "lepton_agent_cache_hits_total{}" in a for a in agents_after)
+    # The rest of the README's list: bytes back from agents and to the client, pending and in-flight
+    # partitions per agent, busy seconds and measured throughput per device.
+    assert delta(after, before, "lepton_agent_bytes_received_total{}") > 0
+    assert delta(after, before, "lepton_result_bytes_total{}") > 0
+    assert "lepton_pending_partitions{}" in after
+    assert {k for k in after if k.startswith("lepton_agent_in_flight_partitions")} == \
+        {f'lepton_agent_in_flight_partitions{{"agent": "{a.agent_id}"}}' for a in status.agents}
+    busy = 'lepton_device_busy_seconds_total{"device": "numpy:0"}'
+    assert sum(delta(a, b, busy) for a, b in zip(agents_after, agents_before)) > 0
+    assert any(k.startswith("lepton_device_throughput_bytes_per_second") for a in agents_after for k in a)
 
 
 def test_trace_shows_every_partition_and_plots_a_timeline(clusters, tmp_path):

@@ -499,3 +499,20 @@ def test_the_dashboard_needs_the_token_serves_plotly_itself_and_can_be_off():
         assert status == 200 and b"plotly" in script[:4096].lower() and len(script) > 1 << 20
     with lepton.LocalCluster(agents=1, coordinator_args=["--dashboard-listen", "off"]) as cluster:
         assert cluster.dashboard_url == ""
+
+
+def test_credentials_are_compared_in_constant_time(monkeypatch):
+    """'in constant time': a timing test would flake on a loaded machine, so this checks (white-box)
+    that the interceptor's comparison is hmac.compare_digest's, and that it still tells tokens apart."""
+    import hmac
+
+    compared, compare = [], hmac.compare_digest
+
+    def recording(a, b):
+        compared.append((a, b))
+        return compare(a, b)
+
+    monkeypatch.setattr(security.hmac, "compare_digest", recording)
+    assert security._matches("s3cret", "s3cret") and not security._matches("s3cres", "s3cret")
+    assert not security._matches("", "")  # no token configured matches nothing
+    assert compared[:2] == [(b"s3cret", b"s3cret"), (b"s3cres", b"s3cret")]
