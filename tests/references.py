@@ -65,9 +65,11 @@ def pairwise_stages(u: float, m: int) -> list[Stage]:
     return levels + [(u, 25, min(m, 128))]
 
 
-def numpy_stages(op: str, x: np.ndarray) -> list[Stage]:
-    """Within a canonical block, as NumPy adds (see above); sums add in the input's float type."""
-    m, in_input_type = block_rows(x), op == "sum"
+def numpy_stages(op: str, x: np.ndarray, rows: int | None = None) -> list[Stage]:
+    """Within a canonical block, as NumPy adds (see above); sums add in the input's float type.
+    `rows`: the most rows a partition has, where a test knows its partitioning (row blocks of P
+    partitions: ceil(n / P)); a block is never longer than its partition."""
+    m, in_input_type = min(block_rows(x), rows or len(x) or 1), op == "sum"
     u = UNIT.get(x.dtype, U64) if in_input_type else U64
     if x.ndim > 1:
         return [(u, m, m)]

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import lepton
+from references import assert_matches, numpy_stages
 from waits import wait_for
 import netns
 
@@ -29,9 +30,8 @@ INSECURE = ["--insecure"]
 
 
 def close_to_numpy(total: np.ndarray) -> None:
-    # A few ulps of the float64 magnitudes summed: the fold reassociates, nothing more.
-    bound = 64 * np.finfo(np.float64).eps * np.abs(X).sum(axis=0)
-    assert np.all(np.abs(total - X.sum(axis=0)) <= bound)
+    # The fold's bound (tests/references.py) for blocks no longer than a partition: 2e-14 of sum(|x|).
+    assert_matches("sum", X, {"sum": total}, lambda op, x: numpy_stages(op, x, rows=-(-len(x) // PARTITIONS)))
 
 
 @pytest.fixture(scope="module")
