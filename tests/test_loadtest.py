@@ -91,3 +91,32 @@ def test_a_wrong_result_counts_as_a_failure(tmp_path):
     verify = [row for row in rows.values() if row["Type"] == "verify"]
     assert verify and int(verify[0]["Failure Count"]) > 0, output  # reported as failures of type verify
     assert int(rows["Aggregated"]["Failure Count"]) > 0, output
+
+
+TASK_RAISES = '''
+"""A scenario whose task raises before it sends anything: no request is ever made."""
+import os, sys
+sys.path.insert(0, os.path.join(os.getcwd(), "loadtests"))
+from locustfile import LeptonUser
+
+
+def broken(user):
+    raise RuntimeError("this task raises before it sends anything")
+
+
+class SmallJobs(LeptonUser):
+    tasks = [broken]
+'''
+
+
+@pytest.mark.slow
+def test_run_exits_nonzero_when_a_task_raises(tmp_path):
+    wrapper = tmp_path / "task_raises.py"
+    wrapper.write_text(TASK_RAISES)
+    proc = subprocess.run([sys.executable, str(RUN), "--scenario", "small", "--users", "1", "--time", "3s",
+                           "--csv", str(tmp_path / "raises"), "--", "-f", str(wrapper)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=240)
+    output = proc.stdout[-6000:] + proc.stderr[-6000:]
+    assert proc.returncode != 0, output
+    assert "FAILED: locust exited with" in proc.stderr, output  # Locust's own verdict on the exception
+    assert "OK:" not in proc.stdout, output
