@@ -2,7 +2,9 @@
 toolchain, grpcurl, locust, PoCL, MPICH), so a test that skips there hides a missing part.
 
 The one exception is a test marked `beyond_ci(reason)`: it needs what no package can install (a
-kernel feature such as the netem qdisc), and may skip, saying why.
+kernel feature), and may skip, saying why. None is marked today: the netem test of
+tests/test_faults.py falls back to iptables loss and a delaying TCP relay where the kernel lacks
+the qdisc.
 
 GPU tests (marker `gpu`) are deselected unless the `-m` expression names gpu: CI has no GPU, and
 benchmarks/gpu_check.sh runs them with `-m gpu` where there is one.
