@@ -4,7 +4,8 @@ Tolerances, and why: sums, means and variances are held to the error bound of th
 (tests/references.py's one checker, with references.opencl_stages: BLOCK=256 loads per lane in a
 float32 inner accumulator for float32 data, then float64, or float32 without fp64). On this module's
 data (1000 + 10 N(0, 1), 300 007 rows) that is 3e-7 of sum(|x|) for float32 sums (a third of it the
-result's float32 ulp; 2e-6 without fp64), against the 1e-5 this module allowed before; integer sums, min, max, count and histogram counts are exact.
+result's float32 ulp; 2e-6 without fp64), against the 1e-5 this module allowed before; integer
+sums, min, max, count and histogram counts are exact.
 """
 from __future__ import annotations
 
