@@ -352,8 +352,8 @@ def test_an_agent_retries_its_coordinator_with_doubling_pauses_at_most_5s_apart(
     from lepton.agent import membership
 
     monkeypatch.setattr(membership.random, "uniform", lambda low, high: high)
-    client = membership.MembershipClient(SimpleNamespace(devices=[], credits=1, busy=lambda: False),
-                                         "127.0.0.1:1", "lonely", "127.0.0.1:2")  # nothing listens on port 1
+    agent = SimpleNamespace(devices=[], credits=1, busy=lambda: False, cache=SimpleNamespace(keys=lambda prefix: []))
+    client = membership.MembershipClient(agent, "127.0.0.1:1", "lonely", "127.0.0.1:2")  # nothing on port 1
     pauses = []
 
     def wait(seconds):
