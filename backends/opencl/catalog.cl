@@ -156,57 +156,121 @@ __kernel void spmm_rows(__global const T* partial, __global const long* first, _
 }
 
 #ifdef HAS_FP64
-// One k-means step over rows [item * per, ...): nearest centroid in float64 by the reference's
-// expansion |x|^2 - 2 x.c + |c|^2 (first minimum wins, as np.argmin), then per-item float64
-// sums, counts and inertia; the host adds the items' partials. NaN/inf rows are counted in bad.
-__kernel void kmeans_step(__global const T* x, const long n, const int d, const long per,
-                          __global const double* centroids, __global const double* cnorm, const int k,
-                          __global double* sums, __global long* counts, __global double* inertia,
-                          __global long* bad) {
-    const int item = get_global_id(0);
-    const long lo = item * per, hi = min(n, lo + per);
-    __global double* s = sums + (size_t)item * k * d;
-    __global long* cnt = counts + (size_t)item * k;
-    for (int c = 0; c < k * d; c++) s[c] = 0;
-    for (int c = 0; c < k; c++) cnt[c] = 0;
-    double total = 0;
+// One k-means step in three kernels after the GEMM dots = x cᵀ (gemm.cl, in T: the reference's
+// precision): the nearest centroid of each row, then per-cluster sums, counts and inertia as fixed
+// partials, then those partials folded in a fixed order. The partials' row ranges and the folds'
+// fan-in follow from the shape alone (catalog.KmeansPlan), so the bits depend on no launch size.
+
+// Row r's nearest centroid by the reference's score |c|^2 - 2 x.c (|x|^2 is the same for every
+// centroid; 2 x.c is exact, so this is NumPy's d *= -2; d += |c|^2), the first minimum winning as
+// np.argmin; its squared distance computed directly, as the reference does (no cancellation).
+// Rows with NaN or infinity get label -1.
+__kernel void kmeans_assign(__global const T* x, const int n, const int d, __global const T* dots, const int ld,
+                            __global const T* centroids, __global const T* cnorm, const int k,
+                            __global int* labels, __global T* dist) {
+    const int r = get_global_id(0);
+    if (r >= n) return;
+    __global const T* s = dots + (size_t)r * ld;
+    int best = 0;
+    T best_s = INFINITY;
+    for (int c = 0; c < k; c++) {
+        const T score = cnorm[c] - (T)2 * s[c];
+        if (score < best_s) { best_s = score; best = c; }
+    }
+    __global const T* row = x + (size_t)r * d;
+    __global const T* cen = centroids + (size_t)best * d;
+    T acc = 0;
+    bool finite = true;
+    for (int f = 0; f < d; f++) {
+        const T v = row[f], e = v - cen[f];
+        finite = finite && isfinite(v);
+        acc += e * e;
+    }
+    labels[r] = finite ? best : -1;
+    dist[r] = acc;
+}
+
+// Partial p of rows [p * per, ...): part[p] = [sums (k x d), counts (k), inertia] in float64.
+// Work-item (f, p) adds feature f of its rows in row order; the f = 0 one also counts them, adds
+// their distances and notes the first bad row (bad[p], -1 for none).
+__kernel void kmeans_partials(__global const T* x, const int n, const int d, const int per,
+                              __global const int* labels, __global const T* dist, const int k,
+                              __global double* part, __global long* bad) {
+    const int f = get_global_id(0), p = get_global_id(1);
+    const long lo = (long)p * per;
+    if (f >= d || lo >= n) return;
+    const long hi = min((long)n, lo + per);
+    const size_t width = (size_t)k * d + k + 1;
+    __global double* out = part + (size_t)p * width;
+    __global double* counts = out + (size_t)k * d;
+    for (int c = 0; c < k; c++) out[(size_t)c * d + f] = 0;
+    if (f == 0)
+        for (int c = 0; c < k; c++) counts[c] = 0;
+    double inertia = 0;
     long first_bad = -1;
     for (long r = lo; r < hi; r++) {
-        __global const T* row = x + r * d;
-        double xx = 0;
-        bool finite = true;
-        for (int f = 0; f < d; f++) { double v = row[f]; xx += v * v; finite = finite && isfinite(v); }
-        if (!finite) { if (first_bad < 0) first_bad = r; continue; }
-        int best = 0;
-        double best_d = INFINITY;
-        for (int c = 0; c < k; c++) {
-            __global const double* cen = centroids + (size_t)c * d;
-            double dot = 0;
-            for (int f = 0; f < d; f++) dot += (double)row[f] * cen[f];
-            double dist = xx - 2 * dot + cnorm[c];
-            if (dist < best_d) { best_d = dist; best = c; }
+        const int c = labels[r];
+        if (c < 0) {
+            if (first_bad < 0) first_bad = r;
+            continue;
         }
-        cnt[best] += 1;
-        for (int f = 0; f < d; f++) s[best * d + f] += (double)row[f];
-        total += fmax(best_d, 0.0);
+        out[(size_t)c * d + f] += (double)x[(size_t)r * d + f];
+        if (f == 0) {
+            counts[c] += 1;  // exact in float64 below 2^53 rows
+            inertia += (double)dist[r];
+        }
     }
-    inertia[item] = total;
-    bad[item] = first_bad;
+    if (f == 0) {
+        out[width - 1] = inertia;
+        bad[p] = first_bad;
+    }
+}
+
+// out[g] = in[g * fan] + in[g * fan + 1] + ... (up to `count` partials of `width` values), in order.
+__kernel void fold_partials(__global const double* in, const int count, const int width, const int fan,
+                            __global double* out) {
+    const int e = get_global_id(0), g = get_global_id(1);
+    if (e >= width) return;
+    double acc = 0;
+    for (int q = g * fan; q < min(count, (g + 1) * fan); q++) acc += in[(size_t)q * width + e];
+    out[(size_t)g * width + e] = acc;
 }
 
 // int8 matmul: per-row activation quantization (scale = max|x| / 127, q = clip(rint(x / scale))),
 // then exact int32 dot products with the int8 weights and dequantization in float64.
-__kernel void quantize_rows(__global const float* x, const int rows, const int cols,
+// A work-group per row, its work-items striding along it: adjacent work-items read adjacent floats
+// and write adjacent bytes (a work-item per row read rows a stride apart). Rows of xq are ldq bytes,
+// zero past cols (the packed dot products take K in fours).
+#define QUANTIZE_WG 256  // work-items per row, at most
+__kernel void quantize_rows(__global const float* x, const int rows, const int cols, const int ldq,
                             __global char* xq, __global float* xscale) {
-    const int i = get_global_id(0);
-    if (i >= rows) return;
+    __local float tops[QUANTIZE_WG];
+    const int i = get_group_id(1), lid = get_local_id(0), lw = get_local_size(0);
     __global const float* row = x + (size_t)i * cols;
     float top = 0;
-    for (int j = 0; j < cols; j++) top = fmax(top, fabs(row[j]));
-    float sc = top / 127.0f;
+    for (int j = lid; j < cols; j += lw) top = fmax(top, fabs(row[j]));
+    tops[lid] = top;
+    for (int s = lw / 2; s > 0; s >>= 1) {  // lw is a power of two; max is exact in any order
+        barrier(CLK_LOCAL_MEM_FENCE);
+        if (lid < s) tops[lid] = fmax(tops[lid], tops[lid + s]);
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+    float sc = tops[0] / 127.0f;
     if (sc == 0) sc = 1;
-    xscale[i] = sc;
-    for (int j = 0; j < cols; j++) xq[(size_t)i * cols + j] = (char)clamp(rint(row[j] / sc), -127.0f, 127.0f);
+    if (lid == 0) xscale[i] = sc;
+    for (int j = lid; j < ldq; j += lw)
+        xq[(size_t)i * ldq + j] = j < cols ? (char)clamp(rint(row[j] / sc), -127.0f, 127.0f) : 0;
+}
+
+// The int8 weights (K x N) for the packed dot products: Bp[q, j] holds B[4q .. 4q + 3, j] in its four
+// bytes (byte b = row 4q + b, zero past K), as A's rows are packed by being read as ints. Adjacent
+// work-items read adjacent bytes of a row.
+__kernel void pack_k4(__global const char* B, const int K, const int N, __global int* Bp) {
+    const int j = get_global_id(0), q = get_global_id(1);
+    if (j >= N || 4 * q >= K) return;
+    uint v = 0;
+    for (int b = 0; b < 4 && 4 * q + b < K; b++) v |= (uint)(uchar)B[(size_t)(4 * q + b) * N + j] << (8 * b);
+    Bp[(size_t)q * N + j] = as_int(v);
 }
 
 // y[i, j] = (sum over the K slices z of acc[z, i, j]) * xscale[i] * wscale[j]: qmatmul's int32

@@ -135,8 +135,9 @@ class GemmPlan:
     def cpu(self) -> bool:
         return isinstance(self.tiles, int)
 
-    def launch(self, inputs: Inputs) -> tuple[str, dict, tuple, tuple | None]:
-        """(kernel, defines, global size, local size); `inputs` tells where A and B are read in place."""
+    def launch(self, inputs: Inputs, roles: tuple = ("a", "b")) -> tuple[str, dict, tuple, tuple | None]:
+        """(kernel, defines, global size, local size); `inputs` tells where A and B (held under
+        `roles`) are read in place."""
         p = self.p
         if self.cpu:
             defines = dict(T=p.t, CPU_VEC=self.tiles, TRANS_A=p.trans_a, SHIFT=p.shift,
@@ -149,7 +150,7 @@ class GemmPlan:
             vector = 4 * np.dtype(NP[p.in_t]).itemsize
             even = (p.M % TM == 0 and p.N % TN == 0 and p.K % TK == 0 and p.lda % 4 == 0
                     and self.ldb % 4 == 0 and not p.shift
-                    and all(inputs.in_place.get(role, 0) % vector == 0 for role in ("a", "b")))
+                    and all(inputs.in_place.get(role, 0) % vector == 0 for role in roles))
             defines = dict(T=p.t, TM=TM, TN=TN, TK=TK, WM=WM, WN=WN, TRANS_A=p.trans_a, SHIFT=p.shift, EVEN=even,
                            PAD=pad[0] if pad and pad[0] else None)
             local = (TN // WN, TM // WM, 1)
@@ -158,20 +159,24 @@ class GemmPlan:
         return name, defines, global_size, local
 
 
-def gemm(device, inputs: Inputs, plan: GemmPlan, a, b: np.ndarray, out_role: str,
-         shift: np.ndarray | None = None) -> cl.Buffer:
-    """Launch `plan` into the kept buffer `out_role` (plan.slices products of (M, plan.ldb)). `a` is a
-    host array or a device buffer; `b` a host array (K, N); `shift` the Product's, per column."""
+def gemm(device, inputs: Inputs, plan: GemmPlan, a, b, out_role: str,
+         shift: np.ndarray | None = None, dot: str | None = None, a_role: str = "a") -> cl.Buffer:
+    """Launch `plan` into the kept buffer `out_role` (plan.slices products of (M, plan.ldb)). `a` and
+    `b` are host arrays or device buffers ((M, K) and (K, N); b a host array on CPUs); `shift` the
+    Product's, per column; `dot` the tiled kernel's int8 dot product (gemm.cl's DOT) on packed ints;
+    `a_role` the role `inputs` holds A under when it is a buffer from them."""
     p = plan.p
     if plan.cpu:  # rows of B and C padded to two vectors
         if plan.ldb != p.N:
             b = np.pad(np.asarray(b), ((0, 0), (0, plan.ldb - p.N)))
         if shift is not None and len(shift) < plan.ldb:
             shift = np.pad(shift, (0, plan.ldb - len(shift)))
-    abuf = inputs("a", a) if isinstance(a, np.ndarray) else a
-    bbuf = inputs("b", b)
+    abuf = inputs(a_role, a) if isinstance(a, np.ndarray) else a
+    bbuf = inputs("b", b) if isinstance(b, np.ndarray) else b
     sbuf = inputs("shift", np.asarray(shift, NP[p.t])) if shift is not None else None
-    name, defines, global_size, local = plan.launch(inputs)
+    name, defines, global_size, local = plan.launch(inputs, (a_role, "b"))
+    if dot is not None:
+        defines["DOT"] = dot
     out = device.allocator.buffer(out_role, plan.slices * p.M * plan.ldb * np.dtype(NP[p.t]).itemsize)
     _kernel(device, "gemm", name, **defines)(
         global_size, local, np.int32(p.M), np.int32(p.N), np.int32(p.K), np.int32(plan.kper), abuf,
@@ -269,35 +274,82 @@ def pca(device, inputs, params) -> Partial:
 
 # -- kmeans -----------------------------------------------------------------------------------------
 
+# k-means partials: rows per partial from the shape alone (at least KM_MIN_ROWS; the partials of one
+# call take at most KM_PART_BYTES), folded KM_FAN at a time: bits independent of the launch.
+KM_MIN_ROWS = 256
+KM_PART_BYTES = 64 << 20
+KM_FAN = 32
+
+
+@dataclass(frozen=True)
+class KmeansPlan:
+    """One k-means step on n rows of d features and k centroids: `partials` partials of `per` rows,
+    each `width` float64 values (sums k x d, counts k, inertia)."""
+    n: int
+    d: int
+    k: int
+    per: int
+    partials: int
+
+    @property
+    def width(self) -> int:
+        return self.k * self.d + self.k + 1
+
+    @classmethod
+    def make(cls, n: int, d: int, k: int) -> KmeansPlan:
+        width = k * d + k + 1
+        most = max(1, KM_PART_BYTES // (8 * width))
+        per = max(KM_MIN_ROWS, -(-n // most))
+        return cls(n, d, k, per, max(1, -(-n // per)))
+
+
 def kmeans(device, inputs, params) -> Partial:
+    """Distances in the reference's precision (x's type; float64 with precision="float64") by the
+    GEMM dots = x cᵀ, then kmeans_assign, kmeans_partials and fold_partials (catalog.cl)."""
     op = REGISTRY["kmeans"]
     if params["phase"] == "sample":
         return op.reference(inputs, params)  # a seeded random choice of rows: not compute
     x = np.ascontiguousarray(inputs["x"])
-    t = _type(device, x.dtype)
-    centroids = np.ascontiguousarray(inputs["centroids"], dtype=np.float64)
+    _type(device, x.dtype)
+    if params.get("precision", "auto") == "float64":
+        x = x.astype(np.float64)  # the GEMM reads both operands in one type
+    t, work = CL[x.dtype], x.dtype
     n, d = x.shape
+    centroids = np.ascontiguousarray(inputs["centroids"], dtype=work)
     k = len(centroids)
-    items = max(1, min(n, device.compute_units * (256 if device.is_gpu else 4)))
-    per = math.ceil(n / items)
-    items = math.ceil(n / per)
+    cnorm = np.sum(centroids * centroids, axis=1)  # the reference's own expression: the same bits
     bufs = Inputs(device.allocator)
-    xbuf, cbuf = bufs("x", x), bufs("centroids", centroids)
-    nbuf = bufs("cnorm", np.sum(centroids * centroids, axis=1))
-    sums = device.allocator.buffer("km_sums", items * k * d * 8)
-    counts = device.allocator.buffer("km_counts", items * k * 8)
-    inertia = device.allocator.buffer("km_inertia", items * 8)
-    bad = device.allocator.buffer("km_bad", items * 8)
-    kernel = _kernel(device, "catalog", "kmeans_step", T=t, IDX="int")
-    kernel((items,), None, xbuf, np.int64(n), np.int32(d), np.int64(per), cbuf, nbuf, np.int32(k), sums, counts,
-           inertia, bad)
-    bad_rows = _read(device, bad, (items,), np.int64)
+    if n == 0 or d == 0:
+        return op.reference(inputs, params)
+    xbuf = bufs("x", x)  # copied once (devices with memory of their own): the GEMM and the kernels read it
+    plan = GemmPlan.make(device, Product(n, k, d, d, t, t), split=False)
+    dots = gemm(device, bufs, plan, xbuf, np.ascontiguousarray(centroids.T), "km_dots", a_role="x")
+    labels = device.allocator.buffer("km_labels", max(1, n) * 4)
+    dist = device.allocator.buffer("km_dist", max(1, n) * x.itemsize)
+    wg = 64 if device.is_gpu else None
+    _kernel(device, "catalog", "kmeans_assign", T=t, IDX="int")(
+        (-(-n // 64) * 64,), (wg,) if wg else None, xbuf, np.int32(n), np.int32(d), dots, np.int32(plan.ldb),
+        bufs("centroids", centroids), bufs("cnorm", cnorm), np.int32(k), labels, dist)
+    km = KmeansPlan.make(n, d, k)
+    part = device.allocator.buffer("km_part", km.partials * km.width * 8)
+    bad = device.allocator.buffer("km_bad", km.partials * 8)
+    _kernel(device, "catalog", "kmeans_partials", T=t, IDX="int")(
+        (d, km.partials), None, xbuf, np.int32(n), np.int32(d), np.int32(km.per), labels, dist, np.int32(k),
+        part, bad)
+    count, roles = km.partials, ("km_fold_a", "km_fold_b")
+    while count > 1:
+        groups = -(-count // KM_FAN)
+        out = device.allocator.buffer(roles[0], groups * km.width * 8)
+        _kernel(device, "catalog", "fold_partials", T=t, IDX="int")(
+            (-(-km.width // 64) * 64, groups), None, part, np.int32(count), np.int32(km.width), np.int32(KM_FAN), out)
+        part, count, roles = out, groups, roles[::-1]
+    bad_rows = _read(device, bad, (km.partials,), np.int64)
     if np.any(bad_rows >= 0):
         row = params["row_offset"] + int(bad_rows[bad_rows >= 0].min())
         raise InvalidInput(f"kmeans: x has NaN or infinity (row {row}); clean or drop those rows")
-    return {"sums": _read(device, sums, (items, k, d), np.float64).sum(axis=0),
-            "counts": _read(device, counts, (items, k), np.int64).sum(axis=0),
-            "inertia": np.float64(_read(device, inertia, (items,), np.float64).sum())}
+    total = _read(device, part, (km.width,), np.float64)
+    return {"sums": total[:k * d].reshape(k, d), "counts": total[k * d:k * d + k].astype(np.int64),
+            "inertia": np.float64(total[-1])}
 
 
 # -- spmm / gcn -------------------------------------------------------------------------------------
@@ -383,19 +435,97 @@ def gcn_layer(device, inputs, params) -> Partial:
 
 # -- qmatmul ----------------------------------------------------------------------------------------
 
+# The int8 products, by what the device has (int8_dot chooses): "khr" (cl_khr_integer_dot_product),
+# "ptx" (dp4a by inline PTX, NVIDIA from compute capability 6.1), "char4" (packed dot products in
+# portable OpenCL C, which a compiler may lower to the same instructions), all on the GPU's tiled
+# GEMM with four int8 values per int; "int32" (an int32 multiply-add per pair), the CPUs' path.
+INT8_DOTS = ("khr", "ptx", "char4", "int32")
+QUANTIZE_WG = 256  # catalog.cl's quantize_rows: work-items per row, at most
+
+
+def int8_dot(cl_device, is_gpu: bool) -> str:
+    """The int8 product a device gets: the dot-product instructions where it has them (GPU layout)."""
+    if not is_gpu:
+        return "int32"  # gemm_cpu: explicit SIMD multiply-adds, no packed path
+    if "cl_khr_integer_dot_product" in cl_device.extensions:
+        return "khr"
+    try:
+        if "cl_nv_device_attribute_query" in cl_device.extensions and \
+                (cl_device.compute_capability_major_nv, cl_device.compute_capability_minor_nv) >= (6, 1):
+            return "ptx"
+    except (cl.Error, AttributeError):
+        pass
+    return "char4"
+
+
+def _int8_product(device, bufs: Inputs, xq: cl.Buffer, M: int, K: int, w_q: np.ndarray):
+    """(int32 accumulators, plan) of xq @ w_q: xq is M rows of the plan's lda bytes on the device."""
+    dot = device.int8_dot
+    if dot == "int32":
+        plan = GemmPlan.make(device, Product(M, w_q.shape[1], K, K, "int", "char"))
+        return gemm(device, bufs, plan, xq, np.ascontiguousarray(w_q), "qacc"), plan
+    N, quads = w_q.shape[1], -(-K // 4)
+    packed = device.allocator.buffer("wq_packed", quads * N * 4)
+    _kernel(device, "catalog", "pack_k4", T="float", IDX="int")(
+        (-(-N // 64) * 64, quads), (64, 1), bufs("wq", np.ascontiguousarray(w_q)), np.int32(K), np.int32(N), packed)
+    plan = GemmPlan.make(device, Product(M, N, quads, quads, "int", "int"))
+    try:
+        return gemm(device, bufs, plan, xq, packed, "qacc", dot=dot), plan
+    except FailedPrecondition:
+        if dot == "char4":
+            raise
+        device.int8_dot = "char4"  # the driver refused the instruction (a build failure): portable C
+        return gemm(device, bufs, plan, xq, packed, "qacc", dot="char4"), plan
+
+
+def quantize_lanes(device, cols: int) -> int:
+    """Work-items per row of quantize_rows: a power of two, at most a row's length (rounded up) and
+    what the kernel and the device take."""
+    limit = 1 << (min(QUANTIZE_WG, device.cl_device.max_work_group_size).bit_length() - 1)
+    return min(limit, 1 << (max(1, cols) - 1).bit_length())
+
+
+def _quantize(device, bufs: Inputs, x: np.ndarray) -> tuple[cl.Buffer, cl.Buffer, int]:
+    """(xq, xscale, ldq): x's rows quantized on the device, rows of xq ldq bytes (K in fours when packed)."""
+    M, K = x.shape
+    ldq = K if device.int8_dot == "int32" else -(-K // 4) * 4
+    xq = device.allocator.buffer("xq", max(1, M * ldq))
+    xscale = device.allocator.buffer("xscale", max(1, M) * 4)
+    lanes = quantize_lanes(device, K)
+    _kernel(device, "catalog", "quantize_rows", T="float", IDX="int")(
+        (lanes, M), (lanes, 1), bufs("qx", x), np.int32(M), np.int32(K), np.int32(ldq), xq, xscale)
+    return xq, xscale, ldq
+
+
+def quantize_host(device, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(x_q int8 (M, K), scales float32 (M,)) as qmatmul quantizes on the device (tests, benchmarks)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    bufs = Inputs(device.allocator)
+    xq, xscale, ldq = _quantize(device, bufs, x)
+    q = _read(device, xq, (len(x), ldq), np.int8)[:, :x.shape[1]]
+    return q, _read(device, xscale, (len(x),), np.float32)
+
+
+def int8_matmul_host(device, a_q: np.ndarray, w_q: np.ndarray) -> np.ndarray:
+    """a_q @ w_q of int8 matrices as int32 (M, N), by the device's int8 product (tests, benchmarks)."""
+    M, K = a_q.shape
+    ldq = K if device.int8_dot == "int32" else -(-K // 4) * 4
+    padded = np.zeros((M, ldq), np.int8)
+    padded[:, :K] = a_q
+    bufs = Inputs(device.allocator)
+    acc, plan = _int8_product(device, bufs, bufs("xq_host", padded), M, K, w_q)
+    c = _read(device, acc, (plan.slices, M, plan.ldb), np.int32)[:, :, :w_q.shape[1]]
+    return c[0] if plan.slices == 1 else c.sum(axis=0, dtype=np.int32)
+
+
 def qmatmul(device, inputs, params) -> Partial:
     x = np.ascontiguousarray(inputs["x"], dtype=np.float32)
     w_q, w_scale = inputs["w_q"], inputs["w_scale"]
     M, K = x.shape
     N = w_q.shape[1]
     bufs = Inputs(device.allocator)
-    xbuf = bufs("qx", x)
-    xq = device.allocator.buffer("xq", M * K)
-    xscale = device.allocator.buffer("xscale", M * 4)
-    _kernel(device, "catalog", "quantize_rows", T="float", IDX="int")((M,), None,
-            xbuf, np.int32(M), np.int32(K), xq, xscale)
-    plan = GemmPlan.make(device, Product(M, N, K, K, "int", "char"))
-    acc = gemm(device, bufs, plan, xq, np.ascontiguousarray(w_q), "qacc")
+    xq, xscale, _ = _quantize(device, bufs, x)
+    acc, plan = _int8_product(device, bufs, xq, M, K, w_q)
     y = device.allocator.buffer("qy", M * N * 4)
     _kernel(device, "catalog", "dequantize", T="float", IDX="int")(
         (math.ceil(N / 16) * 16, math.ceil(M / 16) * 16), (16, 16), acc, np.int32(plan.slices), np.int32(M),

@@ -39,21 +39,26 @@ def _shares_host_memory(device: cl.Device) -> bool:
 
 class OpenCLDevice(Device):
     """An OpenCL device. With `binaries` (variant name -> program binary, see manifest.py) it never
-    compiles and offers only the ops those binaries cover. `fp64`, `zero_copy` and `gpu_layout` (the
-    work-group tree kernels) default to what the device reports; tests override them to run the
-    paths other devices take on PoCL."""
+    compiles and offers only the ops those binaries cover. `fp64`, `zero_copy`, `gpu_layout` (the
+    work-group tree kernels) and `int8_dot` (qmatmul's products: catalog.INT8_DOTS) default to what
+    the device reports; tests override them to run the paths other devices take on PoCL."""
 
     kind = "opencl"
 
     def __init__(self, cl_device: cl.Device, name: str, *, cache: ProgramCache | None = None,
                  binaries: dict[str, bytes] | None = None, fp64: bool | None = None,
-                 zero_copy: bool | None = None, gpu_layout: bool | None = None, calibrate: bool = True):
+                 zero_copy: bool | None = None, gpu_layout: bool | None = None, int8_dot: str | None = None,
+                 calibrate: bool = True):
         super().__init__(name, describe(cl_device), cl_device.global_mem_size)
         self.cl_device = cl_device
         self.is_gpu = bool(cl_device.type & cl.device_type.GPU) if gpu_layout is None else gpu_layout
         self.vec = 4 if self.is_gpu else 16
         self.compute_units = cl_device.max_compute_units
         self.fp64 = "cl_khr_fp64" in cl_device.extensions if fp64 is None else fp64
+        self.int8_dot = catalog.int8_dot(cl_device, self.is_gpu) if int8_dot is None else int8_dot
+        if self.int8_dot not in catalog.INT8_DOTS or (self.int8_dot != "int32" and not self.is_gpu):
+            raise ValueError(f"int8_dot must be one of {catalog.INT8_DOTS} (the packed ones on the GPU layout "
+                             f"only); got {self.int8_dot!r}")
         self.cache = cache if cache is not None else ProgramCache()
         self.programs: dict[str, Program] = {}  # variant name -> loaded program
         self._run_lock = threading.RLock()      # kernels and buffers are not thread-safe

@@ -13,6 +13,9 @@
 //            checks, 4-wide vector loads from global memory
 //   PAD      extra elements per row of the local A tile (0 by default; a bank-conflict lever)
 //   INT_ACC  T is an integer type: multiply-adds instead of fma
+//   DOT      (with T = IN = int) int8 dot products: every int of A and B holds four int8 values along
+//            K (packed: byte b is element 4k + b), and a multiply-add is a 4-way dot product and add:
+//            khr (cl_khr_integer_dot_product), ptx (NVIDIA's dp4a, inline PTX) or char4 (portable C)
 //   CPU_VEC  the CPU kernel gemm_cpu instead (see below)
 //
 // A work-item owns rows  g*(LY*4) + ty*4 + v  (g < WM/4, v < 4) of the tile, and the same pattern
@@ -26,7 +29,35 @@
 #endif
 // fma on GPUs; a multiply then an add for integers (exact anyway) and in the CPU kernel, where PoCL
 // (LLVM 14) makes a vector fma or mad a library call: 2-3x slower than the two instructions.
-#if defined(INT_ACC) || defined(CPU_VEC)
+#define CAT_(a, b) a##b
+#define CAT(a, b) CAT_(a, b)
+#define DOT_khr 1
+#define DOT_ptx 2
+#define DOT_char4 3
+#ifdef DOT
+#define DOT_CODE CAT(DOT_, DOT)
+#if DOT_CODE == DOT_khr
+#pragma OPENCL EXTENSION cl_khr_integer_dot_product : enable
+// Not dot_acc_sat: products of int8 pairs summed over K < 133,000 never leave int32, so saturation
+// would never act; the plain dot and add is what the int32 path computes, and lowers to dp4a.
+#define MAD(a, b, c) (dot_4x8packed_ss_int(as_uint(a), as_uint(b)) + (c))
+#elif DOT_CODE == DOT_ptx
+inline int dp4a(const int a, const int b, const int c) {
+    int d;
+    asm("dp4a.s32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+    return d;
+}
+#define MAD(a, b, c) dp4a(a, b, c)
+#elif DOT_CODE == DOT_char4
+inline int dot_char4(const int a, const int b, const int c) {
+    const int4 p = convert_int4(as_char4(a)) * convert_int4(as_char4(b));
+    return c + p.x + p.y + p.z + p.w;
+}
+#define MAD(a, b, c) dot_char4(a, b, c)
+#else
+#error "DOT must be khr, ptx or char4"
+#endif
+#elif defined(INT_ACC) || defined(CPU_VEC)
 #define MAD(a, b, c) ((a) * (b) + (c))
 #else
 #define MAD(a, b, c) fma(a, b, c)
