@@ -360,3 +360,122 @@ def test_topk_float64_without_fp64(gpu_device):
         same_topk(dev, topk_data(np.random.default_rng(15), (3000, 4), np.float64), 7, True)
     finally:
         dev.close()
+
+
+# -- int8 on the dot-product units, k-means in float32 (issue 17) -----------------------------------
+
+class FakeCLDevice:
+    """What catalog.int8_dot reads of a pyopencl device (the edge of a unit test: no such drivers here)."""
+    def __init__(self, extensions="", nv=None):
+        self.extensions = extensions
+        if nv is not None:
+            self.compute_capability_major_nv, self.compute_capability_minor_nv = nv
+
+
+def test_int8_dot_is_chosen_by_capability():
+    choose = catalog.int8_dot
+    assert choose(FakeCLDevice("cl_khr_fp64 cl_khr_integer_dot_product"), True) == "khr"
+    assert choose(FakeCLDevice("cl_khr_integer_dot_product cl_nv_device_attribute_query", (9, 0)), True) == "khr"
+    assert choose(FakeCLDevice("cl_nv_device_attribute_query", (9, 0)), True) == "ptx"
+    assert choose(FakeCLDevice("cl_nv_device_attribute_query", (6, 1)), True) == "ptx"
+    assert choose(FakeCLDevice("cl_nv_device_attribute_query", (6, 0)), True) == "char4"  # no dp4a before 6.1
+    assert choose(FakeCLDevice("cl_khr_fp64"), True) == "char4"
+    assert choose(FakeCLDevice("cl_khr_integer_dot_product"), False) == "int32"  # CPUs: gemm_cpu's SIMD
+    assert choose(CL_DEVICE, False) == "int32"
+    with pytest.raises(ValueError, match="GPU layout"):
+        OpenCLDevice(CL_DEVICE, "opencl:0", cache=ProgramCache(), calibrate=False, int8_dot="char4")
+
+
+def int8_variants():
+    """(layout, int8_dot) pairs this device can run: int32 on both layouts, char4, and khr where offered."""
+    pairs = [(False, "int32"), (True, "int32"), (True, "char4")]
+    if "cl_khr_integer_dot_product" in CL_DEVICE.extensions:
+        pairs.append((True, "khr"))
+    if catalog.int8_dot(CL_DEVICE, True) == "ptx":
+        pairs.append((True, "ptx"))
+    return pairs
+
+
+@pytest.mark.parametrize("gpu_layout, dot", int8_variants(), ids=str)
+def test_int8_product_bitwise_equals_int32_matmul(gpu_layout, dot):
+    """Each int8 product forced on its own device against NumPy's int32 matmul, bitwise: the whole
+    int8 range (-128 too, and rows of +-127 at K = 3001, the largest sums), whole tiles (vector loads),
+    K not a multiple of 4 (packed zeros) and a long K split over slices."""
+    dev = OpenCLDevice(CL_DEVICE, "opencl:0", cache=ProgramCache(), calibrate=False, gpu_layout=gpu_layout,
+                       int8_dot=dot)
+    rng = np.random.default_rng(17)
+    try:
+        for m, k, n in [(128, 64, 128), (5, 3001, 7)]:
+            a = rng.integers(-128, 128, (m, k)).astype(np.int8)
+            w = rng.integers(-128, 128, (k, n)).astype(np.int8)
+            a[0], w[:, 0] = 127, 127
+            a[1], w[:, 1] = -128, -128
+            got = catalog.int8_matmul_host(dev, a, w)
+            assert got.dtype == np.int32 and np.array_equal(got, a.astype(np.int32) @ w.astype(np.int32)), (m, k, n)
+        assert dev.int8_dot == dot  # no fallback was needed
+    finally:
+        dev.close()
+
+
+@pytest.mark.parametrize("gpu_layout", [False, True])
+def test_quantize_rows_bitwise(gpu_layout):
+    """quantize_rows (a work-group per row, coalesced) gives the reference's int8 values and scales
+    bitwise: rows of zeros (scale 1), rows longer than a work-group (1000 > 256 lanes), K % 4 != 0."""
+    dev = OpenCLDevice(CL_DEVICE, "opencl:0", cache=ProgramCache(), calibrate=False, gpu_layout=gpu_layout)
+    rng = np.random.default_rng(18)
+    try:
+        for m, k in [(37, 1000), (9, 3), (1, 1)]:
+            x = (rng.standard_normal((m, k)) * rng.uniform(0.01, 100, (m, 1))).astype(np.float32)
+            x[m // 2] = 0
+            scale = np.abs(x).max(axis=1) / 127
+            scale[scale == 0] = 1
+            want = np.clip(np.rint(x / scale[:, None]), -127, 127).astype(np.int8)
+            q, s = catalog.quantize_host(dev, x)
+            assert np.array_equal(s, scale) and np.array_equal(q, want), (m, k)
+    finally:
+        dev.close()
+
+
+def test_kmeans_float32_ties_are_within_float32_rounding(device, gpu_device):
+    """Centroids 1e-3 apart make many rows nearly tie. Where the device's label differs from the
+    reference's, the two centroids' scores |c|^2 - 2 x.c (exact in float64) differ by no more than
+    both sides' float32 rounding bound: B(c) = 2 u (2 d sum|x_i c_i| + |c|^2 + 2|x.c|), u = 2^-24 (a
+    length-d dot product in another order moves by at most d u sum|x_i c_i| each way, the subtraction
+    rounds once more)."""
+    from lepton.backends.ops.kmeans import assign
+
+    rng = np.random.default_rng(19)
+    d = 8
+    x = rng.standard_normal((3000, d)).astype(np.float32)
+    c = (rng.standard_normal((1, d)) + 1e-3 * rng.standard_normal((6, d))).astype(np.float32)
+    want, _ = assign(x, c.astype(np.float64))
+    x64, c64 = x.astype(np.float64), c.astype(np.float64)
+    exact = (c64 * c64).sum(1)[None, :] - 2 * x64 @ c64.T
+    bound = 2 * 2.0 ** -24 * (2 * d * np.abs(x64) @ np.abs(c64).T + (c64 * c64).sum(1)[None, :] + 2 * np.abs(x64 @ c64.T))
+    rows = np.arange(len(x))
+    for dev in (device, gpu_device):
+        got = catalog.kmeans_labels_host(dev, x, c)
+        assert np.all(got >= 0)
+        differ = got != want
+        gap = np.abs(exact[rows, got] - exact[rows, want])
+        assert np.all(gap[differ] <= bound[rows, got][differ] + bound[rows, want][differ])
+        assert differ.mean() < 0.05  # near-ties only, not a wrong assignment
+
+
+def test_kmeans_partials_bitwise_across_runs_and_layouts(device, gpu_device):
+    """Sums, counts and inertia are bitwise the same on every run and on both layouts (other work-group
+    sizes and grids): the partials' rows and the folds follow from the shape alone. 20,000 rows make
+    79 partials of 256, folded twice (32 at a time)."""
+    rng = np.random.default_rng(20)
+    centres = rng.uniform(-20, 20, size=(5, 3))
+    x = np.concatenate([rng.normal(c, 0.5, size=(4000, 3)) for c in centres]).astype(np.float32)
+    start = centres.astype(np.float64) + 0.1
+    assert catalog.KmeansPlan.make(len(x), 3, 5).partials > catalog.KM_FAN
+    first, want = run(device, "kmeans", {"x": x, "centroids": start})
+    assert np.array_equal(first["counts"], want["counts"])
+    close(first["sums"], want["sums"], np.abs(want["sums"]) + 1)
+    close(first["inertia"], want["inertia"], rtol=1e-5)
+    for dev in (device, device, gpu_device, gpu_device):
+        again, _ = run(dev, "kmeans", {"x": x, "centroids": start})
+        for key in first:
+            assert np.asarray(again[key]).tobytes() == np.asarray(first[key]).tobytes(), (dev.is_gpu, key)

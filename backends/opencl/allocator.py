@@ -68,13 +68,14 @@ class Allocator:
         else:
             cl.enqueue_copy(self.queue, buffer, x, is_blocking=False)
 
-    def copyout(self, buffer: cl.Buffer, shape: tuple, dtype: np.dtype) -> np.ndarray:
-        """The start of `buffer` as a new host array, once all enqueued is done: staged when large."""
+    def copyout(self, buffer: cl.Buffer, shape: tuple, dtype: np.dtype, ready: list | None = None) -> np.ndarray:
+        """The start of `buffer` as a new host array, once all enqueued is done: staged when large.
+        `ready`: [(end byte, event), ...], bytes final once their event is (Stager.read)."""
         host = np.empty(shape, dtype)
         flat = host.reshape(-1).view(np.uint8)
         rows = self.stager.rows_per_chunk(flat) if self.stager is not None else 0
         if rows:
-            self.stager.read(self.queue, buffer, flat, rows)
+            self.stager.read(self.queue, buffer, flat, rows, ready)
         else:
             cl.enqueue_copy(self.queue, host, buffer, is_blocking=True)
         return host

@@ -159,28 +159,72 @@ class GemmPlan:
         return name, defines, global_size, local
 
 
+def stream_rows(device, plan: GemmPlan, a) -> int:
+    """Rows of a host A per staged chunk when A should stream in (a device with memory of its own, A
+    large), else 0: whole row blocks of C (K slices for XᵀX), so each launch covers whole work-groups."""
+    stager = device.allocator.stager
+    if stager is None or not isinstance(a, np.ndarray):
+        return 0
+    p = plan.p
+    unit = plan.kper if p.trans_a else (CPU_BLOCK[0] if plan.cpu else plan.tiles[0])
+    rows = stager.rows_per_chunk(a, multiple=unit)
+    return rows if 0 < rows < a.shape[0] else 0
+
+
 def gemm(device, inputs: Inputs, plan: GemmPlan, a, b, out_role: str,
-         shift: np.ndarray | None = None, dot: str | None = None, a_role: str = "a") -> cl.Buffer:
+         shift: np.ndarray | None = None, dot: str | None = None, a_role: str = "a",
+         ready: list | None = None) -> cl.Buffer:
     """Launch `plan` into the kept buffer `out_role` (plan.slices products of (M, plan.ldb)). `a` and
     `b` are host arrays or device buffers ((M, K) and (K, N); b a host array on CPUs); `shift` the
     Product's, per column; `dot` the tiled kernel's int8 dot product (gemm.cl's DOT) on packed ints;
-    `a_role` the role `inputs` holds A under when it is a buffer from them."""
+    `a_role` the role `inputs` holds A under when it is a buffer from them.
+
+    A large host A on a device with memory of its own streams in through the pinned staging slots
+    (stream_rows): each chunk's part of the grid (its row blocks of C, or for XᵀX its K slices) is
+    launched as the chunk lands, over the whole buffers with a global offset, so every work-group
+    computes exactly what it computes in one launch: the same bits. `ready` (a list) then gets
+    (end byte of C, event) per launch for Allocator.copyout when C is one product (rows of A = rows
+    of C), so the first rows come back while the last compute."""
     p = plan.p
     if plan.cpu:  # rows of B and C padded to two vectors
         if plan.ldb != p.N:
             b = np.pad(np.asarray(b), ((0, 0), (0, plan.ldb - p.N)))
         if shift is not None and len(shift) < plan.ldb:
             shift = np.pad(shift, (0, plan.ldb - len(shift)))
-    abuf = inputs(a_role, a) if isinstance(a, np.ndarray) else a
+    rows = stream_rows(device, plan, a)
+    if rows:
+        abuf = device.allocator.buffer(a_role, a.nbytes)  # filled chunk by chunk below
+    else:
+        abuf = inputs(a_role, a) if isinstance(a, np.ndarray) else a
     bbuf = inputs("b", b) if isinstance(b, np.ndarray) else b
     sbuf = inputs("shift", np.asarray(shift, NP[p.t])) if shift is not None else None
     name, defines, global_size, local = plan.launch(inputs, (a_role, "b"))
     if dot is not None:
         defines["DOT"] = dot
-    out = device.allocator.buffer(out_role, plan.slices * p.M * plan.ldb * np.dtype(NP[p.t]).itemsize)
-    _kernel(device, "gemm", name, **defines)(
-        global_size, local, np.int32(p.M), np.int32(p.N), np.int32(p.K), np.int32(plan.kper), abuf,
-        np.int32(p.lda), bbuf, np.int32(plan.ldb), out, np.int32(plan.ldb), sbuf)
+    itemsize = np.dtype(NP[p.t]).itemsize
+    out = device.allocator.buffer(out_role, plan.slices * p.M * plan.ldb * itemsize)
+    kernel = _kernel(device, "gemm", name, **defines)
+    args = (np.int32(p.M), np.int32(p.N), np.int32(p.K), np.int32(plan.kper), abuf, np.int32(p.lda), bbuf,
+            np.int32(plan.ldb), out, np.int32(plan.ldb), sbuf)
+    if not rows:
+        kernel(global_size, local, *args)
+        return out
+    # The grid dimension a chunk covers: dimension 2 (slices) for XᵀX, else 1 (row blocks); its
+    # unit of rows, and work-items per block along it (the kernel's global size counts work-items).
+    dim, unit = (2, plan.kper) if p.trans_a else (1, CPU_BLOCK[0] if plan.cpu else plan.tiles[0])
+    step = 1 if dim == 2 or local is None else local[1]
+    pending = device.allocator.stager.chunks(device.queue, abuf, a, rows)
+    try:
+        for lo, hi, event in pending:
+            first, last = lo // unit, -(-hi // unit)
+            size, offset = list(global_size), [0, 0, 0]
+            size[dim], offset[dim] = (last - first) * step, first * step
+            done = kernel(tuple(size), local, *args, after=event, offset=tuple(offset))
+            device.queue.flush()  # start it while the next chunk is filled
+            if ready is not None and not p.trans_a and plan.slices == 1:
+                ready.append((min(p.M, last * unit) * plan.ldb * itemsize, done))
+    finally:
+        pending.close()
     return out
 
 
@@ -195,8 +239,9 @@ def gemm_host(device, a: np.ndarray, b: np.ndarray, trans_a: bool = False, t: st
     N = b.shape[1]
     plan = GemmPlan.make(device, Product(M, N, K, a.shape[1], t, in_t, trans_a, shift is not None), tiles=tiles)
     inputs = Inputs(device.allocator)  # holds the host arrays until the blocking read
-    out = gemm(device, inputs, plan, a, np.ascontiguousarray(b), "c", shift)
-    c = _read(device, out, (plan.slices, M, plan.ldb), out_dtype)[:, :, :N]
+    ready = []
+    out = gemm(device, inputs, plan, a, np.ascontiguousarray(b), "c", shift, ready=ready)
+    c = device.allocator.copyout(out, (plan.slices, M, plan.ldb), out_dtype, ready or None)[:, :, :N]
     del inputs
     return c[0] if plan.slices == 1 else c.sum(axis=0, dtype=np.float64).astype(out_dtype)
 
@@ -303,6 +348,32 @@ class KmeansPlan:
         return cls(n, d, k, per, max(1, -(-n // per)))
 
 
+def _kmeans_assign(device, bufs: Inputs, x: np.ndarray, centroids: np.ndarray):
+    """(x, labels, distances) on the device: the GEMM dots = x cᵀ in x's type, then kmeans_assign."""
+    n, d = x.shape
+    k, t = len(centroids), CL[x.dtype]
+    cnorm = np.sum(centroids * centroids, axis=1)  # the reference's own expression: the same bits
+    xbuf = bufs("x", x)  # copied once (devices with memory of their own): the GEMM and the kernels read it
+    plan = GemmPlan.make(device, Product(n, k, d, d, t, t), split=False)
+    dots = gemm(device, bufs, plan, xbuf, np.ascontiguousarray(centroids.T), "km_dots", a_role="x")
+    labels = device.allocator.buffer("km_labels", max(1, n) * 4)
+    dist = device.allocator.buffer("km_dist", max(1, n) * x.itemsize)
+    wg = 64 if device.is_gpu else None
+    _kernel(device, "catalog", "kmeans_assign", T=t, IDX="int")(
+        (-(-n // 64) * 64,), (wg,) if wg else None, xbuf, np.int32(n), np.int32(d), dots, np.int32(plan.ldb),
+        bufs("centroids", centroids), bufs("cnorm", cnorm), np.int32(k), labels, dist)
+    return xbuf, labels, dist
+
+
+def kmeans_labels_host(device, x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """The device's nearest centroid of each row (int32; -1 for a row with NaN or infinity), as a
+    k-means step assigns them (tests: ties at float32 resolution)."""
+    x = np.ascontiguousarray(x)
+    bufs = Inputs(device.allocator)
+    _, labels, _ = _kmeans_assign(device, bufs, x, np.ascontiguousarray(centroids, dtype=x.dtype))
+    return _read(device, labels, (len(x),), np.int32)
+
+
 def kmeans(device, inputs, params) -> Partial:
     """Distances in the reference's precision (x's type; float64 with precision="float64") by the
     GEMM dots = x cᵀ, then kmeans_assign, kmeans_partials and fold_partials (catalog.cl)."""
@@ -317,19 +388,10 @@ def kmeans(device, inputs, params) -> Partial:
     n, d = x.shape
     centroids = np.ascontiguousarray(inputs["centroids"], dtype=work)
     k = len(centroids)
-    cnorm = np.sum(centroids * centroids, axis=1)  # the reference's own expression: the same bits
-    bufs = Inputs(device.allocator)
     if n == 0 or d == 0:
         return op.reference(inputs, params)
-    xbuf = bufs("x", x)  # copied once (devices with memory of their own): the GEMM and the kernels read it
-    plan = GemmPlan.make(device, Product(n, k, d, d, t, t), split=False)
-    dots = gemm(device, bufs, plan, xbuf, np.ascontiguousarray(centroids.T), "km_dots", a_role="x")
-    labels = device.allocator.buffer("km_labels", max(1, n) * 4)
-    dist = device.allocator.buffer("km_dist", max(1, n) * x.itemsize)
-    wg = 64 if device.is_gpu else None
-    _kernel(device, "catalog", "kmeans_assign", T=t, IDX="int")(
-        (-(-n // 64) * 64,), (wg,) if wg else None, xbuf, np.int32(n), np.int32(d), dots, np.int32(plan.ldb),
-        bufs("centroids", centroids), bufs("cnorm", cnorm), np.int32(k), labels, dist)
+    bufs = Inputs(device.allocator)
+    xbuf, labels, dist = _kmeans_assign(device, bufs, x, centroids)
     km = KmeansPlan.make(n, d, k)
     part = device.allocator.buffer("km_part", km.partials * km.width * 8)
     bad = device.allocator.buffer("km_bad", km.partials * 8)

@@ -170,8 +170,10 @@ void gemm(const int M, const int N, const int K, const int kper,
           __global T* restrict C, const int ldc,
           __global const T* restrict shift) {
     const int tx = get_local_id(0), ty = get_local_id(1);
-    const int col0 = get_group_id(0) * TN, row0 = get_group_id(1) * TM;
-    const int z = get_group_id(2);
+    // Global ids, not group ids, for rows and slices: a launch over part of the grid (a row block or
+    // K slices that have landed, catalog.gemm) has a global offset in whole work-groups.
+    const int col0 = get_group_id(0) * TN, row0 = get_global_id(1) / LY * TM;
+    const int z = get_global_id(2);
     const int k0 = z * kper;
     const int kend = min(K, k0 + kper);
     C += (size_t)z * M * ldc;

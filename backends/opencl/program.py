@@ -32,17 +32,19 @@ class Program:
 
 
 class Kernel:
-    """kernel(global_size, local_size, *args, after=event) enqueues one launch on the device's queue
-    and returns its event, which the device's `profile` list collects when it has one."""
+    """kernel(global_size, local_size, *args, after=event, offset=None) enqueues one launch (with a
+    global offset: part of a grid) on the device's queue and returns its event, which the device's
+    `profile` list collects when it has one."""
 
     def __init__(self, device, kernel: cl.Kernel):
         self.device = device
         self.kernel = kernel
 
-    def __call__(self, global_size: tuple, local_size: tuple | None, *args, after: cl.Event | None = None) -> cl.Event:
+    def __call__(self, global_size: tuple, local_size: tuple | None, *args, after: cl.Event | None = None,
+                 offset: tuple | None = None) -> cl.Event:
         self.kernel.set_args(*args)
         event = cl.enqueue_nd_range_kernel(self.device.queue, self.kernel, global_size, local_size,
-                                           wait_for=[after] if after is not None else None)
+                                           global_work_offset=offset, wait_for=[after] if after is not None else None)
         if self.device.profile is not None:
             self.device.profile.append(event)
         return event

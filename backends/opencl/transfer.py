@@ -47,13 +47,14 @@ class Stager:
         self._busy: list[cl.Event | None] = []                # each slot's last DMA
         self._pool: ThreadPoolExecutor | None = None
 
-    def rows_per_chunk(self, x: np.ndarray, align: int = 1) -> int:
+    def rows_per_chunk(self, x: np.ndarray, align: int = 1, multiple: int = 1) -> int:
         """Rows of x per chunk, each chunk a multiple of `align` bytes (so that kernels can read it
-        through a sub-buffer), or 0 when x should take the plain copy."""
+        through a sub-buffer) and of `multiple` rows (a kernel's row blocks), or 0 when x should take
+        the plain copy."""
         if x.ndim == 0 or x.nbytes < self.min_bytes:
             return 0
         row_bytes = x.nbytes // x.shape[0]
-        unit = align // math.gcd(row_bytes, align)
+        unit = math.lcm(align // math.gcd(row_bytes, align), multiple)
         return self.slot_bytes // (row_bytes * unit) * unit  # 0 for rows too wide for a slot: plain copy
 
     def _open(self) -> None:
@@ -106,23 +107,27 @@ class Stager:
         for _ in self.chunks(consumer, buffer, x, rows):
             pass
 
-    def read(self, producer: cl.CommandQueue, buffer: cl.Buffer, out: np.ndarray, rows: int) -> None:
+    def read(self, producer: cl.CommandQueue, buffer: cl.Buffer, out: np.ndarray, rows: int,
+             ready: list | None = None) -> None:
         """out[...] = the start of `buffer` once all enqueued on `producer` is done, the other way
         round: DMAs into the slots, `rows` rows at a time, each slot emptied by the threads while the
-        DMAs into the others run."""
+        DMAs into the others run. With `ready`, [(end, event), ...] by increasing end, rows of `out`
+        before `end` are final once `event` is: each DMA waits only for the first event covering its
+        rows, so the first rows come back while kernels still compute the last."""
         if self.queue is None:
             self._open()
         row_bytes = out.nbytes // out.shape[0]
         starts = range(0, out.shape[0], rows)
-        done = [cl.enqueue_marker(producer)]
+        done = None if ready else [cl.enqueue_marker(producer)]
         producer.flush()
 
         def fetch(i: int) -> np.ndarray:
             k, lo = i % self.nslots, starts[i]
             hi = min(lo + rows, out.shape[0])
             host = self._slots[k][1][:(hi - lo) * row_bytes].view(out.dtype).reshape((hi - lo,) + out.shape[1:])
+            after = done or [next(event for end, event in ready if end >= hi)]
             # The transfer queue is in order: the slot's last DMA out (a write) is done before this one.
-            self._busy[k] = cl.enqueue_copy(self.queue, host, buffer, src_offset=lo * row_bytes, wait_for=done,
+            self._busy[k] = cl.enqueue_copy(self.queue, host, buffer, src_offset=lo * row_bytes, wait_for=after,
                                             is_blocking=False)
             self.queue.flush()
             return host
