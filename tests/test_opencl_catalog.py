@@ -382,18 +382,16 @@ def test_int8_dot_is_chosen_by_capability():
     assert choose(FakeCLDevice("cl_khr_fp64"), True) == "char4"
     assert choose(FakeCLDevice("cl_khr_integer_dot_product"), False) == "int32"  # CPUs: gemm_cpu's SIMD
     assert choose(CL_DEVICE, False) == "int32"
+    assert catalog.int8_dots(FakeCLDevice("cl_khr_integer_dot_product cl_nv_device_attribute_query", (9, 0)),
+                             True) == ["khr", "ptx", "char4", "int32"]
     with pytest.raises(ValueError, match="GPU layout"):
         OpenCLDevice(CL_DEVICE, "opencl:0", cache=ProgramCache(), calibrate=False, int8_dot="char4")
 
 
 def int8_variants():
-    """(layout, int8_dot) pairs this device can run: int32 on both layouts, char4, and khr where offered."""
-    pairs = [(False, "int32"), (True, "int32"), (True, "char4")]
-    if "cl_khr_integer_dot_product" in CL_DEVICE.extensions:
-        pairs.append((True, "khr"))
-    if catalog.int8_dot(CL_DEVICE, True) == "ptx":
-        pairs.append((True, "ptx"))
-    return pairs
+    """(layout, int8_dot) pairs this device can run: int32 on both layouts, char4, and khr and ptx
+    where offered (a GPU: benchmarks/gpu_check.sh)."""
+    return [(False, "int32")] + [(True, dot) for dot in catalog.int8_dots(CL_DEVICE, True)]
 
 
 @pytest.mark.parametrize("gpu_layout, dot", int8_variants(), ids=str)

@@ -505,19 +505,24 @@ INT8_DOTS = ("khr", "ptx", "char4", "int32")
 QUANTIZE_WG = 256  # catalog.cl's quantize_rows: work-items per row, at most
 
 
-def int8_dot(cl_device, is_gpu: bool) -> str:
-    """The int8 product a device gets: the dot-product instructions where it has them (GPU layout)."""
+def int8_dots(cl_device, is_gpu: bool) -> list[str]:
+    """The int8 products a device can run, best first: the dot-product instructions it has, on the
+    GPU layout (the tiled GEMM), then portable char4 dot products; int32 everywhere."""
     if not is_gpu:
-        return "int32"  # gemm_cpu: explicit SIMD multiply-adds, no packed path
-    if "cl_khr_integer_dot_product" in cl_device.extensions:
-        return "khr"
+        return ["int32"]  # gemm_cpu: explicit SIMD multiply-adds, no packed path
+    found = ["khr"] if "cl_khr_integer_dot_product" in cl_device.extensions else []
     try:
         if "cl_nv_device_attribute_query" in cl_device.extensions and \
                 (cl_device.compute_capability_major_nv, cl_device.compute_capability_minor_nv) >= (6, 1):
-            return "ptx"
+            found.append("ptx")  # dp4a came with compute capability 6.1
     except (cl.Error, AttributeError):
         pass
-    return "char4"
+    return found + ["char4", "int32"]
+
+
+def int8_dot(cl_device, is_gpu: bool) -> str:
+    """The int8 product a device gets by default: the best it can run."""
+    return int8_dots(cl_device, is_gpu)[0]
 
 
 def _int8_product(device, bufs: Inputs, xq: cl.Buffer, M: int, K: int, w_q: np.ndarray):
