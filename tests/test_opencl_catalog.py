@@ -477,3 +477,18 @@ def test_kmeans_partials_bitwise_across_runs_and_layouts(device, gpu_device):
         again, _ = run(dev, "kmeans", {"x": x, "centroids": start})
         for key in first:
             assert np.asarray(again[key]).tobytes() == np.asarray(first[key]).tobytes(), (dev.is_gpu, key)
+
+
+def test_int8_dot_falls_back_when_the_driver_refuses_it():
+    """A packed product whose build the driver refuses (NVIDIA's inline PTX, on PoCL) gives way to the
+    portable char4 one, still exact, and the device keeps the fallback."""
+    if "ptx" in catalog.int8_dots(CL_DEVICE, True):
+        pytest.skip("this device builds dp4a: nothing to refuse")
+    dev = OpenCLDevice(CL_DEVICE, "opencl:0", cache=ProgramCache(), calibrate=False, gpu_layout=True, int8_dot="ptx")
+    rng = np.random.default_rng(21)
+    a, w = rng.integers(-128, 128, (5, 301)).astype(np.int8), rng.integers(-128, 128, (301, 7)).astype(np.int8)
+    try:
+        assert np.array_equal(catalog.int8_matmul_host(dev, a, w), a.astype(np.int32) @ w.astype(np.int32))
+        assert dev.int8_dot == "char4"
+    finally:
+        dev.close()

@@ -5,7 +5,10 @@ The dense products run on gemm.cl: on GPUs a register-blocked tiled GEMM (128x12
 work-item, 16-byte local and global reads, double-buffered local tiles filled from a register
 prefetch; small tiles for thin outputs), on CPUs (PoCL) explicit SIMD blocked for the caches.
 When the output has too few tiles to fill the device (Gram matrices, inner-dimension splits) the K
-dimension is split over work-groups and the host adds the slices in float64.
+dimension is split over work-groups and the host adds the slices in float64. On devices with memory
+of their own a large A streams in, each chunk's row blocks (or K slices) launched as it lands (gemm).
+qmatmul's int8 products are chosen by capability (int8_dots: the dot-product instructions on GPUs),
+k-means runs as a GEMM, an argmin and fixed-order float64 partials (KmeansPlan).
 
 Launches are planned before any buffer exists (GemmPlan, TopkPlan: small dataclasses of sizes) and
 run through the device's public parts: its programs (variants.py names them), kernels called to
@@ -39,7 +42,7 @@ ACT = {"none": 0, "relu": 1, "gelu": 2, "sigmoid": 3, "tanh": 4}
 TILES = {
     ("gpu", "float"): [(128, 128, 8, 8, 8), (32, 32, 32, 4, 4)],
     ("gpu", "double"): [(64, 64, 16, 4, 4), (32, 32, 16, 4, 4)],
-    ("gpu", "int"): [(128, 128, 8, 8, 8), (32, 32, 32, 4, 4)],  # qmatmul: char in, int acc
+    ("gpu", "int"): [(128, 128, 8, 8, 8), (32, 32, 32, 4, 4)],  # qmatmul: char or packed int in, int acc
     ("cpu", "float"): 8,    # gemm_cpu: float8 vectors (see CPU_BLOCK)
     ("cpu", "double"): 4,
     ("cpu", "int"): 8,
