@@ -385,7 +385,7 @@ def test_int8_dot_is_chosen_by_capability():
     assert catalog.int8_dots(FakeCLDevice("cl_khr_integer_dot_product cl_nv_device_attribute_query", (9, 0)),
                              True) == ["khr", "ptx", "char4", "int32"]
     with pytest.raises(ValueError, match="GPU layout"):
-        OpenCLDevice(CL_DEVICE, "opencl:0", cache=ProgramCache(), calibrate=False, int8_dot="char4")
+        OpenCLDevice(CL_DEVICE, "opencl:0", cache=ProgramCache(), calibrate=False, gpu_layout=False, int8_dot="char4")
 
 
 def int8_variants():
