@@ -435,29 +435,33 @@ def test_quantize_rows_bitwise(gpu_layout):
 
 
 def test_kmeans_float32_ties_are_within_float32_rounding(device, gpu_device):
-    """Centroids 1e-3 apart make many rows nearly tie. Where the device's label differs from the
-    reference's, the two centroids' scores |c|^2 - 2 x.c (exact in float64) differ by no more than
-    both sides' float32 rounding bound: B(c) = 2 u (2 d sum|x_i c_i| + |c|^2 + 2|x.c|), u = 2^-24 (a
-    length-d dot product in another order moves by at most d u sum|x_i c_i| each way, the subtraction
-    rounds once more)."""
+    """Centroids 1e-6 apart make rows tie at float32 resolution (on PoCL about 120 of 3000 rows pick
+    another centroid than exact arithmetic would, the NumPy reference's the same way). The device's
+    label may differ from the exact one's, and from the reference's, only where their scores
+    |c|^2 - 2 x.c (exact in float64) differ by no more than both sides' float32 rounding bound:
+    B(c) = 2 u (2 d sum|x_i c_i| + |c|^2 + 2|x.c|), u = 2^-24 (a length-d dot product in another
+    order moves by at most d u sum|x_i c_i| each way; the subtraction rounds once more)."""
     from lepton.backends.ops.kmeans import assign
 
     rng = np.random.default_rng(19)
     d = 8
     x = rng.standard_normal((3000, d)).astype(np.float32)
-    c = (rng.standard_normal((1, d)) + 1e-3 * rng.standard_normal((6, d))).astype(np.float32)
+    c = (rng.standard_normal((1, d)) + 1e-6 * rng.standard_normal((6, d))).astype(np.float32)
     want, _ = assign(x, c.astype(np.float64))
     x64, c64 = x.astype(np.float64), c.astype(np.float64)
-    exact = (c64 * c64).sum(1)[None, :] - 2 * x64 @ c64.T
-    bound = 2 * 2.0 ** -24 * (2 * d * np.abs(x64) @ np.abs(c64).T + (c64 * c64).sum(1)[None, :] + 2 * np.abs(x64 @ c64.T))
-    rows = np.arange(len(x))
+    norms = (c64 * c64).sum(1)[None, :]
+    exact = norms - 2 * x64 @ c64.T
+    bound = 2 * 2.0 ** -24 * (2 * d * np.abs(x64) @ np.abs(c64).T + norms + 2 * np.abs(x64 @ c64.T))
+    rows, best = np.arange(len(x)), exact.argmin(axis=1)
+    assert np.count_nonzero(want != best) > 10  # the data do tie at float32 resolution
+
+    def within(a, b):
+        return np.all(np.abs(exact[rows, a] - exact[rows, b]) <= bound[rows, a] + bound[rows, b])
+
     for dev in (device, gpu_device):
         got = catalog.kmeans_labels_host(dev, x, c)
-        assert np.all(got >= 0)
-        differ = got != want
-        gap = np.abs(exact[rows, got] - exact[rows, want])
-        assert np.all(gap[differ] <= bound[rows, got][differ] + bound[rows, want][differ])
-        assert differ.mean() < 0.05  # near-ties only, not a wrong assignment
+        assert np.all(got >= 0) and within(got, best) and within(got, want)
+        assert np.mean(got != want) < 0.05  # ties only, not another assignment
 
 
 def test_kmeans_partials_bitwise_across_runs_and_layouts(device, gpu_device):

@@ -252,7 +252,8 @@ def test_matmul_and_gram_stream_row_blocks_bitwise(gpu_layout):
     from lepton.backends.opencl import catalog
 
     kinds = dict(cache=ProgramCache(), zero_copy=False, gpu_layout=gpu_layout, calibrate=False)
-    streamed, plain = OpenCLDevice(CL_DEVICE, "opencl:streamed", **kinds), OpenCLDevice(CL_DEVICE, "opencl:plain", **kinds)
+    streamed = OpenCLDevice(CL_DEVICE, "opencl:streamed", **kinds)
+    plain = OpenCLDevice(CL_DEVICE, "opencl:plain", **kinds)
     streamed.allocator.stager.close()
     streamed.allocator.stager = ReadyStager(streamed.context, slots=2, slot_bytes=512 << 10, min_bytes=16 << 10,
                                             threads=2)
