@@ -187,7 +187,7 @@ def main() -> None:
     parser.add_argument("--full", action="store_true", help="the issue's sizes (default: a tenth)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--torch", action="store_true", help="also time torch on CUDA")
-    parser.add_argument("--ops", default="matmul,spmm,kmeans,gram,qmatmul")
+    parser.add_argument("--ops", default="matmul,spmm,kmeans,gram,qmatmul,int8")
     args = parser.parse_args()
     (device,) = discovery.open_devices([args.device])[:1]
     print(f"device: {device.name} = {device.description}; medians of {args.repeats} runs")
