@@ -7,8 +7,8 @@
 # It downloads, for CPython 3.12 on x86-64 manylinux, the versions installed in this venv of what
 # Lepton and its OpenCL tests import beyond that image: pyopencl and its needs, and the pinned gRPC
 # and protobuf (the committed stubs check their versions at import). gpu_check.sh installs them with
-# pip --no-index --no-deps --target, and Lepton itself from the working tree, when `import pyopencl`
-# or `import lepton` fails there.
+# pip --no-index --no-deps --target, and Lepton itself from the working tree (else the lepton wheel
+# made here), when `import pyopencl` or `import lepton` fails there. About 24 MB: carry limit is 64 MiB.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
@@ -30,5 +30,9 @@ for spec in "${specs[@]}"; do
     "$PYTHON" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         "${platforms[@]}" -d .whl "$spec"
 done
+# Lepton itself, a fallback only: gpu_check.sh installs it from the working tree there (this wheel is
+# as old as this run).
+rm -f .whl/lepton-*.whl
+"$PYTHON" -m pip wheel -q --no-deps --no-build-isolation --no-index -w .whl .
 ls -la .whl
 du -sh .whl
