@@ -119,6 +119,11 @@ def test_jobs_from_shared_memory_are_bitwise_the_streamed_ones(own, rng):
     # rebases to its first row (a copy of 8 bytes a row).
     assert sent_to_agents(shared) - sent <= indptr.nbytes + (64 << 10)
     assert mapped_by_agents(shared) - mapped >= x.nbytes * 3 + values.nbytes
+    # Afterwards no process holds a memfd: the agents cached no whole input (b, dense) that they can
+    # map again for nothing, and dropped every view when their tasks ended (the device threads too,
+    # which ran the last partitions).
+    no_memfd_left(own)
+    assert not memfds(os.getpid())
     theirs = jobs(streamed)
     assert sent_to_agents(shared) - sent >= x.nbytes * 3  # the streamed jobs did ship them
     for name in ours:
@@ -135,10 +140,6 @@ def test_jobs_from_shared_memory_are_bitwise_the_streamed_ones(own, rng):
     expected = np.zeros((300_000, 32))
     np.add.at(expected, rows, values[:, None].astype(np.float64) * dense[indices])
     assert np.allclose(ours["spmm"], expected, atol=1e-4)
-    # Afterwards no process holds a memfd: the agents cached no whole input (b, dense) that they can
-    # map again for nothing, and dropped every view when their tasks ended.
-    no_memfd_left(own)
-    assert not memfds(os.getpid())
 
 
 def test_a_put_from_shared_memory_is_resident_and_bitwise_the_streamed_one(own, rng):
