@@ -9,9 +9,9 @@ import grpc
 import numpy as np
 
 from lepton.coordinator import metrics
-from lepton import wire
+from lepton import sharedmem, wire
 from lepton.errors import Unavailable
-from lepton.v1 import agent_service_pb2 as pb, agent_service_pb2_grpc as pb_grpc
+from lepton.v1 import agent_service_pb2 as pb, agent_service_pb2_grpc as pb_grpc, tensor_pb2
 
 
 # Tasks whose streamed inputs are at most this big go in one message (gRPC's default limit is 4 MiB).
@@ -50,10 +50,20 @@ class AgentLink:
         self.cached = CachedKeys()
         self._channel = channel or grpc.insecure_channel(address)  # channel: with the cluster's credentials
         self._stub = pb_grpc.AgentServiceStub(self._channel)
+        # The streams of bytes take requests serialized by hand (wire.framed_chunks: one copy of each
+        # chunk, where protobuf made two and a TensorChunk object per chunk).
+        service = "/lepton.v1.AgentService/"
+        self._run_raw = self._channel.stream_stream(service + "RunTask", request_serializer=None,
+                                                    response_deserializer=pb.RunTaskResponse.FromString)
+        self._cache_raw = self._channel.stream_unary(service + "CacheTensors", request_serializer=None,
+                                                     response_deserializer=pb.CacheTensorsResponse.FromString)
         # Calls start under this lock and close() takes it: grpcio segfaults when a call starts on a
         # closed channel (seen when a dataset still placing met the coordinator's shutdown).
         self._lock = threading.Lock()
         self._closed = False
+        # The agent is on this host (its JoinCluster said so): arrays that are views of a memfd this
+        # process opened go as SharedBuffers, not bytes. Cleared if the agent cannot open them.
+        self.same_host = False
 
     def _start(self, method, *args, **kwargs):
         """Start a call (non-blocking forms only), unless the link is closed."""
@@ -62,28 +72,26 @@ class AgentLink:
                 raise Unavailable(f"the link to the agent at {self.address} is closed")
             return method(*args, **kwargs)
 
-    def run_task(self, job, run, timeout: float | None, on_call: Callable[[object], None]
-                 ) -> Iterator[tuple[int, int, dict[str, np.ndarray], list[tuple]]]:
-        """Stream the run's inputs to the agent; yield (lo, hi, partial, timings) as the agent's nodes
-        arrive, timings being (partition, device, started_at, finished_at).
-
-        Whole inputs (by content) and dataset partitions are cached on the agent: `cached` holds the
-        keys this agent is known to hold, and those go by reference instead of by value. A key is
-        added once the agent has the bytes (it answers only after receiving all of them), and the
-        referenced keys are dropped when it reports a miss.
-        """
+    def _task(self, job, run):
+        """The run's Task message, the arrays whose bytes follow it, and the cache keys it sends,
+        references and passes in shared memory. (Apart from run_task's generator, so that no view of
+        the job's input outlives the call in a frame that its traceback keeps.)"""
         cached = self.cached
         streamed: list[np.ndarray] = []
-        sending, referenced = set(), set()
+        sending, referenced, shared = set(), set(), []
 
         def task_input(name: str, array: np.ndarray, header=None, key: str = "") -> pb.TaskInput:
             array = wire.little_endian(array)
-            header = header or wire.header(name, array)
+            header = header or wire.header(name, array, checksum=False)
             if key and key in cached:
                 referenced.add(key)
                 return pb.TaskInput(tensor=header, cache_key=key, by_reference=True)
             if key:
                 sending.add(key)
+            if (where := self._shared(array)) is not None:
+                shared.append(key)
+                return pb.TaskInput(tensor=header, cache_key=key, shared=where)
+            header.crc32c = wire.checksum(array) if not header.HasField("crc32c") else header.crc32c
             streamed.append(array)
             return pb.TaskInput(tensor=header, cache_key=key)
 
@@ -99,13 +107,32 @@ class AgentLink:
             rows, whole = job.run_inputs(run)
             task.run_inputs.extend(task_input(n, a) for n, a in rows.items())
             task.row_splits.extend(job.plan.row_splits[run.lo:run.hi + 1].tolist())
-        task.whole_inputs.extend(task_input(n, *job.whole_input(n)) for n in whole)
+        for n in whole:
+            array, header, _ = job.whole_input(n, keyed=False)
+            if (where := self._shared(array)) is not None:  # not cached: mapping it again is free
+                task.whole_inputs.append(pb.TaskInput(tensor=header, shared=where))
+            else:
+                task.whole_inputs.append(task_input(n, *job.whole_input(n)))
+
+        return task, streamed, sending, referenced, shared
+
+    def run_task(self, job, run, timeout: float | None, on_call: Callable[[object], None]
+                 ) -> Iterator[tuple[int, int, dict[str, np.ndarray], list[tuple]]]:
+        """Stream the run's inputs to the agent; yield (lo, hi, partial, timings) as the agent's nodes
+        arrive, timings being (partition, device, started_at, finished_at).
+
+        Whole inputs (by content) and dataset partitions are cached on the agent: `cached` holds the
+        keys this agent is known to hold, and those go by reference instead of by value. A key is
+        added once the agent has the bytes (it answers only after receiving all of them), and the
+        referenced keys are dropped when it reports a miss.
+        """
+        cached = self.cached
+        task, streamed, sending, referenced, shared = self._task(job, run)
 
         def requests():
-            yield pb.RunTaskRequest(task=task)
-            for chunk in wire.chunks(streamed):
-                metrics.BYTES_TO_AGENTS.inc(len(chunk.data))
-                yield pb.RunTaskRequest(chunk=chunk)
+            yield pb.RunTaskRequest(task=task).SerializeToString()
+            yield from wire.framed_chunks(streamed)
+            metrics.BYTES_TO_AGENTS.inc(sum(a.nbytes for a in streamed))
 
         nbytes = sum(a.nbytes for a in streamed)
         if nbytes <= SMALL_TASK_BYTES:  # one message: no request stream (and no thread) to drive
@@ -113,7 +140,7 @@ class AgentLink:
             call = self._start(self._stub.RunSmallTask, pb.RunSmallTaskRequest(task=task, chunks=wire.chunks(streamed)),
                                timeout=timeout)
         else:
-            call = self._start(self._stub.RunTask, requests(), timeout=timeout)
+            call = self._start(self._run_raw, requests(), timeout=timeout)
         on_call(call)
         def node_done(node, assembler):
             metrics.BYTES_FROM_AGENTS.inc(assembler.bytes_received)
@@ -122,36 +149,70 @@ class AgentLink:
 
         node = assembler = None
         try:
-            responses = iter(call)
-            first = next(responses, None)
-        except grpc.RpcError as exc:
-            if exc.code() == grpc.StatusCode.NOT_FOUND:
-                cached.discard(referenced)
-            raise
-        cached.update(sending)
-        for response in itertools.chain([first] if first is not None else [], responses):
-            if response.HasField("partial"):
-                if node is not None:
-                    yield node_done(node, assembler)
-                node, assembler = response.partial, wire.TensorAssembler(response.partial.tensors)
-            else:
-                assembler.add(response.chunk)
-        if node is not None:
-            yield node_done(node, assembler)
+            try:
+                responses = iter(call)
+                first = next(responses, None)
+            except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.NOT_FOUND:
+                    cached.discard(referenced)
+                    if shared and sharedmem.UNAVAILABLE in (exc.details() or ""):
+                        self.same_host = False  # the run goes again, with bytes
+                raise
+            cached.update(sending)
+            for response in itertools.chain([first] if first is not None else [], responses):
+                if response.HasField("partial"):
+                    if node is not None:
+                        yield node_done(node, assembler)
+                    node, assembler = response.partial, wire.TensorAssembler(response.partial.tensors)
+                else:
+                    assembler.add(response.chunk)
+            if node is not None:
+                yield node_done(node, assembler)
+        finally:
+            # A failed call is an exception whose traceback holds this frame, and the frame the call:
+            # a cycle that only the garbage collector breaks. Let go of the input views now, so that
+            # shared memory they lie in is freed when the job ends (the agent read them all by the
+            # time it answers).
+            streamed.clear()
+
+    def _shared(self, array: np.ndarray):
+        """Where `array` lies in shared memory the agent can map, or None (then its bytes go)."""
+        where = sharedmem.registry.locate(array) if self.same_host else None
+        return None if where is None else tensor_pb2.SharedBuffer(**where)
 
     def cache_tensors(self, items: list[tuple[str, str, np.ndarray]], timeout: float) -> list[str]:
-        """Send (cache key, name, array) items to the agent's cache; returns the keys it kept."""
-        arrays = [wire.little_endian(a) for _, _, a in items]
-        header = pb.CacheTensorsHeader(tensors=[pb.TaskInput(tensor=wire.header(name, a), cache_key=key)
-                                                for (key, name, _), a in zip(items, arrays)])
+        """Send (cache key, name, array) items to the agent's cache; returns the keys it kept. Arrays
+        in shared memory the agent can map go by where they lie (if it cannot, they go again as bytes)."""
+        try:
+            return self._cache_tensors(items, timeout, shared=self.same_host)
+        except grpc.RpcError as exc:
+            if not (exc.code() == grpc.StatusCode.NOT_FOUND and sharedmem.UNAVAILABLE in (exc.details() or "")):
+                raise
+            self.same_host = False
+        return self._cache_tensors(items, timeout, shared=False)
+
+    def _cache_tensors(self, items, timeout: float, shared: bool) -> list[str]:
+        arrays, tensors = [], []
+        for key, name, array in items:
+            array = wire.little_endian(array)
+            where = self._shared(array) if shared else None
+            if where is not None:
+                tensors.append(pb.TaskInput(tensor=wire.header(name, array, checksum=False), cache_key=key,
+                                            shared=where))
+            else:
+                tensors.append(pb.TaskInput(tensor=wire.header(name, array), cache_key=key))
+                arrays.append(array)
+        header = pb.CacheTensorsHeader(tensors=tensors)
 
         def requests():
-            yield pb.CacheTensorsRequest(header=header)
-            for chunk in wire.chunks(arrays):
-                metrics.BYTES_TO_AGENTS.inc(len(chunk.data))
-                yield pb.CacheTensorsRequest(chunk=chunk)
+            yield pb.CacheTensorsRequest(header=header).SerializeToString()
+            yield from wire.framed_chunks(arrays)
+            metrics.BYTES_TO_AGENTS.inc(sum(a.nbytes for a in arrays))
 
-        return list(self._start(self._stub.CacheTensors.future, requests(), timeout=timeout).result().kept)
+        try:
+            return list(self._start(self._cache_raw.future, requests(), timeout=timeout).result().kept)
+        finally:
+            arrays.clear()  # as in run_task: no view outlives the call in a traceback's frame
 
     def drop_cached(self, prefix: str) -> None:
         try:

@@ -28,6 +28,7 @@ from lepton.coordinator.jobs import Job, JobRecord
 from lepton.coordinator.membership import Membership
 from lepton.coordinator.scheduler import Scheduler
 from lepton.logs import event
+from lepton import sharedmem
 from lepton.tuning import IdleTrim
 from lepton.wire import TensorAssembler
 
@@ -49,6 +50,25 @@ class Config:
     steal_backlog: int = 16
     max_agents: int = 1024  # registered at once; JoinCluster beyond it gets RESOURCE_EXHAUSTED
     test_save_delay: float = 0.0  # tests: a dataset copy's writer pauses before it flushes each file
+
+
+def adopt_shared(inputs: TensorAssembler, shared: dict) -> list:
+    """Open the client's memfds that `shared` (header index -> SharedBuffer) names and make their
+    bytes those of `inputs`; returns the opened files, registered so that agents on this host get
+    views of them by reference (lepton.sharedmem), to be closed when the data is no longer sent."""
+    files, by_name = [], {}
+    try:
+        for i, buffer in shared.items():
+            f = by_name.get(buffer.name)
+            if f is None:
+                f = by_name[buffer.name] = sharedmem.SharedFile(buffer.host_id, buffer.pid, buffer.fd, buffer.name)
+                files.append(sharedmem.registry.add(f))
+            inputs.adopt(i, f.view(buffer.offset, inputs.metas[i].nbytes))
+    except BaseException:
+        for f in files:
+            f.close()
+        raise
+    return files
 
 
 class Coordinator:
@@ -73,9 +93,12 @@ class Coordinator:
 
     def submit(self, op_name: str, params: dict, headers: list, scheme: planner.Scheme, count: int,
                target_bytes: int, key_column: int, label: str, deadline: float | None,
-               dataset_inputs: dict[str, str] | None = None, early: EarlyOptions | None = None) -> Job:
+               dataset_inputs: dict[str, str] | None = None, early: EarlyOptions | None = None,
+               shared: dict | None = None) -> Job:
         """Validate and plan a job whose `headers` inputs stream and `dataset_inputs` (input name ->
-        dataset name) are resident; with `early`, it sends running estimates (coordinator/early.py)."""
+        dataset name) are resident; with `early`, it sends running estimates (coordinator/early.py);
+        `shared` (index into headers -> SharedBuffer) are the inputs that lie in the client's shared
+        memory instead of streaming."""
         op = get_op(op_name)
         datasets = {}  # op input name -> (dataset, part): a sparse dataset stands for three inputs
         for name, dataset_name in (dataset_inputs or {}).items():
@@ -87,7 +110,7 @@ class Coordinator:
         if len(set(names)) != len(names):
             raise InvalidInput(f"input names must be unique; got {names}")
         op.check_inputs(names)
-        inputs = TensorAssembler(headers, max_bytes=self.config.max_job_bytes)
+        inputs = TensorAssembler(headers, max_bytes=self.config.max_job_bytes, shared=shared or {})
         metas = {**dict(zip([h.name for h in headers], inputs.metas)),
                  **{n: TensorMeta(d.arrays[part].dtype, d.arrays[part].shape) for n, (d, part) in datasets.items()}}
         op = op.resolve(metas, params)
@@ -99,9 +122,11 @@ class Coordinator:
                                 key_column)
         answers = EarlyAnswers(op, params, early.checked(), plan.count, op_name) if early else None
         self._check_capacity(op.name)
-        self._check_memory(inputs.bytes_total)
+        self._check_memory(inputs.heap_bytes)
+        files = adopt_shared(inputs, shared or {})
         job = Job(f"job-{self.membership.incarnation}-{next(self._ids)}", op, params, label, inputs, plan,
                   self.config.tree_arity, deadline, datasets, answers)
+        job.shared_files = files  # closed when the job's call ends (`finished`)
         with self._lock:
             self._jobs[job.id] = job
             self._records[job.id] = job.record
@@ -162,14 +187,26 @@ class Coordinator:
 
     # -- datasets ----------------------------------------------------------------------------
     def put_dataset(self, name: str, headers: list, chunks, scheme: planner.Scheme, count: int, target_bytes: int,
-                    key_column: int, replace: bool, cols: int | None = None):
+                    key_column: int, replace: bool, cols: int | None = None, shared=None):
         """Receive an array (one header) or a CSR matrix (indptr, indices, data headers and `cols`), keep
         the coordinator's copy, place its partitions on the agents.
 
         Dense row blocks are placed while they stream in: each partition goes to its agent as soon
-        as its last row arrives, so receiving and placing overlap instead of taking turns."""
+        as its last row arrives, so receiving and placing overlap instead of taking turns. A dense
+        array in the client's shared memory (`shared`, a SharedBuffer) arrives all at once; agents on
+        this host map their partitions from it, and it serves as the copy until the file is written."""
         self.datasets.check_new(name, replace)
-        inputs = TensorAssembler(headers, max_bytes=self.config.max_job_bytes)
+        if shared is not None and cols is not None:
+            raise InvalidInput("a sparse dataset's parts stream as chunks; only a dense one may lie in shared memory")
+        inputs = TensorAssembler(headers, max_bytes=self.config.max_job_bytes, shared={0: shared} if shared else {})
+        files = adopt_shared(inputs, {0: shared} if shared else {})
+        try:
+            return self._put_dataset(name, inputs, chunks, scheme, count, target_bytes, key_column, replace, cols)
+        finally:
+            for f in files:  # the agents opened theirs: later misses stream from the copy
+                f.close()
+
+    def _put_dataset(self, name, inputs, chunks, scheme, count, target_bytes, key_column, replace, cols):
         target = target_bytes or self.config.target_partition_bytes
         if cols is None:
             meta = inputs.metas[0]
@@ -256,7 +293,9 @@ class Coordinator:
             while (p := todo.get()) is not None or batch:
                 if p is not None:
                     batch.append(p)
-                    size += sum(a.nbytes for a in dataset.share(p).values())
+                    # Bytes that go by where they lie in shared memory cost a call nothing.
+                    size += sum(a.nbytes for a in dataset.share(p).values()
+                                if not (agent.link.same_host and sharedmem.registry.locate(a)))
                 if batch and (p is None or size >= self.PLACE_BATCH_BYTES):
                     send(agent, batch)
                     batch, size = [], 0
@@ -309,6 +348,8 @@ class Coordinator:
         """The job's stream is over: drop the data it still holds (the record stays)."""
         with self._lock:
             self._jobs.pop(job.id, None)
+        for f in getattr(job, "shared_files", ()):
+            f.close()
         if not job.state.final:
             self.scheduler.end(job, "CANCELLED", "the client went away")
         job.result = None

@@ -190,7 +190,8 @@ class Job:
                 return False
             self.record.finished_at = time.time()
             self.record.error_code, self.record.error_message = code, message
-            self.inputs = self._ordered = None  # free the data at once
+            self.inputs = self._ordered = self._prepared = None  # free the data at once
+            self._whole = {}
         event(log, "job.finished", job=self.id, op=self.op.name, state=state.name,
               seconds=f"{self.record.finished_at - self.record.submitted_at:.3f}", retries=self.record.retries)
         metrics.JOBS.labels(self.op.name, state.name).inc()
@@ -333,16 +334,19 @@ class Job:
                 self._prepared = self._prepared if self._prepared is not None else prepared
         return self._prepared
 
-    def whole_input(self, name: str):
-        """A whole input as (little-endian array, header, content cache key), computed once per round."""
+    def whole_input(self, name: str, keyed: bool = True):
+        """A whole input as (little-endian array, header, content cache key), computed once per round;
+        without `keyed` the key may be None (hashing takes a while: a whole input that goes to an
+        agent in shared memory needs none, since mapping it again costs nothing)."""
         whole = self.whole()
         with self.lock:
             if name not in self._whole:
                 array = wire.little_endian(whole[name])
-                header = wire.header(name, array)
-                key = content_key(array)
-                self._whole[name] = (array, header, key)
-            return self._whole[name]
+                self._whole[name] = [array, wire.header(name, array), None]
+            entry = self._whole[name]
+        if keyed and entry[2] is None:
+            entry[2] = content_key(entry[0])  # outside the lock; two threads at once compute the same
+        return tuple(entry)
 
     def task_inputs(self, run: Run) -> tuple[list[dict[str, np.ndarray]], dict[str, np.ndarray]]:
         """Each partition's rows of the split inputs, and the whole inputs: views, no copies."""

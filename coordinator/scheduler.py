@@ -270,6 +270,7 @@ class Scheduler:
             agent.in_flight -= run.credits
             with job.lock:
                 job.runs.remove(run)
+                run.call = None  # (a failed call's traceback holds the frames that sent it)
                 missing = job.unfinished(run)
                 agent.partitions_done += len(run) - len(missing)
                 if error is None and len(run):

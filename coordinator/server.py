@@ -15,7 +15,7 @@ from lepton.coordinator.intake import SMALL_JOB_BYTES, InputReader, deadline_fro
 from lepton.coordinator.jobs import JobRecord
 from lepton.coordinator.planner import Scheme
 from lepton.coordinator import metrics
-from lepton import security, wire
+from lepton import security, sharedmem, wire
 from lepton.rpc_errors import maps_errors
 from lepton.serving import add_standard_services
 from lepton.v1 import agent_service_pb2 as agent_pb, agent_service_pb2_grpc as agent_grpc
@@ -56,18 +56,24 @@ def dataset_info(d) -> pb.DatasetInfo:
                           saved=d.saved.is_set())
 
 
-def job_inputs(spec) -> tuple[list, dict[str, str]]:
-    """The spec's streamed inputs (headers named by their JobInput) and resident ones (name -> dataset)."""
-    headers, datasets = [], {}
+def job_inputs(spec) -> tuple[list, dict[str, str], dict[int, object]]:
+    """The spec's tensor inputs (headers named by their JobInput), resident ones (name -> dataset), and
+    which of the headers lie in shared memory (index -> SharedBuffer)."""
+    headers, datasets, shared = [], {}, {}
     for item in spec.inputs:
-        if item.WhichOneof("source") == "dataset":
+        source = item.WhichOneof("source")
+        if source == "dataset":
             datasets[item.name] = item.dataset
             continue
         header = tensor_pb2.TensorHeader()
-        header.CopyFrom(item.tensor)
+        if source == "shared":
+            header.CopyFrom(item.shared.tensor)
+            shared[len(headers)] = item.shared.buffer
+        else:
+            header.CopyFrom(item.tensor)
         header.name = item.name or header.name
         headers.append(header)
-    return headers, datasets
+    return headers, datasets, shared
 
 
 def early_options(spec) -> EarlyOptions | None:
@@ -106,11 +112,11 @@ class CoordinatorServicer(pb_grpc.CoordinatorServiceServicer):
         self.intake = InputReader(coordinator)
 
     def _submit(self, spec, context):
-        headers, datasets = job_inputs(spec)
+        headers, datasets, shared = job_inputs(spec)
         part = spec.partitioning
         return self.c.submit(spec.op, wire.decode_params(spec.params), headers, scheme_of(part), part.count,
                              part.target_bytes, part.key_column, spec.label, deadline_from(context.time_remaining()),
-                             datasets, early_options(spec))
+                             datasets, early_options(spec), shared=shared)
 
     @staticmethod
     def _result(job, context) -> tuple[list, list]:
@@ -146,6 +152,8 @@ class CoordinatorServicer(pb_grpc.CoordinatorServiceServicer):
     @maps_errors
     def RunJob(self, request, context):
         incoming = sum(item.tensor.total_bytes for item in request.spec.inputs if item.HasField("tensor"))
+        if any(item.HasField("shared") for item in request.spec.inputs):
+            raise InvalidInput("RunJob carries its inputs in its one message: send shared memory with SubmitJob")
         if incoming > SMALL_JOB_BYTES:
             raise InvalidInput(f"RunJob takes at most {SMALL_JOB_BYTES >> 20} MiB of input and this job has "
                                f"{incoming} bytes: stream it with SubmitJob")
@@ -190,7 +198,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServiceServicer):
         return pb.GetClusterStatusResponse(agents=agents, jobs_total=len(records),
                                            jobs_running=sum(not r.state.final for r in records),
                                            metrics_address=self.metrics_address,
-                                           dashboard_address=self.dashboard_address)
+                                           dashboard_address=self.dashboard_address, host_id=sharedmem.host_id())
 
     @maps_errors
     def GetJobTrace(self, request, context):
@@ -221,7 +229,8 @@ class CoordinatorServicer(pb_grpc.CoordinatorServiceServicer):
         else:
             headers, cols = [spec.tensor], None
         dataset = self.c.put_dataset(spec.name, headers, chunks(), scheme_of(part), part.count,
-                                     part.target_bytes, part.key_column, spec.replace, cols)
+                                     part.target_bytes, part.key_column, spec.replace, cols,
+                                     spec.shared if spec.HasField("shared") else None)
         return pb.PutDatasetResponse(dataset=dataset_info(dataset))
 
     def ListDatasets(self, request, context):
@@ -242,6 +251,7 @@ class AgentRegistryServicer(agent_grpc.AgentRegistryServiceServicer):
         resident = [(r.name, r.version, r.part, [(g.start, g.end) for g in r.ranges]) for r in request.resident]
         agent, stale = self.c.join(request.name, request.address, [wire.device_from_proto(d) for d in request.devices],
                                    request.credits, request.metrics_address, resident)
+        agent.link.same_host = bool(request.host_id) and sharedmem.enabled() and request.host_id == sharedmem.host_id()
         return agent_pb.JoinClusterResponse(agent_id=agent.id, stale_prefixes=stale,
                                             heartbeat_interval_seconds=self.c.config.heartbeat_interval)
 

@@ -98,6 +98,7 @@ class DeviceWorker:
             if cancelled is not None and cancelled.is_set():
                 with self._lock:
                     self._queued_bytes -= nbytes
+                item = inputs = None
                 continue
             try:
                 if self.test_delay[1]:  # test hook: shuffle arrival order, or make a straggler
@@ -116,6 +117,9 @@ class DeviceWorker:
                 with self._lock:
                     self._queued_bytes -= nbytes
             done(result)
+            # Hold nothing while waiting for the next partition: a view of shared memory would keep
+            # the whole memfd alive (lepton.sharedmem).
+            item = inputs = result = partial = None
 
     def stop(self) -> None:
         self._queue.put(None)

@@ -18,7 +18,7 @@ import time
 
 import grpc
 
-from lepton import wire
+from lepton import sharedmem, wire
 from lepton.contract import DATASET_KEY_PREFIX, parse_dataset_key
 from lepton.logs import event
 from lepton.tuning import IdleTrim
@@ -80,7 +80,8 @@ class MembershipClient:
                     held = resident(self.agent.cache.keys(DATASET_KEY_PREFIX))
                     reply = self._stub.JoinCluster(pb.JoinClusterRequest(
                         name=self.name, address=self.address, devices=self._devices(),
-                        credits=self.agent.credits, metrics_address=self.metrics_address, resident=held), timeout=5)
+                        credits=self.agent.credits, metrics_address=self.metrics_address, resident=held,
+                        host_id=sharedmem.host_id() if sharedmem.enabled() else ""), timeout=5)
                     for prefix in reply.stale_prefixes:
                         self.agent.cache.drop_prefix(prefix)
                     self.agent_id, self.interval = reply.agent_id, reply.heartbeat_interval_seconds or 0.5

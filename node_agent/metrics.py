@@ -8,6 +8,8 @@ TASKS = Counter("lepton_agent_tasks_total", "Tasks (runs of partitions) by outco
 PARTITIONS = Counter("lepton_device_partitions_total", "Partitions run, by device and op", ["device", "op"])
 BUSY_SECONDS = Counter("lepton_device_busy_seconds_total", "Seconds each device spent running kernels", ["device"])
 BYTES_IN = Counter("lepton_agent_input_bytes_total", "Partition bytes received from the coordinator")
+BYTES_SHARED = Counter("lepton_agent_shared_input_bytes_total",
+                       "Partition bytes mapped from shared memory on this host instead of received")
 BYTES_OUT = Counter("lepton_agent_output_bytes_total", "Partial bytes sent to the coordinator")
 
 

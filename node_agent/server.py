@@ -6,8 +6,8 @@ from concurrent import futures
 import grpc
 import numpy as np
 
-from lepton.errors import InvalidInput, LeptonError
-from lepton import security, wire
+from lepton.errors import InvalidInput, LeptonError, NotCached
+from lepton import security, sharedmem, wire
 from lepton.rpc_errors import maps_errors
 from lepton.v1 import agent_service_pb2 as pb, agent_service_pb2_grpc as pb_grpc
 from lepton.serving import add_standard_services
@@ -57,25 +57,34 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         if first is None or not first.HasField("header"):
             raise InvalidInput("the first CacheTensorsRequest must carry the header")
         items = list(first.header.tensors)
-        assembler = wire.TensorAssembler([i.tensor for i in items])
-        for request in request_iterator:
-            assembler.add(request.chunk)
-        metrics.BYTES_IN.inc(assembler.bytes_received)
-        return pb.CacheTensorsResponse(kept=self.agent.keep([i.cache_key for i in items], assembler.finish_list()))
+        arrays = self._by_value(items, (r.chunk for r in request_iterator))
+        return pb.CacheTensorsResponse(kept=self.agent.keep([i.cache_key for i in items], arrays))
 
     def DropCached(self, request, context):
         self.agent.cache.drop_prefix(request.prefix)
         return pb.DropCachedResponse()
 
-    def _receive(self, task, chunks):
-        """The task's inputs (split per partition, whole, row offsets), from its messages."""
-        messages = [*(i for p in task.partitions for i in p.inputs), *task.run_inputs, *task.whole_inputs]
-        assembler = wire.TensorAssembler([i.tensor for i in messages if not i.by_reference])
+    @staticmethod
+    def _by_value(items, chunks) -> list[np.ndarray]:
+        """The arrays of TaskInputs sent by value, in order: those in shared memory mapped from it (no
+        chunks for them; NOT_FOUND if this agent cannot map it, so the bytes come instead), the others
+        assembled from `chunks`."""
+        streamed = [i.tensor for i in items if not i.HasField("shared")]
+        assembler = wire.TensorAssembler(streamed)
         for chunk in chunks:
             assembler.add(chunk)
         metrics.BYTES_IN.inc(assembler.bytes_received)
+        arrays = iter(assembler.finish_list())
+        shared = [i for i in items if i.HasField("shared")]
+        views = iter(map_shared(shared))
+        return [next(views) if i.HasField("shared") else next(arrays) for i in items]
+
+    def _receive(self, task, chunks):
+        """The task's inputs (split per partition, whole, row offsets), from its messages."""
+        messages = [*(i for p in task.partitions for i in p.inputs), *task.run_inputs, *task.whole_inputs]
+        received = self._by_value([i for i in messages if not i.by_reference], chunks)
         values = self.agent.resolve([TaskInput(i.tensor.name, i.cache_key, i.by_reference) for i in messages],
-                                    assembler.finish_list())
+                                    received)
         if task.run_inputs:
             count = len(task.run_inputs)
             split, offsets = self.agent.cut_run(task.op, dict(values[:count]), list(task.row_splits))
@@ -85,6 +94,26 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
             split.append(dict(values[position:position + len(partition.inputs)]))
             position += len(partition.inputs)
         return split, dict(values[position:]), [p.row_offset for p in task.partitions]
+
+
+def map_shared(items) -> list[np.ndarray]:
+    """The arrays of TaskInputs whose bytes lie in shared memory, mapped read-only (one open per memfd)."""
+    by_buffer: dict[tuple, list[int]] = {}
+    for j, item in enumerate(items):
+        b = item.shared
+        by_buffer.setdefault((b.host_id, b.pid, b.fd, b.name), []).append(j)
+    out: list = [None] * len(items)
+    for positions in by_buffer.values():
+        first = items[positions[0]].shared
+        metas = [wire.meta(items[j].tensor) for j in positions]
+        try:
+            views = sharedmem.open_views(first, [(items[j].shared.offset, m.nbytes) for j, m in zip(positions, metas)])
+        except LeptonError as exc:
+            raise NotCached(exc.details) from None  # NOT_FOUND: the coordinator sends the bytes instead
+        for j, m, view in zip(positions, metas, views):
+            out[j] = view.view(m.dtype).reshape(m.shape)
+    metrics.BYTES_SHARED.inc(sum(a.nbytes for a in out))
+    return out
 
 
 def serve(agent: Agent, address: str, interceptors: list[grpc.ServerInterceptor] = (),

@@ -51,7 +51,8 @@ class Lepton:
 
         self.cluster = lepton.LocalCluster(agents=agents)
         self.cluster.start()
-        self.client = self.cluster.client(timeout=3600)
+        self.client = self.cluster.client(timeout=3600)  # shared memory: the cluster is on this host
+        self.streamed = self.cluster.client(timeout=3600, shared_memory=False)  # bytes over gRPC
 
     def close(self):
         self.cluster.close()
@@ -90,12 +91,13 @@ class Lepton:
     def small_jobs(self, x: np.ndarray) -> tuple[dict, object]:
         return small_job_figures(lambda: self.client.sum(x)), self.client.sum(x)
 
-    def ingest(self, x: np.ndarray) -> float:
-        """Seconds to put x (dropped again after)."""
+    def ingest(self, x: np.ndarray, streamed: bool = False) -> float:
+        """Seconds to put x (dropped again after); `streamed`: as bytes over gRPC, not shared memory."""
+        client = self.streamed if streamed else self.client
         start = time.perf_counter()
-        self.client.put("w7", x, replace=True)
+        client.put("w7", x, replace=True)
         seconds = time.perf_counter() - start
-        self.client.drop("w7")
+        client.drop("w7")
         return seconds
 
 

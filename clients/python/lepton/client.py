@@ -21,11 +21,11 @@ from typing import Any, Callable, Iterator, Mapping
 import grpc
 import numpy as np
 
-from lepton import security, wire
+from lepton import security, sharedmem, wire
 from lepton.errors import LeptonError
 from lepton.retry import IDEMPOTENT, Backoff, retrying, unavailable
 from lepton.tuning import keep_large_buffers_in_heap
-from lepton.v1 import coordinator_service_pb2 as pb, coordinator_service_pb2_grpc as pb_grpc, job_pb2
+from lepton.v1 import coordinator_service_pb2 as pb, coordinator_service_pb2_grpc as pb_grpc, job_pb2, tensor_pb2
 
 SCHEMES = {"row_blocks": job_pb2.PARTITION_SCHEME_ROW_BLOCKS, "hash": job_pb2.PARTITION_SCHEME_HASH,
            "round_robin": job_pb2.PARTITION_SCHEME_ROUND_ROBIN}
@@ -104,22 +104,34 @@ def _estimate(message) -> Estimate:
 
 
 def _spec(op: str, inputs, partitioning: str, partitions: int, target_bytes: int, key_column: int, label: str,
-          params: dict, early: bool | Early = False) -> tuple[job_pb2.JobSpec, dict[str, np.ndarray]]:
-    """The job spec, and the arrays to send (a Dataset or a dataset's name goes by name)."""
+          params: dict, early: bool | Early = False, shared=None) -> tuple[job_pb2.JobSpec, dict[str, np.ndarray]]:
+    """The job spec, and the arrays to send (a Dataset or a dataset's name goes by name); with `shared`
+    (a function of an array to a SharedArrays holding it) they go in shared memory instead."""
     if inputs is None:
         inputs = {}
     elif not isinstance(inputs, Mapping):
         inputs = {"x": inputs}
     arrays = {name: wire.little_endian(a) for name, a in inputs.items() if not isinstance(a, (Dataset, str))}
     resident = {name: getattr(a, "name", a) for name, a in inputs.items() if isinstance(a, (Dataset, str))}
+    if shared is None:
+        tensors = [job_pb2.JobInput(name=n, tensor=wire.header(n, a)) for n, a in arrays.items()]
+    else:  # one memfd per input: an agent that caches a whole input (weights) pins only its own memory
+        tensors = [job_pb2.JobInput(name=n, shared=tensor_pb2.SharedTensor(
+                       tensor=wire.header(n, a, checksum=False), buffer=tensor_pb2.SharedBuffer(**shared(a).buffer(0))))
+                   for n, a in arrays.items()]
     spec = job_pb2.JobSpec(
         op=op, params=wire.encode_params(params), label=label,
-        inputs=[job_pb2.JobInput(name=n, tensor=wire.header(n, a)) for n, a in arrays.items()]
-        + [job_pb2.JobInput(name=n, dataset=d) for n, d in resident.items()],
+        inputs=tensors + [job_pb2.JobInput(name=n, dataset=d) for n, d in resident.items()],
         partitioning=_partitioning(partitioning, partitions, target_bytes, key_column))
     if early:
         spec.early.CopyFrom((Early() if early is True else early).message())
     return spec, arrays
+
+
+def _input_bytes(inputs) -> int:
+    """Bytes of the arrays a job ships (datasets go by name)."""
+    values = inputs.values() if isinstance(inputs, Mapping) else [inputs]
+    return sum(np.asarray(a).nbytes for a in values if a is not None and not isinstance(a, (Dataset, str)))
 
 
 def state_name(status: job_pb2.JobStatus) -> str:
@@ -148,6 +160,7 @@ class Job:
         self._error: LeptonError | None = None
         self._call_factory, self._requests, self._resubmit = call_factory, requests, resubmit
         self.resubmits = 0
+        self._on_done: list = []  # called once the job ended (closing its shared memory)
         self._call = call_factory(requests())
         self._cancel_rpc = None
         threading.Thread(target=self._read, name="lepton-job", daemon=True).start()
@@ -181,6 +194,8 @@ class Job:
             self._done.set()
             self._estimated.notify_all()
         self._events.put(None)
+        for callback in self._on_done:  # after: freeing a large memfd takes a while
+            callback()
 
     def _read_once(self) -> None:
         """Read one submission's events and result (RpcError if the call fails)."""
@@ -306,7 +321,7 @@ def _scalar(array: np.ndarray):
 class Client:
     def __init__(self, address: str = "127.0.0.1:50051", timeout: float | None = None, *, token: str | None = None,
                  tls_ca=None, tls_cert=None, tls_key=None, tls: bool | None = None, retry_for: float = 30.0,
-                 resubmit_on_unavailable: bool = False):
+                 resubmit_on_unavailable: bool = False, shared_memory: bool = True):
         """token: the coordinator's client token (else LEPTON_TOKEN, or the file LEPTON_TOKEN_FILE).
         TLS when tls, or when a CA or a certificate is given (else LEPTON_TLS_CA, LEPTON_TLS_CERT,
         LEPTON_TLS_KEY; LEPTON_TLS=1 for the system's roots); the server's certificate is always
@@ -315,8 +330,11 @@ class Client:
         retry_for: seconds for which calls that are safe to repeat (lepton.retry.IDEMPOTENT: status,
         listings, health, cancel) are retried while the coordinator is UNAVAILABLE, with backoff and
         jitter (0: never). resubmit_on_unavailable: a job that fails with UNAVAILABLE (its coordinator
-        crashed or restarted) is submitted again within the same budget, resident datasets by name."""
+        crashed or restarted) is submitted again within the same budget, resident datasets by name.
+        shared_memory: inputs over 1 MiB go in shared memory when the coordinator is on this host
+        (lepton.sharedmem; False, or LEPTON_SHARED_MEMORY=0, always streams them)."""
         self.address, self.timeout = address, timeout
+        self._shared_memory: bool | None = None if shared_memory and sharedmem.enabled() else False
         self.retry_for, self.resubmit_on_unavailable = retry_for, resubmit_on_unavailable
         keep_large_buffers_in_heap()
         env = os.environ.get
@@ -360,6 +378,24 @@ class Client:
     def _resubmit(self) -> Backoff | None:
         return Backoff(self.retry_for) if self.resubmit_on_unavailable else None
 
+    def _share(self, nbytes: int):
+        """SharedArrays if `nbytes` of input should go in shared memory (the coordinator is on this
+        host, asked once), else None."""
+        if self._shared_memory is None:
+            try:
+                here = self._unary("GetClusterStatus", pb.GetClusterStatusRequest()).host_id
+            except LeptonError:
+                here = ""
+            self._shared_memory = bool(here) and here == sharedmem.host_id()
+        return sharedmem.SharedArrays if self._shared_memory and nbytes > SMALL_JOB_BYTES else None
+
+    def _refused_shared(self, error: LeptonError | None) -> bool:
+        """The coordinator could not open our shared memory: stream from now on."""
+        if error is not None and sharedmem.UNAVAILABLE in (error.details or ""):
+            self._shared_memory = False
+            return True
+        return False
+
     # -- jobs --------------------------------------------------------------------------------
     def submit(self, op: str, inputs: np.ndarray | Mapping[str, np.ndarray] | None = None, *,
                partitioning: str = "row_blocks", partitions: int = 0, target_bytes: int = 0,
@@ -372,15 +408,35 @@ class Client:
         reduction's result: `job.estimates()` yields them, and `on_estimate` is called with each
         (on the job's reader thread).
         """
-        spec, arrays = _spec(op, inputs, partitioning, partitions, target_bytes, key_column, label, params, early)
+        share = self._share(_input_bytes(inputs))
+        memory = []
+
+        def shared(array):
+            memory.append(share([array]))
+            return memory[-1]
+
+        spec, arrays = _spec(op, inputs, partitioning, partitions, target_bytes, key_column, label, params, early,
+                             shared if share else None)
 
         def requests():
             yield pb.SubmitJobRequest(spec=spec).SerializeToString()
-            yield from wire.framed_chunks(arrays.values())
+            if not memory:
+                yield from wire.framed_chunks(arrays.values())
 
         job = Job(lambda r: self._submit_raw(r, timeout=timeout or self.timeout), requests, self._resubmit(),
                   on_estimate)
         job._cancel_rpc = self._stub.CancelJob
+        if memory:  # the coordinator maps them while it accepts the job; ours go once the job ends
+            job._on_done.extend(m.close for m in memory)
+            if job._done.is_set():  # (it ended before the callbacks were in)
+                for m in memory:
+                    m.close()
+            job._accepted.wait()
+            if job.status is None and self._refused_shared(job._error):
+                job._done.wait()
+                return self.submit(op, inputs, partitioning=partitioning, partitions=partitions,
+                                   target_bytes=target_bytes, key_column=key_column, label=label, timeout=timeout,
+                                   early=early, on_estimate=on_estimate, **params)
         return job
 
     def run(self, op: str, inputs=None, *, partitioning: str = "row_blocks", partitions: int = 0,
@@ -389,8 +445,8 @@ class Client:
         """Submit and wait: the named results. A job with at most 1 MiB of input takes one round trip
         (RunJob: no stream, no thread); a larger one, or one whose result is too big for one message,
         streams (SubmitJob)."""
-        spec, arrays = _spec(op, inputs, partitioning, partitions, target_bytes, key_column, label, params)
-        if sum(a.nbytes for a in arrays.values()) <= SMALL_JOB_BYTES:
+        if _input_bytes(inputs) <= SMALL_JOB_BYTES:  # (a large job's spec is built once, by submit)
+            spec, arrays = _spec(op, inputs, partitioning, partitions, target_bytes, key_column, label, params)
             request = pb.RunJobRequest(spec=spec, chunks=wire.chunks(arrays.values()))
 
             def run_job():
@@ -521,8 +577,21 @@ class Client:
                                            data=wire.header("data", arrays[2]), cols=cols))
         else:
             arrays = [wire.little_endian(array)]
+            share = self._share(arrays[0].nbytes)
+            if share:  # in shared memory: the coordinator and the agents on this host map it
+                with share(arrays) as memory:
+                    spec.tensor.CopyFrom(wire.header("x", arrays[0], checksum=False))
+                    spec.shared.CopyFrom(tensor_pb2.SharedBuffer(**memory.buffer(0)))
+                    try:
+                        return self._put(spec, [])
+                    except LeptonError as exc:
+                        if not self._refused_shared(exc):
+                            raise
+                spec.ClearField("shared")
             spec.tensor.CopyFrom(wire.header("x", arrays[0]))
+        return self._put(spec, arrays)
 
+    def _put(self, spec, arrays) -> Dataset:
         def requests():
             yield pb.PutDatasetRequest(spec=spec).SerializeToString()
             yield from wire.framed_chunks(arrays)

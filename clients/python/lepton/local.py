@@ -210,8 +210,9 @@ class LocalCluster:
             return ""
         return f"http://{address}/" + (f"?token={self.token}" if self.token else "")
 
-    def client(self, timeout: float | None = None) -> Client:
-        client = Client(self.address, timeout, **self.credentials())
+    def client(self, timeout: float | None = None, **options) -> Client:
+        """A client of the cluster; `options` go to Client (shared_memory=False, say)."""
+        client = Client(self.address, timeout, **self.credentials(), **options)
         self._clients.append(client)
         return client
 

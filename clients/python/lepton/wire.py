@@ -51,10 +51,18 @@ def _bytes_of(array: np.ndarray) -> memoryview:
     return memoryview(array.reshape(-1).view(np.uint8)) if array.size else memoryview(b"")
 
 
-def header(name: str, array: np.ndarray) -> tensor_pb2.TensorHeader:
-    """Header of a little-endian contiguous array (see `little_endian`)."""
-    return tensor_pb2.TensorHeader(name=name, dtype=dtype_enum(array.dtype), shape=array.shape,
-                                   total_bytes=array.nbytes, crc32c=crc32c.crc32c(_bytes_of(array)))
+def checksum(array: np.ndarray) -> int:
+    """CRC-32C of a little-endian contiguous array's bytes."""
+    return crc32c.crc32c(_bytes_of(array))
+
+
+def header(name: str, array: np.ndarray, checksum: bool = True) -> tensor_pb2.TensorHeader:
+    """Header of a little-endian contiguous array (see `little_endian`); without `checksum` no CRC (for
+    bytes in shared memory, which cross no wire)."""
+    h = tensor_pb2.TensorHeader(name=name, dtype=dtype_enum(array.dtype), shape=array.shape, total_bytes=array.nbytes)
+    if checksum:
+        h.crc32c = crc32c.crc32c(_bytes_of(array))
+    return h
 
 
 def chunks(arrays: Iterable[np.ndarray]) -> Iterator[tensor_pb2.TensorChunk]:
@@ -110,20 +118,37 @@ def meta(h: tensor_pb2.TensorHeader) -> TensorMeta:
 class TensorAssembler:
     """Receives the chunks of the tensors that `headers` declare, in order, into arrays."""
 
-    def __init__(self, headers: list[tensor_pb2.TensorHeader], max_bytes: int | None = None):
+    def __init__(self, headers: list[tensor_pb2.TensorHeader], max_bytes: int | None = None, shared=()):
+        """`shared`: indices of tensors whose bytes are not received but adopted (`adopt`: views of
+        shared memory); they take none of this process's memory, so `max_bytes` leaves them out."""
         self.headers = list(headers)
         self.metas = [meta(h) for h in self.headers]
-        total = sum(m.nbytes for m in self.metas)
+        self.shared = set(shared)
+        total = self.heap_bytes
         if max_bytes is not None and total > max_bytes:
             raise ResourceExhausted(f"the tensors total {total} bytes; this server accepts at most {max_bytes} "
                                     f"per request (raise --max-job-bytes, or load the data in parts)")
-        self._buffers = [np.empty(m.nbytes, dtype=np.uint8) for m in self.metas]
+        self._buffers = [None if i in self.shared else np.empty(m.nbytes, dtype=np.uint8)
+                         for i, m in enumerate(self.metas)]
         self.received = [0] * len(self.metas)
         self._crc = [0] * len(self.metas)
 
     @property
     def bytes_total(self) -> int:
         return sum(m.nbytes for m in self.metas)
+
+    @property
+    def heap_bytes(self) -> int:
+        """Bytes this assembler allocates: the tensors that arrive as chunks."""
+        return sum(m.nbytes for i, m in enumerate(self.metas) if i not in self.shared)
+
+    def adopt(self, i: int, data: np.ndarray) -> None:
+        """Tensor i's bytes are `data` (a uint8 view of shared memory), complete. Not checksummed: they
+        never crossed a wire, and the memory they lie in is sealed against writes."""
+        if i not in self.shared or data.nbytes != self.metas[i].nbytes:
+            raise InvalidInput(f"tensor {self.headers[i].name!r}: shared memory of {data.nbytes} bytes for "
+                               f"{self.metas[i].nbytes}")
+        self._buffers[i], self.received[i], self._crc[i] = data, data.nbytes, None
 
     @property
     def bytes_received(self) -> int:
@@ -134,6 +159,8 @@ class TensorAssembler:
         if i >= len(self.metas):
             raise InvalidInput(f"chunk names tensor_index {i}, but only {len(self.metas)} tensor(s) were declared")
         name, size = self.headers[i].name, len(chunk.data)
+        if i in self.shared:
+            raise InvalidInput(f"tensor {name!r} lies in shared memory: no chunks may follow for it")
         if chunk.offset != self.received[i]:
             raise InvalidInput(f"tensor {name!r}: chunk at offset {chunk.offset}, expected {self.received[i]} "
                                f"(chunks must arrive in order, without gaps or overlaps)")
@@ -167,7 +194,7 @@ class TensorAssembler:
         for h, m, got, crc in zip(self.headers, self.metas, self.received, self._crc):
             if got != m.nbytes:
                 raise InvalidInput(f"tensor {h.name!r}: stream ended after {got} of {m.nbytes} bytes")
-            if h.HasField("crc32c") and crc != h.crc32c:
+            if h.HasField("crc32c") and crc is not None and crc != h.crc32c:
                 raise InvalidInput(f"tensor {h.name!r}: checksum mismatch (crc32c {crc:#010x}, header says "
                                    f"{h.crc32c:#010x}); the data was corrupted or the header is wrong")
         return [self.array(i) for i in range(len(self.headers))]

@@ -10,20 +10,22 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class JoinClusterRequest(_message.Message):
-    __slots__ = ("name", "address", "devices", "credits", "metrics_address", "resident")
+    __slots__ = ("name", "address", "devices", "credits", "metrics_address", "resident", "host_id")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     DEVICES_FIELD_NUMBER: _ClassVar[int]
     CREDITS_FIELD_NUMBER: _ClassVar[int]
     METRICS_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     RESIDENT_FIELD_NUMBER: _ClassVar[int]
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
     name: str
     address: str
     devices: _containers.RepeatedCompositeFieldContainer[_coordinator_service_pb2.DeviceInfo]
     credits: int
     metrics_address: str
     resident: _containers.RepeatedCompositeFieldContainer[ResidentDataset]
-    def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., devices: _Optional[_Iterable[_Union[_coordinator_service_pb2.DeviceInfo, _Mapping]]] = ..., credits: _Optional[int] = ..., metrics_address: _Optional[str] = ..., resident: _Optional[_Iterable[_Union[ResidentDataset, _Mapping]]] = ...) -> None: ...
+    host_id: str
+    def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., devices: _Optional[_Iterable[_Union[_coordinator_service_pb2.DeviceInfo, _Mapping]]] = ..., credits: _Optional[int] = ..., metrics_address: _Optional[str] = ..., resident: _Optional[_Iterable[_Union[ResidentDataset, _Mapping]]] = ..., host_id: _Optional[str] = ...) -> None: ...
 
 class ResidentDataset(_message.Message):
     __slots__ = ("name", "version", "part", "ranges")
@@ -149,14 +151,16 @@ class TaskPartition(_message.Message):
     def __init__(self, inputs: _Optional[_Iterable[_Union[TaskInput, _Mapping]]] = ..., row_offset: _Optional[int] = ...) -> None: ...
 
 class TaskInput(_message.Message):
-    __slots__ = ("tensor", "cache_key", "by_reference")
+    __slots__ = ("tensor", "cache_key", "by_reference", "shared")
     TENSOR_FIELD_NUMBER: _ClassVar[int]
     CACHE_KEY_FIELD_NUMBER: _ClassVar[int]
     BY_REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    SHARED_FIELD_NUMBER: _ClassVar[int]
     tensor: _tensor_pb2.TensorHeader
     cache_key: str
     by_reference: bool
-    def __init__(self, tensor: _Optional[_Union[_tensor_pb2.TensorHeader, _Mapping]] = ..., cache_key: _Optional[str] = ..., by_reference: _Optional[bool] = ...) -> None: ...
+    shared: _tensor_pb2.SharedBuffer
+    def __init__(self, tensor: _Optional[_Union[_tensor_pb2.TensorHeader, _Mapping]] = ..., cache_key: _Optional[str] = ..., by_reference: _Optional[bool] = ..., shared: _Optional[_Union[_tensor_pb2.SharedBuffer, _Mapping]] = ...) -> None: ...
 
 class RunTaskRequest(_message.Message):
     __slots__ = ("task", "chunk")

@@ -9,18 +9,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class DatasetSpec(_message.Message):
-    __slots__ = ("name", "tensor", "csr", "partitioning", "replace")
+    __slots__ = ("name", "tensor", "csr", "partitioning", "replace", "shared")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TENSOR_FIELD_NUMBER: _ClassVar[int]
     CSR_FIELD_NUMBER: _ClassVar[int]
     PARTITIONING_FIELD_NUMBER: _ClassVar[int]
     REPLACE_FIELD_NUMBER: _ClassVar[int]
+    SHARED_FIELD_NUMBER: _ClassVar[int]
     name: str
     tensor: _tensor_pb2.TensorHeader
     csr: CsrMatrix
     partitioning: _job_pb2.Partitioning
     replace: bool
-    def __init__(self, name: _Optional[str] = ..., tensor: _Optional[_Union[_tensor_pb2.TensorHeader, _Mapping]] = ..., csr: _Optional[_Union[CsrMatrix, _Mapping]] = ..., partitioning: _Optional[_Union[_job_pb2.Partitioning, _Mapping]] = ..., replace: _Optional[bool] = ...) -> None: ...
+    shared: _tensor_pb2.SharedBuffer
+    def __init__(self, name: _Optional[str] = ..., tensor: _Optional[_Union[_tensor_pb2.TensorHeader, _Mapping]] = ..., csr: _Optional[_Union[CsrMatrix, _Mapping]] = ..., partitioning: _Optional[_Union[_job_pb2.Partitioning, _Mapping]] = ..., replace: _Optional[bool] = ..., shared: _Optional[_Union[_tensor_pb2.SharedBuffer, _Mapping]] = ...) -> None: ...
 
 class CsrMatrix(_message.Message):
     __slots__ = ("indptr", "indices", "data", "cols")
@@ -206,18 +208,20 @@ class GetClusterStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetClusterStatusResponse(_message.Message):
-    __slots__ = ("agents", "jobs_running", "jobs_total", "metrics_address", "dashboard_address")
+    __slots__ = ("agents", "jobs_running", "jobs_total", "metrics_address", "dashboard_address", "host_id")
     AGENTS_FIELD_NUMBER: _ClassVar[int]
     JOBS_RUNNING_FIELD_NUMBER: _ClassVar[int]
     JOBS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     METRICS_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     DASHBOARD_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
     agents: _containers.RepeatedCompositeFieldContainer[AgentStatus]
     jobs_running: int
     jobs_total: int
     metrics_address: str
     dashboard_address: str
-    def __init__(self, agents: _Optional[_Iterable[_Union[AgentStatus, _Mapping]]] = ..., jobs_running: _Optional[int] = ..., jobs_total: _Optional[int] = ..., metrics_address: _Optional[str] = ..., dashboard_address: _Optional[str] = ...) -> None: ...
+    host_id: str
+    def __init__(self, agents: _Optional[_Iterable[_Union[AgentStatus, _Mapping]]] = ..., jobs_running: _Optional[int] = ..., jobs_total: _Optional[int] = ..., metrics_address: _Optional[str] = ..., dashboard_address: _Optional[str] = ..., host_id: _Optional[str] = ...) -> None: ...
 
 class GetJobTraceRequest(_message.Message):
     __slots__ = ("job_id",)

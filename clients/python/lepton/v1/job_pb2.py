@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from lepton.v1 import tensor_pb2 as lepton_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13lepton/v1/job.proto\x12\tlepton.v1\x1a\x16lepton/v1/tensor.proto\"\xbe\x01\n\x05Param\x12\x13\n\tint_value\x18\x01 \x01(\x03H\x00\x12\x15\n\x0b\x66loat_value\x18\x02 \x01(\x01H\x00\x12\x16\n\x0cstring_value\x18\x03 \x01(\tH\x00\x12\x14\n\nbool_value\x18\x04 \x01(\x08H\x00\x12&\n\x08int_list\x18\x05 \x01(\x0b\x32\x12.lepton.v1.IntListH\x00\x12*\n\nfloat_list\x18\x06 \x01(\x0b\x32\x14.lepton.v1.FloatListH\x00\x42\x07\n\x05value\"\x19\n\x07IntList\x12\x0e\n\x06values\x18\x01 \x03(\x03\"\x1b\n\tFloatList\x12\x0e\n\x06values\x18\x01 \x03(\x01\"s\n\x0cPartitioning\x12*\n\x06scheme\x18\x01 \x01(\x0e\x32\x1a.lepton.v1.PartitionScheme\x12\r\n\x05\x63ount\x18\x02 \x01(\x05\x12\x14\n\x0ctarget_bytes\x18\x03 \x01(\x03\x12\x12\n\nkey_column\x18\x04 \x01(\x05\"`\n\x08JobInput\x12\x0c\n\x04name\x18\x01 \x01(\t\x12)\n\x06tensor\x18\x02 \x01(\x0b\x32\x17.lepton.v1.TensorHeaderH\x00\x12\x11\n\x07\x64\x61taset\x18\x03 \x01(\tH\x00\x42\x08\n\x06source\"\x91\x02\n\x07JobSpec\x12\n\n\x02op\x18\x01 \x01(\t\x12.\n\x06params\x18\x02 \x03(\x0b\x32\x1e.lepton.v1.JobSpec.ParamsEntry\x12#\n\x06inputs\x18\x03 \x03(\x0b\x32\x13.lepton.v1.JobInput\x12-\n\x0cpartitioning\x18\x04 \x01(\x0b\x32\x17.lepton.v1.Partitioning\x12\r\n\x05label\x18\x05 \x01(\t\x12&\n\x05\x65\x61rly\x18\x06 \x01(\x0b\x32\x17.lepton.v1.EarlyAnswers\x1a?\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x1f\n\x05value\x18\x02 \x01(\x0b\x32\x10.lepton.v1.Param:\x02\x38\x01\"\xb6\x01\n\x0c\x45\x61rlyAnswers\x12\x17\n\nconfidence\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x1e\n\x11min_fraction_step\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12!\n\x14min_interval_seconds\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12\x0c\n\x04seed\x18\x04 \x01(\x04\x42\r\n\x0b_confidenceB\x14\n\x12_min_fraction_stepB\x17\n\x15_min_interval_seconds\"\xb4\x02\n\tJobStatus\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\n\n\x02op\x18\x02 \x01(\t\x12\r\n\x05label\x18\x03 \x01(\t\x12\"\n\x05state\x18\x04 \x01(\x0e\x32\x13.lepton.v1.JobState\x12\x16\n\x0e\x62ytes_received\x18\x05 \x01(\x03\x12\x13\n\x0b\x62ytes_total\x18\x06 \x01(\x03\x12\x17\n\x0fpartitions_done\x18\x07 \x01(\x05\x12\x18\n\x10partitions_total\x18\x08 \x01(\x05\x12\x14\n\x0csubmitted_at\x18\t \x01(\x01\x12\x13\n\x0b\x66inished_at\x18\n \x01(\x01\x12\x12\n\nerror_code\x18\x0b \x01(\t\x12\x15\n\rerror_message\x18\x0c \x01(\t\x12\x0f\n\x07retries\x18\r \x01(\x05\x12\x11\n\titeration\x18\x0e \x01(\x05*\x91\x01\n\x0fPartitionScheme\x12 \n\x1cPARTITION_SCHEME_UNSPECIFIED\x10\x00\x12\x1f\n\x1bPARTITION_SCHEME_ROW_BLOCKS\x10\x01\x12\x19\n\x15PARTITION_SCHEME_HASH\x10\x02\x12 \n\x1cPARTITION_SCHEME_ROUND_ROBIN\x10\x03*\x9c\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12JOB_STATE_ACCEPTED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13lepton/v1/job.proto\x12\tlepton.v1\x1a\x16lepton/v1/tensor.proto\"\xbe\x01\n\x05Param\x12\x13\n\tint_value\x18\x01 \x01(\x03H\x00\x12\x15\n\x0b\x66loat_value\x18\x02 \x01(\x01H\x00\x12\x16\n\x0cstring_value\x18\x03 \x01(\tH\x00\x12\x14\n\nbool_value\x18\x04 \x01(\x08H\x00\x12&\n\x08int_list\x18\x05 \x01(\x0b\x32\x12.lepton.v1.IntListH\x00\x12*\n\nfloat_list\x18\x06 \x01(\x0b\x32\x14.lepton.v1.FloatListH\x00\x42\x07\n\x05value\"\x19\n\x07IntList\x12\x0e\n\x06values\x18\x01 \x03(\x03\"\x1b\n\tFloatList\x12\x0e\n\x06values\x18\x01 \x03(\x01\"s\n\x0cPartitioning\x12*\n\x06scheme\x18\x01 \x01(\x0e\x32\x1a.lepton.v1.PartitionScheme\x12\r\n\x05\x63ount\x18\x02 \x01(\x05\x12\x14\n\x0ctarget_bytes\x18\x03 \x01(\x03\x12\x12\n\nkey_column\x18\x04 \x01(\x05\"\x8b\x01\n\x08JobInput\x12\x0c\n\x04name\x18\x01 \x01(\t\x12)\n\x06tensor\x18\x02 \x01(\x0b\x32\x17.lepton.v1.TensorHeaderH\x00\x12\x11\n\x07\x64\x61taset\x18\x03 \x01(\tH\x00\x12)\n\x06shared\x18\x04 \x01(\x0b\x32\x17.lepton.v1.SharedTensorH\x00\x42\x08\n\x06source\"\x91\x02\n\x07JobSpec\x12\n\n\x02op\x18\x01 \x01(\t\x12.\n\x06params\x18\x02 \x03(\x0b\x32\x1e.lepton.v1.JobSpec.ParamsEntry\x12#\n\x06inputs\x18\x03 \x03(\x0b\x32\x13.lepton.v1.JobInput\x12-\n\x0cpartitioning\x18\x04 \x01(\x0b\x32\x17.lepton.v1.Partitioning\x12\r\n\x05label\x18\x05 \x01(\t\x12&\n\x05\x65\x61rly\x18\x06 \x01(\x0b\x32\x17.lepton.v1.EarlyAnswers\x1a?\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x1f\n\x05value\x18\x02 \x01(\x0b\x32\x10.lepton.v1.Param:\x02\x38\x01\"\xb6\x01\n\x0c\x45\x61rlyAnswers\x12\x17\n\nconfidence\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x1e\n\x11min_fraction_step\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12!\n\x14min_interval_seconds\x18\x03 \x01(\x01H\x02\x88\x01\x01\x12\x0c\n\x04seed\x18\x04 \x01(\x04\x42\r\n\x0b_confidenceB\x14\n\x12_min_fraction_stepB\x17\n\x15_min_interval_seconds\"\xb4\x02\n\tJobStatus\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\n\n\x02op\x18\x02 \x01(\t\x12\r\n\x05label\x18\x03 \x01(\t\x12\"\n\x05state\x18\x04 \x01(\x0e\x32\x13.lepton.v1.JobState\x12\x16\n\x0e\x62ytes_received\x18\x05 \x01(\x03\x12\x13\n\x0b\x62ytes_total\x18\x06 \x01(\x03\x12\x17\n\x0fpartitions_done\x18\x07 \x01(\x05\x12\x18\n\x10partitions_total\x18\x08 \x01(\x05\x12\x14\n\x0csubmitted_at\x18\t \x01(\x01\x12\x13\n\x0b\x66inished_at\x18\n \x01(\x01\x12\x12\n\nerror_code\x18\x0b \x01(\t\x12\x15\n\rerror_message\x18\x0c \x01(\t\x12\x0f\n\x07retries\x18\r \x01(\x05\x12\x11\n\titeration\x18\x0e \x01(\x05*\x91\x01\n\x0fPartitionScheme\x12 \n\x1cPARTITION_SCHEME_UNSPECIFIED\x10\x00\x12\x1f\n\x1bPARTITION_SCHEME_ROW_BLOCKS\x10\x01\x12\x19\n\x15PARTITION_SCHEME_HASH\x10\x02\x12 \n\x1cPARTITION_SCHEME_ROUND_ROBIN\x10\x03*\x9c\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12JOB_STATE_ACCEPTED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,10 +34,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_JOBSPEC_PARAMSENTRY']._loaded_options = None
   _globals['_JOBSPEC_PARAMSENTRY']._serialized_options = b'8\001'
-  _globals['_PARTITIONSCHEME']._serialized_start=1295
-  _globals['_PARTITIONSCHEME']._serialized_end=1440
-  _globals['_JOBSTATE']._serialized_start=1443
-  _globals['_JOBSTATE']._serialized_end=1599
+  _globals['_PARTITIONSCHEME']._serialized_start=1339
+  _globals['_PARTITIONSCHEME']._serialized_end=1484
+  _globals['_JOBSTATE']._serialized_start=1487
+  _globals['_JOBSTATE']._serialized_end=1643
   _globals['_PARAM']._serialized_start=59
   _globals['_PARAM']._serialized_end=249
   _globals['_INTLIST']._serialized_start=251
@@ -46,14 +46,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FLOATLIST']._serialized_end=305
   _globals['_PARTITIONING']._serialized_start=307
   _globals['_PARTITIONING']._serialized_end=422
-  _globals['_JOBINPUT']._serialized_start=424
-  _globals['_JOBINPUT']._serialized_end=520
-  _globals['_JOBSPEC']._serialized_start=523
-  _globals['_JOBSPEC']._serialized_end=796
-  _globals['_JOBSPEC_PARAMSENTRY']._serialized_start=733
-  _globals['_JOBSPEC_PARAMSENTRY']._serialized_end=796
-  _globals['_EARLYANSWERS']._serialized_start=799
-  _globals['_EARLYANSWERS']._serialized_end=981
-  _globals['_JOBSTATUS']._serialized_start=984
-  _globals['_JOBSTATUS']._serialized_end=1292
+  _globals['_JOBINPUT']._serialized_start=425
+  _globals['_JOBINPUT']._serialized_end=564
+  _globals['_JOBSPEC']._serialized_start=567
+  _globals['_JOBSPEC']._serialized_end=840
+  _globals['_JOBSPEC_PARAMSENTRY']._serialized_start=777
+  _globals['_JOBSPEC_PARAMSENTRY']._serialized_end=840
+  _globals['_EARLYANSWERS']._serialized_start=843
+  _globals['_EARLYANSWERS']._serialized_end=1025
+  _globals['_JOBSTATUS']._serialized_start=1028
+  _globals['_JOBSTATUS']._serialized_end=1336
 # @@protoc_insertion_point(module_scope)

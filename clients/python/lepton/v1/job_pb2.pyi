@@ -75,14 +75,16 @@ class Partitioning(_message.Message):
     def __init__(self, scheme: _Optional[_Union[PartitionScheme, str]] = ..., count: _Optional[int] = ..., target_bytes: _Optional[int] = ..., key_column: _Optional[int] = ...) -> None: ...
 
 class JobInput(_message.Message):
-    __slots__ = ("name", "tensor", "dataset")
+    __slots__ = ("name", "tensor", "dataset", "shared")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TENSOR_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
+    SHARED_FIELD_NUMBER: _ClassVar[int]
     name: str
     tensor: _tensor_pb2.TensorHeader
     dataset: str
-    def __init__(self, name: _Optional[str] = ..., tensor: _Optional[_Union[_tensor_pb2.TensorHeader, _Mapping]] = ..., dataset: _Optional[str] = ...) -> None: ...
+    shared: _tensor_pb2.SharedTensor
+    def __init__(self, name: _Optional[str] = ..., tensor: _Optional[_Union[_tensor_pb2.TensorHeader, _Mapping]] = ..., dataset: _Optional[str] = ..., shared: _Optional[_Union[_tensor_pb2.SharedTensor, _Mapping]] = ...) -> None: ...
 
 class JobSpec(_message.Message):
     __slots__ = ("op", "params", "inputs", "partitioning", "label", "early")

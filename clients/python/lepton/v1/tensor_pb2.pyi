@@ -2,7 +2,7 @@ from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Iterable as _Iterable
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -59,3 +59,25 @@ class TensorChunk(_message.Message):
     offset: int
     data: bytes
     def __init__(self, tensor_index: _Optional[int] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class SharedBuffer(_message.Message):
+    __slots__ = ("host_id", "pid", "fd", "name", "offset")
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    FD_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    host_id: str
+    pid: int
+    fd: int
+    name: str
+    offset: int
+    def __init__(self, host_id: _Optional[str] = ..., pid: _Optional[int] = ..., fd: _Optional[int] = ..., name: _Optional[str] = ..., offset: _Optional[int] = ...) -> None: ...
+
+class SharedTensor(_message.Message):
+    __slots__ = ("tensor", "buffer")
+    TENSOR_FIELD_NUMBER: _ClassVar[int]
+    BUFFER_FIELD_NUMBER: _ClassVar[int]
+    tensor: TensorHeader
+    buffer: SharedBuffer
+    def __init__(self, tensor: _Optional[_Union[TensorHeader, _Mapping]] = ..., buffer: _Optional[_Union[SharedBuffer, _Mapping]] = ...) -> None: ...

@@ -1,0 +1,234 @@
+"""Tensors in shared memory between Lepton's processes on one host (ARCHITECTURE.md §7).
+
+A sender writes its arrays into one Linux memfd (`SharedArrays`), seals it (no write, shrink or
+grow: what a receiver validated cannot change under it) and sends, instead of the bytes, where they
+lie (`SharedBuffer`: its host, pid, descriptor, the memfd's random name and an offset). A receiver on
+the same host opens `/proc/PID/fd/FD`, checks that it opened a sealed memfd of that name, and maps
+the bytes read-only (`open_shared`): one copy in all (the sender's write), none after it.
+
+Why a memfd and not a file in /dev/shm: it has no name in any file system, so nothing can leak. Its
+memory goes when the last descriptor and mapping of it does, however the processes holding them
+end (a SIGKILL included). Where it cannot work (another host, another pid namespace, another user,
+no /proc), the receiver says so and the bytes travel as chunks instead.
+
+Only this process's own registered memfds are handed on (`registry.locate`): a coordinator passes an
+agent a view of the memfd it opened from its client, never a path it was merely told.
+"""
+from __future__ import annotations
+
+import fcntl
+import mmap
+import os
+import re
+import secrets
+import stat
+import threading
+import weakref
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from lepton.errors import FailedPrecondition
+
+NAME_PREFIX = "lepton-"
+NAME = re.compile(r"^lepton-[0-9a-f]{32}$")
+SEALS = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
+ALIGN = mmap.PAGESIZE  # each tensor starts on a page, so a receiver maps just its own range
+WRITE_BYTES = 64 << 20  # pwrite in pieces of this size, spread over WRITERS threads
+WRITERS = min(4, os.cpu_count() or 1)
+# How a receiver that cannot use shared memory says so (the sender then sends the bytes).
+UNAVAILABLE = "shared memory unavailable"
+
+_host_id: str | None = None
+
+
+def host_id() -> str:
+    """This host and pid namespace: the kernel's boot id and the pid namespace's inode ("" where
+    there is no such thing: then shared memory is never offered). Two processes with the same id can
+    open each other's descriptors through /proc, permissions allowing."""
+    global _host_id
+    if _host_id is None:
+        try:
+            with open("/proc/sys/kernel/random/boot_id") as f:
+                boot = f.read().strip()
+            _host_id = f"{boot}:{os.stat('/proc/self/ns/pid').st_ino}" if hasattr(os, "memfd_create") else ""
+        except OSError:
+            _host_id = ""
+    return _host_id
+
+
+def enabled() -> bool:
+    """Shared memory may be used by this process (LEPTON_SHARED_MEMORY=0 turns it off)."""
+    return bool(host_id()) and os.environ.get("LEPTON_SHARED_MEMORY", "1") not in ("0", "false", "no")
+
+
+def _aligned(n: int) -> int:
+    return -(-n // ALIGN) * ALIGN
+
+
+class SharedArrays:
+    """`arrays` (little-endian, C-contiguous) copied into one sealed memfd of this process; `buffer(i)`
+    says where array i lies. close() once the receiver has opened it (or it is no longer needed)."""
+
+    def __init__(self, arrays: list[np.ndarray]):
+        self.name = NAME_PREFIX + secrets.token_hex(16)
+        self.offsets, size = [], 0
+        for a in arrays:
+            self.offsets.append(size)
+            size = _aligned(size + a.nbytes)
+        self.fd = os.memfd_create(self.name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        try:
+            os.ftruncate(self.fd, max(size, 1))
+            jobs = []  # (piece, offset in the memfd)
+            for a, offset in zip(arrays, self.offsets):
+                data = memoryview(a.reshape(-1).view(np.uint8)) if a.size else memoryview(b"")
+                jobs += [(data[start:start + WRITE_BYTES], offset + start) for start in range(0, len(data), WRITE_BYTES)]
+            if len(jobs) > 1 and WRITERS > 1:  # pwrite lets go of the GIL: the copy runs on several cores
+                with ThreadPoolExecutor(WRITERS, thread_name_prefix="lepton-shm") as pool:
+                    list(pool.map(lambda job: self._write(*job), jobs))
+            else:
+                for job in jobs:
+                    self._write(*job)
+            fcntl.fcntl(self.fd, fcntl.F_ADD_SEALS, SEALS)
+        except BaseException:
+            os.close(self.fd)
+            raise
+        self.pid = os.getpid()
+
+    def _write(self, piece: memoryview, at: int) -> None:
+        done = 0
+        while done < len(piece):
+            done += os.pwrite(self.fd, piece[done:], at + done)
+
+    def buffer(self, i: int) -> dict:
+        """The SharedBuffer fields of array i."""
+        return {"host_id": host_id(), "pid": self.pid, "fd": self.fd, "name": self.name, "offset": self.offsets[i]}
+
+    def close(self) -> None:
+        fd, self.fd = self.fd, -1  # (at most once, whichever thread gets here first)
+        if fd >= 0:
+            os.close(fd)
+
+    def __enter__(self) -> "SharedArrays":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class SharedFile:
+    """A Lepton memfd of a process on this host, opened by this one: its descriptor (so that this
+    process can hand it on) and a read-only mapping of all of it."""
+
+    def __init__(self, host: str, pid: int, fd: int, name: str):
+        if host != host_id() or not host:
+            raise FailedPrecondition(f"{UNAVAILABLE}: the buffer is on another host (or pid namespace)")
+        if not NAME.match(name):
+            raise FailedPrecondition(f"{UNAVAILABLE}: {name!r} is not the name of a Lepton buffer")
+        path = f"/proc/{int(pid)}/fd/{int(fd)}"
+        try:
+            own = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise FailedPrecondition(f"{UNAVAILABLE}: cannot open {path}: {exc.strerror}") from None
+        try:
+            # Checked on the descriptor we hold, not on the path (which could change in between).
+            if (os.readlink(f"/proc/self/fd/{own}") != f"/memfd:{name} (deleted)"
+                    or not stat.S_ISREG(os.fstat(own).st_mode)):
+                raise FailedPrecondition(f"{UNAVAILABLE}: {path} is not the memfd {name!r}")
+            if fcntl.fcntl(own, fcntl.F_GET_SEALS) & SEALS != SEALS:
+                raise FailedPrecondition(f"{UNAVAILABLE}: the memfd {name!r} is not sealed against writes")
+            self.size = os.fstat(own).st_size
+            self.mmap = mmap.mmap(own, self.size, prot=mmap.PROT_READ)
+            self.map = np.frombuffer(self.mmap, dtype=np.uint8)
+        except BaseException:
+            os.close(own)
+            raise
+        self.fd, self.name, self.pid = own, name, os.getpid()
+        self.base = self.map.ctypes.data
+
+    def view(self, offset: int, nbytes: int) -> np.ndarray:
+        """Bytes [offset, offset + nbytes) as a read-only uint8 array (it keeps the mapping alive)."""
+        if offset < 0 or nbytes < 0 or offset + nbytes > self.size:
+            raise FailedPrecondition(f"{UNAVAILABLE}: bytes [{offset}, {offset + nbytes}) are outside the "
+                                     f"{self.size}-byte memfd {self.name!r}")
+        return self.map[offset:offset + nbytes]
+
+    def close(self) -> None:
+        """Stop handing it on; views already taken stay valid (the mapping lives as long as they do,
+        and the memory as long as any process maps or holds it)."""
+        registry.discard(self)
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        self.map = self.mmap = None  # (the mmap object holds a descriptor of its own until no view needs it)
+
+
+MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # Linux 5.14; Python 3.11 lacks the name
+_mapped: "weakref.WeakValueDictionary[str, mmap.mmap]" = weakref.WeakValueDictionary()
+_mapped_lock = threading.Lock()
+
+
+def _mapping(buffer) -> mmap.mmap:
+    """This process's one read-only mapping of the memfd `buffer` names, opened and checked on first
+    use and shared by every view of it (a mapping holds a descriptor: one per view would run out)."""
+    with _mapped_lock:
+        mapped = _mapped.get(buffer.name)
+        if mapped is None:
+            shared = SharedFile(buffer.host_id, buffer.pid, buffer.fd, buffer.name)
+            mapped = shared.mmap
+            shared.close()
+            _mapped[buffer.name] = mapped
+        return mapped
+
+
+def open_views(buffer, pieces: list[tuple[int, int]]) -> list[np.ndarray]:
+    """Read-only uint8 views of `pieces` ((offset, nbytes) ranges) of the memfd `buffer` (a SharedBuffer
+    message) names: the views hold the memory, nothing else does. Each range's page tables are filled
+    up front (MADV_POPULATE_READ: in one go, faster than a fault per page when a kernel reads it)."""
+    mapped = _mapping(buffer)
+    views = []
+    for offset, nbytes in pieces:
+        if offset < 0 or nbytes < 0 or offset + nbytes > len(mapped):
+            raise FailedPrecondition(f"{UNAVAILABLE}: bytes [{offset}, {offset + nbytes}) are outside the "
+                                     f"{len(mapped)}-byte memfd {buffer.name!r}")
+        if nbytes:
+            start = offset - offset % ALIGN
+            try:
+                mapped.madvise(MADV_POPULATE_READ, start, offset + nbytes - start)
+            except OSError:
+                pass  # an older kernel: pages fault in as they are read
+        views.append(np.frombuffer(mapped, dtype=np.uint8, count=nbytes, offset=offset))
+    return views
+
+
+class Registry:
+    """The memfds this process opened and may hand on to its own receivers: an array that is a view
+    of one goes as a SharedBuffer (`locate`) instead of as bytes."""
+
+    def __init__(self):
+        self._files: dict[int, SharedFile] = {}
+        self._lock = threading.Lock()
+
+    def add(self, shared: SharedFile) -> SharedFile:
+        with self._lock:
+            self._files[id(shared)] = shared
+        return shared
+
+    def discard(self, shared: SharedFile) -> None:
+        with self._lock:
+            self._files.pop(id(shared), None)
+
+    def locate(self, array: np.ndarray) -> dict | None:
+        """The SharedBuffer fields of `array` if it is a contiguous view of a registered memfd."""
+        if not self._files or not array.flags.c_contiguous or array.nbytes == 0:
+            return None
+        start = array.__array_interface__["data"][0]
+        with self._lock:
+            for shared in self._files.values():
+                if shared.fd >= 0 and shared.base <= start and start + array.nbytes <= shared.base + shared.size:
+                    return {"host_id": host_id(), "pid": shared.pid, "fd": shared.fd, "name": shared.name,
+                            "offset": start - shared.base}
+        return None
+
+
+registry = Registry()
