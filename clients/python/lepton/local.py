@@ -105,12 +105,13 @@ class LocalCluster:
         ha = ["--etcd", self.etcd.url] if self.ha else []
         process = self._spawn(name, ["coordinator", "--listen", listen, "--ready-file", str(ready), *data, *ha,
                                      *self._coordinator_args, *args], env)
-        self._wait(lambda: ready.exists(), [process], name)
-        if index < len(self.coordinators):
-            self.coordinators[index], self.addresses[index] = process, ready.read_text()
+        if index < len(self.coordinators):  # (before the wait, which watches the coordinators)
+            self.coordinators[index] = process
         else:
             self.coordinators.append(process)
-            self.addresses.append(ready.read_text())
+            self.addresses.append("")
+        self._wait(lambda: ready.exists(), [process], name)
+        self.addresses[index] = ready.read_text()
         self.coordinator, self.address = self.coordinators[0], ",".join(self.addresses)
 
     def kill_coordinator(self, sig: int = signal.SIGKILL, index: int = 0) -> None:
