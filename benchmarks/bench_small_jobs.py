@@ -1,12 +1,14 @@
 """Small jobs (issue #20, W6): the latency and throughput of a sum of 1,024 float32.
 
-    flock /tmp/lepton-bench.lock .venv/bin/python benchmarks/bench_small_jobs.py [--jobs 400] [--callers 16]
+    flock /tmp/lepton-bench.lock .venv/bin/python benchmarks/bench_small_jobs.py [--jobs 400] [--callers 16] [--ha]
 
 On a LocalCluster (2 NumPy agents) it prints, for `client.sum(x)` on 1,024 float32, the p50, p90
 and minimum latency of sequential jobs and the jobs/s of 16 callers sharing one client; beside it, in
 the same run, a bare gRPC unary call on loopback (the coordinator's own health check, which does no
 work) measured the same two ways: the floor that any round trip through Python gRPC pays. Every
 result is checked against NumPy (rtol 1e-5: float32 values summed with float64 accumulators).
+With --ha the cluster is an HA pair (LocalCluster(ha=True): etcd, a leader and a standby), and the
+figures are the leader's: what writing each job's record to etcd costs.
 """
 from __future__ import annotations
 
@@ -75,12 +77,16 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=400, help="jobs per measurement")
     parser.add_argument("--callers", type=int, default=16)
     parser.add_argument("--agents", type=int, default=2)
+    parser.add_argument("--ha", action="store_true", help="an HA pair with its metadata in etcd")
     args = parser.parse_args()
     x = np.random.default_rng(6).random(1024, dtype=np.float32)
     want = x.astype(np.float64).sum()
-    with lepton.LocalCluster(agents=args.agents) as cluster:
+    with lepton.LocalCluster(agents=args.agents, ha=args.ha) as cluster:
         client = cluster.client(timeout=60)
-        channel = grpc.insecure_channel(cluster.address)
+        client.cluster_status()  # (with --ha, once a leader is elected)
+        leader = next(i for i, a in enumerate(cluster.addresses)
+                      if lepton.Client(a, **cluster.credentials()).health() == "SERVING")
+        channel = cluster.channel(cluster.addresses[leader])  # with the cluster's token
         health = health_pb2_grpc.HealthStub(channel)
 
         def bare():
@@ -91,13 +97,14 @@ def main() -> None:
             if not np.isclose(got, want, rtol=1e-5):
                 raise AssertionError(f"sum {got} != {want}")
 
-        print(f"sum of 1,024 float32 on {args.agents} NumPy agents; {args.jobs} calls per figure, "
+        print(f"sum of 1,024 float32 on {args.agents} NumPy agents{', HA pair with etcd' if args.ha else ''}; "
+              f"{args.jobs} calls per figure, "
               f"after {args.jobs // 10} warm-up calls")
         print("CPU ms per call, over both measurements: of the coordinator, of all agents, of this "
               "client process (the machine's load does not inflate these much; wall times it does)")
         print(f"{'':<28} {'p50 ms':>8} {'p90 ms':>8} {'min ms':>8} {'seq /s':>10} "
               f"{f'{args.callers} callers /s':>14} {'coord CPU':>11} {'agents CPU':>11} {'client CPU':>11}")
-        pids = [cluster.coordinator.pid, *(a.pid for a in cluster.agents)]
+        pids = [cluster.coordinators[leader].pid, *(a.pid for a in cluster.agents)]
         for name, call in (("bare gRPC unary (health)", bare), ("lepton sum of 1,024 f32", job)):
             latencies(call, args.jobs // 10)
             before, client_before = [cpu_seconds(p) for p in pids], time.process_time()

@@ -24,9 +24,12 @@ from lepton.coordinator import planner
 from lepton.coordinator.agent_link import AgentLink
 from lepton.coordinator.datasets import CSR_PARTS, DatasetStore
 from lepton.coordinator.early import EarlyAnswers, EarlyOptions
-from lepton.coordinator.jobs import Job, JobRecord
+from lepton.coordinator.jobs import Job, JobRecord, JobState
 from lepton.coordinator.membership import Membership
 from lepton.coordinator.scheduler import Scheduler
+from lepton.coordinator import store as store_records
+from lepton.coordinator.store import MemoryStore, WriteBehind
+from lepton.contract import DeviceInfo
 from lepton.logs import event
 from lepton import sharedmem
 from lepton.tuning import IdleTrim
@@ -72,17 +75,25 @@ def adopt_shared(inputs: TensorAssembler, shared: dict) -> list:
 
 
 class Coordinator:
-    def __init__(self, config: Config | None = None, dial=None):
-        """dial(address) -> grpc.Channel opens the links to agents (lepton.security.Credentials.channel)."""
+    def __init__(self, config: Config | None = None, dial=None, store=None):
+        """dial(address) -> grpc.Channel opens the links to agents (lepton.security.Credentials.channel).
+        store keeps the metadata a successor loads (lepton.coordinator.store; default: in memory). A
+        coordinator given one is a standby until `take_over`: it reads nothing back before then."""
         self.config = config or Config()
+        self.store = store or MemoryStore()
+        # Job records lag behind, off the jobs' path, where writes cost a round trip (etcd).
+        self._job_store = self.store if store is None else WriteBehind(store, self._write_failed)
         self.membership = Membership(self.config.heartbeat_timeout, lambda a: AgentLink(a, dial(a) if dial else None),
                                      on_change=lambda: self.scheduler.notify(),
-                                     on_remove=lambda agent: self.scheduler.on_agent_removed(agent),
-                                     max_agents=self.config.max_agents)
+                                     on_remove=self._agent_removed, max_agents=self.config.max_agents,
+                                     on_join=lambda agent: self._store(store_records.AGENTS, agent.id,
+                                                                       store_records.agent_record(agent)))
         self.scheduler = Scheduler(self.membership, self.config.max_attempts, self.config.agent_wait,
                                    self.config.steal_backlog, self.config.target_partition_bytes)
         self._tmp = None if self.config.data_dir else tempfile.TemporaryDirectory(prefix="lepton-data-")
-        self.datasets = DatasetStore(Path(self.config.data_dir or self._tmp.name), self.config.test_save_delay)
+        self.datasets = DatasetStore(Path(self.config.data_dir or self._tmp.name), self.config.test_save_delay,
+                                     reload=store is None, on_saved=self._dataset_saved,
+                                     on_dropped=lambda d: self._unstore(store_records.DATASETS, d.name))
         self._jobs: dict[str, Job] = {}
         self._records: collections.OrderedDict[str, JobRecord] = collections.OrderedDict()
         self._ids = itertools.count(1)
@@ -127,6 +138,8 @@ class Coordinator:
         job = Job(f"job-{self.membership.incarnation}-{next(self._ids)}", op, params, label, inputs, plan,
                   self.config.tree_arity, deadline, datasets, answers)
         job.shared_files = files  # closed when the job's call ends (`finished`)
+        job.on_finish = lambda: self._store(store_records.JOBS, job.id, store_records.job_record(job.record))
+        self._store(store_records.JOBS, job.id, store_records.job_record(job.record))
         with self._lock:
             self._jobs[job.id] = job
             self._records[job.id] = job.record
@@ -151,6 +164,7 @@ class Coordinator:
         for job_id in victims:
             del self._records[job_id]
             self._jobs.pop(job_id, None)
+            self._unstore(store_records.JOBS, job_id)
 
     @staticmethod
     def _dataset_plan(op, datasets: dict, names: list[str]) -> planner.Plan:
@@ -243,6 +257,8 @@ class Coordinator:
                 parts = {part: parts[f"a_{part}"] for part in CSR_PARTS}
             dataset, old = self.datasets.create(name, parts, plan.row_splits, replace, cols)
             self.place(dataset)
+            if dataset.saved.is_set():  # saved while placing: store the placement too
+                self._dataset_saved(dataset)
         if old is not None:  # (its copy on disk goes once the new one is whole: DatasetStore.add)
             self._forget_keys(old)
         event(log, "dataset.loaded", dataset=name, bytes=dataset.nbytes, partitions=dataset.partitions,
@@ -379,6 +395,66 @@ class Coordinator:
         with self._lock:
             return list(reversed(self._records.values()))[:limit]
 
+    # -- the metadata store ------------------------------------------------------------------
+    def _store(self, kind: str, key: str, value: dict | None) -> None:
+        """Write one record (None: delete it); a failure is logged, not raised: the work it describes
+        goes on, and a store that refuses a fenced write has already told the leadership (which stops us)."""
+        store = self._job_store if kind == store_records.JOBS else self.store
+        try:
+            store.put(kind, key, value) if value is not None else store.delete(kind, key)
+        except Exception as exc:  # noqa: BLE001 - etcd unreachable, or no longer ours
+            self._write_failed(exc, 1)
+
+    def _unstore(self, kind: str, key: str) -> None:
+        self._store(kind, key, None)
+
+    @staticmethod
+    def _write_failed(exc: Exception, count: int) -> None:
+        event(log, "store.write_failed", level=logging.WARNING, records=count, error=f"{type(exc).__name__}: {exc}")
+
+    def _dataset_saved(self, dataset) -> None:
+        self._store(store_records.DATASETS, dataset.name, store_records.dataset_record(dataset))
+
+    def _agent_removed(self, agent) -> None:
+        self.scheduler.on_agent_removed(agent)
+        self._unstore(store_records.AGENTS, agent.id)
+
+    def take_over(self) -> None:
+        """Load what the previous leader left (a standby calls this on being elected): the agents
+        from the store (they count as just seen, keeping their ids), the datasets from their copies
+        in the shared data folder (as a restarted coordinator does) with the placement the store
+        recorded, and the job records. Jobs that were running are lost with their leader: their
+        records end FAILED with UNAVAILABLE, and their clients resubmit them."""
+        for record in self.store.load(store_records.AGENTS).values():
+            self.membership.restore(record["id"], record["name"], record["address"],
+                                    [DeviceInfo(**d) for d in record["devices"]], record["credits"],
+                                    record["metrics_address"])
+        agents = {a.id: a for a in self.membership.agents()}
+        self.datasets.reload()
+        for record in self.store.load(store_records.DATASETS).values():
+            try:
+                dataset = self.datasets.get(record["name"])
+            except NotFound:
+                dataset = None
+            if dataset is None or dataset.version != record["version"]:
+                continue  # its copy never became whole, or was replaced: the folder is the truth
+            for partition, agent_id in record["placement"].items():  # by reference; a miss is resent
+                if agent_id in agents:
+                    dataset.placement[int(partition)] = agent_id
+                    agents[agent_id].link.cached.update(dataset.key(int(partition), part) for part in dataset.arrays)
+        records = sorted(self.store.load(store_records.JOBS).values(), key=lambda r: r["submitted_at"])
+        for fields in records[-self.config.history:]:
+            record = JobRecord(**{k: v for k, v in fields.items() if k != "state"}, state=JobState[fields["state"]])
+            if not record.state.final:
+                record.state, record.finished_at = JobState.FAILED, time.time()
+                record.error_code = "UNAVAILABLE"
+                record.error_message = "the coordinator that ran it was lost; resubmit the job"
+                self._store(store_records.JOBS, record.job_id, store_records.job_record(record))
+            with self._lock:
+                self._records[record.job_id] = record
+        event(log, "coordinator.took_over", agents=len(agents), datasets=len(self.datasets.all()),
+              jobs=len(records))
+
     def _reap(self) -> None:
         trim = IdleTrim()
         while not self._stop.wait(self.config.heartbeat_interval / 2):
@@ -394,6 +470,8 @@ class Coordinator:
         for job in jobs:
             self.scheduler.end(job, "UNAVAILABLE", "the coordinator is shutting down")
         self.scheduler.stop()
+        if self._job_store is not self.store:
+            self._job_store.close()  # the jobs' final records, while we still lead
         for agent in self.membership.agents():
             agent.link.close()
         if self._tmp is not None:

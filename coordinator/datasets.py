@@ -131,14 +131,26 @@ class DatasetStore:
     """The catalog of datasets by name, and their copies in `directory`. Every change of the catalog
     goes through these methods (a shared store can sit under them)."""
 
-    def __init__(self, directory: Path, test_save_delay: float = 0.0):
+    def __init__(self, directory: Path, test_save_delay: float = 0.0, reload: bool = True,
+                 on_saved=lambda dataset: None, on_dropped=lambda dataset: None):
+        """reload: read the folder's datasets back now. A standby sharing the folder with a leader
+        must not (the reload removes files it does not know, such as the leader's copies being
+        written): it calls reload() when it takes over. on_saved and on_dropped keep the metadata
+        store in step (lepton.coordinator.store)."""
         self.directory, self.test_save_delay = Path(directory), test_save_delay
         self.directory.mkdir(parents=True, exist_ok=True)
         self._datasets: dict[str, Dataset] = {}
         self._placing: dict[str, Dataset] = {}  # by version: made by new(), placed, not added yet
         self._generation = 0
+        self._on_saved, self._on_dropped = on_saved, on_dropped
         self._lock = threading.Lock()
-        self._reload()
+        if reload:
+            self._reload()
+
+    def reload(self) -> None:
+        """The datasets a previous coordinator on this (shared) folder left, as at a start."""
+        with self._lock:
+            self._reload()
 
     @staticmethod
     def check_name(name: str) -> None:
@@ -221,6 +233,7 @@ class DatasetStore:
         dataset.saved.set()
         if replaced is not None:
             self.remove_file(replaced)
+        self._on_saved(dataset)
 
     def _reload(self) -> None:
         """Read back the datasets whose manifests a previous coordinator on this folder wrote: the
@@ -302,6 +315,7 @@ class DatasetStore:
         if dataset is None:
             raise NotFound(f"no dataset named {name!r}")
         self.remove_file(dataset)
+        self._on_dropped(dataset)  # (a replaced dataset's record is overwritten by its successor's instead)
         return dataset
 
     def remove_file(self, dataset: Dataset) -> None:

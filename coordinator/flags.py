@@ -38,6 +38,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="agents registered at once [LEPTON_MAX_AGENTS]")
     parser.add_argument("--max-client-jobs", type=int, default=int(env("LEPTON_MAX_CLIENT_JOBS", 64)),
                         help="jobs one client (token or certificate) may run at once [LEPTON_MAX_CLIENT_JOBS]")
+    parser.add_argument("--etcd", default=env("LEPTON_ETCD", ""),
+                        help="high availability: http://HOST:PORT of etcd, where the coordinators elect a leader and "
+                             "keep the metadata; run two or more, sharing --data-dir (default: none, one "
+                             "coordinator with its metadata in memory) [LEPTON_ETCD]")
+    parser.add_argument("--etcd-prefix", default=env("LEPTON_ETCD_PREFIX", "/lepton/"),
+                        help="the cluster's keys in etcd: one prefix per cluster [LEPTON_ETCD_PREFIX]")
+    parser.add_argument("--lease-ttl", type=int, default=int(env("LEPTON_LEASE_TTL", 2)),
+                        help="seconds a dead leader keeps the lead before a standby takes over (at least 2, "
+                             "etcd's minimum) [LEPTON_LEASE_TTL]")
+    parser.add_argument("--advertise", default=env("LEPTON_COORDINATOR_ADVERTISE", ""),
+                        help="host:port that standbys name to clients and agents (default: the listen address) "
+                             "[LEPTON_COORDINATOR_ADVERTISE]")
     credentials.add_server_arguments(parser, "coordinator")
     lifecycle.add_arguments(parser)
     # Tests: seconds the writer of a dataset's copy waits, its bytes in a temporary file, before it

@@ -154,6 +154,7 @@ class Job:
         if early is not None:
             early.emit = lambda estimate: self.events.put(("estimate", estimate))
         self.wake: Callable[[], None] = lambda: None  # the scheduler's: new partitions are ready
+        self.on_finish: Callable[[], None] = lambda: None  # the coordinator's: store the final record
         self.aggregator = TreeAggregator(Tree(plan.count, tree_arity), op.combine)
         self.result: dict[str, np.ndarray] | None = None
         self.input_complete = False
@@ -196,6 +197,7 @@ class Job:
               seconds=f"{self.record.finished_at - self.record.submitted_at:.3f}", retries=self.record.retries)
         metrics.JOBS.labels(self.op.name, state.name).inc()
         metrics.JOB_SECONDS.labels(self.op.name).observe(self.record.finished_at - self.record.submitted_at)
+        self.on_finish()  # before the client hears of it: a successor then knows the job ended
         self.events.put(("done",))
         return True
 

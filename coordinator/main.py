@@ -11,7 +11,7 @@ from lepton.coordinator.server import serve
 from lepton import security
 from lepton.logs import configure, event
 from lepton import lifecycle
-from lepton.serving import NOT_SERVING, start_metrics
+from lepton.serving import NOT_SERVING, SERVING, start_metrics
 from lepton.tuning import keep_large_buffers_in_heap
 
 log = logging.getLogger("lepton.coordinator")
@@ -30,14 +30,28 @@ def run(args: argparse.Namespace) -> int:
                     agent_wait=args.agent_wait, data_dir=args.data_dir,
                     max_active_bytes=int(args.max_active_mib * (1 << 20)), max_agents=args.max_agents,
                     test_save_delay=args.test_slow_disk)
-    coordinator = Coordinator(config, dial=creds.channel)
+    leadership = store = None
+    if args.etcd:  # high availability: a leader elected in etcd, and the metadata kept there
+        from lepton.coordinator.etcd_store import EtcdStore
+        from lepton.coordinator.leadership import Leadership, connect
+
+        etcd = connect(args.etcd)
+        leadership = Leadership(etcd, args.etcd_prefix, "", max(2, args.lease_ttl),
+                                on_elected=lambda: (coordinator.take_over(), health.set_all(SERVING)),
+                                on_lost=lambda reason: shutdown.request(f"lost the leadership: {reason}"))
+        store = EtcdStore(etcd, args.etcd_prefix, leadership)
+    coordinator = Coordinator(config, dial=creds.channel, store=store)
     metrics.register(coordinator)
     metrics_address = start_metrics(args.metrics_listen, **security.metrics_tls(creds))
     board = dashboard.start(coordinator, args.dashboard_listen, token=creds.token)  # the API's token
     server, port, health = serve(coordinator, args.listen, metrics_address,
                                  dashboard_address=board.address if board else "", creds=creds,
-                                 max_client_jobs=args.max_client_jobs)
+                                 max_client_jobs=args.max_client_jobs, leadership=leadership)
     address = f"{args.listen.rsplit(':', 1)[0]}:{port}"
+    if leadership is not None:  # a standby until elected: health says so, and the gate turns calls away
+        health.set_all(NOT_SERVING)
+        leadership.address = args.advertise or address
+        leadership.start()
     event(log, "coordinator.serving", address=address, metrics=metrics_address or "off",
           dashboard=board.address if board else "off")
     if args.ready_file:
@@ -51,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
     health.set_all(NOT_SERVING)
     shutdown.step("ending jobs")
     coordinator.stop()
+    if leadership is not None:
+        leadership.stop()  # hands the lead to a standby at once
     if board is not None:
         board.stop()
     shutdown.stop_server(server)

@@ -58,9 +58,11 @@ class Agent:
 
 class Membership:
     def __init__(self, heartbeat_timeout: float, make_link: Callable[[str], object],
-                 on_change: Callable[[], None], on_remove: Callable[[Agent], None], max_agents: int = 1024):
+                 on_change: Callable[[], None], on_remove: Callable[[Agent], None], max_agents: int = 1024,
+                 on_join: Callable[[Agent], None] = lambda agent: None):
         self.heartbeat_timeout, self.max_agents = heartbeat_timeout, max_agents
         self._make_link, self._on_change, self._on_remove = make_link, on_change, on_remove
+        self._on_join = on_join  # the coordinator's: store the agent (a successor takes it back)
         self._agents: dict[str, Agent] = {}
         # Ids carry this coordinator's incarnation: an agent still heartbeating an id from before a
         # restart is told to join again, never taken for the agent the new one gave that number.
@@ -93,8 +95,20 @@ class Membership:
                 agent.link.close()
                 raise
             self._agents[agent.id] = agent
+        self._on_join(agent)
         event(log, "agent.joined", agent=agent.id, name=name, address=address,
               devices=",".join(d.name for d in devices), credits=agent.credits)
+        self._on_change()
+        return agent
+
+    def restore(self, agent_id: str, name: str, address: str, devices: list[DeviceInfo], credits: int,
+                metrics_address: str = "") -> Agent:
+        """Take back an agent a previous leader had (from the store), keeping its id: it counts as
+        just seen, and expires as usual unless it heartbeats here (it follows the leader by itself)."""
+        agent = Agent(agent_id, name, address, devices, max(1, credits), self._make_link(address), metrics_address)
+        with self._lock:
+            self._agents[agent.id] = agent
+        event(log, "agent.restored", agent=agent.id, name=name, address=address)
         self._on_change()
         return agent
 

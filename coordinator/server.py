@@ -266,9 +266,14 @@ class AgentRegistryServicer(agent_grpc.AgentRegistryServiceServicer):
 
 def serve(coordinator: Coordinator, address: str, metrics_address: str = "", max_workers: int = 128,
           dashboard_address: str = "", interceptors: list[grpc.ServerInterceptor] = (),
-          creds: security.Credentials | None = None, max_client_jobs: int = 64):
+          creds: security.Credentials | None = None, max_client_jobs: int = 64, leadership=None):
     """Start serving (TLS and tokens as creds say); returns the server, the bound port (address may
-    end in :0) and its health. The security gate runs before any other interceptor."""
+    end in :0) and its health. The security gate runs before any other interceptor; with a
+    leadership (lepton.coordinator.leadership), the standby gate next."""
+    if leadership is not None:
+        from lepton.coordinator.leadership import StandbyGate
+
+        interceptors = [StandbyGate(leadership), *interceptors]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
                          maximum_concurrent_rpcs=max_workers - 8, options=security.server_options(),
                          interceptors=[security.coordinator_gate(creds, max_client_jobs), *interceptors])

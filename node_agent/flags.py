@@ -16,7 +16,8 @@ def _delay(text: str) -> tuple[float, float]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     env = os.environ.get
     parser.add_argument("--coordinator", default=env("LEPTON_COORDINATOR", "127.0.0.1:50051"),
-                        help="coordinator host:port [LEPTON_COORDINATOR]")
+                        help="coordinator host:port; of a highly available cluster, every coordinator's, "
+                             "comma-separated: the agent follows the leader [LEPTON_COORDINATOR]")
     parser.add_argument("--device", action="append", default=None,
                         help="device spec: numpy[:N], opencl[:I|:NAME], mpi (under mpiexec), mpi:N[@HOSTFILE] "
                              "(launches N ranks; LEPTON_MPI_HOSTFILE); repeatable or comma-separated "

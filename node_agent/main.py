@@ -6,7 +6,7 @@ import logging
 import os
 
 from lepton.backends.discovery import open_devices
-from lepton import security
+from lepton import failover, security
 from lepton.errors import ResourceExhausted
 from lepton.logs import configure, event
 from lepton.tuning import keep_large_buffers_in_heap
@@ -28,8 +28,8 @@ def _out_of_memory(op, inputs, params):
 def run(args: argparse.Namespace) -> int:
     configure("agent")
     creds = security.credentials_from_args(args, "agent")
-    security.check_exposure("agent", creds, addresses.listen_address(args.listen, args.coordinator),
-                            args.metrics_listen)
+    towards = failover.parse(args.coordinator)[0]  # of several (a highly available cluster), the first
+    security.check_exposure("agent", creds, addresses.listen_address(args.listen, towards), args.metrics_listen)
     keep_large_buffers_in_heap()
     parent = lifecycle.ParentGuard.from_env()  # before open_devices: mpi:N execs mpiexec, which keeps PDEATHSIG
     # Devices first: an MPI device may re-exec this process under mpiexec, before any thread exists.
@@ -38,9 +38,9 @@ def run(args: argparse.Namespace) -> int:
         for device in devices:
             device.run = _out_of_memory
     agent = Agent(devices, args.credits, args.test_delay, int(args.cache_mib * (1 << 20)))
-    listen = addresses.listen_address(args.listen, args.coordinator)
+    listen = addresses.listen_address(args.listen, towards)
     server, port, health = serve(agent, listen, creds=creds)
-    address = addresses.advertise_address(args.advertise, listen, port, args.coordinator)
+    address = addresses.advertise_address(args.advertise, listen, port, towards)
     metrics.register(agent)
     metrics_address = start_metrics(args.metrics_listen, **security.metrics_tls(creds))
     event(log, "agent.serving", address=address, devices=",".join(d.name for d in devices),
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     shutdown = lifecycle.Shutdown(args.shutdown_timeout)
     membership = MembershipClient(agent, args.coordinator, args.name, address, metrics_address,
                                   coordinator_timeout=args.coordinator_timeout, on_give_up=shutdown.request,
-                                  channel=creds.channel(args.coordinator))
+                                  dial=creds.channel)
     membership.start()
     parent.watch(shutdown.request)
     broken: list[str] = []

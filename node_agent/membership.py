@@ -18,7 +18,7 @@ import time
 
 import grpc
 
-from lepton import sharedmem, wire
+from lepton import failover, sharedmem, wire
 from lepton.contract import DATASET_KEY_PREFIX, parse_dataset_key
 from lepton.logs import event
 from lepton.tuning import IdleTrim
@@ -50,18 +50,20 @@ def resident(keys: list[str]) -> list[pb.ResidentDataset]:
 
 
 class MembershipClient:
-    BACKOFF_FIRST, BACKOFF_MAX = 0.1, 5.0
+    BACKOFF_FIRST, BACKOFF_MAX, FOLLOW_BACKOFF_MAX = 0.1, 5.0, 0.5
 
     def __init__(self, agent: Agent, coordinator: str, name: str, address: str, metrics_address: str = "",
-                 coordinator_timeout: float = 0, on_give_up=lambda reason: None, channel: grpc.Channel | None = None):
+                 coordinator_timeout: float = 0, on_give_up=lambda reason: None, dial=grpc.insecure_channel):
+        """coordinator: its address, or every coordinator's of a highly available cluster ("a:1,b:2"):
+        the agent follows the leader (lepton.failover). dial(address) -> channel, with the join credential."""
         self.agent, self.coordinator, self.name, self.address = agent, coordinator, name, address
         self.metrics_address = metrics_address
         self.coordinator_timeout, self._on_give_up = coordinator_timeout, on_give_up
         self.gave_up = ""  # why the agent stopped waiting for its coordinator, once it has
         self.agent_id: str | None = None
         self.interval = 0.5
-        self._channel = channel or grpc.insecure_channel(coordinator)  # channel: with the join credential
-        self._stub = pb_grpc.AgentRegistryServiceStub(self._channel)
+        self._coordinators = failover.Coordinators(coordinator, dial)
+        self._stub = pb_grpc.AgentRegistryServiceStub(self._coordinators.channel())
         self._stop = threading.Event()
         self._trim = IdleTrim()
         self._thread = threading.Thread(target=self._loop, name="membership", daemon=True)
@@ -75,6 +77,7 @@ class MembershipClient:
     def _loop(self) -> None:
         backoff, last_contact = self.BACKOFF_FIRST, time.monotonic()
         while not self._stop.is_set():
+            address = self._coordinators.current
             try:
                 if self.agent_id is None:
                     held = resident(self.agent.cache.keys(DATASET_KEY_PREFIX))
@@ -85,7 +88,7 @@ class MembershipClient:
                     for prefix in reply.stale_prefixes:
                         self.agent.cache.drop_prefix(prefix)
                     self.agent_id, self.interval = reply.agent_id, reply.heartbeat_interval_seconds or 0.5
-                    event(log, "agent.joined", agent=self.agent_id, coordinator=self.coordinator,
+                    event(log, "agent.joined", agent=self.agent_id, coordinator=address,
                           resident=sum(r.end - r.start for d in held for r in d.ranges),
                           stale=len(reply.stale_prefixes))
                 elif not self._stub.Heartbeat(pb.HeartbeatRequest(agent_id=self.agent_id, devices=self._devices()),
@@ -98,6 +101,13 @@ class MembershipClient:
                 self._trim.poll(self.agent.busy(), last_contact)
                 self._stop.wait(self.interval)
             except grpc.RpcError as exc:
+                followed = self._coordinators.follow(exc, address, 0, time.monotonic())  # a standby, or a dead address
+                if followed:
+                    self._stub = pb_grpc.AgentRegistryServiceStub(self._coordinators.channel())
+                    event(log, "coordinator.following", level=logging.INFO, turned_away_by=address,
+                          trying=self._coordinators.current, code=exc.code().name)
+                    if failover.standby_answer(exc)[1]:  # a standby named the leader: go there now
+                        continue
                 silent = time.monotonic() - last_contact
                 event(log, "coordinator.unreachable", level=logging.WARNING, coordinator=self.coordinator,
                       code=exc.code().name, seconds=round(silent, 1))
@@ -112,7 +122,9 @@ class MembershipClient:
                 if self.coordinator_timeout:  # try once more right at the limit, not past it
                     pause = min(pause, self.coordinator_timeout - silent)
                 self._stop.wait(pause)
-                backoff = min(self.BACKOFF_MAX, backoff * 2)
+                # Following a failover (several addresses), the next try is another server: back off
+                # less, so that the agent reaches the new leader before its heartbeat timeout.
+                backoff = min(self.FOLLOW_BACKOFF_MAX if followed else self.BACKOFF_MAX, backoff * 2)
 
     def stop(self) -> None:
         """Stop heartbeating and leave; quick, as it runs inside the agent's bounded shutdown."""
@@ -123,4 +135,4 @@ class MembershipClient:
                 self._stub.LeaveCluster(pb.LeaveClusterRequest(agent_id=self.agent_id), timeout=0.5)
             except grpc.RpcError:
                 pass  # the coordinator will expire us
-        self._channel.close()
+        self._coordinators.close()

@@ -22,13 +22,15 @@ FOLDERS = {"lepton": "clients/python/lepton", "lepton.coordinator": "coordinator
 # Each layer, from the bottom, with the modules in it (a prefix covers its submodules) and the layers it
 # may import besides its own. The CLI may import anything.
 CONTRACT = ("lepton.v1", "lepton.errors", "lepton.contract", "lepton.wire", "lepton.logs", "lepton.tuning",
-            "lepton.serving", "lepton.rpc_errors", "lepton.lifecycle", "lepton.credentials", "lepton.security", "lepton.sharedmem")
+            "lepton.serving", "lepton.rpc_errors", "lepton.lifecycle", "lepton.credentials", "lepton.security",
+            "lepton.sharedmem", "lepton.failover")
 LAYERS = {
     "contract": (CONTRACT, set()),
     "backends": (("lepton.backends",), {"contract"}),
     "coordinator": (("lepton.coordinator",), {"contract", "backends"}),
     "agent": (("lepton.agent",), {"contract", "backends"}),
-    "client": (("lepton.client", "lepton.retry", "lepton.local", "lepton.trace", "lepton.certs"), {"contract"}),
+    "client": (("lepton.client", "lepton.retry", "lepton.local", "lepton.trace", "lepton.certs", "lepton.etcd_process"),
+               {"contract"}),
     "cli": (("lepton.cli", "lepton.demo", "lepton.__main__", "lepton.slurm"), {"contract", "backends", "coordinator", "agent",
                                                                "client"}),
 }

@@ -364,7 +364,7 @@ def test_an_agent_retries_its_coordinator_with_doubling_pauses_at_most_5s_apart(
 
     monkeypatch.setattr(client._stop, "wait", wait)
     client._loop()
-    client._channel.close()
+    client._coordinators.close()  # (its channels: one per coordinator address)
     assert pauses == [0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0, 5.0], pauses
 
 

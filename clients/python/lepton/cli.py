@@ -175,11 +175,12 @@ def cmd_up(args) -> int:
     # The children stop within most of our bound, so that we can still SIGKILL a straggler in it.
     children = max(0.5, 0.8 * args.shutdown_timeout)
     cluster = LocalCluster(agents=args.agents, devices=args.device, detach=args.detach,
-                           env={"LEPTON_SHUTDOWN_TIMEOUT": f"{children:g}"})
+                           env={"LEPTON_SHUTDOWN_TIMEOUT": f"{children:g}"}, ha=args.ha)
     if args.detach:
         cluster.start()
         cluster.close_clients()
-        pids = " ".join(str(p.pid) for p in [cluster.coordinator, *cluster.agents])
+        pids = " ".join(str(p.pid) for p in [*cluster.coordinators, *cluster.agents,
+                                             *([cluster.etcd.process] if cluster.etcd else [])])
         print(f"lepton cluster up, detached: coordinator {cluster.address}, {args.agents} agent(s) with "
               f"{args.device}; logs in {cluster.log_dir}")
         print(f"its client token: --token-file {cluster.token_file}")
@@ -188,12 +189,16 @@ def cmd_up(args) -> int:
     shutdown = lifecycle.Shutdown(args.shutdown_timeout)  # before start: a SIGTERM while starting is bounded too
     with cluster:
         print(f"lepton cluster up: coordinator {cluster.address}, {args.agents} agent(s) with {args.device}")
+        if cluster.etcd:
+            print(f"high availability: etcd at {cluster.etcd.url}; kill one coordinator and the other leads "
+                  f"(pids {' '.join(str(p.pid) for p in cluster.coordinators)})")
         print(f"dashboard: {cluster.dashboard_url or 'off'}")
         print(f"try: lepton status --coordinator {cluster.address} --token-file {cluster.token_file}"
               f"    (Ctrl-C stops the cluster)", flush=True)
-        processes = [cluster.coordinator, *cluster.agents]
+        # With --ha one coordinator may go (that is the point); the cluster is down when both are.
+        processes = [*cluster.agents, *([] if args.ha else [cluster.coordinator])]
         while not shutdown.stop.wait(0.5):
-            if any(p.poll() is not None for p in processes):
+            if any(p.poll() is not None for p in processes) or all(p.poll() is not None for p in cluster.coordinators):
                 print("a cluster process exited:\n" + cluster.logs(), file=sys.stderr)
                 return 1
         shutdown.step("stopping the cluster")
@@ -315,11 +320,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detach", action="store_true",
                    help="start the cluster and return, leaving it running after this command ends "
                         "(without it, the cluster ends with this command, however it ends)")
+    p.add_argument("--ha", action="store_true",
+                   help="high availability: a private etcd and two coordinators, one leading; kill the "
+                        "leader and the standby takes over (needs etcd: Debian's etcd-server)")
     lifecycle.add_arguments(p)
     p.set_defaults(func=cmd_up)
 
     def with_address(p):
-        p.add_argument("--coordinator", default=DEFAULT_ADDRESS, help="coordinator host:port [LEPTON_ADDRESS]")
+        p.add_argument("--coordinator", default=DEFAULT_ADDRESS, help="coordinator host:port (several, comma-separated: follow the leader) [LEPTON_ADDRESS]")
         p.add_argument("--token", help="the coordinator's client token [LEPTON_TOKEN]")
         p.add_argument("--token-file", help="read the token from this file [LEPTON_TOKEN_FILE]")
         p.add_argument("--tls", action="store_true", help="TLS, checking the server against the system's roots "

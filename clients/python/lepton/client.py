@@ -15,13 +15,14 @@ import dataclasses
 import os
 import queue
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping
 
 import grpc
 import numpy as np
 
-from lepton import security, sharedmem, wire
+from lepton import failover, security, sharedmem, wire
 from lepton.errors import LeptonError
 from lepton.retry import IDEMPOTENT, Backoff, retrying, unavailable
 from lepton.tuning import keep_large_buffers_in_heap
@@ -143,11 +144,14 @@ class Job:
 
     With `resubmit` (a Backoff), a job whose call fails with UNAVAILABLE (its coordinator went away)
     is submitted again, from its inputs, until the backoff's budget is spent; `resubmits` counts how
-    often. A resubmitted job has a new job_id."""
+    often. A resubmitted job has a new job_id. With `follow` (lepton.failover, through the client),
+    a call that no coordinator answered (a standby turned it away, or it could not connect) goes
+    again to where the leader is, as no submission at all."""
 
     def __init__(self, call_factory, requests, resubmit: Backoff | None = None,
-                 on_estimate: Callable[[Estimate], None] | None = None):
-        """requests() makes the job's request stream (once per submission)."""
+                 on_estimate: Callable[[Estimate], None] | None = None, follow=None):
+        """requests() makes the job's request stream (once per submission); follow(error, attempt,
+        started) says whether an unanswered call may go again."""
         self._events: queue.Queue = queue.Queue()
         self._estimates: list[Estimate] = []  # as they arrived; the last one final once the job succeeded
         self._estimated = threading.Condition()
@@ -159,6 +163,7 @@ class Job:
         self._result: dict[str, np.ndarray] | None = None
         self._error: LeptonError | None = None
         self._call_factory, self._requests, self._resubmit = call_factory, requests, resubmit
+        self._follow, self._answered = follow, False  # whether the current call got any response
         self.resubmits = 0
         self._on_done: list = []  # called once the job ended (closing its shared memory)
         self._call = call_factory(requests())
@@ -172,16 +177,24 @@ class Job:
         return self.status.job_id if self.status else None
 
     def _read(self) -> None:
+        started, attempt = time.monotonic(), 0  # of following the leader, since the last answered call
         while True:
             try:
                 self._read_once()
                 return
             except grpc.RpcError as exc:
-                if (self._resubmit is None or self._cancelled or not unavailable(exc)
+                if self._answered:
+                    started, attempt = time.monotonic(), 0
+                if (not self._answered and not self._cancelled and self._follow is not None
+                        and self._follow(exc, attempt, started)):
+                    attempt += 1  # nothing ran: not a resubmission
+                elif (self._resubmit is None or self._cancelled or not unavailable(exc)
                         or not self._resubmit.pause() or self._cancelled):
                     self._error = LeptonError.from_rpc(exc)
                     break
-                self.resubmits += 1
+                else:
+                    self.resubmits += 1
+                self._answered = False
                 self._call = self._call_factory(self._requests())
             except Exception as exc:  # noqa: BLE001 - surface anything else through result()
                 self._error = LeptonError(repr(exc))
@@ -201,6 +214,7 @@ class Job:
         """Read one submission's events and result (RpcError if the call fails)."""
         headers, assembler = [], None
         for response in self._call:
+            self._answered = True
             kind = response.WhichOneof("event")
             if kind in ("accepted", "progress", "done"):
                 self.status = getattr(response, kind)
@@ -319,10 +333,13 @@ def _scalar(array: np.ndarray):
 
 
 class Client:
-    def __init__(self, address: str = "127.0.0.1:50051", timeout: float | None = None, *, token: str | None = None,
-                 tls_ca=None, tls_cert=None, tls_key=None, tls: bool | None = None, retry_for: float = 30.0,
-                 resubmit_on_unavailable: bool = False, shared_memory: bool = True):
-        """token: the coordinator's client token (else LEPTON_TOKEN, or the file LEPTON_TOKEN_FILE).
+    def __init__(self, address: str | list[str] = "127.0.0.1:50051", timeout: float | None = None, *,
+                 token: str | None = None, tls_ca=None, tls_cert=None, tls_key=None, tls: bool | None = None,
+                 retry_for: float = 30.0, resubmit_on_unavailable: bool = False, failover_timeout: float = 30,
+                 shared_memory: bool = True):
+        """address: one coordinator, or every coordinator of a highly available cluster ("a:1,b:2" or
+        a list): calls follow the leader by themselves, for up to failover_timeout seconds each
+        (lepton.failover). token: the coordinator's client token (else LEPTON_TOKEN, or the file LEPTON_TOKEN_FILE).
         TLS when tls, or when a CA or a certificate is given (else LEPTON_TLS_CA, LEPTON_TLS_CERT,
         LEPTON_TLS_KEY; LEPTON_TLS=1 for the system's roots); the server's certificate is always
         checked. tls_cert and tls_key (paths or PEM) are the client certificate for --mtls.
@@ -333,7 +350,8 @@ class Client:
         crashed or restarted) is submitted again within the same budget, resident datasets by name.
         shared_memory: inputs over 1 MiB go in shared memory when the coordinator is on this host
         (lepton.sharedmem; False, or LEPTON_SHARED_MEMORY=0, always streams them)."""
-        self.address, self.timeout = address, timeout
+        self.address = address if isinstance(address, str) else ",".join(address)
+        self.timeout = timeout
         self._shared_memory: bool | None = None if shared_memory and sharedmem.enabled() else False
         self.retry_for, self.resubmit_on_unavailable = retry_for, resubmit_on_unavailable
         keep_large_buffers_in_heap()
@@ -342,8 +360,11 @@ class Client:
         tls_key = tls_key or env("LEPTON_TLS_KEY")
         if tls is None and env("LEPTON_TLS", "") not in ("", "0"):
             tls = True
-        self._bind(security.channel(address, token=security.read_token(token), tls=tls, tls_ca=tls_ca,
-                                    tls_cert=tls_cert, tls_key=tls_key))
+        token = security.read_token(token)
+        self._coordinators = failover.Coordinators(
+            address, lambda a: security.channel(a, token=token, tls=tls, tls_ca=tls_ca, tls_cert=tls_cert,
+                                                tls_key=tls_key), patience=failover_timeout)
+        self._bind(self._coordinators.channel())
 
     def _bind(self, channel: grpc.Channel) -> None:
         """Make the stubs on `channel` (tests wrap it in interceptors and bind again)."""
@@ -364,14 +385,37 @@ class Client:
 
     def close(self) -> None:
         self._channel.close()
+        self._coordinators.close()
+
+    def _follow(self, exc: grpc.RpcError, address: str, attempt: int, started: float) -> bool:
+        """After a call to `address` failed: whether it may go again, now to where the leader is."""
+        if not self._coordinators.follow(exc, address, attempt, started):
+            return False
+        if self._coordinators.channel() is not self._channel:
+            self._bind(self._coordinators.channel())
+        return True
+
+    def _call(self, invoke):
+        """invoke() makes one call with the current stubs; it goes again while it follows the leader
+        (a call no coordinator answered: any call may, as none of it ran)."""
+        started, attempt = time.monotonic(), 0
+        while True:
+            address = self._coordinators.current
+            try:
+                return invoke()
+            except grpc.RpcError as exc:
+                if not self._follow(exc, address, attempt, started):
+                    raise
+                attempt += 1
 
     def _unary(self, name: str, request, stub=None):
-        """One unary call of method `name`, retried on UNAVAILABLE if it is IDEMPOTENT."""
-        method = getattr(stub or self._stub, name)
+        """One unary call of method `name` (of stub(channel), else CoordinatorService), following the
+        leader, and retried on UNAVAILABLE if it is IDEMPOTENT."""
+        def call():
+            return self._call(lambda: getattr(stub(self._channel) if stub else self._stub, name)(
+                request, timeout=self.timeout or 30))
         try:
-            if name in IDEMPOTENT:
-                return retrying(lambda: method(request, timeout=self.timeout or 30), self.retry_for)
-            return method(request, timeout=self.timeout or 30)
+            return retrying(call, self.retry_for) if name in IDEMPOTENT else call()
         except grpc.RpcError as exc:
             raise LeptonError.from_rpc(exc) from None
 
@@ -423,9 +467,16 @@ class Client:
             if not memory:
                 yield from wire.framed_chunks(arrays.values())
 
-        job = Job(lambda r: self._submit_raw(r, timeout=timeout or self.timeout), requests, self._resubmit(),
-                  on_estimate)
-        job._cancel_rpc = self._stub.CancelJob
+        address = self._coordinators.current
+
+        def call(r):
+            nonlocal address
+            address = self._coordinators.current
+            return self._submit_raw(r, timeout=timeout or self.timeout)
+
+        job = Job(call, requests, self._resubmit(), on_estimate,
+                  follow=lambda exc, attempt, started: self._follow(exc, address, attempt, started))
+        job._cancel_rpc = lambda request, timeout: self._stub.CancelJob(request, timeout=timeout)
         if memory:  # the coordinator maps them while it accepts the job; ours go once the job ends
             job._on_done.extend(m.close for m in memory)
             if job._done.is_set():  # (it ended before the callbacks were in)
@@ -450,7 +501,7 @@ class Client:
             request = pb.RunJobRequest(spec=spec, chunks=wire.chunks(arrays.values()))
 
             def run_job():
-                return self._stub.RunJob(request, timeout=timeout or self.timeout)
+                return self._call(lambda: self._stub.RunJob(request, timeout=timeout or self.timeout))
 
             try:
                 response = retrying(run_job, self.retry_for) if self.resubmit_on_unavailable else run_job()
@@ -597,7 +648,7 @@ class Client:
             yield from wire.framed_chunks(arrays)
 
         try:
-            reply = self._put_raw(requests(), timeout=self.timeout)
+            reply = self._call(lambda: self._put_raw(requests(), timeout=self.timeout))
         except grpc.RpcError as exc:
             raise LeptonError.from_rpc(exc) from None
         return Dataset(reply.dataset)
@@ -625,8 +676,7 @@ class Client:
         """The server's grpc.health.v1 status ("SERVING", "NOT_SERVING", ...) for `service` ("" = all)."""
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-        reply = self._unary("Check", health_pb2.HealthCheckRequest(service=service),
-                            health_pb2_grpc.HealthStub(self._channel))
+        reply = self._unary("Check", health_pb2.HealthCheckRequest(service=service), health_pb2_grpc.HealthStub)
         return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
     def trace(self, job_id: str) -> pb.GetJobTraceResponse:

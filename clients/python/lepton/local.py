@@ -31,8 +31,10 @@ _SECURITY_ENV = ("LEPTON_TOKEN", "LEPTON_TOKEN_FILE", "LEPTON_READ_TOKEN", "LEPT
 class LocalCluster:
     def __init__(self, agents: int = 2, devices: str | list[str] = "numpy", *, coordinator_args: list[str] = (),
                  agent_args: list[str] = (), env: dict[str, str] | None = None, startup_timeout: float = 60,
-                 detach: bool = False, token: str | None = None, tls: bool = False, mtls: bool = True):
-        """token: the client token (None: a random one per cluster, which `client()` carries; "": no
+                 detach: bool = False, token: str | None = None, tls: bool = False, mtls: bool = True,
+                 ha: bool = False):
+        """ha: a private etcd and two coordinators, one leading, sharing a data folder; `address`
+        then names both ("a,b"), and clients and agents follow the leader. token: the client token (None: a random one per cluster, which `client()` carries; "": no
         tokens at all, the open loopback of old). tls: a throw-away CA and certificates, and TLS on
         every port; agents then obey the coordinator's certificate, and with mtls the coordinator too
         requires one from every caller (clients present the client certificate)."""
@@ -67,7 +69,11 @@ class LocalCluster:
             secure.update(LEPTON_TLS_CA=str(self.certs / "ca.pem"))
         self._env = {**base, **secure, **(env or {})}
         self._agent_env = {**blas, **self._env}  # what the caller set wins
-        self.coordinator: subprocess.Popen | None = None
+        self.ha = ha
+        self.etcd = None  # lepton.etcd_process.EtcdProcess, with ha
+        self.coordinator: subprocess.Popen | None = None  # the first; with ha, `coordinators` has both
+        self.coordinators: list[subprocess.Popen] = []
+        self.addresses: list[str] = []  # the coordinators', in `coordinators` order
         self.agents: list[subprocess.Popen] = []
         self.address = ""
         self._clients: list[Client] = []
@@ -86,35 +92,49 @@ class LocalCluster:
         return subprocess.Popen([sys.executable, "-m", "lepton", *args], stdin=subprocess.DEVNULL, stdout=log,
                                 stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
-    def _start_coordinator(self, listen: str, args: list[str] = ()) -> None:
-        ready = self.log_dir / "coordinator.address"
+    def _start_coordinator(self, listen: str, args: list[str] = (), index: int = 0) -> None:
+        name = f"coordinator-{index}" if self.ha else "coordinator"
+        ready = self.log_dir / f"{name}.address"
         ready.unlink(missing_ok=True)
         env = {**self._env, **self._tls_env("coordinator"), **({"LEPTON_MTLS": "1"} if self.mtls else {})}
-        # Its datasets' copies in a folder of the cluster's own, so that a restarted one finds them.
-        # (Not for a detached cluster: its folder outlives it, and its copies would stay for ever.)
-        mine = not self.detach and "--data-dir" not in self._coordinator_args
+        # Its datasets' copies in a folder of the cluster's own, so that a restarted one finds them
+        # (and, with ha, that the standby shares). (Not for a detached plain cluster: its folder
+        # outlives it, and its copies would stay for ever.)
+        mine = (self.ha or not self.detach) and "--data-dir" not in self._coordinator_args
         data = ["--data-dir", str(self.log_dir / "data")] if mine else []
-        self.coordinator = self._spawn("coordinator", ["coordinator", "--listen", listen, "--ready-file",
-                                                       str(ready), *data, *self._coordinator_args, *args], env)
-        self._wait(lambda: ready.exists(), [self.coordinator], "coordinator")
-        self.address = ready.read_text()
+        ha = ["--etcd", self.etcd.url] if self.ha else []
+        process = self._spawn(name, ["coordinator", "--listen", listen, "--ready-file", str(ready), *data, *ha,
+                                     *self._coordinator_args, *args], env)
+        if index < len(self.coordinators):  # (before the wait, which watches the coordinators)
+            self.coordinators[index] = process
+        else:
+            self.coordinators.append(process)
+            self.addresses.append("")
+        self._wait(lambda: ready.exists(), [process], name)
+        self.addresses[index] = ready.read_text()
+        self.coordinator, self.address = self.coordinators[0], ",".join(self.addresses)
 
-    def kill_coordinator(self, sig: int = signal.SIGKILL) -> None:
-        """Stop the coordinator with `sig` (default: SIGKILL, a crash); start_coordinator brings it back."""
-        os.killpg(self.coordinator.pid, sig)
-        self.coordinator.wait(timeout=60)
+    def kill_coordinator(self, sig: int = signal.SIGKILL, index: int = 0) -> None:
+        """Stop coordinator `index` with `sig` (default: SIGKILL, a crash); start_coordinator brings it back."""
+        os.killpg(self.coordinators[index].pid, sig)
+        self.coordinators[index].wait(timeout=60)
 
-    def start_coordinator(self, args: list[str] = ()) -> None:
-        """Start a coordinator again on the same address and data folder (with `args` besides the
-        cluster's); the agents rejoin by themselves (wait_for_agents)."""
-        self._start_coordinator(self.address, list(args))
+    def start_coordinator(self, args: list[str] = (), index: int = 0) -> None:
+        """Start coordinator `index` again on the same address and data folder (with `args` besides
+        the cluster's); the agents rejoin by themselves (wait_for_agents)."""
+        self._start_coordinator(self.addresses[index], list(args), index)
 
-    def restart_coordinator(self, sig: int = signal.SIGKILL, args: list[str] = ()) -> None:
-        self.kill_coordinator(sig)
-        self.start_coordinator(args)
+    def restart_coordinator(self, sig: int = signal.SIGKILL, args: list[str] = (), index: int = 0) -> None:
+        self.kill_coordinator(sig, index)
+        self.start_coordinator(args, index)
 
     def start(self) -> None:
-        self._start_coordinator("127.0.0.1:0")
+        if self.ha:
+            from lepton.etcd_process import EtcdProcess
+
+            self.etcd = EtcdProcess(self.log_dir, timeout=self._timeout, detach=self.detach)
+        for index in range(2 if self.ha else 1):
+            self._start_coordinator("127.0.0.1:0", index=index)
         try:
             for devices in self._devices:
                 self.add_agent(devices, wait=False)
@@ -151,7 +171,9 @@ class LocalCluster:
         while time.monotonic() < end:
             if condition():
                 return
-            dead = [p for p in [self.coordinator, *watch] if p.poll() is not None]
+            # (with ha, one coordinator may die: that is what the standby is for)
+            dead = [p for p in watch if p.poll() is not None] + (
+                self.coordinators if all(p.poll() is not None for p in self.coordinators) else [])
             if dead:
                 raise RuntimeError(f"a lepton process exited with {dead[0].returncode} while waiting for {what}:\n"
                                    f"{self.logs()}")
@@ -224,7 +246,7 @@ class LocalCluster:
     def close(self, timeout: float = 15) -> None:
         """Stop every process: SIGTERM, and SIGKILL for any still running `timeout` seconds later."""
         self.close_clients()
-        processes = [p for p in [*self.agents, self.coordinator] if p is not None and p.poll() is None]
+        processes = [p for p in [*self.agents, *self.coordinators] if p.poll() is None]
         for process in processes:
             os.killpg(process.pid, signal.SIGTERM)
         end = time.monotonic() + timeout
@@ -234,6 +256,8 @@ class LocalCluster:
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+        if self.etcd is not None:
+            self.etcd.stop()
         if self._dir is not None:
             self._dir.cleanup()
 

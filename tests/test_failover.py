@@ -1,0 +1,208 @@
+"""Failover of the coordinator through etcd: a real etcd, two real coordinators (one leading, one
+standby), real agents, real gRPC (LocalCluster(ha=True)). The leader is SIGKILLed mid-job; the
+standby takes over with the metadata from etcd, and the job, resubmitted, gives the undisturbed
+run's bits. Needs Debian's etcd-server (CI installs it; a skip there is a failure)."""
+from __future__ import annotations
+
+import shutil
+import time
+from types import SimpleNamespace
+
+import grpc
+import numpy as np
+import pytest
+
+import lepton
+from lepton import failover
+from lepton.coordinator.store import MemoryStore, WriteBehind
+from lepton.errors import Unavailable
+from lepton.failover import LEADER_METADATA
+from lepton.v1 import coordinator_service_pb2 as pb, coordinator_service_pb2_grpc as pb_grpc
+from waits import wait_for
+
+pytest.importorskip("etcd3gw", reason="the etcd client: pip install 'lepton[ha]'")
+if not shutil.which("etcd"):
+    pytest.skip("no etcd binary: apt-get install etcd-server", allow_module_level=True)
+
+# Wide dynamic range float64 (as in test_faults.py): only an exactly-once fold in the fixed tree gives
+# the undisturbed run's bits back.
+RNG = np.random.default_rng(17)
+X = RNG.standard_normal((240_000, 2)) * np.exp(RNG.uniform(-20, 20, size=(240_000, 1)))
+POINTS = X[:60_000]
+PARTITIONS = 48
+DELAY = "0.05:0.15"  # seconds per partition: long enough to kill the leader mid-job
+
+
+def close_to_numpy(total: np.ndarray) -> None:
+    # A few ulps of the float64 magnitudes summed: the tree fold reassociates, nothing more.
+    bound = 64 * np.finfo(np.float64).eps * np.abs(X).sum(axis=0)
+    assert np.all(np.abs(total - X.sum(axis=0)) <= bound)
+
+
+@pytest.fixture(scope="module")
+def undisturbed():
+    """The reference results, from a plain (single-coordinator) cluster nobody touches."""
+    with lepton.LocalCluster(agents=2, agent_args=["--test-delay", DELAY]) as cluster:
+        client = cluster.client(timeout=300)
+        total = client.sum(X, partitions=PARTITIONS)
+        kmeans = client.kmeans(client.put("points", POINTS, partitions=12), centroids=X[:4], max_iter=10, tol=0.0)
+    close_to_numpy(total)
+    return total, kmeans
+
+
+@pytest.fixture
+def ha_cluster():
+    with lepton.LocalCluster(agents=2, ha=True, agent_args=["--test-delay", DELAY]) as cluster:
+        yield cluster
+
+
+def serving(cluster, index: int) -> bool:
+    """Whether coordinator `index` leads (a standby's health says NOT_SERVING; health is never redirected)."""
+    with lepton.Client(cluster.addresses[index], timeout=2, **cluster.credentials()) as client:
+        try:
+            return client.health() == "SERVING"
+        except lepton.LeptonError:
+            return False
+
+
+def leader_index(cluster) -> int:
+    return wait_for(lambda: next((i + 1 for i in range(len(cluster.addresses)) if serving(cluster, i)), None),
+                    "a coordinator to lead", timeout=60) - 1
+
+
+def test_the_leader_killed_mid_job_hands_over_and_the_resubmitted_job_is_exact(ha_cluster, undisturbed):
+    cluster = ha_cluster
+    leader = leader_index(cluster)
+    standby = 1 - leader
+    # Both addresses; jobs lost with their coordinator are submitted again (lepton/retry.py).
+    client = lepton.Client(cluster.address, timeout=300, resubmit_on_unavailable=True, **cluster.credentials())
+    dataset = client.put("points", POINTS, partitions=12)  # before the kill: its placement is in etcd
+    job = client.submit("sum", X, partitions=PARTITIONS)
+    wait_for(lambda: job.status is not None and job.status.partitions_done >= PARTITIONS // 4,
+             "a quarter of the partitions")
+    killed_id = job.job_id
+    killed_at = time.monotonic()
+    cluster.kill_coordinator(index=leader)  # SIGKILL: no goodbye, its lease just stops being renewed
+    # Generous for a loaded CI machine; the figure printed is what counts (lease TTL 2 s).
+    wait_for(lambda: serving(cluster, standby), "the standby to lead", timeout=30)
+    print(f"\ntakeover: the standby led {time.monotonic() - killed_at:.2f} s after the leader's SIGKILL")
+
+    total = job.result(timeout=300)["sum"]  # the client resubmitted it, to the new leader
+    assert job.resubmits >= 1 and job.job_id != killed_id
+    assert np.array_equal(total, undisturbed[0])  # bitwise: the undisturbed single-coordinator run's
+    close_to_numpy(total)
+    # The dataset put before the kill serves the new leader without a re-upload (files shared, metadata in etcd).
+    assert [d.name for d in client.datasets()] == ["points"]
+    kmeans = client.kmeans(dataset, centroids=X[:4], max_iter=10, tol=0.0)
+    for name, expected in undisturbed[1].items():
+        assert np.array_equal(kmeans[name], expected), name
+    # The new leader knows the lost job from etcd, ended as its clients saw it end.
+    record = client.job(killed_id)
+    assert lepton.client.state_name(record) == "FAILED" and record.error_code == "UNAVAILABLE"
+
+
+def test_a_standby_names_the_leader(ha_cluster):
+    cluster = ha_cluster
+    leader = leader_index(cluster)
+    channel = cluster.channel(cluster.addresses[1 - leader])  # raw gRPC: no client following the leader
+    try:
+        with pytest.raises(grpc.RpcError) as caught:
+            pb_grpc.CoordinatorServiceStub(channel).GetClusterStatus(pb.GetClusterStatusRequest(), timeout=10)
+    finally:
+        channel.close()
+    error = caught.value
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+    assert cluster.addresses[leader] in error.details()
+    assert (LEADER_METADATA, cluster.addresses[leader]) in tuple(error.trailing_metadata())
+
+
+def test_an_agent_given_both_addresses_joins_the_leader(ha_cluster):
+    cluster = ha_cluster
+    leader = leader_index(cluster)
+    standby_first = f"{cluster.addresses[1 - leader]},{cluster.addresses[leader]}"
+    agent = cluster.add_agent(args=["--coordinator", standby_first])  # returns once the leader counts it
+    with lepton.Client(cluster.addresses[leader], timeout=10, **cluster.credentials()) as client:
+        assert len(client.cluster_status().agents) == 3
+    assert agent.poll() is None
+    assert "turned_away_by=" + cluster.addresses[1 - leader] in (cluster.log_dir / "agent-2.log").read_text()
+
+
+# -- the pieces, at their edges ------------------------------------------------------------------
+@pytest.fixture
+def etcd(tmp_path):
+    from lepton.etcd_process import EtcdProcess
+
+    server = EtcdProcess(tmp_path)
+    yield server
+    server.stop()
+
+
+def test_a_deposed_leaders_writes_do_not_land(etcd):
+    """Store writes are fenced on the leader's lease: once another lease holds the leader key, the
+    old leader's write fails with UNAVAILABLE, changes nothing, and tells its leadership."""
+    from lepton.coordinator.etcd_store import EtcdStore
+    from lepton.coordinator.leadership import connect
+
+    client = connect(etcd.url)
+    ours = client.lease(30)
+    assert client.create("/t/leader", "a:1", ours)
+    lost = []
+    leadership = SimpleNamespace(key="/t/leader", lease=ours, lose=lost.append)  # the edge of Leadership
+    store = EtcdStore(client, "/t/", leadership)
+    store.put("jobs", "job-1", {"state": "RUNNING"})
+    assert store.load("jobs") == {"job-1": {"state": "RUNNING"}}
+    ours.revoke()  # as if our lease had lapsed while we stalled ...
+    assert client.create("/t/leader", "b:2", client.lease(30))  # ... and a standby took over
+    with pytest.raises(Unavailable):
+        store.put("jobs", "job-1", {"state": "SUCCEEDED"})
+    with pytest.raises(Unavailable):
+        store.delete("jobs", "job-1")
+    assert store.load("jobs") == {"job-1": {"state": "RUNNING"}}
+    assert lost, "the leadership was not told"
+
+
+def test_coordinator_lists_are_parsed_in_order():
+    assert failover.parse("a:1, b:2,,a:1") == ["a:1", "b:2"]
+    assert failover.parse(["b:2", "a:1"]) == ["b:2", "a:1"]
+    with pytest.raises(ValueError):
+        failover.parse(" , ")
+
+
+def test_a_standby_with_no_leader_yet_says_so_and_opens_once_elected():
+    """The gate alone, in a real gRPC server: before any leader is known the answer is UNAVAILABLE
+    with an empty `lepton-leader`; health is answered by the standby itself; once it leads, calls pass."""
+    from lepton.coordinator.coordinator import Coordinator
+    from lepton.coordinator.server import serve
+
+    coordinator = Coordinator()
+    leadership = SimpleNamespace(leading=False, leader="")  # the edge of Leadership: what the gate reads
+    server, port, _ = serve(coordinator, "127.0.0.1:0", leadership=leadership)
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        stub = pb_grpc.CoordinatorServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.ListJobs(pb.ListJobsRequest(), timeout=10)
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "no coordinator leads yet" in caught.value.details()
+        assert (LEADER_METADATA, "") in tuple(caught.value.trailing_metadata())
+        with lepton.Client(f"127.0.0.1:{port}", timeout=10, token="") as client:
+            assert client.health() == "SERVING"  # (main.py sets NOT_SERVING on a standby; the gate lets it through)
+        leadership.leading = True
+        assert list(stub.ListJobs(pb.ListJobsRequest(), timeout=10).jobs) == []
+    finally:
+        channel.close()
+        server.stop(None)
+        coordinator.stop()
+
+
+def test_lagging_job_records_land_in_order_and_latest_last():
+    """WriteBehind: every key ends with its latest write (a delete included), whatever was batched."""
+    store, errors = MemoryStore(), []
+    lagging = WriteBehind(store, on_error=lambda exc, count: errors.append(exc))
+    for i in range(500):
+        lagging.put("jobs", f"job-{i % 10}", {"n": i})
+    lagging.delete("jobs", "job-3")
+    lagging.put("jobs", "job-4", {"n": "last"})
+    lagging.close()
+    expected = {f"job-{k}": {"n": 490 + k} for k in range(10) if k != 3} | {"job-4": {"n": "last"}}
+    assert store.load("jobs") == expected and not errors
