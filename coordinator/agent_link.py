@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from typing import Callable, Iterator
 
 import grpc
@@ -16,6 +17,8 @@ from lepton.v1 import agent_service_pb2 as pb, agent_service_pb2_grpc as pb_grpc
 
 # Tasks whose streamed inputs are at most this big go in one message (gRPC's default limit is 4 MiB).
 SMALL_TASK_BYTES = 1 << 20
+# Streams shorter than this mostly fill gRPC's flow-control window: they say little of the link.
+SEND_MEASURED_BYTES = 4 << 20
 
 
 class CachedKeys:
@@ -48,6 +51,9 @@ class AgentLink:
     def __init__(self, address: str, channel: grpc.Channel | None = None):
         self.address = address
         self.cached = CachedKeys()
+        # Bytes per second the coordinator streams run inputs to this agent at, decayed (None until a
+        # run of at least SEND_MEASURED_BYTES was sent): what moving data there costs (placement.py).
+        self.send_rate: float | None = None
         self._channel = channel or grpc.insecure_channel(address)  # channel: with the cluster's credentials
         self._stub = pb_grpc.AgentServiceStub(self._channel)
         # Calls start under this lock and close() takes it: grpcio segfaults when a call starts on a
@@ -103,9 +109,14 @@ class AgentLink:
 
         def requests():
             yield pb.RunTaskRequest(task=task)
+            start, sent = time.perf_counter(), 0
             for chunk in wire.chunks(streamed):
                 metrics.BYTES_TO_AGENTS.inc(len(chunk.data))
+                sent += len(chunk.data)
                 yield pb.RunTaskRequest(chunk=chunk)
+            # gRPC pulls the next chunk once flow control lets the last one go: the pace it pulls at
+            # is the link's (less a window's worth, buffered at the end).
+            self._observe_send(sent, time.perf_counter() - start)
 
         nbytes = sum(a.nbytes for a in streamed)
         if nbytes <= SMALL_TASK_BYTES:  # one message: no request stream (and no thread) to drive
@@ -138,6 +149,12 @@ class AgentLink:
                 assembler.add(response.chunk)
         if node is not None:
             yield node_done(node, assembler)
+
+    def _observe_send(self, nbytes: int, seconds: float) -> None:
+        if nbytes < SEND_MEASURED_BYTES or seconds <= 0:
+            return
+        rate, old = nbytes / seconds, self.send_rate
+        self.send_rate = rate if old is None else 0.5 * old + 0.5 * rate  # one float store: atomic
 
     def cache_tensors(self, items: list[tuple[str, str, np.ndarray]], timeout: float) -> list[str]:
         """Send (cache key, name, array) items to the agent's cache; returns the keys it kept."""

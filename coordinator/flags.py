@@ -38,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="agents registered at once [LEPTON_MAX_AGENTS]")
     parser.add_argument("--max-client-jobs", type=int, default=int(env("LEPTON_MAX_CLIENT_JOBS", 64)),
                         help="jobs one client (token or certificate) may run at once [LEPTON_MAX_CLIENT_JOBS]")
+    parser.add_argument("--placement", choices=("speed", "credits"), default=env("LEPTON_PLACEMENT", "speed"),
+                        help="how runs are sized and placed: speed (by each device's measured throughput) or "
+                             "credits (guided self-scheduling, blind to speed) [LEPTON_PLACEMENT]")
     credentials.add_server_arguments(parser, "coordinator")
     lifecycle.add_arguments(parser)
     # Tests: seconds the writer of a dataset's copy waits, its bytes in a temporary file, before it

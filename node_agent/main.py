@@ -37,14 +37,16 @@ def run(args: argparse.Namespace) -> int:
     if args.test_out_of_memory:
         for device in devices:
             device.run = _out_of_memory
-    agent = Agent(devices, args.credits, args.test_delay, int(args.cache_mib * (1 << 20)))
+    agent = Agent(devices, args.credits, args.test_delay, int(args.cache_mib * (1 << 20)), args.throttle,
+                  args.test_throttle_after)
     listen = addresses.listen_address(args.listen, args.coordinator)
     server, port, health = serve(agent, listen, creds=creds)
     address = addresses.advertise_address(args.advertise, listen, port, args.coordinator)
     metrics.register(agent)
     metrics_address = start_metrics(args.metrics_listen, **security.metrics_tls(creds))
     event(log, "agent.serving", address=address, devices=",".join(d.name for d in devices),
-          credits=agent.credits, metrics=metrics_address or "off")
+          credits=agent.credits, metrics=metrics_address or "off",
+          **({"throttle": f"{args.throttle:g}x (a deliberate slowdown)"} if args.throttle != 1 else {}))
     shutdown = lifecycle.Shutdown(args.shutdown_timeout)
     membership = MembershipClient(agent, args.coordinator, args.name, address, metrics_address,
                                   coordinator_timeout=args.coordinator_timeout, on_give_up=shutdown.request,
