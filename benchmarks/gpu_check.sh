@@ -9,9 +9,10 @@
 # (in /etc when writable, else in a private vendors directory named by OCL_ICD_VENDORS), checks that
 # a GPU device shows up, runs the OpenCL tests against it (LEPTON_TEST_OPENCL_DEVICE=gpu), then the
 # benchmarks: the reductions and SGEMM (bench_opencl.py) and the op catalog (bench_opencl_catalog.py),
-# with torch on CUDA beside them when it is installed.
+# with torch on CUDA beside them when it is installed, and a heterogeneous job over NumPy, PoCL, MPI and
+# the GPU (bench_hetero.py --gpu).
 # Environment: PYTHON (default .venv/bin/python, else python3); BENCH_ARGS and CATALOG_ARGS: extra flags
-# for the two benchmarks; TILES: SGEMM tile shapes to time, e.g. TILES="128,128,16,8,8 128,128,8,8,8,4".
+# for the two benchmarks (HETERO_ARGS for bench_hetero.py); TILES: SGEMM tile shapes to time, e.g. TILES="128,128,16,8,8 128,128,8,8,8,4".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
@@ -62,4 +63,6 @@ LEPTON_TEST_OPENCL_DEVICE=gpu "$PYTHON" -m pytest -q -p no:cacheprovider tests/t
     || status=$?
 "$PYTHON" benchmarks/bench_opencl.py --device opencl:gpu --repeats 20 --torch --matmul 4096,8192 ${TILES:+--tiles "$TILES"} ${BENCH_ARGS:-} || status=$?
 "$PYTHON" benchmarks/bench_opencl_catalog.py --device opencl:gpu --full --torch ${CATALOG_ARGS:-} || status=$?
+# One job over NumPy, PoCL, MPI and the GPU at once: placement by measured speed against the old one.
+"$PYTHON" benchmarks/bench_hetero.py --gpu --cases kinds ${HETERO_ARGS:-} || status=$?
 exit $status

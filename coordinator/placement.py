@@ -36,6 +36,13 @@ POLICIES = ("speed", "credits")
 DECAY = 0.5
 # Partitions smaller than this measure per-call overhead, not the device (as backends/device.py).
 MIN_MEASURED_BYTES = 1 << 16
+# Partitions timed before an estimate may justify moving resident data (the first run of an op on a
+# device is often slow: allocation, first-touch, lazy imports).
+CONFIDENT_AFTER = 3
+# Resident partitions move only from an agent with more than this many of the job's waiting: an
+# imbalance of a few partitions is within the estimates' noise on a loaded machine, and a balanced
+# dataset's jobs should ship no bytes.
+MIN_STEAL_BACKLOG = 4
 
 
 class Speeds:
@@ -46,6 +53,7 @@ class Speeds:
 
     def __init__(self):
         self._rates: dict[tuple[str, str, str], float] = {}
+        self._seen: dict[tuple[str, str, str], int] = {}  # partitions timed, per key
         self._lock = threading.Lock()
 
     def observe(self, agent_id: str, op: str, device: str, nbytes: float, seconds: float) -> None:
@@ -55,6 +63,7 @@ class Speeds:
         with self._lock:
             old = self._rates.get(key)
             self._rates[key] = rate if old is None else (1 - DECAY) * old + DECAY * rate
+            self._seen[key] = self._seen.get(key, 0) + 1
 
     def observe_job(self, agent: Agent, job: Job, timings: list[tuple]) -> None:
         """Timings (partition, device, started, finished) of a node of the job's run on `agent`."""
@@ -74,9 +83,14 @@ class Speeds:
             return None
         return sum(known) * len(devices) / len(known)
 
+    def confident(self, agent: Agent, op: str) -> bool:
+        """Every device of the agent offering `op` has timed CONFIDENT_AFTER partitions of it here."""
+        return all(self._seen.get((agent.id, d.name, op), 0) >= CONFIDENT_AFTER for d in agent.devices if op in d.ops)
+
     def forget(self, agent_id: str) -> None:
         with self._lock:
             self._rates = {k: v for k, v in self._rates.items() if k[0] != agent_id}
+            self._seen = {k: v for k, v in self._seen.items() if k[0] != agent_id}
 
 
 def partition_bytes(job: Job, p: int) -> float:
@@ -106,7 +120,7 @@ class CreditsPlacement:
     def order(self, job: Job, capable: list[Agent]) -> list[Agent]:
         return sorted(capable, key=lambda a: a.in_flight / a.credits)
 
-    def share(self, job: Job, agent: Agent, capable: list[Agent], floor: int) -> int:
+    def share(self, job: Job, agent: Agent, capable: list[Agent], floor: int, local: bool = False) -> int:
         return max(-(-job.parts.ready_count // (2 * len(capable))), floor)
 
     def steal(self, job: Job, agent: Agent, home: Agent) -> int:
@@ -151,7 +165,9 @@ class SpeedPlacement:
         rates = self._rates(job, capable)
         return sorted(capable, key=lambda a: (-(rates[a.id] or 0.0), a.in_flight / a.credits))
 
-    def share(self, job: Job, agent: Agent, capable: list[Agent], floor: int) -> int:
+    def share(self, job: Job, agent: Agent, capable: list[Agent], floor: int, local: bool = False) -> int:
+        """Partitions for the agent's next run (0: none now); `local`: some of the job's ready
+        partitions are resident on it."""
         rates = self._rates(job, capable)
         measured = {a.id: r for a in capable if (r := rates[a.id])}
         holding = in_flight(job)
@@ -176,23 +192,33 @@ class SpeedPlacement:
             if held >= max(1.0, share / 4):
                 return 0
             return min(math.floor(share - held), max(math.ceil(share / 8), floor))
-        # The tail: one more partition here only if no other agent would finish it sooner.
+        # The tail: one more partition here only if no other agent would finish it sooner. A resident
+        # partition's own agent may always take it: whether moving it elsewhere pays is `steal`'s
+        # call, made by the other agents, and a partition nobody takes would hang the job.
+        if local:
+            return 1
         finish = (flying[agent.id] + size) / rate
         others = [(flying[a] + size) / r for a, r in measured.items() if a != agent.id]
         return 1 if not others or finish <= min(others) else 0
 
     def steal(self, job: Job, agent: Agent, home: Agent) -> int:
         """How many of `home`'s resident ready partitions this agent should take: as many as it
-        finishes, moving them at its link speed, before `home` would get to them."""
+        finishes, moving them at its link speed, in half the time `home` would take to get to them.
+        Half: a move costs bytes for good (and the data lives here from then on), so it must pay
+        clearly, beyond the estimates' noise; agents of equal speed then never trade partitions."""
         rate, home_rate = self.rate(job, agent), self.speeds.rate(home, job.op.name)
-        if not rate or not home_rate:
+        if job.parts.backlog(home.id) <= MIN_STEAL_BACKLOG:
+            return 0
+        if not (rate and home_rate and self.speeds.confident(agent, job.op.name)
+                and self.speeds.confident(home, job.op.name)):
             return self._fallback.steal(job, agent, home)
         link = getattr(agent.link, "send_rate", None) or rate  # unmeasured: as fast as it computes
         size, holding = max(1.0, job.partition_bytes), in_flight(job)
         waiting_there = (job.parts.backlog(home.id) + holding.get(home.id, 0)) * size / home_rate
         busy_here = holding.get(agent.id, 0) * size / rate
-        each = size / link + size / rate + size / home_rate  # moved here, run here, and no longer there
-        return max(0, math.floor((waiting_there - busy_here) / each))
+        # n moved: done here by busy_here + n * (size/link + size/rate), and no longer waited for there.
+        here, there = size / link + size / rate, size / home_rate
+        return max(0, math.floor((waiting_there - 2 * busy_here) / (2 * here + there)))
 
 
 def make(name: str, steal_backlog: int = 16):

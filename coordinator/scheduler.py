@@ -181,7 +181,7 @@ class Scheduler:
         # tiny partitions spread over many agents would pay thousands of times (the per-partition
         # cost is microseconds).
         floor = min(-(-(self.unit_bytes // 8) // int(per_partition)), -(-job.plan.count // len(capable)))
-        share = self.placement.share(job, agent, capable, floor)
+        share = self.placement.share(job, agent, capable, floor, local=job.parts.backlog(agent.id) > 0)
         if share <= 0:
             return 0
         by_bytes = int(min(free, max(1, agent.credits // 2)) * self.unit_bytes // per_partition)

@@ -101,9 +101,9 @@ class DeviceWorker:
                     self._queued_bytes -= nbytes
                 continue
             try:
-                if self.test_delay[1]:  # test hook: shuffle arrival order, or make a straggler
-                    time.sleep(random.uniform(*self.test_delay))
                 start = time.time()
+                if self.test_delay[1]:  # test hook: shuffle arrival order, or make a straggler
+                    time.sleep(random.uniform(*self.test_delay))  # timed: a straggler's device is slow
                 partial = run_in_pieces(self.device, op, inputs, params)
                 end = time.time()
                 metrics.PARTITIONS.labels(self.device.name, op.name).inc()

@@ -59,7 +59,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "machine; `lepton status` shows it [LEPTON_THROTTLE]")
     lifecycle.add_arguments(parser)
     credentials.add_server_arguments(parser, "agent")
-    # Tests: sleep before each partition, uniformly in [0, MAX] or [MIN, MAX] ("MIN:MAX").
+    # Tests: sleep before each partition, uniformly in [0, MAX] or [MIN, MAX] ("MIN:MAX"), counted in
+    # its device time (the trace, the coordinator's speed estimate), as a straggler's would be.
     parser.add_argument("--test-delay", type=_delay, default=_delay(env("LEPTON_TEST_DELAY", "0")),
                         help=argparse.SUPPRESS)
     # Tests: after N partitions on this agent, change the throttle to FACTOR ("N:FACTOR"): a device
