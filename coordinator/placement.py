@@ -11,7 +11,7 @@ Two policies (`lepton coordinator --placement`):
              holds is soon done and the rest follows the estimates as they change.
              The last partitions go by earliest finish time: an agent takes one more only if no
              other would finish it sooner. An agent not yet measured for the op gets one probe
-             partition first. A resident partition moves to another agent only if it finishes
+             partition first (when none is measured yet, the job runs as `credits` would). A resident partition moves to another agent only if it finishes
              there sooner, the move charged at the measured link speed.
     credits  guided self-scheduling, blind to speed: a share of what is ready that leaves every
              capable agent two runs' worth; resident partitions move once their agent is more than
@@ -170,13 +170,15 @@ class SpeedPlacement:
         partitions are resident on it."""
         rates = self._rates(job, capable)
         measured = {a.id: r for a in capable if (r := rates[a.id])}
+        if not measured or len(capable) == 1:
+            # Nobody to compare with: a fresh cluster's first job of the op runs as self-scheduling
+            # would, and measures every agent on the way.
+            return self._fallback.share(job, agent, capable, floor)
         holding = in_flight(job)
         if rates[agent.id] is None:
             if job.partition_bytes >= MIN_MEASURED_BYTES:
                 return 0 if holding.get(agent.id) else 1  # the probe, then wait for its timing
-            if not measured:  # nothing measurable yet (tiny partitions, a fresh cluster): no speeds to use
-                return self._fallback.share(job, agent, capable, floor)
-            rates[agent.id] = measured[agent.id] = sum(measured.values()) / len(measured)
+            rates[agent.id] = measured[agent.id] = sum(measured.values()) / len(measured)  # unmeasurable
         size = max(1.0, job.partition_bytes)
         flying = {a: holding.get(a, 0) * size for a in measured}
         # The agents, all at their measured speed, finish the work left together at `horizon`; this

@@ -13,16 +13,15 @@ def _delay(text: str) -> tuple[float, float]:
     return float(low or 0), float(high)
 
 
-def _throttle(text: str) -> float:
-    factor = float(text)
+def check_throttle(factor: float) -> float:
     if not 1 <= factor <= 1000:
-        raise argparse.ArgumentTypeError(f"a throttle is a slowdown factor from 1 (full speed) to 1000; got {text}")
+        raise ValueError(f"--throttle is a slowdown factor from 1 (full speed) to 1000; got {factor:g}")
     return factor
 
 
 def _throttle_after(text: str) -> tuple[int, float]:
     count, _, factor = text.partition(":")
-    return int(count), _throttle(factor)
+    return int(count), check_throttle(float(factor))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         default=float(env("LEPTON_COORDINATOR_TIMEOUT", 600)),
                         help="seconds without reaching the coordinator before the agent gives up and exits "
                              "non-zero (0: retry forever) [LEPTON_COORDINATOR_TIMEOUT]")
-    parser.add_argument("--throttle", type=_throttle, default=_throttle(env("LEPTON_THROTTLE", "1")),
+    parser.add_argument("--throttle", type=float, default=float(env("LEPTON_THROTTLE", 1)),
                         help="run every device FACTOR times slower (it waits FACTOR-1 times each partition's "
                              "compute time): a named, honest slowdown to build a heterogeneous cluster on one "
                              "machine; `lepton status` shows it [LEPTON_THROTTLE]")

@@ -12,7 +12,7 @@ from lepton.logs import configure, event
 from lepton.tuning import keep_large_buffers_in_heap
 from lepton import lifecycle
 from lepton.serving import NOT_SERVING, start_metrics
-from lepton.agent import addresses, metrics
+from lepton.agent import addresses, flags, metrics
 from lepton.agent.agent import Agent
 from lepton.agent.membership import MembershipClient
 from lepton.agent.server import serve
@@ -27,6 +27,10 @@ def _out_of_memory(op, inputs, params):
 
 def run(args: argparse.Namespace) -> int:
     configure("agent")
+    try:
+        flags.check_throttle(args.throttle)
+    except ValueError as exc:
+        raise SystemExit(f"lepton agent: {exc}") from None
     creds = security.credentials_from_args(args, "agent")
     security.check_exposure("agent", creds, addresses.listen_address(args.listen, args.coordinator),
                             args.metrics_listen)

@@ -416,11 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="start a local cluster, run verified jobs, print a summary")
     p.add_argument("--agents", type=int, default=2)
-    p.add_argument("--device", action="append",
-                   help="device spec: once for every agent, or repeated once per agent (default numpy)")
-    p.add_argument("--throttle", default="1",
-                   help="slowdown factors, one for all agents or comma-separated per agent, e.g. 1,2,4 "
-                        "(`lepton agent --throttle`)")
+    p.add_argument("--device", default="numpy", help="device spec for every agent")
     p.add_argument("--rows", type=int, default=50_000_000, help="values in the main demo array")
     p.set_defaults(func=_lazy("lepton.demo", "run"))
     return parser
