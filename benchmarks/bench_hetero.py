@@ -11,7 +11,8 @@ Cases (all on this machine):
              two ranks; with --gpu, an OpenCL GPU agent too (benchmarks/gpu_check.sh passes it)
 Jobs: a sum of float32 rows and a rows-plan matmul (a: rows x 512 float32, b: 512 x 2048), each cut
 into a fixed number of partitions (the same under both policies: only who runs them changes, and
-the results are checked bitwise equal between the two, and against NumPy: the sum within 1e-5
+the results are checked bitwise equal between the two where no OpenCL device takes part (its kernels
+round their own way), and always against NumPy: the sum within 1e-5
 relative (float32 data, float64 accumulators), the matmul within 1e-4 of |a| @ |b|).
 
 Per case, job and policy: one warm-up (it measures the agents), then --repeats timed runs; makespan
@@ -122,7 +123,10 @@ def main() -> None:
                    for policy in ("credits", "speed")}
         for name in work:
             old, new = results["credits"][name], results["speed"][name]
-            assert all(np.array_equal(old["result"][k], new["result"][k]) for k in new["result"]), \
+            # NumPy and MPI devices fold the same canonical blocks, so placement cannot change a bit;
+            # an OpenCL kernel rounds its own way, so there who ran what shows in the last bits.
+            same = all(np.array_equal(old["result"][k], new["result"][k]) for k in new["result"])
+            assert same or any(d.startswith("opencl") for d in devices), \
                 f"{case} {name}: the two policies' results differ in their bits"
             # The agents' speeds as measured in the speed policy's timed runs.
             ideal = new["nbytes"] / sum(new["speeds"].values())

@@ -79,11 +79,16 @@ def plot(trace: pb.GetJobTraceResponse, path: str, labels: dict[tuple[str, str],
     import matplotlib.pyplot as plt
 
     t0 = trace.job.submitted_at
-    lanes = sorted({(p.agent_id, p.device or "?") for p in trace.partitions})
+    lanes = sorted({(p.agent_id, p.device) for p in trace.partitions if p.device})
+    # An attempt that never started names no device: draw it on its agent's first lane.
+    first = {}
+    for agent, device in lanes:
+        first.setdefault(agent, (agent, device))
+    lanes += sorted({(p.agent_id, "?") for p in trace.partitions if not p.device and p.agent_id not in first})
     index = {lane: i for i, lane in enumerate(lanes)}
     fig, ax = plt.subplots(figsize=(10, 1.6 + 0.5 * max(1, len(lanes))))
     for p in trace.partitions:
-        y = index[(p.agent_id, p.device or "?")]
+        y = index[(p.agent_id, p.device) if p.device else first.get(p.agent_id, (p.agent_id, "?"))]
         end = p.started_at or p.received_at or p.sent_at
         ax.barh(y, end - p.sent_at, left=p.sent_at - t0, height=0.3, color="0.8")
         if p.finished_at:
