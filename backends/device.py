@@ -26,6 +26,10 @@ class Device:
     #: Set by the agent: a device that breaks for good (an MPI rank died) calls it with the reason,
     #: and the agent stops so that it can be restarted; its partitions run elsewhere meanwhile.
     on_failure: Callable[[str], None] | None = None
+    #: Set by the agent (--throttle): run this many times slower than the hardware does, by waiting
+    #: (factor - 1) x the measured compute time after each partition. An honest slowdown for tests and
+    #: demos of heterogeneous clusters on one machine; `info()` names it in the description.
+    throttle: float = 1.0
 
     def __init__(self, name: str, description: str, memory_bytes: int):
         self.name = name
@@ -42,8 +46,17 @@ class Device:
         """Run `op` on one non-empty partition; record the throughput seen."""
         start = time.perf_counter()
         partial = self.kernels[op.name](self, inputs, params)
+        throttle = self.throttle
+        if throttle > 1:
+            time.sleep((throttle - 1) * (time.perf_counter() - start))
         self._observe(op.name, sum(a.nbytes for a in inputs.values()), time.perf_counter() - start)
         return partial
+
+    def set_throttle(self, factor: float) -> None:
+        """Run `factor` times slower from now on (1: full speed); what was measured is scaled to match."""
+        with self._lock:
+            old, self.throttle = self.throttle, float(factor)
+            self._throughput = {op: rate * old / self.throttle for op, rate in self._throughput.items()}
 
     def _observe(self, op: str, nbytes: int, seconds: float) -> None:
         if nbytes < 1 << 16 or seconds <= 0:
@@ -56,7 +69,8 @@ class Device:
     def info(self) -> DeviceInfo:
         with self._lock:
             throughput = dict(self._throughput)
-        return DeviceInfo(self.name, self.kind, self.description, self.memory_bytes, self.ops, throughput)
+        description = self.description if self.throttle == 1 else f"{self.description} [throttled {self.throttle:g}x]"
+        return DeviceInfo(self.name, self.kind, description, self.memory_bytes, self.ops, throughput)
 
     def close(self) -> None:
         """Release the device's resources; called once at agent shutdown."""

@@ -23,15 +23,18 @@
 #            beside cuBLAS, once per tile shape in TILES (a sweep)
 #   catalog  benchmarks/bench_opencl_catalog.py --full --torch: matmul, SpMM, k-means, Gram, qmatmul
 #            once per int8 product (khr / ptx / char4 / int32), the int8 GEMM beside torch._int_mm
+#   hetero   benchmarks/bench_hetero.py --gpu: one job over NumPy, PoCL, MPI and the GPU at once,
+#            placement by measured speed against the old one
 # Environment: PYTHON (default .venv/bin/python, else python3); PARTS (default "tests facts bench
-# catalog": a rerun can take fewer); BENCH_ARGS and CATALOG_ARGS: extra flags for the two benchmarks;
+# catalog hetero": a rerun can take fewer); BENCH_ARGS and CATALOG_ARGS: extra flags for the two benchmarks
+# (HETERO_ARGS for bench_hetero.py);
 # TILES: SGEMM tile shapes (TM,TN,TK,WM,WN[,PAD]) to sweep, "" for the default shape alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DRY=0
 [ "${1:-}" = "--dry-run" ] && DRY=1
 PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
-PARTS=${PARTS:-tests facts bench catalog}
+PARTS=${PARTS:-tests facts bench catalog hetero}
 TILES=${TILES-128,128,8,8,8 128,128,16,8,8 128,128,8,8,8,4 128,256,8,8,16 256,128,8,16,8}
 started=$SECONDS
 
@@ -126,6 +129,9 @@ if part bench; then
 fi
 if part catalog; then
     step "$PYTHON" benchmarks/bench_opencl_catalog.py --device opencl:gpu --full --torch ${CATALOG_ARGS:-}
+fi
+if part hetero; then
+    step "$PYTHON" benchmarks/bench_hetero.py --gpu --cases kinds ${HETERO_ARGS:-}
 fi
 say "done in $(( SECONDS - started )) s, status $status"
 exit $status

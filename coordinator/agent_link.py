@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from typing import Callable, Iterator
 
 import grpc
@@ -16,6 +17,8 @@ from lepton.v1 import agent_service_pb2 as pb, agent_service_pb2_grpc as pb_grpc
 
 # Tasks whose streamed inputs are at most this big go in one message (gRPC's default limit is 4 MiB).
 SMALL_TASK_BYTES = 1 << 20
+# Streams shorter than this mostly fill gRPC's flow-control window: they say little of the link.
+SEND_MEASURED_BYTES = 4 << 20
 
 
 class CachedKeys:
@@ -48,6 +51,9 @@ class AgentLink:
     def __init__(self, address: str, channel: grpc.Channel | None = None):
         self.address = address
         self.cached = CachedKeys()
+        # Bytes per second the coordinator streams run inputs to this agent at, decayed (None until a
+        # run of at least SEND_MEASURED_BYTES was sent): what moving data there costs (placement.py).
+        self.send_rate: float | None = None
         self._channel = channel or grpc.insecure_channel(address)  # channel: with the cluster's credentials
         self._stub = pb_grpc.AgentServiceStub(self._channel)
         # The streams of bytes take requests serialized by hand (wire.framed_chunks: one copy of each
@@ -131,8 +137,13 @@ class AgentLink:
 
         def requests():
             yield pb.RunTaskRequest(task=task).SerializeToString()
+            start = time.perf_counter()
             yield from wire.framed_chunks(streamed)
-            metrics.BYTES_TO_AGENTS.inc(sum(a.nbytes for a in streamed))
+            sent = sum(a.nbytes for a in streamed)
+            metrics.BYTES_TO_AGENTS.inc(sent)
+            # gRPC pulls the next chunk once flow control lets the last one go: the pace it pulls at
+            # is the link's (less a window's worth, buffered at the end).
+            self._observe_send(sent, time.perf_counter() - start)
 
         nbytes = sum(a.nbytes for a in streamed)
         if nbytes <= SMALL_TASK_BYTES:  # one message: no request stream (and no thread) to drive
@@ -179,6 +190,12 @@ class AgentLink:
         """Where `array` lies in shared memory the agent can map, or None (then its bytes go)."""
         where = sharedmem.registry.locate(array) if self.same_host else None
         return None if where is None else tensor_pb2.SharedBuffer(**where)
+
+    def _observe_send(self, nbytes: int, seconds: float) -> None:
+        if nbytes < SEND_MEASURED_BYTES or seconds <= 0:
+            return
+        rate, old = nbytes / seconds, self.send_rate
+        self.send_rate = rate if old is None else 0.5 * old + 0.5 * rate  # one float store: atomic
 
     def cache_tensors(self, items: list[tuple[str, str, np.ndarray]], timeout: float) -> list[str]:
         """Send (cache key, name, array) items to the agent's cache; returns the keys it kept. Arrays

@@ -51,6 +51,7 @@ class Config:
     history: int = 1000
     data_dir: str = ""  # where dataset copies live; empty: a temporary folder
     steal_backlog: int = 16
+    placement: str = "speed"  # lepton.coordinator.placement: "speed" or "credits"
     max_agents: int = 1024  # registered at once; JoinCluster beyond it gets RESOURCE_EXHAUSTED
     test_save_delay: float = 0.0  # tests: a dataset copy's writer pauses before it flushes each file
 
@@ -89,7 +90,8 @@ class Coordinator:
                                      on_join=lambda agent: self._store(store_records.AGENTS, agent.id,
                                                                        store_records.agent_record(agent)))
         self.scheduler = Scheduler(self.membership, self.config.max_attempts, self.config.agent_wait,
-                                   self.config.steal_backlog, self.config.target_partition_bytes)
+                                   self.config.steal_backlog, self.config.target_partition_bytes,
+                                   self.config.placement)
         self._tmp = None if self.config.data_dir else tempfile.TemporaryDirectory(prefix="lepton-data-")
         self.datasets = DatasetStore(Path(self.config.data_dir or self._tmp.name), self.config.test_save_delay,
                                      reload=store is None, on_saved=self._dataset_saved,

@@ -50,6 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--advertise", default=env("LEPTON_COORDINATOR_ADVERTISE", ""),
                         help="host:port that standbys name to clients and agents (default: the listen address) "
                              "[LEPTON_COORDINATOR_ADVERTISE]")
+    parser.add_argument("--placement", choices=("speed", "credits"), default=env("LEPTON_PLACEMENT", "speed"),
+                        help="how runs are sized and placed: speed (by each device's measured throughput) or "
+                             "credits (guided self-scheduling, blind to speed) [LEPTON_PLACEMENT]")
     credentials.add_server_arguments(parser, "coordinator")
     lifecycle.add_arguments(parser)
     # Tests: seconds the writer of a dataset's copy waits, its bytes in a temporary file, before it

@@ -1,7 +1,9 @@
 """Send partitions to agents: credit-based flow control, retries, and failure handling.
 
 One dispatcher thread assigns runs of ready partitions to agents that offer the job's op, never
-putting more work in flight on an agent than the credits it granted (see `run_size`); a pool of threads
+putting more work in flight on an agent than the credits it granted (see `run_size`); how many
+partitions a run holds and which agent gets resident ones is the placement's call
+(lepton.coordinator.placement: by measured speed, or the older guided self-scheduling); a pool of threads
 streams each run and feeds the partials that come back to the job's aggregation tree. A failed
 run's partitions that no partial covers go back to pending (on another agent when there is one)
 until `max_attempts`; errors that retrying cannot fix fail the job at once.
@@ -16,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 
 from lepton.errors import LeptonError
-from lepton.coordinator import metrics
+from lepton.coordinator import metrics, placement as placements
 from lepton.coordinator.jobs import Job, Outcome, Run
 from lepton.coordinator.membership import Agent, Membership
 from lepton.coordinator.partitions import PartitionState
@@ -33,12 +35,13 @@ class Scheduler:
     state is under its lock, always taken after `cond`."""
 
     def __init__(self, membership: Membership, max_attempts: int = 3, agent_wait: float = 30.0,
-                 steal_backlog: int = 16, unit_bytes: int = 8 << 20):
+                 steal_backlog: int = 16, unit_bytes: int = 8 << 20, placement: str = "speed"):
         self.membership = membership
         self.max_attempts, self.agent_wait = max_attempts, agent_wait
-        # Resident partitions move to an idle agent only when their own agent has more than this
-        # many of the job's partitions waiting: moving data costs more than a short wait.
-        self.steal_backlog = steal_backlog
+        # Run sizes and moves of resident partitions: by measured speed, or (credits) by guided
+        # self-scheduling, which moves resident partitions only from an agent more than
+        # steal_backlog behind.
+        self.placement = placements.make(placement, steal_backlog)
         # A credit is one partition of the target size in flight: a run of smaller partitions
         # costs one credit per this many bytes of its split inputs (at least one).
         self.unit_bytes = max(1, unit_bytes)
@@ -66,10 +69,10 @@ class Scheduler:
             capable = [a for a in agents if job.op.name in a.ops]
             if not capable:
                 return False
-            agent = min(capable, key=lambda a: a.in_flight / a.credits)
             with job.lock:
+                agent = self.placement.order(job, capable)[0]
                 job.release_ready()
-                run = self._take_run(job, agent, capable, {a.id for a in capable}, {a.id for a in agents})
+                run = self._take_run(job, agent, capable, {a.id for a in capable}, {a.id: a for a in agents})
         if run is None:
             return False
         self._execute(agent, job, run)
@@ -93,6 +96,7 @@ class Scheduler:
     def on_agent_removed(self, agent: Agent) -> None:
         """Stop the runs on a lost agent; their partitions return to pending when the calls end."""
         calls = []
+        self.placement.forget(agent)
         with self.cond:
             for job in self.jobs:
                 with job.lock:
@@ -126,7 +130,7 @@ class Scheduler:
     def _assign(self):
         self.jobs = [j for j in self.jobs if not j.state.final]
         agents = self.membership.agents()
-        live = {a.id for a in agents}
+        live = {a.id: a for a in agents}
         launches, expired, active, now = [], [], [], time.time()
         for job in self.jobs:
             capable = [a for a in agents if job.op.name in a.ops]
@@ -142,7 +146,7 @@ class Scheduler:
             progress = False
             for job, capable, capable_ids in active:
                 with job.lock:
-                    for agent in sorted(capable, key=lambda a: a.in_flight / a.credits):
+                    for agent in self.placement.order(job, capable):
                         run = self._take_run(job, agent, capable, capable_ids, live) or self._speculate(job, agent)
                         if run:
                             launches.append((agent, job, run))
@@ -162,37 +166,44 @@ class Scheduler:
         return None
 
     def run_size(self, job: Job, agent: Agent, capable: list[Agent]) -> int:
-        """How many partitions the agent's next run of the job may hold.
+        """How many partitions the agent's next run of the job may hold (0: none now).
 
-        Guided self-scheduling: a share of what is ready that leaves every capable agent two runs'
-        worth, so runs shrink as the job drains and the agents finish together, down to a floor;
-        and no more than half the agent's credits' worth of bytes, so the next run's transfer
-        overlaps this one's compute. (The place to weigh agents by their measured speed.)
+        The placement's share for this agent (lepton.coordinator.placement), never less than a floor
+        unless the placement says none; and no more than half the agent's credits' worth of bytes,
+        so the next run's transfer overlaps this one's compute.
         """
         free = agent.credits - agent.in_flight
         if free <= 0:
             return 0
         per_partition = max(1.0, job.partition_bytes)
-        fair = -(-job.parts.ready_count // (2 * len(capable)))
-        # But never less than an eighth of a credit's bytes, nor than an even split of the job over
+        # The floor: an eighth of a credit's bytes, but no more than an even split of the job over
         # the agents: a run costs the coordinator about a millisecond of its own, which thousands of
         # tiny partitions spread over many agents would pay thousands of times (the per-partition
         # cost is microseconds).
         floor = min(-(-(self.unit_bytes // 8) // int(per_partition)), -(-job.plan.count // len(capable)))
+        share = self.placement.share(job, agent, capable, floor, local=job.parts.backlog(agent.id) > 0)
+        if share <= 0:
+            return 0
         by_bytes = int(min(free, max(1, agent.credits // 2)) * self.unit_bytes // per_partition)
-        return max(1, min(max(fair, floor), by_bytes))
+        return max(1, min(share, by_bytes))
 
     def credits_of(self, job: Job, partitions: int) -> int:
         return max(1, -(-int(partitions * job.partition_bytes) // self.unit_bytes))
 
     def _take_run(self, job: Job, agent: Agent, capable: list[Agent], capable_ids: set[str],
-                  live: set[str]) -> Run | None:
+                  live: dict[str, Agent]) -> Run | None:
         parts = job.parts
         if not parts.ready_count or job.state.final:
             return None
+        if agent.in_flight >= agent.credits:
+            return None
         limit = min(self.run_size(job, agent, capable), job.max_run)
         if limit <= 0:
-            return None
+            if not parts.failed_on:
+                return None
+            # A partition that failed elsewhere may have only this agent left to run it, whatever
+            # its speed: one partition then, so that no retry waits on an agent it may not use.
+            limit = 1
 
         def eligible(p: int) -> bool:
             # Retry elsewhere while some capable agent has not failed it yet.
@@ -200,15 +211,20 @@ class Scheduler:
             return not failed_on or agent.id not in failed_on or failed_on >= capable_ids
 
         # Tiers of homes: resident here or nowhere; then resident on an agent that is gone; then on
-        # one far behind (more than steal_backlog waiting).
-        homes = [[agent.id, None],
-                 [h for h in parts.ready if h not in live and h is not None],
-                 [h for h in parts.ready if h in live and h != agent.id and parts.backlog(h) > self.steal_backlog]]
-        for tier in homes:
+        # a live one, as many as the placement says are worth moving.
+        first = None
+        for tier in ([agent.id, None], [h for h in parts.ready if h not in live and h is not None]):
             first = next((p for h in tier for p in parts.ready.get(h, ()) if eligible(p)), None)
             if first is not None:
                 break
         else:
+            for h in [h for h in parts.ready if h in live and h != agent.id]:
+                moves = self.placement.steal(job, agent, live[h])
+                first = next((p for p in parts.ready.get(h, ()) if eligible(p)), None) if moves > 0 else None
+                if first is not None:
+                    limit = min(limit, moves)
+                    break
+        if first is None:
             return None
         home = parts.queued_home[first]
         hi = first + 1
@@ -256,6 +272,7 @@ class Scheduler:
         try:
             for lo, hi, partial, timings in agent.link.run_task(job, run, timeout, on_call):
                 job.node_done(run, lo, hi, partial, timings)
+                self.placement.observe(agent, job, timings)
         except grpc.RpcError as exc:
             error = (exc.code().name, exc.details() or "")
         except LeptonError as exc:

@@ -71,8 +71,9 @@ def run_in_pieces(device: Device, op: Op, inputs: dict[str, np.ndarray], params:
 class DeviceWorker:
     """A device and the one thread that feeds it from its queue."""
 
-    def __init__(self, device: Device, test_delay: tuple[float, float] = (0.0, 0.0)):
-        self.device, self.test_delay = device, test_delay
+    def __init__(self, device: Device, test_delay: tuple[float, float] = (0.0, 0.0),
+                 after_partition: Callable[[], None] = lambda: None):
+        self.device, self.test_delay, self.after_partition = device, test_delay, after_partition
         self._queued_bytes = 0  # submitted and not finished: what "least loaded" means
         self._lock = threading.Lock()  # guards _queued_bytes: task threads add, the device thread subtracts
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
@@ -101,14 +102,15 @@ class DeviceWorker:
                 item = inputs = None
                 continue
             try:
-                if self.test_delay[1]:  # test hook: shuffle arrival order, or make a straggler
-                    time.sleep(random.uniform(*self.test_delay))
                 start = time.time()
+                if self.test_delay[1]:  # test hook: shuffle arrival order, or make a straggler
+                    time.sleep(random.uniform(*self.test_delay))  # timed: a straggler's device is slow
                 partial = run_in_pieces(self.device, op, inputs, params)
                 end = time.time()
                 metrics.PARTITIONS.labels(self.device.name, op.name).inc()
                 metrics.BUSY_SECONDS.labels(self.device.name).inc(end - start)
                 result = (tag, partial, start, end)
+                self.after_partition()
             except LeptonError as exc:
                 result = (tag, exc)
             except Exception as exc:  # noqa: BLE001 - a kernel bug fails its partition, not the agent
@@ -139,10 +141,28 @@ class TaskInput:
 
 class Agent:
     def __init__(self, devices: list[Device], credits: int = 0, test_delay: tuple[float, float] = (0.0, 0.0),
-                 cache_bytes: int = 2 << 30):
-        self.workers = [DeviceWorker(d, test_delay) for d in devices]
+                 cache_bytes: int = 2 << 30, throttle: float = 1.0, test_throttle_after: tuple[int, float] = (0, 1.0)):
+        for device in devices:
+            device.set_throttle(throttle)
+        # Test hook: after this many partitions on the agent, every device changes to that throttle.
+        self._throttle_after, self._partitions_run = test_throttle_after, 0
+        self._count_lock = threading.Lock()
+        self.workers = [DeviceWorker(d, test_delay, self._partition_ran) for d in devices]
         self.credits = credits or max(2, 2 * len(devices))
         self.cache = TensorCache(cache_bytes)
+
+    def _partition_ran(self) -> None:
+        count, factor = self._throttle_after
+        if not count:
+            return
+        with self._count_lock:
+            self._partitions_run += 1
+            change = self._partitions_run == count
+        if change:
+            event(log, "agent.throttle_changed", level=logging.WARNING, partitions=count, throttle=factor,
+                  note="test hook --test-throttle-after")
+            for worker in self.workers:
+                worker.device.set_throttle(factor)
 
     @property
     def devices(self) -> list[Device]:

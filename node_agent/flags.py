@@ -13,6 +13,17 @@ def _delay(text: str) -> tuple[float, float]:
     return float(low or 0), float(high)
 
 
+def check_throttle(factor: float) -> float:
+    if not 1 <= factor <= 1000:
+        raise ValueError(f"--throttle is a slowdown factor from 1 (full speed) to 1000; got {factor:g}")
+    return factor
+
+
+def _throttle_after(text: str) -> tuple[int, float]:
+    count, _, factor = text.partition(":")
+    return int(count), check_throttle(float(factor))
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     env = os.environ.get
     parser.add_argument("--coordinator", default=env("LEPTON_COORDINATOR", "127.0.0.1:50051"),
@@ -42,11 +53,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         default=float(env("LEPTON_COORDINATOR_TIMEOUT", 600)),
                         help="seconds without reaching the coordinator before the agent gives up and exits "
                              "non-zero (0: retry forever) [LEPTON_COORDINATOR_TIMEOUT]")
+    parser.add_argument("--throttle", type=float, default=float(env("LEPTON_THROTTLE", 1)),
+                        help="run every device FACTOR times slower (it waits FACTOR-1 times each partition's "
+                             "compute time): a named, honest slowdown to build a heterogeneous cluster on one "
+                             "machine; `lepton status` shows it [LEPTON_THROTTLE]")
     lifecycle.add_arguments(parser)
     credentials.add_server_arguments(parser, "agent")
-    # Tests: sleep before each partition, uniformly in [0, MAX] or [MIN, MAX] ("MIN:MAX").
+    # Tests: sleep before each partition, uniformly in [0, MAX] or [MIN, MAX] ("MIN:MAX"), counted in
+    # its device time (the trace, the coordinator's speed estimate), as a straggler's would be.
     parser.add_argument("--test-delay", type=_delay, default=_delay(env("LEPTON_TEST_DELAY", "0")),
                         help=argparse.SUPPRESS)
+    # Tests: after N partitions on this agent, change the throttle to FACTOR ("N:FACTOR"): a device
+    # that slows down mid-job.
+    parser.add_argument("--test-throttle-after", type=_throttle_after,
+                        default=_throttle_after(env("LEPTON_TEST_THROTTLE_AFTER", "0:1")), help=argparse.SUPPRESS)
     # Tests: every partition runs out of device memory, so the split into halves gives up.
     parser.add_argument("--test-out-of-memory", action="store_true",
                         default=env("LEPTON_TEST_OUT_OF_MEMORY", "") not in ("", "0"), help=argparse.SUPPRESS)

@@ -12,7 +12,7 @@ from lepton.logs import configure, event
 from lepton.tuning import keep_large_buffers_in_heap
 from lepton import lifecycle
 from lepton.serving import NOT_SERVING, start_metrics
-from lepton.agent import addresses, metrics
+from lepton.agent import addresses, flags, metrics
 from lepton.agent.agent import Agent
 from lepton.agent.membership import MembershipClient
 from lepton.agent.server import serve
@@ -27,6 +27,10 @@ def _out_of_memory(op, inputs, params):
 
 def run(args: argparse.Namespace) -> int:
     configure("agent")
+    try:
+        flags.check_throttle(args.throttle)
+    except ValueError as exc:
+        raise SystemExit(f"lepton agent: {exc}") from None
     creds = security.credentials_from_args(args, "agent")
     towards = failover.parse(args.coordinator)[0]  # of several (a highly available cluster), the first
     security.check_exposure("agent", creds, addresses.listen_address(args.listen, towards), args.metrics_listen)
@@ -37,14 +41,16 @@ def run(args: argparse.Namespace) -> int:
     if args.test_out_of_memory:
         for device in devices:
             device.run = _out_of_memory
-    agent = Agent(devices, args.credits, args.test_delay, int(args.cache_mib * (1 << 20)))
+    agent = Agent(devices, args.credits, args.test_delay, int(args.cache_mib * (1 << 20)), args.throttle,
+                  args.test_throttle_after)
     listen = addresses.listen_address(args.listen, towards)
     server, port, health = serve(agent, listen, creds=creds)
     address = addresses.advertise_address(args.advertise, listen, port, towards)
     metrics.register(agent)
     metrics_address = start_metrics(args.metrics_listen, **security.metrics_tls(creds))
     event(log, "agent.serving", address=address, devices=",".join(d.name for d in devices),
-          credits=agent.credits, metrics=metrics_address or "off")
+          credits=agent.credits, metrics=metrics_address or "off",
+          **({"throttle": f"{args.throttle:g}x (a deliberate slowdown)"} if args.throttle != 1 else {}))
     shutdown = lifecycle.Shutdown(args.shutdown_timeout)
     membership = MembershipClient(agent, args.coordinator, args.name, address, metrics_address,
                                   coordinator_timeout=args.coordinator_timeout, on_give_up=shutdown.request,

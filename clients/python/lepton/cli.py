@@ -174,8 +174,18 @@ def cmd_up(args) -> int:
 
     # The children stop within most of our bound, so that we can still SIGKILL a straggler in it.
     children = max(0.5, 0.8 * args.shutdown_timeout)
-    cluster = LocalCluster(agents=args.agents, devices=args.device, detach=args.detach,
-                           env={"LEPTON_SHUTDOWN_TIMEOUT": f"{children:g}"}, ha=args.ha)
+    devices = args.device or ["numpy"]
+    throttle = [float(t) for t in args.throttle.split(",")]
+    try:
+        cluster = LocalCluster(agents=args.agents, devices=devices * args.agents if len(devices) == 1 else devices,
+                               detach=args.detach, env={"LEPTON_SHUTDOWN_TIMEOUT": f"{children:g}"},
+                               throttle=throttle * args.agents if len(throttle) == 1 else throttle, ha=args.ha)
+    except ValueError as exc:
+        print(f"lepton up: {exc} (give --device and --throttle once for every agent, or once per agent)",
+              file=sys.stderr)
+        return 2
+    args.device = ";".join(devices) + (f" (throttled {args.throttle}x: a deliberate slowdown)"
+                                       if set(throttle) != {1.0} else "")
     if args.detach:
         cluster.start()
         cluster.close_clients()
@@ -211,6 +221,7 @@ def cmd_trace(args) -> int:
 
     with connect(args, timeout=10) as client:
         result = client.trace(args.job_id)
+        labels = trace.device_labels(client.cluster_status())  # names throttled devices as such
     if args.json:
         print(as_json(result))
         return 0
@@ -218,9 +229,9 @@ def cmd_trace(args) -> int:
     print(f"{job.job_id} {job.op} {state_name(job)}: {job.partitions_done}/{job.partitions_total} partitions, "
           f"{(job.finished_at or time.time()) - job.submitted_at:.3f}s")
     print(table(trace.HEADERS, trace.rows(result)))
-    print("\n".join(trace.summary(result)))
+    print("\n".join(trace.summary(result, labels)))
     if args.plot:
-        trace.plot(result, args.plot)
+        trace.plot(result, args.plot, labels)
         print(f"timeline written to {args.plot}")
     return 0
 
@@ -316,7 +327,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("up", help="run a local cluster in the foreground until Ctrl-C")
     p.add_argument("--agents", type=int, default=2)
-    p.add_argument("--device", default="numpy", help="device spec for every agent")
+    p.add_argument("--device", action="append",
+                   help="device spec: once for every agent, or repeated once per agent (default numpy)")
+    p.add_argument("--throttle", default="1",
+                   help="slowdown factors, one for all agents or comma-separated per agent, e.g. 1,2,4 "
+                        "(`lepton agent --throttle`)")
     p.add_argument("--detach", action="store_true",
                    help="start the cluster and return, leaving it running after this command ends "
                         "(without it, the cluster ends with this command, however it ends)")

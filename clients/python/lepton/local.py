@@ -32,16 +32,20 @@ class LocalCluster:
     def __init__(self, agents: int = 2, devices: str | list[str] = "numpy", *, coordinator_args: list[str] = (),
                  agent_args: list[str] = (), env: dict[str, str] | None = None, startup_timeout: float = 60,
                  detach: bool = False, token: str | None = None, tls: bool = False, mtls: bool = True,
-                 ha: bool = False):
+                 ha: bool = False, throttle: float | list[float] = 1):
         """ha: a private etcd and two coordinators, one leading, sharing a data folder; `address`
         then names both ("a,b"), and clients and agents follow the leader. token: the client token (None: a random one per cluster, which `client()` carries; "": no
         tokens at all, the open loopback of old). tls: a throw-away CA and certificates, and TLS on
         every port; agents then obey the coordinator's certificate, and with mtls the coordinator too
-        requires one from every caller (clients present the client certificate)."""
+        requires one from every caller (clients present the client certificate). throttle: each agent's
+        devices run that many times slower (`lepton agent --throttle`), one factor for all or one per agent."""
         per_agent = [devices] * agents if isinstance(devices, str) else list(devices)
-        if len(per_agent) != agents:
-            raise ValueError(f"devices lists {len(per_agent)} specs for {agents} agents")
+        throttles = [throttle] * agents if isinstance(throttle, (int, float)) else list(throttle)
+        if len(per_agent) != agents or len(throttles) != agents:
+            raise ValueError(f"devices lists {len(per_agent)} specs and throttle {len(throttles)} factors "
+                             f"for {agents} agents")
         self._devices, self._agent_args = per_agent, list(agent_args)
+        self._throttles = throttles
         self._coordinator_args = list(coordinator_args)
         # Agents on one machine share its cores: give each agent's BLAS its share, or their thread
         # pools oversubscribe the cores and spin (a Gram of 8M x 32 ran 37x slower than NumPy so).
@@ -136,8 +140,8 @@ class LocalCluster:
         for index in range(2 if self.ha else 1):
             self._start_coordinator("127.0.0.1:0", index=index)
         try:
-            for devices in self._devices:
-                self.add_agent(devices, wait=False)
+            for devices, throttle in zip(self._devices, self._throttles):
+                self.add_agent(devices, ["--throttle", f"{throttle:g}"] if throttle != 1 else [], wait=False)
             self.wait_for_agents(len(self._devices), self.agents)
         except BaseException:
             self.close()

@@ -22,17 +22,44 @@ def rows(trace: pb.GetJobTraceResponse) -> list[list]:
 HEADERS = ["PART", "TRY", "AGENT", "DEVICE", "ROWS", "QUEUED S", "SENT AT", "RAN S", "BACK AT", "OUTCOME"]
 
 
-def summary(trace: pb.GetJobTraceResponse) -> list[str]:
-    """Busy time per device over the job's span, and partitions slower than twice the median."""
+def device_labels(status) -> dict[tuple[str, str], str]:
+    """(agent id, device) -> "agent-1 name device [throttled 4x]" from a ClusterStatus: the trace names
+    devices only, the status says what each is (a throttle is part of its description)."""
+    labels = {}
+    for agent in status.agents:
+        for d in agent.devices:
+            throttle = d.description[d.description.rfind(" [throttled"):] if "[throttled" in d.description else ""
+            labels[(agent.agent_id, d.name)] = f"{agent.agent_id} {d.name}{throttle}"
+    return labels
+
+
+def shares(trace: pb.GetJobTraceResponse) -> dict[tuple[str, str], dict]:
+    """Per (agent, device): the partitions and rows it computed (the attempts that counted), its busy
+    seconds and when its last partition finished (seconds since submission)."""
+    t0, out = trace.job.submitted_at, {}
+    for p in trace.partitions:
+        if p.outcome != "done" or not p.finished_at:
+            continue
+        lane = out.setdefault((p.agent_id, p.device or "?"), {"partitions": 0, "rows": 0, "busy": 0.0, "last": 0.0})
+        lane["partitions"] += 1
+        lane["rows"] += p.rows
+        lane["busy"] += p.finished_at - p.started_at
+        lane["last"] = max(lane["last"], p.finished_at - t0)
+    return out
+
+
+def summary(trace: pb.GetJobTraceResponse, labels: dict[tuple[str, str], str] | None = None) -> list[str]:
+    """Each device's share of the rows and when it finished, its busy time over the job's span, and
+    partitions slower than twice the median."""
     done = [p for p in trace.partitions if p.finished_at]
     if not done:
         return ["no partition has finished"]
     span = max(p.finished_at for p in done) - min(p.started_at for p in done)
-    busy = defaultdict(float)
-    for p in done:
-        busy[(p.agent_id, p.device)] += p.finished_at - p.started_at
-    lines = [f"{agent} {device}: busy {seconds:.3f}s of {span:.3f}s ({100 * seconds / span if span else 100:.0f}%)"
-             for (agent, device), seconds in sorted(busy.items())]
+    lanes, labels = shares(trace), labels or {}
+    total = sum(lane["rows"] for lane in lanes.values()) or 1
+    lines = [f"{labels.get(key, ' '.join(key))}: {lane['partitions']} partitions, {100 * lane['rows'] / total:.0f}% "
+             f"of the rows, last done at {lane['last']:.3f}s; busy {lane['busy']:.3f}s of {span:.3f}s "
+             f"({100 * lane['busy'] / span if span else 100:.0f}%)" for key, lane in sorted(lanes.items())]
     median = statistics.median(p.finished_at - p.started_at for p in done)
     slow = [p for p in done if p.finished_at - p.started_at > 2 * median > 0]
     lines.append(f"stragglers (> 2x the median {median:.3f}s): "
@@ -43,19 +70,25 @@ def summary(trace: pb.GetJobTraceResponse) -> list[str]:
     return lines
 
 
-def plot(trace: pb.GetJobTraceResponse, path: str) -> None:
-    """A timeline, one row per device: dispatch wait in grey, kernels in colour, failures in red."""
+def plot(trace: pb.GetJobTraceResponse, path: str, labels: dict[tuple[str, str], str] | None = None) -> None:
+    """A timeline, one row per device: dispatch wait in grey, kernels in colour, failures in red;
+    each row says its share of the rows and when its last partition finished."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     t0 = trace.job.submitted_at
-    lanes = sorted({(p.agent_id, p.device or "?") for p in trace.partitions})
+    lanes = sorted({(p.agent_id, p.device) for p in trace.partitions if p.device})
+    # An attempt that never started names no device: draw it on its agent's first lane.
+    first = {}
+    for agent, device in lanes:
+        first.setdefault(agent, (agent, device))
+    lanes += sorted({(p.agent_id, "?") for p in trace.partitions if not p.device and p.agent_id not in first})
     index = {lane: i for i, lane in enumerate(lanes)}
     fig, ax = plt.subplots(figsize=(10, 1.6 + 0.5 * max(1, len(lanes))))
     for p in trace.partitions:
-        y = index[(p.agent_id, p.device or "?")]
+        y = index[(p.agent_id, p.device) if p.device else first.get(p.agent_id, (p.agent_id, "?"))]
         end = p.started_at or p.received_at or p.sent_at
         ax.barh(y, end - p.sent_at, left=p.sent_at - t0, height=0.3, color="0.8")
         if p.finished_at:
@@ -67,7 +100,13 @@ def plot(trace: pb.GetJobTraceResponse, path: str) -> None:
     ax.legend(handles=[Patch(color="0.8", label="sent, not started (transfer, queue)"),
                        Patch(color="tab:blue", label="kernel"), Patch(color="tab:red", label="failed")],
               loc="upper center", bbox_to_anchor=(0.5, -0.35), ncol=3, frameon=False, fontsize="small")
-    ax.set_yticks(range(len(lanes)), [f"{agent} {device}" for agent, device in lanes])
+    lane_shares, labels = shares(trace), labels or {}
+    total = sum(lane["rows"] for lane in lane_shares.values()) or 1
+    for lane, share in lane_shares.items():
+        ax.plot([share["last"]] * 2, [index[lane] - 0.4, index[lane] + 0.4], color="black", linewidth=1.5)
+        ax.annotate(f" {100 * share['rows'] / total:.0f}% of rows, done {share['last']:.2f}s",
+                    (share["last"], index[lane]), va="center", fontsize="small")
+    ax.set_yticks(range(len(lanes)), [labels.get(lane, f"{lane[0]} {lane[1]}") for lane in lanes])
     ax.set_xlabel("seconds since submission")
     ax.set_title(f"{trace.job.job_id} ({trace.job.op}): {len(trace.partitions)} partition attempts")
     ax.invert_yaxis()

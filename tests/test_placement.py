@@ -1,0 +1,188 @@
+"""Placement by measured speed (lepton.coordinator.placement), on real clusters of throttled agents.
+
+Every check is relative (who ran more partitions), read from the job's trace, never from the clock:
+a throttle (`lepton agent --throttle`) makes a device slower by a factor, whatever the machine's load.
+"""
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import pytest
+
+import lepton
+
+from types import SimpleNamespace
+
+from lepton.contract import DeviceInfo
+from lepton.coordinator import placement
+from lepton.coordinator.jobs import Run
+from lepton.coordinator.membership import Agent
+from lepton.coordinator.partitions import PartitionState, PartitionTable
+
+MIB = 1 << 20
+
+
+# -- the policy alone, on a simulated clock: agents that run their runs' partitions one by one ---
+
+def fake_agent(name: str, rate: float | None) -> Agent:
+    device = DeviceInfo("numpy:0", "numpy", "", 0, ["op"], {"op": rate} if rate else {})
+    return Agent(name, name, "127.0.0.1:1", [device], credits=4, link=SimpleNamespace(send_rate=None))
+
+
+def fake_job(partitions: int) -> SimpleNamespace:
+    parts = PartitionTable(partitions)
+    parts.release(partitions)
+    plan = SimpleNamespace(count=partitions, row_splits=np.arange(partitions + 1) * 100)
+    return SimpleNamespace(parts=parts, runs=[], partition_bytes=MIB, plan=plan, datasets={},
+                           op=SimpleNamespace(name="op"))
+
+
+def simulate(policy, rates: dict[str, float], partitions: int = 96) -> tuple[collections.Counter, float]:
+    """Dispatch with `policy` whenever something changes, each agent computing `rates[name]`
+    partitions per second in order; returns the partitions per agent and the makespan."""
+    job, agents = fake_job(partitions), [fake_agent(n, r * MIB) for n, r in rates.items()]
+    queues = {a.id: [] for a in agents}  # runs in order; the head's partitions finish one by one
+    busy_until, now, counts = {a.id: 0.0 for a in agents}, 0.0, collections.Counter()
+    while job.parts.done < partitions:
+        for agent in policy.order(job, agents):
+            if len(queues[agent.id]) >= agent.credits or not job.parts.ready_count:
+                continue
+            n = min(policy.share(job, agent, agents, 1), job.parts.ready_count)
+            if n > 0:
+                lo = next(iter(job.parts.ready[None]))
+                run = Run(lo, lo + n, agent.id)
+                for p in range(run.lo, run.hi):
+                    job.parts.move(p, PartitionState.RUNNING)
+                job.runs.append(run)
+                queues[agent.id].append(run)
+                busy_until[agent.id] = max(busy_until[agent.id], now)
+        # The next partition to finish, anywhere.
+        agent_id = min((a for a in queues if queues[a]), key=lambda a: busy_until[a] + 1 / rates[a])
+        now = busy_until[agent_id] = busy_until[agent_id] + 1 / rates[agent_id]
+        run = queues[agent_id][0]
+        p = next(p for p in range(run.lo, run.hi) if job.parts.state[p] is PartitionState.RUNNING)
+        job.parts.move(p, PartitionState.DONE)
+        counts[agent_id] += 1
+        if p == run.hi - 1:
+            queues[agent_id].pop(0)
+            job.runs.remove(run)
+    return counts, now
+
+
+def test_speed_placement_splits_in_proportion_and_finishes_near_the_ideal():
+    rates = {"full": 4.0, "half": 2.0, "quarter": 1.0}
+    counts, makespan = simulate(placement.SpeedPlacement(), rates)
+    ideal = 96 / sum(rates.values())
+    assert makespan <= 1.15 * ideal, (makespan, ideal, counts)
+    for name, rate in rates.items():
+        assert abs(counts[name] - 96 * rate / 7) <= 3, counts
+
+
+def test_an_unmeasured_agent_gets_one_probe_partition_first():
+    job, agents = fake_job(32), [fake_agent("known", 4 * MIB), fake_agent("new", None)]
+    speed = placement.SpeedPlacement()
+    assert speed.share(job, agents[1], agents, 1) == 1
+    job.parts.move(0, PartitionState.RUNNING)
+    job.runs.append(Run(0, 1, "new"))
+    assert speed.share(job, agents[1], agents, 1) == 0  # until its probe's timing is in
+    assert speed.share(job, agents[0], agents, 1) > 1
+
+
+def test_the_estimate_follows_a_slowdown_within_a_few_partitions():
+    speeds, agent = placement.Speeds(), fake_agent("a", None)
+    for _ in range(4):
+        speeds.observe("a", "op", "numpy:0", MIB, 0.01)
+    for _ in range(3):
+        speeds.observe("a", "op", "numpy:0", MIB, 0.1)  # 10x slower
+    assert speeds.rate(agent, "op") < 0.25 * MIB / 0.01  # believed 4x slower after three
+
+
+# -- real clusters --------------------------------------------------------------------------
+
+# A Gram matrix of 1024 columns: about 10 ms of BLAS per 256-row partition at full speed, so a
+# throttled device's kernel time, not the coordinator, sets its pace; and a float32 reduction
+# folded in a fixed tree, so equal bits mean the same partitions were combined the same way.
+ROWS, COLUMNS, PARTITIONS = 64 * 256, 1024, 64
+
+
+def gram_input() -> np.ndarray:
+    return np.random.default_rng(7).standard_normal((ROWS, COLUMNS), dtype=np.float32)
+
+
+def names(client) -> dict[str, str]:
+    return {a.agent_id: a.name for a in client.cluster_status().agents}
+
+
+def done_by_agent(client, job_id: str) -> collections.Counter:
+    """Partitions computed by each agent (by name): the attempt whose partial came back first (a
+    speculative copy may finish a partition twice)."""
+    first = {}
+    for p in client.trace(job_id).partitions:
+        if p.outcome == "done" and (p.partition not in first or p.received_at < first[p.partition].received_at):
+            first[p.partition] = p
+    agents = names(client)
+    return collections.Counter(agents.get(p.agent_id, p.agent_id) for p in first.values())
+
+
+def run_gram(client, x: np.ndarray) -> tuple[np.ndarray, str]:
+    job = client.submit("gram", {"x": x}, partitions=PARTITIONS)
+    return job.result(timeout=240)["xtx"], job.job_id
+
+
+def check_gram(xtx: np.ndarray, x: np.ndarray) -> None:
+    # float32 input, float64 accumulation: within 1e-4 of the summed magnitudes |x|^T |x| (README).
+    reference = x.astype(np.float64).T @ x.astype(np.float64)
+    magnitude = np.abs(x).astype(np.float64).T @ np.abs(x).astype(np.float64)
+    assert np.all(np.abs(xtx - reference) <= 1e-4 * magnitude)
+
+
+@pytest.mark.slow
+def test_shares_follow_throttles():
+    """Agents at 1x, 1/2x and 1/4x speed: the full-speed one computes clearly more partitions than
+    the quarter-speed one, once the cluster has measured them (the first job probes)."""
+    x = gram_input()
+    with lepton.LocalCluster(agents=0) as cluster:
+        for name, factor in (("full", 1), ("half", 2), ("quarter", 4)):
+            cluster.add_agent("numpy", ["--name", name, "--throttle", str(factor)])
+        client = cluster.client(timeout=240)
+        descriptions = {a.name: a.devices[0].description for a in client.cluster_status().agents}
+        assert "[throttled 4x]" in descriptions["quarter"] and "throttled" not in descriptions["full"]
+        run_gram(client, x)  # measures every agent's speed for the op
+        xtx, job_id = run_gram(client, x)
+        done = done_by_agent(client, job_id)
+    check_gram(xtx, x)
+    assert sum(done.values()) == PARTITIONS
+    # In proportion to speed it would be 4:2:1 (37, 18 and 9 partitions). A loaded machine makes the
+    # full-speed agent's own speed wander (the throttled ones mostly sleep), so only "clearly more".
+    assert done["full"] >= 2 * done["quarter"], done
+
+
+@pytest.mark.slow
+def test_slowdown_mid_job_moves_work_off_the_device(clusters):
+    """An agent that slows down 10x after 8 partitions (the --test-throttle-after hook) gets less
+    of the rest than it would at full speed; the result is bitwise the undisturbed cluster's."""
+    x = gram_input()
+    undisturbed, _ = run_gram(clusters[2].client(timeout=240), x)
+    with lepton.LocalCluster(agents=0) as cluster:
+        cluster.add_agent("numpy", ["--name", "steady"])
+        cluster.add_agent("numpy", ["--name", "slowing", "--test-throttle-after", "8:10"])
+        client = cluster.client(timeout=240)
+        xtx, job_id = run_gram(client, x)
+        done = done_by_agent(client, job_id)
+        slowed = [a.devices[0].description for a in client.cluster_status().agents if a.name == "slowing"]
+        agents, attempts = names(client), client.trace(job_id).partitions
+    # Once its first slowed partition was back (or its 8th, if it got no more; agent and coordinator
+    # share this machine's clock), new work went mostly to the steady agent.
+    slowing = sorted((p for p in attempts if agents[p.agent_id] == "slowing" and p.finished_at),
+                     key=lambda p: p.started_at)
+    assert len(slowing) >= 8, slowing
+    slow_from = slowing[min(8, len(slowing) - 1)].finished_at
+    later = collections.Counter(agents[p.agent_id] for p in attempts if p.sent_at > slow_from)
+    assert slowed == [f"{slowed[0].split(' [')[0]} [throttled 10x]"], slowed  # the hook fired
+    assert xtx.tobytes() == undisturbed.tobytes()
+    check_gram(xtx, x)
+    # At full speed it would take about half; 10x slower from its 9th partition, it is left with
+    # its first 8, what it held when it slowed, and a little more.
+    assert done["slowing"] * 3 <= done["steady"], done
+    assert later["slowing"] * 4 <= later["steady"], later
