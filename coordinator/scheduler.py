@@ -202,6 +202,10 @@ class Scheduler:
         return max(1, min(max(fair, floor), by_bytes))
 
     def credits_of(self, job: Job, partitions: int) -> float:
+        if job.early is not None:
+            # Whole credits: with eighths, 24 runs of an early job in flight at once lost running
+            # estimates (tests/test_early.py), a race in the early path not yet understood.
+            return float(max(1, -(-int(partitions * job.partition_bytes) // self.unit_bytes)))
         eighths = -(-int(partitions * job.partition_bytes * CREDIT_STEPS) // self.unit_bytes)
         return max(1, eighths) / CREDIT_STEPS  # eighths add and subtract exactly in floating point
 
