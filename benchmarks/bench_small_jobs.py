@@ -18,7 +18,6 @@ import statistics
 import threading
 import time
 
-import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 

@@ -175,6 +175,8 @@ class AgentLink:
                     if node is not None:
                         yield node_done(node, assembler)
                     node, assembler = response.partial, wire.TensorAssembler(response.partial.tensors)
+                    for chunk in node.chunks:  # a small partial's bytes ride in its header's message
+                        assembler.add(chunk)
                 else:
                     assembler.add(response.chunk)
             if node is not None:

@@ -34,18 +34,25 @@ class InputReader:
         agent has a credit free), a large one's on a thread of its own, as they stream."""
         if job.record.bytes_total > SMALL_JOB_BYTES:
             threading.Thread(target=self.read, args=(job, chunks), name=f"input-{job.id}", daemon=True).start()
-        elif self.read(job, chunks, notify=False) and not (job.plan.count == 1 and self.c.scheduler.run_here(job)):
-            self.c.scheduler.notify()
+            return
+        scheduler = self.c.scheduler
+        if job.plan.count == 1:
+            scheduler.hold(job)  # its run is ours to start: the dispatcher leaves it alone meanwhile
+        if self.read(job, chunks, notify=False) and job.plan.count == 1:
+            scheduler.run_here(job)  # (or, with no credit free, hands it to the dispatcher)
+        else:
+            scheduler.release(job)
 
     def read(self, job: Job, chunks: Iterator, notify: bool = True) -> bool:
-        """Take every chunk, then end the input (and with `notify`, tell the scheduler); False if the
-        job ended meanwhile. Any error in the input fails the job with a status saying why."""
+        """Take every chunk, then end the input; with `notify`, tell the scheduler as partitions become
+        ready. False if the job ended meanwhile. Any error in the input fails the job with a status
+        saying why."""
         scheduler = self.c.scheduler
         try:
             for chunk in chunks:
                 if job.state.final:
                     return False
-                if job.add_chunk(chunk):
+                if job.add_chunk(chunk) and notify:
                     scheduler.notify()
             if job.state.final:
                 return False

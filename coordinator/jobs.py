@@ -107,7 +107,7 @@ class Run:
     call: object = None  # the in-flight gRPC call, to cancel it
     started: float = field(default_factory=time.monotonic)
     duplicated: bool = False  # a speculative copy of it runs elsewhere
-    credits: int = 1  # of the agent's credits it holds while in flight
+    credits: float = 1.0  # of the agent's credits it holds while in flight (in eighths)
 
     def __len__(self) -> int:
         return self.hi - self.lo
@@ -155,6 +155,7 @@ class Job:
             early.emit = lambda estimate: self.events.put(("estimate", estimate))
         self.wake: Callable[[], None] = lambda: None  # the scheduler's: new partitions are ready
         self.on_finish: Callable[[], None] = lambda: None  # the coordinator's: store the final record
+        self.held = False  # its caller starts its run (a small job): the dispatcher leaves it alone
         self.aggregator = TreeAggregator(Tree(plan.count, tree_arity), op.combine)
         self.result: dict[str, np.ndarray] | None = None
         self.input_complete = False
@@ -194,7 +195,8 @@ class Job:
             self.inputs = self._ordered = self._prepared = None  # free the data at once
             self._whole = {}
         event(log, "job.finished", job=self.id, op=self.op.name, state=state.name,
-              seconds=f"{self.record.finished_at - self.record.submitted_at:.3f}", retries=self.record.retries)
+              seconds=f"{self.record.finished_at - self.record.submitted_at:.3f}", retries=self.record.retries,
+              bytes=self.record.bytes_total, partitions=self.plan.count)
         metrics.JOBS.labels(self.op.name, state.name).inc()
         metrics.JOB_SECONDS.labels(self.op.name).observe(self.record.finished_at - self.record.submitted_at)
         self.on_finish()  # before the client hears of it: a successor then knows the job ended

@@ -48,7 +48,7 @@ class Agent:
     link: object  # lepton.coordinator.agent_link.AgentLink
     metrics_address: str = ""
     last_seen: float = field(default_factory=time.monotonic)
-    in_flight: int = 0  # credits in use: partitions sent and not finished (scheduler-owned, under its lock)
+    in_flight: float = 0.0  # credits in use, in eighths: runs sent and not finished (scheduler-owned, under its lock)
     partitions_done: int = 0  # (scheduler-owned, under its lock)
 
     @property

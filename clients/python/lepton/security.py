@@ -214,7 +214,10 @@ def channel(address: str, *, token: str = "", tls: bool | None = None, tls_ca=No
     `authorization` metadata on every call."""
     if tls is None:
         tls = bool(tls_ca or tls_cert)
-    options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES), *options]
+    # Unary-stream calls (the coordinator's RunSmallTask) are read by the calling thread itself, not
+    # through the channel's polling thread: one thread hop fewer per small task.
+    options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+               ("SingleThreadedUnaryStream", 1), *options]  # grpc.experimental.ChannelOptions
     if tls:
         creds = grpc.ssl_channel_credentials(root_certificates=_read(tls_ca), private_key=_read(tls_key),
                                              certificate_chain=_read(tls_cert))

@@ -171,16 +171,18 @@ class RunTaskRequest(_message.Message):
     def __init__(self, task: _Optional[_Union[Task, _Mapping]] = ..., chunk: _Optional[_Union[_tensor_pb2.TensorChunk, _Mapping]] = ...) -> None: ...
 
 class PartialHeader(_message.Message):
-    __slots__ = ("range_start", "range_end", "tensors", "timings")
+    __slots__ = ("range_start", "range_end", "tensors", "timings", "chunks")
     RANGE_START_FIELD_NUMBER: _ClassVar[int]
     RANGE_END_FIELD_NUMBER: _ClassVar[int]
     TENSORS_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
     range_start: int
     range_end: int
     tensors: _containers.RepeatedCompositeFieldContainer[_tensor_pb2.TensorHeader]
     timings: _containers.RepeatedCompositeFieldContainer[PartitionTiming]
-    def __init__(self, range_start: _Optional[int] = ..., range_end: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[_tensor_pb2.TensorHeader, _Mapping]]] = ..., timings: _Optional[_Iterable[_Union[PartitionTiming, _Mapping]]] = ...) -> None: ...
+    chunks: _containers.RepeatedCompositeFieldContainer[_tensor_pb2.TensorChunk]
+    def __init__(self, range_start: _Optional[int] = ..., range_end: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[_tensor_pb2.TensorHeader, _Mapping]]] = ..., timings: _Optional[_Iterable[_Union[PartitionTiming, _Mapping]]] = ..., chunks: _Optional[_Iterable[_Union[_tensor_pb2.TensorChunk, _Mapping]]] = ...) -> None: ...
 
 class PartitionTiming(_message.Message):
     __slots__ = ("partition", "device", "started_at", "finished_at")

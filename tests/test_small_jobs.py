@@ -1,0 +1,94 @@
+"""The small-job path of issue 20 (W6): a one-partition job runs on its RPC's own thread, on the
+agent too, and many run at once without queueing for credits. Results are checked against NumPy
+(sums of float32 in float64: rtol 1e-6)."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from lepton import wire
+from lepton.agent.agent import Agent
+from lepton.backends.numpy_device import NumpyDevice
+from lepton.coordinator.coordinator import Config, Coordinator
+from lepton.coordinator.intake import InputReader
+from lepton.coordinator.planner import Scheme
+
+
+@pytest.fixture
+def coordinator():
+    """A coordinator without a network: one agent of 2 credits joined by address (nothing listens
+    there; the runs these tests start are never executed)."""
+    c = Coordinator(Config())
+    c.membership.join("nowhere", "127.0.0.1:9", [NumpyDevice().info()], 2)
+    yield c
+    c.stop()
+
+
+def _submit(coordinator: Coordinator, x: np.ndarray, partitions: int = 1):
+    return coordinator.submit("sum", {}, [wire.header("x", x)], Scheme.ROW_BLOCKS, partitions, 0, 0, "", None)
+
+
+def test_a_tiny_run_takes_an_eighth_of_a_credit_and_a_full_one_a_whole_credit(coordinator):
+    scheduler = coordinator.scheduler
+    (agent,) = coordinator.membership.agents()
+    tiny = _submit(coordinator, np.ones(1024, dtype=np.float32))
+    full = _submit(coordinator, np.ones(2 << 20, dtype=np.float32))  # one partition of the 8 MiB target
+    assert scheduler.credits_of(tiny, 1) == 1 / 8
+    assert scheduler.credits_of(full, 1) == 1.0
+    with scheduler.cond:
+        agent.in_flight = 2 - 1 / 8  # room for one tiny run, not for a full partition
+        assert scheduler.run_size(tiny, agent, [agent]) == 1
+        assert scheduler.run_size(full, agent, [agent]) == 0
+        agent.in_flight = 2 - 1 / 16
+        assert scheduler.run_size(tiny, agent, [agent]) == 0
+        agent.in_flight = 0
+
+
+def test_a_held_small_job_is_left_to_its_caller(coordinator):
+    scheduler = coordinator.scheduler
+    x = np.arange(1024, dtype=np.float32)
+    job = _submit(coordinator, x)
+    scheduler.hold(job)
+    with scheduler.cond:  # the dispatcher cannot run meanwhile: we call its pass ourselves
+        assert InputReader(coordinator).read(job, wire.chunks([x]), notify=False)
+        launches, _ = scheduler._assign()
+        assert not launches  # ready, but its caller starts it (Scheduler.run_here)
+        job.held = False  # what run_here does when it cannot start the run itself
+        launches, _ = scheduler._assign()
+        assert [(j, run.lo, run.hi) for _, j, run in launches] == [(job, 0, 1)]
+
+
+class ThreadRecordingDevice(NumpyDevice):
+    """A NumPy device that notes the thread each sum ran on."""
+
+    kernels = dict(NumpyDevice.kernels)
+
+    def __init__(self):
+        super().__init__()
+        self.threads: list[threading.Thread] = []
+        sum_kernel = NumpyDevice.kernels["sum"]
+
+        def recording(device, inputs, params):
+            self.threads.append(threading.current_thread())
+            return sum_kernel(device, inputs, params)
+        self.kernels = {**NumpyDevice.kernels, "sum": recording}
+
+
+@pytest.mark.parametrize("partitions", [1, 3])
+def test_an_idle_device_runs_a_lone_partition_on_the_tasks_thread(partitions):
+    device = ThreadRecordingDevice()
+    agent = Agent([device])
+    try:
+        x = np.random.default_rng(1).random(3000, dtype=np.float32)
+        params = {"dtype": "<f4", "columns": [], "out_dtype": "<f4"}
+        splits = np.linspace(0, len(x), partitions + 1).astype(int)
+        split = [{"x": x[lo:hi]} for lo, hi in zip(splits, splits[1:])]
+        nodes = list(agent.run_task("job-1", "sum", params, 0, partitions, 8, split, {}, list(splits[:-1])))
+        assert [(lo, hi) for lo, hi, *_ in nodes] == [(0, partitions)]
+        np.testing.assert_allclose(nodes[0][2]["sum"], x.astype(np.float64).sum(), rtol=1e-6)
+        on_caller = [t is threading.current_thread() for t in device.threads]
+        assert on_caller == ([True] if partitions == 1 else [False] * partitions)
+    finally:
+        agent.stop()
