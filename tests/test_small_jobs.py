@@ -46,6 +46,17 @@ def test_a_tiny_run_takes_an_eighth_of_a_credit_and_a_full_one_a_whole_credit(co
         agent.in_flight = 0
 
 
+def test_a_run_of_a_many_partition_job_takes_one_credit_per_8_mib(coordinator):
+    """README: a run of small partitions takes one credit per 8 MiB, whole credits, at least one:
+    eighths are for one-partition jobs only, so a slow agent cannot hold 8x its share in flight."""
+    scheduler = coordinator.scheduler
+    job = _submit(coordinator, np.ones(1 << 20, dtype=np.float32), partitions=64)  # 64 KiB each
+    assert job.plan.count == 64
+    assert scheduler.credits_of(job, 1) == 1.0
+    assert scheduler.credits_of(job, 128) == 1.0  # 8 MiB of rows (the job's 64 twice over)
+    assert scheduler.credits_of(job, 129) == 2.0
+
+
 def test_a_held_small_job_is_left_to_its_caller(coordinator):
     scheduler = coordinator.scheduler
     x = np.arange(1024, dtype=np.float32)
