@@ -120,3 +120,31 @@ def test_run_exits_nonzero_when_a_task_raises(tmp_path):
     assert proc.returncode != 0, output
     assert "FAILED: locust exited with" in proc.stderr, output  # Locust's own verdict on the exception
     assert "OK:" not in proc.stdout, output
+
+
+IDLE = '''
+"""A scenario whose task returns without sending anything: no request is made, and none fails."""
+import os, sys
+sys.path.insert(0, os.path.join(os.getcwd(), "loadtests"))
+from locustfile import LeptonUser
+
+
+def idle(user):
+    return None
+
+
+class SmallJobs(LeptonUser):
+    tasks = [idle]
+'''
+
+
+@pytest.mark.slow
+def test_run_exits_nonzero_when_no_request_was_made(tmp_path):
+    wrapper = tmp_path / "idle.py"
+    wrapper.write_text(IDLE)
+    proc = subprocess.run([sys.executable, str(RUN), "--scenario", "small", "--users", "1", "--time", "3s",
+                           "--csv", str(tmp_path / "idle"), "--", "-f", str(wrapper)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=240)
+    output = proc.stdout[-6000:] + proc.stderr[-6000:]
+    assert proc.returncode != 0, output
+    assert "no request was made" in output, output
