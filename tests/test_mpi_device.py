@@ -227,15 +227,61 @@ def check_bitwise(device) -> list[str]:
 
 # ---------------------------------------------------------------- the driver (rank 0 prints JSON)
 
+def _count_pickled_bytes() -> list[int]:
+    """Sizes of everything pickled or unpickled from here on, by the pool (its `pickle`) and by
+    mpi4py's object methods (comm.scatter, comm.gather, ...): the bytes that do not go as raw buffers."""
+    import pickle
+
+    from mpi4py import MPI
+
+    import lepton.backends.mpi.pool as pool
+
+    sizes: list[int] = []
+
+    def dumps(obj, *args, **kwargs):
+        blob = pickle.dumps(obj, *args, **kwargs)
+        sizes.append(len(blob))
+        return blob
+
+    def loads(blob, *args, **kwargs):
+        sizes.append(len(blob))
+        return pickle.loads(blob, *args, **kwargs)
+
+    pool.pickle = type("CountingPickle", (), {"dumps": staticmethod(dumps), "loads": staticmethod(loads)})
+    MPI.pickle.__init__(dumps, loads)
+    return sizes
+
+
+def check_pickled_bytes(device, pickled: list[int]) -> dict:
+    """Bytes pickled per partition, for a small and a 256x bigger input: the split input goes by
+    Iscatterv, the whole input by Ibcast and the bulky partial by Igatherv, all as raw bytes."""
+    from lepton.backends.numpy_device import NumpyDevice
+
+    rng, per_size = np.random.default_rng(5), {}
+    w = rng.standard_normal((16, 3))
+    for rows in (4_096, 1 << 20):  # 512 KiB and 128 MiB of x; y is 3/16 of it
+        x = rng.standard_normal((rows, 16))
+        for name, inputs in (("sum", {"x": x}), ("test_rowdot", {"x": x, "w": w})):
+            del pickled[:]
+            got = device.run(REGISTRY[name], inputs, {})
+            per_size[f"{name} {x.nbytes}"] = sum(pickled)
+            want = NumpyDevice().run(REGISTRY["sum"], inputs, {}) if name == "sum" else {"y": x @ w}
+            assert _same(got, want), name  # the workers' shares really arrived and came back, bitwise
+    return per_size
+
+
 def driver(mode: str, spec: str) -> None:
     from lepton.backends.discovery import open_devices
     from lepton.errors import LeptonError, Unavailable
 
     register_test_ops()
+    pickled = _count_pickled_bytes() if mode == "pickles" else []
     [device] = open_devices([spec])  # ranks 1..N-1 never return from here
     say = lambda **kw: print(json.dumps(kw), flush=True)  # noqa: E731
     if mode == "ops":
         say(checks=check_all_ops(device), size=device.comm.size)
+    elif mode == "pickles":
+        say(pickled=check_pickled_bytes(device, pickled), size=device.comm.size)
     elif mode == "bitwise":
         say(wrong=check_bitwise(device), size=device.comm.size)
     elif mode == "boom":
@@ -410,6 +456,38 @@ def test_partials_are_bitwise_the_numpy_devices_on_3_ranks(launch):
     run = launch("bitwise", "mpi", mpiexec=[MPIEXEC, "-n", "3"])
     assert run.line(timeout=45) == {"wrong": [], "size": 3}
     assert run.finish()[0] == 0
+
+
+def test_bulk_data_is_never_pickled(launch):
+    """README: each partition is split across the ranks by Scatterv of raw buffers, never pickled.
+    What is pickled (the header, the partials' tree metadata) stays a few KiB, the same for a 512 KiB
+    input as for a 128 MiB one; pickling any input share, whole input or partial would add megabytes."""
+    run = launch("pickles")
+    result = run.line(timeout=45)
+    print(result)
+    assert result["size"] == 2
+    small = {key.split()[0]: n for key, n in result["pickled"].items() if key.endswith(f" {4_096 * 16 * 8}")}
+    big = {key.split()[0]: n for key, n in result["pickled"].items() if key.endswith(f" {(1 << 20) * 16 * 8}")}
+    assert small.keys() == big.keys() == {"sum", "test_rowdot"}
+    for name in small:
+        assert 0 < big[name] < 4096, (name, big[name])  # some pickle was seen: the counter works
+        assert abs(big[name] - small[name]) < 64, (name, small[name], big[name])  # a few digits more
+    assert run.finish()[0] == 0
+
+
+def test_mpi_n_splits_the_cores_between_the_ranks_blas_pools(launch):
+    """README: several agents on one machine split its cores between their BLAS pools, and mpi:N
+    does it for its ranks: each rank gets OPENBLAS_NUM_THREADS (the cores when unset) // N."""
+    run = launch("serve", "mpi:2", env={"OPENBLAS_NUM_THREADS": "8", "OMP_NUM_THREADS": "7"})
+    ready = run.line()
+    assert ready["size"] == 2
+    for pid in [ready["rank0"], *ready["workers"]]:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            env = dict(v.split(b"=", 1) for v in f.read().split(b"\0") if b"=" in v)
+        for var in (b"OPENBLAS_NUM_THREADS", b"OMP_NUM_THREADS", b"MKL_NUM_THREADS"):
+            assert env.get(var) == b"4", (pid, var, env.get(var))
+    run.proc.send_signal(signal.SIGTERM)
+    assert _gone(run.tag, 30)
 
 
 def test_mpi_n_relaunches_itself_with_a_hostfile(launch, tmp_path):
