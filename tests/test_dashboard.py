@@ -103,6 +103,130 @@ def test_a_running_jobs_task_stream_grows_and_matches_its_trace(browser, cluster
     assert errors(browser) == []
 
 
+def cells(browser, table: str) -> list[list[str]]:
+    """The text of each cell of each body row of table#`table` (its section may be hidden)."""
+    return browser.execute_script(f"return [...document.querySelectorAll('#{table} tbody tr')]"
+                                  ".map(r => [...r.cells].map(c => c.textContent));")
+
+
+def chart(browser, div: str) -> list[dict]:
+    """The traces Plotly drew in div#`div`: name, y, and the number of bars or points."""
+    return browser.execute_script(f"return (document.getElementById('{div}').data || [])"
+                                  ".map(t => ({name: t.name, y: t.y, n: t.x.length, text: t.hovertext}));")
+
+
+def gib(memory_bytes: int) -> str:
+    return f"{memory_bytes / 2 ** 30:.1f} GiB"
+
+
+def shown(browser, condition, what: str):
+    """Wait until `condition()` holds on the page (it redraws once a second), and say what it showed."""
+    try:
+        return wait_for(condition, what, timeout=30)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; the page's tables: {browser.execute_script('return document.body.innerText;')}")
+
+
+def test_each_page_shows_what_the_readme_says(browser, cluster):
+    """The README's list of what each page shows, checked against the coordinator's own answers over
+    gRPC (GetClusterStatus, GetJob, GetJobTrace): agents with their devices, credits, heartbeat and
+    measured throughput; datasets and where their partitions live; jobs with progress, state, retries
+    and errors, linking to their task stream; the stream's one row per device and its phases; the
+    data movement and device pages."""
+    import re
+
+    from lepton.v1 import job_pb2
+
+    client = cluster.client(timeout=120)
+    client.put("shown", np.ones((1_000, 3)), partitions=6)
+    done = client.submit("sum", np.arange(100_000.0), partitions=12, label="shown-done")
+    assert done.result()["sum"] == np.arange(100_000.0).sum()
+    doomed = client.submit("var", np.arange(2_000_000.0), partitions=400, label="shown-cancelled")
+    wait_for(lambda: client.job(doomed.job_id).partitions_done > 0, "the job to be doomed to start")
+    client.cancel(doomed.job_id)
+    state = lambda job_id: job_pb2.JobState.Name(client.job(job_id).state).removeprefix("JOB_STATE_")  # noqa: E731
+    wait_for(lambda: state(doomed.job_id) == "CANCELLED", "the job to be cancelled")
+    wait_for(lambda: all(a.in_flight == 0 for a in client.cluster_status().agents), "the agents to be idle")
+
+    # Cluster: one row per device, the agent's own cells on its first; what GetClusterStatus says.
+    browser.get(f"{cluster.dashboard_url}#cluster")
+
+    def cluster_page_agrees() -> bool:
+        want = []
+        for a in client.cluster_status().agents:
+            for i, d in enumerate(a.devices):
+                own = [f"{a.agent_id} {a.name}", a.address, None, f"{a.in_flight} / {a.credits}",
+                       str(a.partitions_done)] if i == 0 else [""] * 5
+                want.append(own + [d.name, d.kind, gib(d.memory_bytes), sorted(d.throughput)])
+        got = []
+        for row in cells(browser, "agents"):
+            speeds = [] if row[8] == "-" else row[8].split(", ")
+            assert all(re.fullmatch(r"\S+ \d+(\.\d\d)? [MG]B/s", s) for s in speeds), row[8]
+            if row[0]:
+                assert re.fullmatch(r"\d+\.\d s", row[2]), row[2]  # the heartbeat's age
+            got.append(row[:2] + [None if row[0] else ""] + row[3:8] + [sorted(s.split()[0] for s in speeds)])
+        return got == want and len(want) == 2
+
+    shown(browser, cluster_page_agrees, "the cluster page to show each agent's devices as GetClusterStatus does")
+    assert any("sum" in a.devices[0].throughput for a in client.cluster_status().agents)  # measured, per op
+    agent_ids = {a.agent_id for a in client.cluster_status().agents}
+
+    def dataset_row():
+        rows = [r for r in cells(browser, "datasets") if r[0] == "shown"]
+        return rows[0] if rows else None
+
+    row = shown(browser, dataset_row, "the resident dataset")
+    assert row[1:4] == ["1000×3", "0.0", "6"], row
+    placement = dict(p.split(": ") for p in row[4].split(", "))
+    assert set(placement) <= agent_ids and sum(map(int, placement.values())) == 6, row  # where they live
+
+    # Jobs: both jobs, with the state, progress, retries and error the coordinator reports.
+    browser.get(f"{cluster.dashboard_url}#jobs")
+
+    def job_rows():
+        rows = {r[0]: r for r in cells(browser, "joblist")}
+        return rows if {done.job_id, doomed.job_id} <= rows.keys() else None
+
+    rows = shown(browser, job_rows, "both jobs listed")
+    for job in (done, doomed):
+        status = client.job(job.job_id)
+        error = f"{status.error_code} {status.error_message}".strip()
+        assert rows[job.job_id][1:4] == [status.op, status.label, state(job.job_id)], rows[job.job_id]
+        assert rows[job.job_id][4].strip() == f"{status.partitions_done}/{status.partitions_total}"
+        assert rows[job.job_id][7:9] == [str(status.retries), error], rows[job.job_id]
+    assert rows[done.job_id][1:4] == ["sum", "shown-done", "SUCCEEDED"] and rows[done.job_id][4].strip() == "12/12"
+    assert rows[doomed.job_id][3] == "CANCELLED" and rows[doomed.job_id][8], rows[doomed.job_id]
+
+    # A job links to its task stream: one row per device of its trace, bars by phase.
+    browser.find_element("css selector", f'a.job[href="#stream/{done.job_id}"]').click()
+    shown(browser, lambda: data(browser, "streamJob") == done.job_id, "the linked job's task stream")
+    assert browser.find_element("id", "stream-title").text.startswith(f"Task stream of {done.job_id} (sum, SUCCEEDED)")
+    attempts = client.trace(done.job_id).partitions
+    traces = {t["name"]: t for t in chart(browser, "stream-chart")}
+    assert list(traces) == ["queued", "transfer + agent queue", "kernel", "returned", "speculative / retried"]
+    ran = [a for a in attempts if a.started_at and a.finished_at]
+    assert set(traces["kernel"]["y"]) == {f"{a.agent_id}/{a.device}" for a in ran}
+    assert sorted(int(t.split()[1].rstrip(",")) for t in traces["kernel"]["text"]) == \
+        sorted(a.partition for a in ran)
+    again = [p for p in {a.partition for a in attempts} if sum(a.partition == p for a in attempts) > 1]
+    assert traces["speculative / retried"]["n"] == sum(a.partition in again and a.started_at > 0 for a in attempts)
+
+    # Data movement: the four rates over time. Devices: busy time and memory of every device.
+    browser.get(f"{cluster.dashboard_url}#movement")
+    shown(browser, lambda: [t["name"] for t in chart(browser, "movement-chart")] ==
+          ["client → coordinator", "coordinator → agents", "agents → coordinator", "coordinator → client"],
+          "the four byte rates")
+    assert all(t["n"] > 0 for t in chart(browser, "movement-chart"))
+    browser.get(f"{cluster.dashboard_url}#devices")
+    agents = client.cluster_status().agents
+    devices = sorted([d.name, a.agent_id, d.kind, d.description, gib(d.memory_bytes), ", ".join(d.ops)]
+                     for a in agents for d in a.devices)
+    shown(browser, lambda: sorted(cells(browser, "devicelist")) == devices, "every device with its memory")
+    names = {f"{a.agent_id}/{d.name}" for a in agents for d in a.devices}
+    assert names <= {t["name"] for t in chart(browser, "busy-chart")}
+    assert errors(browser) == []
+
+
 def test_a_killed_agent_is_gone_from_the_cluster_page(browser, cluster):
     browser.get(f"{cluster.dashboard_url}#cluster")
     wait_for(lambda: data(browser, "agents") == "2", "two agents shown")
