@@ -112,7 +112,8 @@ def cells(browser, table: str) -> list[list[str]]:
 def chart(browser, div: str) -> list[dict]:
     """The traces Plotly drew in div#`div`: name, y, and the number of bars or points."""
     return browser.execute_script(f"return (document.getElementById('{div}').data || [])"
-                                  ".map(t => ({name: t.name, y: t.y, n: t.x.length, text: t.hovertext}));")
+                                  ".map(t => ({name: t.name, y: t.y, n: t.x.length, text: t.hovertext,"
+                                  " outline: t.marker && t.marker.line ? t.marker.line.color : null}));")
 
 
 def gib(memory_bytes: int) -> str:
@@ -225,6 +226,27 @@ def test_each_page_shows_what_the_readme_says(browser, cluster):
     names = {f"{a.agent_id}/{d.name}" for a in agents for d in a.devices}
     assert names <= {t["name"] for t in chart(browser, "busy-chart")}
     assert errors(browser) == []
+
+
+@pytest.mark.slow  # about 15 s: the job ends only once speculative copies replace the straggler's runs
+def test_the_task_stream_outlines_speculative_copies_in_red(browser):
+    """'retried and speculative copies outlined in red': a straggler (every partition 10 minutes)
+    is outrun by copies, and the stream outlines every attempt of those partitions, in red."""
+    with lepton.LocalCluster(agents=1) as cluster:
+        cluster.add_agent("numpy", ["--test-delay", "600:600"])
+        client = cluster.client(timeout=120)
+        job = client.submit("sum", np.arange(400_000.0), partitions=8)
+        assert job.result()["sum"] == np.arange(400_000.0).sum()
+        attempts = client.trace(job.job_id).partitions
+        twice = {a.partition for a in attempts if sum(b.partition == a.partition for b in attempts) > 1}
+        assert twice, "no partition ran twice"
+        browser.get(f"{cluster.dashboard_url}#stream/{job.job_id}")
+        shown(browser, lambda: data(browser, "streamJob") == job.job_id, "the job's task stream")
+        outlined = chart(browser, "stream-chart")[-1]
+        assert outlined["name"] == "speculative / retried" and outlined["outline"] == "#cf222e"
+        want = sorted(a.partition for a in attempts if a.partition in twice and a.started_at)
+        assert sorted(int(t.split()[1].rstrip(",")) for t in outlined["text"]) == want and want
+        assert errors(browser) == []
 
 
 def test_a_killed_agent_is_gone_from_the_cluster_page(browser, cluster):
