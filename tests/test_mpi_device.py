@@ -471,7 +471,7 @@ def test_bulk_data_is_never_pickled(launch):
     assert small.keys() == big.keys() == {"sum", "test_rowdot"}
     for name in small:
         assert 0 < big[name] < 4096, (name, big[name])  # some pickle was seen: the counter works
-        assert abs(big[name] - small[name]) < 64, (name, small[name], big[name])  # a few digits more
+        assert abs(big[name] - small[name]) < 1024, (name, small[name], big[name])  # bigger ints, a tree node
     assert run.finish()[0] == 0
 
 
