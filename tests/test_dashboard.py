@@ -168,8 +168,9 @@ def test_each_page_shows_what_the_readme_says(browser, cluster):
             got.append(row[:2] + [None if row[0] else ""] + row[3:8] + [sorted(s.split()[0] for s in speeds)])
         return got == want and len(want) == 2
 
+    wait_for(lambda: any("sum" in a.devices[0].throughput for a in client.cluster_status().agents),
+             "a device's measured throughput for sum (heartbeats carry it)")
     shown(browser, cluster_page_agrees, "the cluster page to show each agent's devices as GetClusterStatus does")
-    assert any("sum" in a.devices[0].throughput for a in client.cluster_status().agents)  # measured, per op
     agent_ids = {a.agent_id for a in client.cluster_status().agents}
 
     def dataset_row():
