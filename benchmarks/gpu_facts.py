@@ -17,6 +17,8 @@ import time
 
 import numpy as np
 
+from bench_opencl_catalog import cuda_time  # torch's CUDA events, median of repeats
+
 COPY_KERNEL = """
 __kernel void copy4(__global const float4* restrict src, __global float4* restrict dst) {
     const size_t i = get_global_id(0);
@@ -72,21 +74,6 @@ def opencl_facts(spec: str, nbytes: int, repeats: int) -> None:
     device.close()
 
 
-def cuda_clock(fn, repeats: int) -> float:
-    import torch
-
-    fn()
-    samples = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        samples.append(start.elapsed_time(end) / 1e3)
-    return statistics.median(samples)
-
-
 def torch_facts(nbytes: int, repeats: int) -> None:
     try:
         import torch
@@ -99,19 +86,19 @@ def torch_facts(nbytes: int, repeats: int) -> None:
     print(f"torch {torch.__version__} on {torch.cuda.get_device_name()}")
     x, y = torch.empty(nbytes // 4, device="cuda"), torch.empty(nbytes // 4, device="cuda")
     x.fill_(1)
-    t = cuda_clock(lambda: y.copy_(x), repeats)
+    t = cuda_time(lambda: y.copy_(x), repeats)
     print(f"  memory bandwidth, device copy: {2 * nbytes / t / 1e9:8.1f} GB/s ({nbytes >> 20} MiB, read + written)")
     values = torch.rand(1 << 28, device="cuda")
-    t = cuda_clock(lambda: torch.sum(values), repeats)
+    t = cuda_time(lambda: torch.sum(values), repeats)
     print(f"  torch.sum of 2^28 float32: {t * 1e3:.3f} ms, {values.numel() * 4 / t / 1e9:.1f} GB/s")
     del values
     torch.backends.cuda.matmul.allow_tf32 = False
     for n in (4096, 8192):
         a, b = torch.randn(n, n, device="cuda"), torch.randn(n, n, device="cuda")
-        t = cuda_clock(lambda: a @ b, max(5, repeats // 2))
+        t = cuda_time(lambda: a @ b, max(5, repeats // 2))
         print(f"  cuBLAS SGEMM {n}^3 (TF32 off): {t * 1e3:.2f} ms, {2 * n ** 3 / t / 1e12:.1f} TFLOP/s")
     host = torch.empty(nbytes // 4, pin_memory=True)
-    t = cuda_clock(lambda: x.copy_(host, non_blocking=True), max(3, repeats // 4))
+    t = cuda_time(lambda: x.copy_(host, non_blocking=True), max(3, repeats // 4))
     print(f"  pinned host->device (torch): {nbytes / t / 1e9:.1f} GB/s")
 
 
