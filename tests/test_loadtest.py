@@ -109,14 +109,19 @@ class SmallJobs(LeptonUser):
 '''
 
 
+def run_scenario_file(tmp_path, source: str, name: str):
+    """loadtests/run for 3 s with one user of the locustfile `source`: (process, its output's tails)."""
+    wrapper = tmp_path / f"{name}.py"
+    wrapper.write_text(source)
+    proc = subprocess.run([sys.executable, str(RUN), "--scenario", "small", "--users", "1", "--time", "3s",
+                           "--csv", str(tmp_path / name), "--", "-f", str(wrapper)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=240)
+    return proc, proc.stdout[-6000:] + proc.stderr[-6000:]
+
+
 @pytest.mark.slow
 def test_run_exits_nonzero_when_a_task_raises(tmp_path):
-    wrapper = tmp_path / "task_raises.py"
-    wrapper.write_text(TASK_RAISES)
-    proc = subprocess.run([sys.executable, str(RUN), "--scenario", "small", "--users", "1", "--time", "3s",
-                           "--csv", str(tmp_path / "raises"), "--", "-f", str(wrapper)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=240)
-    output = proc.stdout[-6000:] + proc.stderr[-6000:]
+    proc, output = run_scenario_file(tmp_path, TASK_RAISES, "task_raises")
     assert proc.returncode != 0, output
     assert "FAILED: locust exited with" in proc.stderr, output  # Locust's own verdict on the exception
     assert "OK:" not in proc.stdout, output
@@ -140,11 +145,6 @@ class SmallJobs(LeptonUser):
 
 @pytest.mark.slow
 def test_run_exits_nonzero_when_no_request_was_made(tmp_path):
-    wrapper = tmp_path / "idle.py"
-    wrapper.write_text(IDLE)
-    proc = subprocess.run([sys.executable, str(RUN), "--scenario", "small", "--users", "1", "--time", "3s",
-                           "--csv", str(tmp_path / "idle"), "--", "-f", str(wrapper)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=240)
-    output = proc.stdout[-6000:] + proc.stderr[-6000:]
+    proc, output = run_scenario_file(tmp_path, IDLE, "idle")
     assert proc.returncode != 0, output
     assert "no request was made" in output, output
