@@ -7,6 +7,7 @@ this: its partials are float64 sums of float32 values, exact in any order, and t
 float32 hides the rest.) `LEPTON_TEST_FOLD_IN_ARRIVAL_ORDER=1` switches backends/tree.py to such a
 fold; with it, both tests below fail.
 """
+import hashlib
 import random
 
 import numpy as np
@@ -85,3 +86,29 @@ def test_the_input_tells_fold_orders_apart(inputs, op, column):
 
     assert fold() == 1
     assert fold(arrival_order=True) > 1
+
+
+def float32_products(client, a, b, x):
+    """Digests of matmul (row plan, 8 partitions) and the Gram matrix (8 partitions) of float32 inputs
+    (digests: a failing comparison of megabytes of bytes would spend minutes in pytest's diff)."""
+    c = client.matmul(a, b, partitions=8)
+    g = client.gram(x, partitions=8)
+    return [hashlib.sha256(v.tobytes()).hexdigest() for v in (c, *g.values())]
+
+
+@pytest.mark.slow  # about 6 s: two more clusters
+def test_float32_blas_products_are_bitwise_the_same_on_one_and_on_two_agents(clusters):
+    """BLAS products too. On CPUs where OpenBLAS runs its Haswell kernels (AMD Zen 5 with OpenBLAS
+    0.3.31, for one), float32 GEMMs round differently on one thread and on two: agents whose BLAS
+    pools took a share of the cores by the number of agents gave other bits on 1 agent than on 2
+    (on a machine whose kernels do not care, this passes either way)."""
+    rng = np.random.default_rng(7)
+    a = rng.standard_normal((4096, 1024)).astype(np.float32)
+    b = rng.standard_normal((1024, 1024)).astype(np.float32)
+    x = rng.standard_normal((262_144, 32)).astype(np.float32)
+    expected = float32_products(clusters[1].client(timeout=120), a, b, x)
+    assert float32_products(clusters[2].client(timeout=120), a, b, x) == expected
+    with lepton.LocalCluster(agents=0) as cluster:  # agents added one by one get the same pools
+        cluster.add_agent("numpy")
+        cluster.add_agent("numpy")
+        assert float32_products(cluster.client(timeout=120), a, b, x) == expected

@@ -47,10 +47,12 @@ class LocalCluster:
         self._devices, self._agent_args = per_agent, list(agent_args)
         self._throttles = throttles
         self._coordinator_args = list(coordinator_args)
-        # Agents on one machine share its cores: give each agent's BLAS its share, or their thread
-        # pools oversubscribe the cores and spin (a Gram of 8M x 32 ran 37x slower than NumPy so).
-        threads = str(max(1, (os.cpu_count() or 1) // max(1, agents)))
-        blas = {v: threads for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+        # Each agent's BLAS runs on one thread, however many agents there are (Dask's workers do the
+        # same). Bigger pools on one machine oversubscribe its cores and spin (a Gram of 8M x 32 ran
+        # 37x slower than NumPy so), and a share of the cores per agent would make results depend on
+        # the number of agents: OpenBLAS's Haswell kernels, which it also runs on AMD Zen 5, round
+        # float32 products differently on 1 thread than on 2. More cores per agent: `numpy:N`.
+        blas = {v: "1" for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
         self._timeout = startup_timeout
         self.detach = detach
         # A detached cluster keeps its logs after this process is gone.
