@@ -17,6 +17,7 @@ from lepton.coordinator.jobs import JobRecord
 from lepton.coordinator.planner import Scheme
 from lepton.coordinator import metrics
 from lepton import security, sharedmem, wire
+from lepton.decoding import ParseInHandler
 from lepton.rpc_errors import maps_errors
 from lepton.serving import add_standard_services
 from lepton.v1 import agent_service_pb2 as agent_pb, agent_service_pb2_grpc as agent_grpc
@@ -270,14 +271,16 @@ def serve(coordinator: Coordinator, address: str, metrics_address: str = "", max
           creds: security.Credentials | None = None, max_client_jobs: int = 64, leadership=None):
     """Start serving (TLS and tokens as creds say); returns the server, the bound port (address may
     end in :0) and its health. The security gate runs before any other interceptor; with a
-    leadership (lepton.coordinator.leadership), the standby gate next."""
+    leadership (lepton.coordinator.leadership), the standby gate next; last, requests that do not
+    parse become INVALID_ARGUMENT in their handler (lepton.decoding)."""
     if leadership is not None:
         from lepton.coordinator.leadership import StandbyGate
 
         interceptors = [StandbyGate(leadership), *interceptors]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
                          maximum_concurrent_rpcs=max_workers - 8, options=security.server_options(),
-                         interceptors=[security.coordinator_gate(creds, max_client_jobs), *interceptors])
+                         interceptors=[security.coordinator_gate(creds, max_client_jobs), *interceptors,
+                                       ParseInHandler()])
     pb_grpc.add_CoordinatorServiceServicer_to_server(CoordinatorServicer(coordinator, metrics_address, dashboard_address), server)
     agent_grpc.add_AgentRegistryServiceServicer_to_server(AgentRegistryServicer(coordinator), server)
     health = add_standard_services(server, [pb.DESCRIPTOR.services_by_name["CoordinatorService"].full_name,

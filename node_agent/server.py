@@ -8,6 +8,7 @@ import numpy as np
 
 from lepton.errors import InvalidInput, LeptonError, NotCached
 from lepton import security, sharedmem, wire
+from lepton.decoding import ParseInHandler
 from lepton.rpc_errors import maps_errors
 from lepton.v1 import agent_service_pb2 as pb, agent_service_pb2_grpc as pb_grpc
 from lepton.serving import add_standard_services
@@ -128,11 +129,12 @@ def map_shared(items) -> list[np.ndarray]:
 def serve(agent: Agent, address: str, interceptors: list[grpc.ServerInterceptor] = (),
           creds: security.Credentials | None = None):
     """Start serving (TLS, and only its coordinator, as creds say); returns the server, the bound port
-    and the health servicer. The security gate runs before any other interceptor."""
+    and the health servicer. The security gate runs before any other interceptor; requests that do
+    not parse become INVALID_ARGUMENT in their handler (lepton.decoding)."""
     # Enough threads for every credit plus a margin: a task holds its thread while it runs.
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=agent.credits + 16, thread_name_prefix="rpc"),
                          options=security.server_options(),
-                         interceptors=[security.agent_gate(creds), *interceptors])
+                         interceptors=[security.agent_gate(creds), *interceptors, ParseInHandler()])
     pb_grpc.add_AgentServiceServicer_to_server(AgentServicer(agent), server)
     health = add_standard_services(server, [pb.DESCRIPTOR.services_by_name["AgentService"].full_name])
     port = security.bind(server, address, creds)

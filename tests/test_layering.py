@@ -22,7 +22,7 @@ FOLDERS = {"lepton": "clients/python/lepton", "lepton.coordinator": "coordinator
 # Each layer, from the bottom, with the modules in it (a prefix covers its submodules) and the layers it
 # may import besides its own. The CLI may import anything.
 CONTRACT = ("lepton.v1", "lepton.errors", "lepton.contract", "lepton.wire", "lepton.logs", "lepton.tuning",
-            "lepton.serving", "lepton.rpc_errors", "lepton.lifecycle", "lepton.credentials", "lepton.security",
+            "lepton.decoding", "lepton.serving", "lepton.rpc_errors", "lepton.lifecycle", "lepton.credentials", "lepton.security",
             "lepton.sharedmem", "lepton.failover")
 LAYERS = {
     "contract": (CONTRACT, set()),
