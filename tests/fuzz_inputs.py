@@ -23,6 +23,11 @@ from lepton import wire
 from lepton.v1 import agent_service_pb2 as agent_pb, coordinator_service_pb2 as coord_pb, job_pb2, tensor_pb2
 
 MAX_DEPTH = 4
+# What one random message may hold. Unbounded, repeated nested fields multiply (200 devices of 200
+# throughputs of 1 MB names...) into messages of 300 MB that took seconds each to build, so the
+# fuzzer spent nine tenths of its time in this module, and that the servers' 8 MiB limit turned
+# away before any servicer saw them. Under the bound one input in a few still carries a 1 MB name.
+MAX_VALUES, MAX_BYTES = 2000, 3 << 20
 Input = tuple[str, str, list[bytes]]
 
 INTS = [0, 1, -1, 2, 7, 2**31 - 1, -2**31, 2**62, -2**62, 10**9]
@@ -65,11 +70,27 @@ def _scalar(field: d.FieldDescriptor, rng: random.Random):
     return value
 
 
-def random_message(cls, rng: random.Random, depth: int = 0):
-    """A message of type `cls` with random values in a random subset of its fields."""
+class Budget:
+    """The values and bytes a random message may still take (MAX_VALUES, MAX_BYTES)."""
+
+    def __init__(self):
+        self.values, self.bytes = MAX_VALUES, MAX_BYTES
+
+    def take(self, value) -> bool:
+        """Whether `value` still fits; it is counted if so."""
+        size = len(value) if isinstance(value, (str, bytes)) else 8
+        if self.values <= 0 or size > self.bytes:
+            return False
+        self.values, self.bytes = self.values - 1, self.bytes - size
+        return True
+
+
+def random_message(cls, rng: random.Random, depth: int = 0, budget: Budget | None = None):
+    """A message of type `cls` with random values in a random subset of its fields, within `budget`."""
     message = cls()
+    budget = budget or Budget()
     for field in message.DESCRIPTOR.fields:
-        if rng.random() < 0.4:
+        if rng.random() < 0.4 or budget.values <= 0:
             continue
         if field.message_type is not None and field.message_type.GetOptions().map_entry:
             target = getattr(message, field.name)
@@ -77,27 +98,33 @@ def random_message(cls, rng: random.Random, depth: int = 0):
             for _ in range(rng.randrange(0, 3)):
                 key = _string(rng)[:50]
                 if value_field.message_type is not None:
-                    if depth < MAX_DEPTH:
-                        target[key].CopyFrom(random_message(target[key].__class__, rng, depth + 1))
+                    if depth < MAX_DEPTH and budget.take(key):
+                        target[key].CopyFrom(random_message(target[key].__class__, rng, depth + 1, budget))
                 else:
-                    target[key] = _scalar(value_field, rng)
+                    value = _scalar(value_field, rng)
+                    if budget.take(key) and budget.take(value):
+                        target[key] = value
             continue
         repeated = field.is_repeated
         count = rng.choice([1, 2, 5, 200]) if repeated else 1
         for _ in range(count):
             if field.message_type is not None:
-                if depth >= MAX_DEPTH:
+                if depth >= MAX_DEPTH or not budget.take(b""):
                     break
                 sub = random_message(getattr(message, field.name).__class__ if not repeated else
-                                     type(getattr(message, field.name).add()), rng, depth + 1)
+                                     type(getattr(message, field.name).add()), rng, depth + 1, budget)
                 if repeated:
                     getattr(message, field.name)[-1].CopyFrom(sub)
                 else:
                     getattr(message, field.name).CopyFrom(sub)
-            elif repeated:
-                getattr(message, field.name).append(_scalar(field, rng))
+                continue
+            value = _scalar(field, rng)
+            if not budget.take(value):
+                break
+            if repeated:
+                getattr(message, field.name).append(value)
             else:
-                setattr(message, field.name, _scalar(field, rng))
+                setattr(message, field.name, value)
     return message
 
 
