@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
                             plain_http=(args.dashboard_listen,))
     parent = lifecycle.ParentGuard.from_env()
     shutdown = lifecycle.Shutdown(args.shutdown_timeout)
-    keep_large_buffers_in_heap()
+    keep_large_buffers_in_heap(server=True)
     config = Config(tree_arity=args.tree_arity, target_partition_bytes=int(args.target_partition_mib * (1 << 20)),
                     heartbeat_timeout=args.heartbeat_timeout, max_job_bytes=int(args.max_job_mib * (1 << 20)),
                     agent_wait=args.agent_wait, data_dir=args.data_dir,

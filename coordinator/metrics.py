@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 from prometheus_client import REGISTRY, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from lepton.tuning import trims_done
 
 JOBS = Counter("lepton_jobs_total", "Jobs that ended, by op and final state", ["op", "state"])
 JOB_SECONDS = Histogram("lepton_job_seconds", "Seconds from submission to the end of a job", ["op"],
@@ -37,6 +39,8 @@ class ClusterCollector:
             credits.add_metric([agent.id], agent.credits)
         yield in_flight
         yield credits
+        yield CounterMetricFamily("lepton_heap_trims", "Idle trims of the heap done (lepton.tuning.IdleTrim)",
+                                  value=trims_done())
 
 
 def register(coordinator) -> None:

@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     creds = security.credentials_from_args(args, "agent")
     towards = failover.parse(args.coordinator)[0]  # of several (a highly available cluster), the first
     security.check_exposure("agent", creds, addresses.listen_address(args.listen, towards), args.metrics_listen)
-    keep_large_buffers_in_heap()
+    keep_large_buffers_in_heap(server=True)
     parent = lifecycle.ParentGuard.from_env()  # before open_devices: mpi:N execs mpiexec, which keeps PDEATHSIG
     # Devices first: an MPI device may re-exec this process under mpiexec, before any thread exists.
     devices = open_devices(args.device or [os.environ.get("LEPTON_DEVICE", "numpy")])

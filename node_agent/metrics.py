@@ -4,6 +4,8 @@ from __future__ import annotations
 from prometheus_client import REGISTRY, Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from lepton.tuning import trims_done
+
 TASKS = Counter("lepton_agent_tasks_total", "Tasks (runs of partitions) by outcome", ["outcome"])
 PARTITIONS = Counter("lepton_device_partitions_total", "Partitions run, by device and op", ["device", "op"])
 BUSY_SECONDS = Counter("lepton_device_busy_seconds_total", "Seconds each device spent running kernels", ["device"])
@@ -37,6 +39,8 @@ class DeviceCollector:
                                   value=cache.misses)
         yield CounterMetricFamily("lepton_agent_cache_evictions", "Tensors evicted to stay in budget",
                                   value=cache.evictions)
+        yield CounterMetricFamily("lepton_heap_trims", "Idle trims of the heap done (lepton.tuning.IdleTrim)",
+                                  value=trims_done())
 
 
 def register(agent) -> None:
