@@ -205,21 +205,26 @@ class Coordinator:
 
     # -- datasets ----------------------------------------------------------------------------
     def put_dataset(self, name: str, headers: list, chunks, scheme: planner.Scheme, count: int, target_bytes: int,
-                    key_column: int, replace: bool, cols: int | None = None, shared=None):
+                    key_column: int, replace: bool, cols: int | None = None, shared=None, durable: bool = False,
+                    timeout: float | None = None):
         """Receive an array (one header) or a CSR matrix (indptr, indices, data headers and `cols`), keep
         the coordinator's copy, place its partitions on the agents.
 
         Dense row blocks are placed while they stream in: each partition goes to its agent as soon
         as its last row arrives, so receiving and placing overlap instead of taking turns. A dense
         array in the client's shared memory (`shared`, a SharedBuffer) arrives all at once; agents on
-        this host map their partitions from it, and it serves as the copy until the file is written."""
+        this host map their partitions from it, and it serves as the copy until the file is written.
+        durable: return only once the copy is on the disk (waiting at most `timeout` s for it)."""
         self.datasets.check_new(name, replace)
         if shared is not None and cols is not None:
             raise InvalidInput("a sparse dataset's parts stream as chunks; only a dense one may lie in shared memory")
         inputs = TensorAssembler(headers, max_bytes=self.config.max_job_bytes, shared={0: shared} if shared else {})
         files = adopt_shared(inputs, {0: shared} if shared else {})
         try:
-            return self._put_dataset(name, inputs, chunks, scheme, count, target_bytes, key_column, replace, cols)
+            dataset = self._put_dataset(name, inputs, chunks, scheme, count, target_bytes, key_column, replace, cols)
+            if durable:
+                self.datasets.wait_saved(dataset, timeout)
+            return dataset
         finally:
             for f in files:  # the agents opened theirs: later misses stream from the copy
                 f.close()

@@ -6,7 +6,9 @@ cache dropped something. `placement` says where each partition is believed to be
 
 The copy is written to disk in the background: until the file is written (`Dataset.saved`) the
 received arrays themselves serve, so a put waits for the network and the agents, not for the disk
-(writing 1 GiB took 5 s on the benchmark machine, where placing it took under 2).
+(writing 1 GiB took 5 s on the benchmark machine, where placing it took under 2). A durable put
+(DatasetSpec.durable) waits for the copy as well (`DatasetStore.wait_saved`): once it returns, the
+dataset survives a crash of the coordinator and of every agent.
 
 The copy survives a crash whole or not at all: each part goes to a temporary file in the same
 folder, is flushed to the disk and renamed into place, and a small manifest written the same way
@@ -16,6 +18,7 @@ is in place, so a crash during a put leaves the old dataset, or none, never half
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -29,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from lepton.contract import dataset_key, dataset_prefix
-from lepton.errors import AlreadyExists, InvalidInput, NotFound
+from lepton.errors import AlreadyExists, DeadlineExceeded, FailedPrecondition, InvalidInput, NotFound, ResourceExhausted
 from lepton.logs import event
 from lepton.backends.ops.sparse import take_csr
 
@@ -53,6 +56,8 @@ class Dataset:
     created_at: float = field(default_factory=time.time)
     placement: dict[int, str] = field(default_factory=dict)  # partition -> agent id
     saved: threading.Event = field(default_factory=threading.Event)  # the copy is on disk
+    written: threading.Event = field(default_factory=threading.Event)  # the writer is done: saved, failed or abandoned
+    save_error: OSError | None = None  # why the copy could not be written
     dropped: bool = False
 
     @property
@@ -205,6 +210,12 @@ class DatasetStore:
         return self.directory / f"{dataset.name}.{dataset.version}{MANIFEST}"
 
     def _save(self, dataset: Dataset, replaced: Dataset | None = None) -> None:
+        try:
+            self._write(dataset, replaced)
+        finally:
+            dataset.written.set()
+
+    def _write(self, dataset: Dataset, replaced: Dataset | None) -> None:
         """Write the copy (parts, then the manifest that makes it exist), then serve it from memory
         maps (the received buffers are freed), then remove the version it replaced."""
         maps = {}
@@ -222,6 +233,7 @@ class DatasetStore:
             write_atomically(self._manifest(dataset), lambda f: f.write(json.dumps(manifest).encode()))
             sync_directory(self.directory)
         except OSError as exc:  # a full disk: the arrays in memory still serve, correctly
+            dataset.save_error = exc
             event(log, "dataset.save_failed", level=logging.WARNING, dataset=dataset.name, error=str(exc))
             return
         finally:
@@ -234,6 +246,28 @@ class DatasetStore:
         if replaced is not None:
             self.remove_file(replaced)
         self._on_saved(dataset)
+
+    @staticmethod
+    def wait_saved(dataset: Dataset, timeout: float | None = None) -> None:
+        """Return once the copy of `dataset` is on the disk (its parts and manifest flushed, and the
+        folder's entries): a durable put. Raises, saying so, if it will not be: the dataset is
+        still loaded and serves jobs then, but a crash of the coordinator would lose what no agent
+        holds."""
+        if not dataset.written.wait(timeout):
+            raise DeadlineExceeded(f"the copy of dataset {dataset.name!r} was not on the coordinator's disk within "
+                                   f"the call's deadline ({timeout:.0f} s left); it is loaded and serves jobs, and "
+                                   f"its DatasetInfo.saved says when the copy is written")
+        if dataset.saved.is_set():
+            return
+        if dataset.save_error is not None:
+            error = dataset.save_error
+            full = getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
+            kind = ResourceExhausted if full else FailedPrecondition
+            raise kind(f"the coordinator could not write its copy of dataset {dataset.name!r} ({error}); it is loaded "
+                       f"and serves jobs but would not survive a coordinator crash: free its data folder "
+                       f"(--data-dir) and put it again with replace=True")
+        raise FailedPrecondition(f"dataset {dataset.name!r} was dropped or replaced while its copy was being written; "
+                                 f"nothing of this put is on disk")
 
     def _reload(self) -> None:
         """Read back the datasets whose manifests a previous coordinator on this folder wrote: the

@@ -232,7 +232,8 @@ class CoordinatorServicer(pb_grpc.CoordinatorServiceServicer):
             headers, cols = [spec.tensor], None
         dataset = self.c.put_dataset(spec.name, headers, chunks(), scheme_of(part), part.count,
                                      part.target_bytes, part.key_column, spec.replace, cols,
-                                     spec.shared if spec.HasField("shared") else None)
+                                     spec.shared if spec.HasField("shared") else None, spec.durable,
+                                     context.time_remaining())
         return pb.PutDatasetResponse(dataset=dataset_info(dataset))
 
     def ListDatasets(self, request, context):

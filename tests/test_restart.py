@@ -134,6 +134,41 @@ def test_a_crash_during_a_first_put_leaves_no_dataset():
             client.sum("x")
 
 
+def test_a_durable_put_survives_the_coordinator_and_every_agent_killed_as_it_returns():
+    # The disk is slow (0.5 s per file written): a put that returned before its copy was whole
+    # would lose the dataset to the crash right after it.
+    with lepton.LocalCluster(agents=2, coordinator_args=["--test-slow-disk", "0.5"]) as cluster:
+        client = cluster.client(timeout=120)
+        client.put("undisturbed", X, partitions=12)
+        before = client.sum("undisturbed")
+        dataset = client.put("x", X, partitions=12, durable=True)
+        assert dataset.info.saved
+        cluster.kill_coordinator()
+        for index in range(len(cluster.agents)):  # and their partitions: only the disk holds the dataset
+            cluster.kill_agent(index)
+        cluster.start_coordinator()
+        for _ in range(2):
+            cluster.add_agent()
+        client = cluster.client(timeout=120)
+        infos = {d.name: d.info for d in client.datasets()}
+        assert "x" in infos, f"the durable put's dataset did not survive the crash (listed: {sorted(infos)})"
+        info = infos["x"]
+        assert info.saved and tuple(info.shape) == X.shape and info.partitions == 12
+        after = client.sum("x")
+        assert bytes_to_agents(client) >= X.nbytes  # placed again, from the copy on disk
+    assert np.array_equal(after, before)  # bitwise: the same rows in the same partitions and tree
+    assert_matches("sum", X, {"sum": after})
+
+
+def test_a_durable_put_whose_copy_cannot_be_written_says_so(tmp_path):
+    store = DatasetStore(tmp_path / "data")
+    (tmp_path / "data").rmdir()  # the folder is gone: writing the copy fails
+    dataset, _ = store.create("x", {"x": np.arange(8.0).reshape(4, 2)}, np.array([0, 2, 4]), replace=False)
+    with pytest.raises(lepton.FailedPrecondition, match="could not write its copy of dataset 'x'.*loaded and serves"):
+        store.wait_saved(dataset, timeout=30)
+    assert store.get("x") is dataset and not dataset.saved.is_set()
+
+
 def test_stale_and_unknown_announcements_are_not_trusted(tmp_path):
     store = DatasetStore(tmp_path)
     splits = np.array([0, 5, 10, 15, 20])

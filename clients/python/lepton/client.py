@@ -612,13 +612,19 @@ class Client:
 
     # -- datasets ----------------------------------------------------------------------------
     def put(self, name: str, array, *, partitioning: str = "row_blocks", partitions: int = 0,
-            target_bytes: int = 0, key_column: int = 0, replace: bool = False) -> Dataset:
+            target_bytes: int = 0, key_column: int = 0, replace: bool = False, durable: bool = False) -> Dataset:
         """Load `array` into the cluster once; its partitions stay resident on the agents.
+
+        It returns once the partitions are placed; the coordinator's copy on its disk follows
+        (`Dataset.info.saved`). With `durable=True` it returns only once that copy is on the disk
+        (flushed, as are the folder's entries): from then on the dataset survives a crash of the
+        coordinator and of every agent. The wait can be longer than the placing (1 GiB took 5 s to
+        write and under 2 to place on the benchmark machine).
 
         `array` may be a sparse CSR matrix (scipy.sparse, or (indptr, indices, data, shape)): ops then
         name it as one input (client.spmm(dataset, x)), partitioned by rows balanced by non-zeros.
         """
-        spec = pb.DatasetSpec(name=name, replace=replace,
+        spec = pb.DatasetSpec(name=name, replace=replace, durable=durable,
                               partitioning=_partitioning(partitioning, partitions, target_bytes, key_column))
         if hasattr(array, "indptr") or isinstance(array, tuple):
             parts, cols = _csr(array)

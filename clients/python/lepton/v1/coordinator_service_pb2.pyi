@@ -9,20 +9,22 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class DatasetSpec(_message.Message):
-    __slots__ = ("name", "tensor", "csr", "partitioning", "replace", "shared")
+    __slots__ = ("name", "tensor", "csr", "partitioning", "replace", "shared", "durable")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TENSOR_FIELD_NUMBER: _ClassVar[int]
     CSR_FIELD_NUMBER: _ClassVar[int]
     PARTITIONING_FIELD_NUMBER: _ClassVar[int]
     REPLACE_FIELD_NUMBER: _ClassVar[int]
     SHARED_FIELD_NUMBER: _ClassVar[int]
+    DURABLE_FIELD_NUMBER: _ClassVar[int]
     name: str
     tensor: _tensor_pb2.TensorHeader
     csr: CsrMatrix
     partitioning: _job_pb2.Partitioning
     replace: bool
     shared: _tensor_pb2.SharedBuffer
-    def __init__(self, name: _Optional[str] = ..., tensor: _Optional[_Union[_tensor_pb2.TensorHeader, _Mapping]] = ..., csr: _Optional[_Union[CsrMatrix, _Mapping]] = ..., partitioning: _Optional[_Union[_job_pb2.Partitioning, _Mapping]] = ..., replace: _Optional[bool] = ..., shared: _Optional[_Union[_tensor_pb2.SharedBuffer, _Mapping]] = ...) -> None: ...
+    durable: bool
+    def __init__(self, name: _Optional[str] = ..., tensor: _Optional[_Union[_tensor_pb2.TensorHeader, _Mapping]] = ..., csr: _Optional[_Union[CsrMatrix, _Mapping]] = ..., partitioning: _Optional[_Union[_job_pb2.Partitioning, _Mapping]] = ..., replace: _Optional[bool] = ..., shared: _Optional[_Union[_tensor_pb2.SharedBuffer, _Mapping]] = ..., durable: _Optional[bool] = ...) -> None: ...
 
 class CsrMatrix(_message.Message):
     __slots__ = ("indptr", "indices", "data", "cols")
