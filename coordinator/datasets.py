@@ -264,8 +264,8 @@ class DatasetStore:
             full = getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
             kind = ResourceExhausted if full else FailedPrecondition
             raise kind(f"the coordinator could not write its copy of dataset {dataset.name!r} ({error}); it is loaded "
-                       f"and serves jobs but would not survive a coordinator crash: free its data folder "
-                       f"(--data-dir) and put it again with replace=True")
+                       f"and serves jobs but would not survive a coordinator crash: check the coordinator's "
+                       f"data folder (--data-dir: space, permissions) and put it again with replace=True")
         raise FailedPrecondition(f"dataset {dataset.name!r} was dropped or replaced while its copy was being written; "
                                  f"nothing of this put is on disk")
 
@@ -307,6 +307,7 @@ class DatasetStore:
         if dataset.row_splits[-1] != rows:
             raise ValueError(f"its partitions cover {dataset.row_splits[-1]} rows of {rows}")
         dataset.saved.set()
+        dataset.written.set()
         return dataset
 
     def adopt(self, agent_id: str, resident) -> tuple[list[str], list[str]]:

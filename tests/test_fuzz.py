@@ -1,8 +1,8 @@
 """Fuzz a live coordinator and a live agent with malformed and adversarial streams (tests/fuzz_inputs.py).
 
 Every call must end with a status before its deadline, never UNKNOWN (an unhandled exception in a
-servicer) nor INTERNAL; the servers must stay healthy and keep computing right answers, and once the fuzzing
-stops their resident memory must come back to within 20% of its starting value. The starting value
+servicer) nor INTERNAL; the servers must stay healthy and keep computing right answers, and once
+the fuzzing stops their resident memory must come back to within 20% of its starting value. The starting value
 is taken after the servers have started, served a warm-up of well-formed calls (jobs, a dataset put
 and dropped, status calls) and trimmed their heaps once while idle; the final one after the same
 well-formed calls again and two idle trims (lepton_heap_trims_total), so both are measured alike.

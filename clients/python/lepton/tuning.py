@@ -19,8 +19,11 @@ def keep_large_buffers_in_heap(server: bool = False) -> None:
     and one is at most 64 MiB), and malloc_trim, which IdleTrim calls, gives back a thread arena's
     free bins but not its top: every gRPC thread's arena kept its peak for good. Fuzzing (the
     servers' worst case for scattered allocations; tests/test_fuzz.py) grew them by 45-60% that
-    way, and by 1-3% in one arena. (The one arena's lock costs nothing measurable here: most
-    allocation in these processes happens under the GIL anyway; benchmarks/bench_heap.py.)
+    way, and by 1-3% in one arena. The one arena's lock cost nothing measurable on the 2-core
+    machine (benchmarks/bench_heap.py, 7 runs: a streamed 128 MiB sum 0.395 s median against
+    0.383 s, small jobs 453 against 398 per second, both within the noise of a shared machine), and
+    the servers ended that benchmark at 79-114 MiB against 226-239 MiB. Untried on many cores,
+    where the lock has more threads to serve: LEPTON_MALLOC_ARENAS=0 there if it shows.
     """
     if not sys.platform.startswith("linux"):
         return
