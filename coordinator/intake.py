@@ -20,9 +20,16 @@ from lepton.coordinator.jobs import Job
 SMALL_JOB_BYTES = 1 << 20
 
 
+def seconds_left(time_remaining: float | None) -> float | None:
+    """A call's `time_remaining`, or None for a call without a deadline (gRPC says ~1e9 or more then,
+    which a wait would overflow: "timestamp out of range for platform time_t")."""
+    return time_remaining if time_remaining is not None and time_remaining < 1e9 else None
+
+
 def deadline_from(time_remaining: float | None) -> float | None:
-    """The epoch deadline of a call with `time_remaining` seconds left (gRPC says ~1e9 for none)."""
-    return time.time() + time_remaining if time_remaining is not None and time_remaining < 1e9 else None
+    """The epoch deadline of a call with `time_remaining` seconds left, or None for none."""
+    left = seconds_left(time_remaining)
+    return None if left is None else time.time() + left
 
 
 class InputReader:

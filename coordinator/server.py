@@ -12,7 +12,7 @@ import numpy as np
 from lepton.errors import InvalidInput, ResourceExhausted
 from lepton.coordinator.coordinator import Coordinator
 from lepton.coordinator.early import EarlyOptions, Estimate
-from lepton.coordinator.intake import SMALL_JOB_BYTES, InputReader, deadline_from
+from lepton.coordinator.intake import SMALL_JOB_BYTES, InputReader, deadline_from, seconds_left
 from lepton.coordinator.jobs import JobRecord
 from lepton.coordinator.planner import Scheme
 from lepton.coordinator import metrics
@@ -233,7 +233,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServiceServicer):
         dataset = self.c.put_dataset(spec.name, headers, chunks(), scheme_of(part), part.count,
                                      part.target_bytes, part.key_column, spec.replace, cols,
                                      spec.shared if spec.HasField("shared") else None, spec.durable,
-                                     context.time_remaining())
+                                     seconds_left(context.time_remaining()))
         return pb.PutDatasetResponse(dataset=dataset_info(dataset))
 
     def ListDatasets(self, request, context):

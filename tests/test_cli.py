@@ -48,8 +48,9 @@ def test_put_run_on_and_drop_a_dataset(clusters, tmp_path):
     x = np.random.default_rng(9).standard_normal((40_000, 3))
     np.save(tmp_path / "x.npy", x)
     address = [*at(clusters[2])]
-    out = lepton("put", "cli-x", str(tmp_path / "x.npy"), "--partitions", "4", "--replace", *address)
-    assert out.returncode == 0 and "4 partitions" in out.stdout, out.stderr
+    out = lepton("put", "cli-x", str(tmp_path / "x.npy"), "--partitions", "4", "--replace", "--durable", *address)
+    assert out.returncode == 0 and "4 partitions" in out.stdout and "saved to disk" in out.stdout, out.stderr
+    assert next(d for d in clusters[2].client().datasets() if d.name == "cli-x").info.saved  # before put returned
     assert "cli-x" in lepton("datasets", *address).stdout
     out = lepton("run", "max", "-i", "x=@cli-x", "--json", *address)
     assert out.returncode == 0, out.stderr

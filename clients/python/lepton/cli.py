@@ -266,9 +266,10 @@ def cmd_put(args) -> int:
     array = np.asarray(np.load(args.file, mmap_mode="r"))
     with connect(args) as client:
         dataset = client.put(args.name, array, partitioning=args.partitioning, partitions=args.partitions,
-                             key_column=args.key_column, replace=args.replace)
+                             key_column=args.key_column, replace=args.replace, durable=args.durable)
     placement = ", ".join(f"{agent}: {n}" for agent, n in sorted(dataset.info.placement.items()))
-    print(f"{dataset.name}: {array.nbytes / 1e6:.1f} MB in {dataset.info.partitions} partitions ({placement}); "
+    saved = ", saved to disk" if args.durable else ""
+    print(f"{dataset.name}: {array.nbytes / 1e6:.1f} MB in {dataset.info.partitions} partitions ({placement}{saved}); "
           f"use it as `lepton run OP -i x=@{dataset.name}`")
     return 0
 
@@ -387,6 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--partitions", type=int, default=0, help="partition count (0: by size)")
     p.add_argument("--key-column", type=int, default=0, help="column hashed by --partitioning hash")
     p.add_argument("--replace", action="store_true", help="replace a dataset of the same name")
+    p.add_argument("--durable", action="store_true",
+                   help="return only once the coordinator's copy is on disk (survives its crash)")
     p.set_defaults(func=cmd_put)
 
     p = with_address(sub.add_parser("datasets", help="datasets resident in the cluster"))
