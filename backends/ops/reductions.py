@@ -11,6 +11,7 @@ import numpy as np
 
 from lepton.errors import InvalidInput
 from lepton.backends.estimates import Running, Scaled, Spread, Total
+from lepton.backends.ops import fused
 from lepton.backends.ops.base import Op, Params, TensorMeta
 from lepton.backends.ops.common import chan_merge, check_params
 
@@ -174,62 +175,99 @@ class Var(_Reduction):
         return {"var": Spread(params["columns"], _result_float(params), params["ddof"])}
 
 
+STATS = ("sum", "min", "max", "mean", "var", "count")  # describe's results, in this order
+# The partial's keys each result needs (mean also keeps the sum: its early estimate is one).
+_KEYS = {"sum": ("sum",), "min": ("min",), "max": ("max",), "count": ("count",),
+         "mean": ("n", "mean", "m2", "sum"), "var": ("n", "mean", "m2")}
+
+
+def _stats(params: Params) -> list[str]:
+    """describe's validated `stats`, as a list."""
+    return params["stats"].split(",") if "stats" in params else list(STATS)
+
+
 class Describe(Var):
     """sum, min, max, mean, var (ddof) and count in one pass over the data: one job where the six ops
-    would be six. Results equal the single ops' within their tolerances (not bitwise: the centring
-    runs in the input's type here)."""
+    would be six; `stats` asks for some of them only (the centred pass of mean and var is then
+    skipped unless asked for). A 1-D float block is computed in L2-sized chunks, every reduction
+    while its chunk is in cache (backends/ops/fused.py). Results equal the single ops' within their
+    tolerances; the sum is bitwise Sum's (the same fold of the same blocks); min, max and count are
+    exact. Mean and var are not bitwise Mean's and Var's: the centring runs in the input's type here."""
 
     name = "describe"
+    params = ("ddof", "stats")
 
     def validate(self, inputs, params):
         p = super().validate(inputs, params)
+        # Params travel as numbers, strings or lists of numbers: the names go as one string.
+        stats = p.get("stats", ",".join(STATS))
+        names = [s.strip() for s in stats.split(",")] if isinstance(stats, str) else None
+        if not names or not all(s in STATS for s in names):
+            raise InvalidInput(f"describe: parameter 'stats' must name some of {', '.join(STATS)}, "
+                               f"separated by commas; got {stats!r}")
         dtype = np.dtype(p["dtype"])
-        return {**p, "out_dtype": dtype.str if dtype.kind == "f" else "<i8"}  # as Sum's
+        return {**p, "stats": ",".join(s for s in STATS if s in names),
+                "out_dtype": dtype.str if dtype.kind == "f" else "<i8"}  # as Sum's
 
     def reference(self, inputs, params):
         x = inputs["x"]
         n = x.shape[0]
+        stats = _stats(params)
+        extremes, centred = "min" in stats or "max" in stats, "mean" in stats or "var" in stats
+        count = np.full(x.shape[1:], n, dtype=np.int64)
         if x.dtype.kind == "f":
-            total = np.asarray(np.sum(x, axis=0), dtype=np.float64)  # pairwise in x's type, as Sum
+            # Pairwise in x's type, as Sum (np.sum of the block, bitwise, either way).
+            m = (fused.moments if fused.fits(x) else fused.plain_moments)(x, extremes, centred)
+            total = np.asarray(m["sum"], dtype=np.float64)
             # NaN anywhere makes the sum NaN, so a finite sum proves every value is counted.
-            finite = np.isfinite(total)
-            count = np.full(x.shape[1:], n, dtype=np.int64)
-            if not np.all(finite):
+            if "count" in stats and not np.all(np.isfinite(total)):
                 count = np.asarray(np.count_nonzero(~np.isnan(x), axis=0), dtype=np.int64)
-            # Centre on the block's approximate mean, then correct by the residual sum:
-            # m2 = sum(d^2) - sum(d)^2 / n is the spread about the true mean. A 1-D block sums
-            # pairwise in x's own type (accurate, and the fast path); along axis 0 of a matrix NumPy
-            # sums row after row, so there the centring and the sums run in float64.
-            work = x.dtype if x.ndim == 1 else np.float64
-            shift = (total / n).astype(work)
-            d = x - shift
-            residual = np.asarray(np.sum(d, axis=0), dtype=np.float64)
-            np.square(d, out=d)
-            m2 = np.asarray(np.sum(d, axis=0), dtype=np.float64) - residual * residual / n
-            mean = shift.astype(np.float64) + residual / n
+            if centred:
+                # Centred on the block's approximate mean (`shift`), then corrected by the residual
+                # sum: m2 = sum(d^2) - sum(d)^2 / n is the spread about the true mean.
+                residual = np.asarray(m["residual"], dtype=np.float64)
+                m2 = np.asarray(m["squares"], dtype=np.float64) - residual * residual / n
+                mean = np.asarray(m["shift"], dtype=np.float64) + residual / n
         else:
+            m = {"min": np.min(x, axis=0), "max": np.max(x, axis=0)} if extremes else {}
             total = np.asarray(np.sum(x, axis=0, dtype=np.int64))
-            count = np.full(x.shape[1:], n, dtype=np.int64)
-            mean = np.asarray(total / n, dtype=np.float64)
-            m2 = np.asarray(np.sum(np.square(x - mean), axis=0))
-        return {"sum": total, "min": np.asarray(np.min(x, axis=0)), "max": np.asarray(np.max(x, axis=0)),
-                "count": count, "n": np.int64(n), "mean": np.asarray(mean), "m2": np.asarray(np.maximum(m2, 0))}
+            if centred:
+                mean = np.asarray(total / n, dtype=np.float64)
+                m2 = np.asarray(np.sum(np.square(x - mean), axis=0))
+        values = {"sum": total, "count": count}
+        if extremes:
+            values.update(min=np.asarray(m["min"]), max=np.asarray(m["max"]))
+        if centred:
+            values.update(n=np.int64(n), mean=np.asarray(mean), m2=np.asarray(np.maximum(m2, 0)))
+        return {k: values[k] for s in stats for k in _KEYS[s]}
 
     def merge(self, left, right):
-        out = {"sum": left["sum"] + right["sum"], "count": left["count"] + right["count"],
-               "min": np.minimum(left["min"], right["min"]), "max": np.maximum(left["max"], right["max"])}
-        return {**out, **super().merge(left, right)}
+        out = {k: left[k] + right[k] for k in ("sum", "count") if k in left}
+        if "min" in left:
+            out["min"] = np.minimum(left["min"], right["min"])
+        if "max" in left:
+            out["max"] = np.maximum(left["max"], right["max"])
+        if "n" in left:
+            out.update(super().merge(left, right))
+        return out
 
     def finalize(self, partial, params):
-        return {**super().finalize(partial, params), "sum": partial["sum"].astype(params["out_dtype"]),
-                "mean": partial["mean"].astype(_result_float(params)), "min": partial["min"],
-                "max": partial["max"], "count": partial["count"]}
+        stats = _stats(params)
+        out = {"sum": lambda: partial["sum"].astype(params["out_dtype"]), "min": lambda: partial["min"],
+               "max": lambda: partial["max"], "count": lambda: partial["count"],
+               "mean": lambda: partial["mean"].astype(_result_float(params)),
+               "var": lambda: super(Describe, self).finalize(partial, params)["var"]}
+        return {s: out[s]() for s in stats}
 
     def estimators(self, params):
         columns, out = params["columns"], _result_float(params)
-        return {**super().estimators(params), "sum": Total("sum", columns, params["out_dtype"]),
-                "mean": Total("sum", columns, out, mean=True), "min": Running("min", columns, np.minimum),
-                "max": Running("max", columns, np.maximum), "count": Total("count", columns, "<i8")}
+        every = {"sum": lambda: Total("sum", columns, params["out_dtype"]),
+                 "mean": lambda: Total("sum", columns, out, mean=True),
+                 "min": lambda: Running("min", columns, np.minimum),
+                 "max": lambda: Running("max", columns, np.maximum),
+                 "count": lambda: Total("count", columns, "<i8"),
+                 "var": lambda: super(Describe, self).estimators(params)["var"]}
+        return {s: every[s]() for s in _stats(params)}
 
 
 class Histogram(Op):

@@ -542,9 +542,12 @@ class Client:
     def count(self, x, early: bool | Early = False, **kw):
         return self._reduce("count", x, "count", early, kw)
 
-    def describe(self, x, ddof: int = 0, early: bool | Early = False, **kw):
+    def describe(self, x, ddof: int = 0, early: bool | Early = False, stats=None, **kw):
         """sum, min, max, mean, var (with `ddof`) and count along axis 0, in one pass (one job); with
-        early, an iterator of Estimates holding all six."""
+        early, an iterator of Estimates holding all six. `stats`: some of those names only, a list or
+        "sum,min,max" (sum, min and max skip the centred pass that mean and var take)."""
+        if stats is not None:
+            kw["stats"] = stats if isinstance(stats, str) else ",".join(stats)  # (params carry no list of strings)
         if early:
             return self.submit("describe", x, ddof=ddof, early=early, **kw).estimates()
         return {k: _scalar(v) for k, v in self.run("describe", x, ddof=ddof, **kw).items()}
