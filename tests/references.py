@@ -20,7 +20,9 @@ adds in. Two bounds follow, and a result is held to the smaller:
 The folds (FOLDS, `stages`): Lepton computes each ~4 MiB block of a partition with NumPy (NumPy and
 MPI devices): along axis 0 of a 1-D array pairwise (NumPy's pairwise_sum: 8 accumulators of 16
 values, 3 levels joining them, up to 7 leftovers, then halving levels up to the block's rows), of an
-N-D array row after row (depth: the block's rows); sums add in the input's type, means and variances
+N-D array row after row (depth: the block's rows; describe's one-pass kernel, backends/ops/fused.py,
+adds a 1-D block's chunks up this same tree and gives these bits: tests/test_fused.py); sums add in
+the input's type, means and variances
 in float64 (plus one addition per 8192 values where NumPy buffers a cast to float64). OpenCL
 devices (`opencl_stages`) add BLOCK=256 loads per lane in the inner accumulator (float32 for float32
 data), then the blocks in the outer one (float64, or float32 without fp64), and the host adds the
