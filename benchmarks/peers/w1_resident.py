@@ -1,0 +1,77 @@
+"""Where W1's resident time goes: a resident `describe` of 2^28 float32 (1 GiB) on LocalCluster(agents=2).
+
+    flock /tmp/lepton-bench.lock python benchmarks/peers/w1_resident.py [--stats sum,min,max|all] [--jobs 7]
+
+Puts the dataset once and waits until the coordinator's copy is written, then runs --jobs jobs and
+prints the wall time (min / median), the CPU seconds per job of the coordinator, each agent and this
+client (median), and the last job's trace: each device's busy time over the job's span, the
+per-partition kernel times and how many runs (calls to an agent) the job took. Results are checked
+against NumPy as in run.py.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import workloads  # noqa: E402
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--stats", default="sum,min,max", help="describe's stats, or 'all' (default: W1's)")
+    parser.add_argument("--jobs", type=int, default=7)
+    args = parser.parse_args()
+
+    import lepton
+    from lepton import trace
+
+    data = workloads.make("W1", workloads.SIZES["full"]["W1"])
+    check = workloads.Checker("W1", data)
+    kw = {} if args.stats == "all" else {"stats": args.stats}
+    print(f"load average at the start: {os.getloadavg()}")
+    with lepton.LocalCluster(agents=2) as cluster:
+        client = cluster.client(timeout=600)
+        pids = {"coordinator": cluster.coordinator.pid, **{f"agent {i}": a.pid for i, a in enumerate(cluster.agents)}}
+        dataset = client.put("w1", data["x"], replace=True)
+        while not any(d.name == "w1" and d.info.saved for d in client.datasets()):
+            time.sleep(0.05)  # the background copy to disk would compete with the jobs
+        client.describe(dataset, **kw)  # warm-up
+        walls, cpu = [], {k: [] for k in [*pids, "client"]}
+        for _ in range(args.jobs):
+            before = {k: cpu_seconds(p) for k, p in pids.items()}
+            client_before, start = time.process_time(), time.perf_counter()
+            result = client.describe(dataset, **kw)
+            walls.append(time.perf_counter() - start)
+            cpu["client"].append(time.process_time() - client_before)
+            for k, p in pids.items():
+                cpu[k].append(cpu_seconds(p) - before[k])
+            if (error := check(result)) is not None:
+                print(f"CHECK FAILED: {error}")
+                return 1
+        print(f"describe(stats={args.stats!r}) of 1 GiB, {args.jobs} jobs: wall min {min(walls):.3f} s, "
+              f"median {statistics.median(walls):.3f} s (checked against NumPy)")
+        print("CPU seconds per job (median): " + ", ".join(f"{k} {statistics.median(v):.3f}" for k, v in cpu.items()))
+        last = client.trace(client.jobs(limit=1)[0].job_id)
+        print("\n".join(trace.summary(last)[:2]))
+        ran = [p.finished_at - p.started_at for p in last.partitions]
+        print(f"{len(ran)} partitions of {last.partitions[0].rows:,} rows: kernel min {1e3 * min(ran):.2f} ms, "
+              f"median {1e3 * statistics.median(ran):.2f} ms; {len({p.sent_at for p in last.partitions})} runs sent")
+    print(f"load average at the end: {os.getloadavg()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
