@@ -63,9 +63,12 @@ def test_stats_are_the_full_results_asked_for(dtype, shape, stats, rng):
 
 
 def test_sum_min_max_skip_the_centred_pass(monkeypatch, rng):
-    asked = []
-    real = fused.moments
-    monkeypatch.setattr(fused, "moments", lambda x, extremes, centred: asked.append(centred) or real(x, extremes, centred))
+    asked, real = [], fused.moments
+
+    def moments(x, extremes, centred):
+        asked.append(centred)
+        return real(x, extremes, centred)
+    monkeypatch.setattr(fused, "moments", moments)
     describe(rng.standard_normal(10_000), stats="sum,min,max")
     describe(rng.standard_normal(10_000))
     assert asked == [False, True]
