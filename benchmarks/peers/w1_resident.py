@@ -1,6 +1,7 @@
 """Where W1's resident time goes: a resident `describe` of 2^28 float32 (1 GiB) on LocalCluster(agents=2).
 
     flock /tmp/lepton-bench.lock python benchmarks/peers/w1_resident.py [--stats sum,min,max|all] [--jobs 7]
+        [--partitions P]
 
 Puts the dataset once and waits until the coordinator's copy is written, then runs --jobs jobs and
 prints the wall time (min / median), the CPU seconds per job of the coordinator, each agent and this
@@ -33,6 +34,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stats", default="sum,min,max", help="describe's stats, or 'all' (default: W1's)")
     parser.add_argument("--jobs", type=int, default=7)
+    parser.add_argument("--partitions", type=int, default=0,
+                        help="the put's partition count (default: the client's choice, as run.py puts it)")
     args = parser.parse_args()
 
     import lepton
@@ -45,7 +48,7 @@ def main() -> int:
     with lepton.LocalCluster(agents=2) as cluster:
         client = cluster.client(timeout=600)
         pids = {"coordinator": cluster.coordinator.pid, **{f"agent {i}": a.pid for i, a in enumerate(cluster.agents)}}
-        dataset = client.put("w1", data["x"], replace=True)
+        dataset = client.put("w1", data["x"], replace=True, partitions=args.partitions)
         while not any(d.name == "w1" and d.info.saved for d in client.datasets()):
             time.sleep(0.05)  # the background copy to disk would compete with the jobs
         client.describe(dataset, **kw)  # warm-up
