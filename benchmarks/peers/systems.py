@@ -63,22 +63,9 @@ class Lepton:
 
         def put(key, array):
             names.append(key)
-            if not resident:
-                return array
-            dataset = c.put(key, array, replace=True)
-            saved(key)
-            return dataset
-
-        def saved(key, limit_s=120.0):
-            # A put returns before the coordinator's copy is on its disk (README "Datasets"), and
-            # writing 1 GiB takes the coordinator's CPU and the disk for a second or more: timed
-            # runs start once it is written, so that they time the job alone.
-            deadline = time.monotonic() + limit_s
-            while not any(d.name == key and d.info.saved for d in c.datasets()):
-                if time.monotonic() > deadline:  # (a full disk: the dataset serves from memory)
-                    print(f"  dataset {key!r} not on the coordinator's disk after {limit_s:.0f}s; timing anyway")
-                    return
-                time.sleep(0.05)  # (a benchmark's wait on the coordinator, not a test's)
+            # durable: the put returns once the coordinator's copy is on its disk; writing 1 GiB in
+            # the background took its CPU and the disk during the first timed runs.
+            return c.put(key, array, replace=True, durable=True) if resident else array
 
         if name == "W1":
             x = put("w1", data["x"])

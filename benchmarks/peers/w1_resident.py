@@ -48,9 +48,8 @@ def main() -> int:
     with lepton.LocalCluster(agents=2) as cluster:
         client = cluster.client(timeout=600)
         pids = {"coordinator": cluster.coordinator.pid, **{f"agent {i}": a.pid for i, a in enumerate(cluster.agents)}}
-        dataset = client.put("w1", data["x"], replace=True, partitions=args.partitions)
-        while not any(d.name == "w1" and d.info.saved for d in client.datasets()):
-            time.sleep(0.05)  # the background copy to disk would compete with the jobs
+        # durable: returns once the coordinator's copy is on disk (writing it would compete with the jobs)
+        dataset = client.put("w1", data["x"], replace=True, partitions=args.partitions, durable=True)
         client.describe(dataset, **kw)  # warm-up
         walls, cpu = [], {k: [] for k in [*pids, "client"]}
         for _ in range(args.jobs):
