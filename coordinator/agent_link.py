@@ -120,6 +120,10 @@ class AgentLink:
             else:
                 task.whole_inputs.append(task_input(n, *job.whole_input(n)))
 
+        memory = job.result_memory
+        if memory is not None and self.same_host and memory.file.fd >= 0:  # rows straight into the client's memfd
+            task.result.CopyFrom(pb.ResultBuffer(**memory.for_agents()))
+            shared.append("")  # (an agent that cannot open it says so as for inputs: the link stops sharing)
         return task, streamed, sending, referenced, shared
 
     def run_task(self, job, run, timeout: float | None, on_call: Callable[[object], None]
@@ -156,7 +160,8 @@ class AgentLink:
         def node_done(node, assembler):
             metrics.BYTES_FROM_AGENTS.inc(assembler.bytes_received)
             timings = [(t.partition, t.device, t.started_at, t.finished_at) for t in node.timings]
-            return node.range_start, node.range_end, assembler.finish(), timings
+            partial = sharedmem.WRITTEN if node.written else assembler.finish()
+            return node.range_start, node.range_end, partial, timings
 
         node = assembler = None
         try:

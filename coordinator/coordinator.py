@@ -20,7 +20,7 @@ import numpy as np
 from lepton.errors import FailedPrecondition, InvalidInput, LeptonError, NotFound, ResourceExhausted, Unavailable
 from lepton.backends.numpy_device import physical_memory
 from lepton.backends.ops import TensorMeta, get_op, sparse
-from lepton.coordinator import planner
+from lepton.coordinator import planner, results
 from lepton.coordinator.agent_link import AgentLink
 from lepton.coordinator.datasets import CSR_PARTS, DatasetStore
 from lepton.coordinator.early import EarlyAnswers, EarlyOptions
@@ -108,7 +108,7 @@ class Coordinator:
     def submit(self, op_name: str, params: dict, headers: list, scheme: planner.Scheme, count: int,
                target_bytes: int, key_column: int, label: str, deadline: float | None,
                dataset_inputs: dict[str, str] | None = None, early: EarlyOptions | None = None,
-               shared: dict | None = None) -> Job:
+               shared: dict | None = None, result_buffer=None) -> Job:
         """Validate and plan a job whose `headers` inputs stream and `dataset_inputs` (input name ->
         dataset name) are resident; with `early`, it sends running estimates (coordinator/early.py);
         `shared` (index into headers -> SharedBuffer) are the inputs that lie in the client's shared
@@ -140,7 +140,8 @@ class Coordinator:
         files = adopt_shared(inputs, shared or {})
         job = Job(f"job-{self.membership.incarnation}-{next(self._ids)}", op, params, label, inputs, plan,
                   self.config.tree_arity, deadline, datasets, answers)
-        job.shared_files = files  # closed when the job's call ends (`finished`)
+        job.result_memory = results.offer(op, metas, params, plan, result_buffer, early is not None)
+        job.shared_files = files + [job.result_memory] * (job.result_memory is not None)  # closed by `finished`
         job.on_finish = lambda: self._store(store_records.JOBS, job.id, store_records.job_record(job.record))
         self._store(store_records.JOBS, job.id, store_records.job_record(job.record))
         with self._lock:

@@ -158,6 +158,10 @@ class Job:
         self.held = False  # its caller starts its run (a small job): the dispatcher leaves it alone
         self.aggregator = TreeAggregator(Tree(plan.count, tree_arity), op.combine)
         self.result: dict[str, np.ndarray] | None = None
+        # The result written in place into the client's memfd (coordinator/results.py), or None; once
+        # the job succeeded, `result_shared` says whether it lies there (else `result` holds it).
+        self.result_memory = None
+        self.result_shared = False
         self.input_complete = False
         self._ready = 0  # partitions whose rows have arrived, while the input streams
         self._ordered: dict[str, np.ndarray] | None = None  # split inputs in plan order, permuted once
@@ -383,6 +387,10 @@ class Job:
         self.add_partial(lo, hi, partial, run.round)
 
     def add_partial(self, lo: int, hi: int, partial, round: int = 0) -> None:
+        memory = self.result_memory
+        if memory is not None:  # rows that came as bytes go where the agents write theirs; the
+            memory.write(lo, hi, partial)  # tree then only counts ranges (a duplicate writes nothing)
+            partial = {}
         with self.lock:
             if self.record.state.final or round != self.round or not self.aggregator.add(lo, hi, partial):
                 return
@@ -409,6 +417,10 @@ class Job:
                     self._next_round(params, value)
                     return
                 result = value
+            elif self.result_memory is not None:
+                result = self.result_memory.finish()  # None: it lies whole in the client's sealed memfd
+                self.result_shared = result is None
+                result = result or {}
             else:
                 result = self.op.finalize(root, self.params)
         except LeptonError as exc:

@@ -13,6 +13,8 @@ PARTITIONS = Counter("lepton_partitions_total", "Partition executions by outcome
                      ["outcome"])
 INPUT_BYTES = Counter("lepton_input_bytes_total", "Input bytes received from clients")
 RESULT_BYTES = Counter("lepton_result_bytes_total", "Result bytes sent to clients")
+RESULT_SHARED_BYTES = Counter("lepton_result_shared_bytes_total",
+                              "Result bytes handed to clients in their own shared memory instead of sent")
 BYTES_TO_AGENTS = Counter("lepton_agent_bytes_sent_total", "Partition bytes sent to agents")
 BYTES_FROM_AGENTS = Counter("lepton_agent_bytes_received_total", "Partial bytes received from agents")
 

@@ -113,12 +113,12 @@ class CoordinatorServicer(pb_grpc.CoordinatorServiceServicer):
         self.c, self.metrics_address, self.dashboard_address = coordinator, metrics_address, dashboard_address
         self.intake = InputReader(coordinator)
 
-    def _submit(self, spec, context):
+    def _submit(self, spec, context, result_buffer=None):
         headers, datasets, shared = job_inputs(spec)
         part = spec.partitioning
         return self.c.submit(spec.op, wire.decode_params(spec.params), headers, scheme_of(part), part.count,
                              part.target_bytes, part.key_column, spec.label, deadline_from(context.time_remaining()),
-                             datasets, early_options(spec), shared=shared)
+                             datasets, early_options(spec), shared=shared, result_buffer=result_buffer)
 
     @staticmethod
     def _result(job, context) -> tuple[list, list]:
@@ -134,7 +134,8 @@ class CoordinatorServicer(pb_grpc.CoordinatorServiceServicer):
         first = next(request_iterator, None)
         if first is None or not first.HasField("spec"):
             raise InvalidInput("the first SubmitJobRequest must carry the job spec")
-        job = self._submit(first.spec, context)
+        spec = first.spec
+        job = self._submit(spec, context, spec.result_buffer if spec.HasField("result_buffer") else None)
         context.add_callback(lambda: self.c.finished(job))
         yield pb.SubmitJobResponse(accepted=job_status(job.record))  # first: a client may wait for it
         self.intake.start(job, input_chunks(request_iterator))
@@ -144,6 +145,9 @@ class CoordinatorServicer(pb_grpc.CoordinatorServiceServicer):
             else:
                 yield pb.SubmitJobResponse(progress=job_status(job.record))
         headers, arrays = self._result(job, context)
+        if job.result_shared:  # it lies in the client's memfd, sealed: only where goes
+            metrics.RESULT_SHARED_BYTES.inc(job.result_memory.meta.nbytes)
+            yield pb.SubmitJobResponse(result_shared=tensor_pb2.SharedTensor(**job.result_memory.for_client()))
         for header in headers:
             yield pb.SubmitJobResponse(result_header=header)
         for chunk in wire.chunks(arrays):

@@ -24,6 +24,7 @@ from lepton.backends.tree import Tree, TreeAggregator
 from lepton.logs import event
 from lepton.agent import metrics
 from lepton.agent.cache import TensorCache
+from lepton.sharedmem import WRITTEN
 
 log = logging.getLogger("lepton.agent")
 
@@ -228,10 +229,16 @@ class Agent:
 
     def run_task(self, job_id: str, op_name: str, params: dict, first: int, partitions: int, arity: int,
                  split: list[dict[str, np.ndarray]], whole: dict[str, np.ndarray], row_offsets: list[int],
-                 is_active: Callable[[], bool] = lambda: True) -> Iterator[tuple[int, int, dict, list]]:
+                 is_active: Callable[[], bool] = lambda: True,
+                 write: Callable[[int, int, int, dict], bool] | None = None) -> Iterator[tuple[int, int, dict, list]]:
         """Run partitions [first, first + len(split)), `split[j]` holding partition j's rows of the split
         inputs; yield each complete tree node as (lo, hi, partial, timings), timings being
-        (partition, device, started_at, finished_at)."""
+        (partition, device, started_at, finished_at).
+
+        With `write` (the task's result goes into shared memory: node_agent/results.py), each
+        partition's partial is offered to write(partition, first row, rows, partial) as it finishes and
+        comes back alone, as a leaf: `sharedmem.WRITTEN` if it was written, else itself (nothing is
+        folded: rows written in place need no concatenation, and a leaf is always a node)."""
         if partitions < 1 or arity < 2 or not 0 <= first <= first + len(split) <= partitions or not split:
             raise InvalidInput(f"a task covers partitions [first_partition, first_partition + its partitions) of "
                                f"partition_count >= 1, with tree_arity >= 2; got [{first}, {first + len(split)}) of "
@@ -244,10 +251,17 @@ class Agent:
         finished: queue.SimpleQueue = queue.SimpleQueue()  # (partition, partial, started, finished) or (p, error)
         cancelled = threading.Event()  # the task ended early: queued partitions are skipped, not run
         outstanding = 0
+        expected: dict[int, tuple[int, int]] = {}  # partition -> (first row, rows) of what `write` gets
+        leaves: list[tuple] = []  # with `write`: partitions done, to hand back as they are
         for j, rows in enumerate(split):
             if any(len(a) == 0 for a in rows.values()):
-                aggregator.add(first + j, first + j + 1, {})  # an empty partition: the identity
+                if write is None:
+                    aggregator.add(first + j, first + j + 1, {})  # an empty partition: the identity
+                else:
+                    leaves.append((first + j, first + j + 1, {}, []))
                 continue
+            if write is not None:
+                expected[first + j] = (row_offsets[j], op.rows(rows))
             inputs = {**rows, **whole}
             kernel_params = {**params, "row_offset": row_offsets[j]} if op.needs_row_offset else params
             worker = workers[0] if len(workers) == 1 else min(workers, key=lambda w: w.queued_bytes)
@@ -262,6 +276,8 @@ class Agent:
         timings: dict[int, tuple] = {}
         try:
             while True:
+                while leaves:
+                    yield leaves.pop(0)
                 done = list(aggregator.done)
                 for node in done[sent:]:
                     yield (*node, aggregator.done[node], [timings[p] for p in range(*node) if p in timings])
@@ -281,7 +297,13 @@ class Agent:
                         raise outcome[0]
                     partial, started, ended = outcome
                     timings[partition] = (partition, device, started, ended)
-                    aggregator.add(partition, partition + 1, partial)
+                    if write is None:
+                        aggregator.add(partition, partition + 1, partial)
+                    else:
+                        written = write(partition, *expected[partition], partial)
+                        leaves.append((partition, partition + 1, WRITTEN if written else partial,
+                                       [timings.pop(partition)]))
+                    outcome = partial = None
                     try:
                         result = finished.get_nowait() if outstanding else None
                     except queue.Empty:

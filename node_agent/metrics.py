@@ -12,6 +12,8 @@ BUSY_SECONDS = Counter("lepton_device_busy_seconds_total", "Seconds each device 
 BYTES_IN = Counter("lepton_agent_input_bytes_total", "Partition bytes received from the coordinator")
 BYTES_SHARED = Counter("lepton_agent_shared_input_bytes_total",
                        "Partition bytes mapped from shared memory on this host instead of received")
+BYTES_WRITTEN = Counter("lepton_agent_shared_result_bytes_total",
+                        "Result rows written into the client's shared memory on this host instead of sent")
 BYTES_OUT = Counter("lepton_agent_output_bytes_total", "Partial bytes sent to the coordinator")
 
 

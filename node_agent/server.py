@@ -12,7 +12,7 @@ from lepton.decoding import ParseInHandler
 from lepton.rpc_errors import maps_errors
 from lepton.v1 import agent_service_pb2 as pb, agent_service_pb2_grpc as pb_grpc
 from lepton.serving import add_standard_services
-from lepton.agent import metrics
+from lepton.agent import metrics, results
 from lepton.agent.agent import Agent, TaskInput
 
 
@@ -37,12 +37,19 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         yield from self._run(request.task, request.chunks, context, pb.RunSmallTaskResponse)
 
     def _run(self, task, chunks, context, response):
+        writer = None
         try:
             split, whole, offsets = self._receive(task, chunks)
+            writer = results.writer(task)  # rows into the client's shared memory (node_agent/results.py)
             nodes = self.agent.run_task(task.job_id, task.op, wire.decode_params(task.params),
                                         task.first_partition, task.partition_count, task.tree_arity, split, whole,
-                                        offsets, context.is_active)
+                                        offsets, context.is_active, writer.write if writer else None)
             for lo, hi, partial, timings in nodes:
+                if partial is sharedmem.WRITTEN:
+                    yield response(partial=pb.PartialHeader(range_start=lo, range_end=hi, written=True, timings=[
+                        pb.PartitionTiming(partition=p, device=d, started_at=s, finished_at=f)
+                        for p, d, s, f in timings]))
+                    continue
                 names = list(partial)
                 arrays = [wire.little_endian(np.asarray(partial[n])) for n in names]
                 nbytes = sum(a.nbytes for a in arrays)
@@ -60,6 +67,9 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         except LeptonError as exc:
             metrics.TASKS.labels(exc.code.name).inc()
             raise
+        finally:
+            if writer is not None:
+                writer.close()
 
     @maps_errors
     def CacheTensors(self, request_iterator, context):

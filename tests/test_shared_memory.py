@@ -60,6 +60,11 @@ def memfds(pid: int) -> list[str]:
     return found
 
 
+def memfd_names(pid: int) -> set[str]:
+    """The Lepton memfds process `pid` holds or maps, each once (a mapping holds a descriptor too)."""
+    return {m.split()[0] for m in memfds(pid)}
+
+
 def memfd_bytes(pid: int) -> int:
     """Bytes of Lepton memfds process `pid` maps."""
     total = 0
@@ -123,7 +128,9 @@ def test_jobs_from_shared_memory_are_bitwise_the_streamed_ones(own, rng):
     # map again for nothing, and dropped every view when their tasks ended (the device threads too,
     # which ran the last partitions).
     no_memfd_left(own)
-    assert not memfds(os.getpid())
+    # This process maps only its two large row-block results (matmul, spmm: written in place into
+    # memfds of its own, test_row_block_results_...); no input memfd is left.
+    assert len(memfd_names(os.getpid())) == 2
     theirs = jobs(streamed)
     assert sent_to_agents(shared) - sent >= x.nbytes * 3  # the streamed jobs did ship them
     for name in ours:
@@ -314,3 +321,153 @@ def test_a_client_elsewhere_streams(own, rng, monkeypatch):
         "host_id": sharedmem.host_id(), "pid": self.pid, "fd": 999_999, "name": self.name, "offset": 0})
     assert np.array_equal(refused.sum(x), expected)
     assert refused._shared_memory is False
+
+
+# -- results written in place (coordinator/results.py) ---------------------------------------------
+
+def result_counters(client) -> dict[str, float]:
+    """The coordinator's result byte counters: handed over in the client's memfd, streamed to clients,
+    and partial bytes received from agents."""
+    address = client.cluster_status().metrics_address
+    return {"shared": metric(address, "lepton_result_shared_bytes_total"),
+            "streamed": metric(address, "lepton_result_bytes_total"),
+            "from_agents": metric(address, "lepton_agent_bytes_received_total")}
+
+
+def written_by_agents(client) -> list[float]:
+    return [metric(a.metrics_address, "lepton_agent_shared_result_bytes_total") for a in client.cluster_status().agents]
+
+
+def grown(before: dict, after: dict) -> dict:
+    return {k: after[k] - before[k] for k in before}
+
+
+def graph(rng, rows: int = 300_000, cols: int = 1000):
+    """A CSR matrix of `rows` rows of 2 sorted non-zeros each, as the (indptr, indices, data, shape) input."""
+    first = rng.integers(0, cols // 2, size=rows)
+    indices = np.stack([first, first + 1 + rng.integers(0, cols // 2 - 1, size=rows)], axis=1).reshape(-1)
+    return (np.arange(0, 2 * rows + 1, 2, dtype=np.int64), indices.astype(np.int32),
+            rng.standard_normal(2 * rows).astype(np.float32), (rows, cols))
+
+
+def test_row_block_results_are_written_in_place_bitwise_the_streamed_ones(own, rng):
+    """matmul, linear and spmm results over 1 MiB: the agents write their rows into the client's own
+    memfd and the client maps it (copy-on-write); not a byte of them travels, and the arrays are
+    bitwise those of the same jobs streamed, and NumPy's within float32 rounding."""
+    shared, streamed = own.client(timeout=300), own.client(timeout=300, shared_memory=False)
+    a = rng.standard_normal((300_000, 16)).astype(np.float32)  # 18 MiB: 3 partitions
+    w = rng.standard_normal((16, 24)).astype(np.float32)
+    bias = rng.standard_normal(24).astype(np.float32)
+    csr, dense = graph(rng), rng.standard_normal((1000, 32)).astype(np.float32)
+
+    def jobs(client):
+        return {"matmul": client.matmul(a, w), "linear": client.linear(a, w, bias, activation="relu"),
+                "spmm": client.spmm(csr, dense)}
+
+    before = result_counters(shared)
+    ours = jobs(shared)
+    moved = grown(before, result_counters(shared))
+    nbytes = sum(r.nbytes for r in ours.values())
+    assert moved["shared"] == nbytes and moved["streamed"] == 0
+    assert moved["from_agents"] < 64 << 10  # the partials said "written", nothing more
+    assert sum(written_by_agents(shared)) >= nbytes
+    no_memfd_left(own)  # the coordinator and the agents closed theirs; this process maps its results
+    assert len(memfd_names(os.getpid())) == 3
+    theirs = jobs(streamed)
+    assert grown(before, result_counters(shared))["streamed"] >= nbytes
+    for name in ours:
+        assert ours[name].dtype == theirs[name].dtype and np.array_equal(ours[name], theirs[name]), name
+    a64 = a.astype(np.float64)
+    assert np.allclose(ours["matmul"], a64 @ w, rtol=1e-4, atol=1e-4)
+    assert np.allclose(ours["linear"], np.maximum(a64 @ w + bias, 0), rtol=1e-4, atol=1e-4)
+    indptr, indices, values, (rows, _) = csr
+    expected = np.zeros((rows, 32))
+    np.add.at(expected, np.repeat(np.arange(rows), 2), values[:, None].astype(np.float64) * dense[indices])
+    assert np.allclose(ours["spmm"], expected, atol=1e-4)
+    # The array is the caller's to change, like a streamed one; its pages are then its own.
+    ours["matmul"][0, 0] += 1
+    assert ours["matmul"][0, 0] == theirs["matmul"][0, 0] + 1
+    del ours  # and the memory goes with the arrays
+    assert not memfds(os.getpid())
+
+
+def test_each_partition_is_written_once_and_nothing_after_the_seal(tmp_path):
+    """The claims (sharedmem.ResultFile.claim_write): the first writer of a partition wins and a later
+    one (a speculative copy, a retry) writes nothing over it; a writer killed half-way, still holding
+    the partition's lock, leaves it to the next one; once sealed, no writer can change a byte."""
+    host, pid, page = sharedmem.host_id(), os.getpid(), 4096
+    memory = sharedmem.ResultMemory()
+    first = sharedmem.ResultFile(host, pid, memory.fd, memory.name, fresh=True)
+    first.resize(page + 3 * page)  # claims, then 3 partitions of one page of float32 each
+    late = sharedmem.ResultFile(host, pid, memory.fd, memory.name)  # another writer: its own open file
+    with pytest.raises(FailedPrecondition, match="not empty"):
+        sharedmem.ResultFile(host, pid, memory.fd, memory.name, fresh=True)
+    ones, twos = np.full(1024, 1.0, np.float32), np.full(1024, 2.0, np.float32)
+    assert first.claim_write(0, page, ones) is True
+    assert late.claim_write(0, page, twos) is False  # written before: nothing written over it
+    # A writer that took partition 1's lock, wrote half its rows and stopped (then dies).
+    holder = subprocess.Popen([sys.executable, "-c", f"""
+import fcntl, os, struct, sys
+fd = os.open("/proc/{pid}/fd/{memory.fd}", os.O_RDWR)
+fcntl.fcntl(fd, fcntl.F_OFD_SETLK, struct.pack({sharedmem._FLOCK!r}, fcntl.F_WRLCK, 0, 1, 1, 0))
+os.pwrite(fd, b"\\xff" * 2048, {2 * page})
+print("locked", flush=True)
+sys.stdin.read()
+"""], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert late.claim_write(1, 2 * page, twos) is None  # busy: its rows are not there
+    finally:
+        holder.kill()
+        holder.wait(30)
+    assert late.claim_write(1, 2 * page, twos) is True  # the dead writer's lock went with it
+    assert late.claim_write(2, 3 * page, twos) is True
+    assert first.seal()
+    with pytest.raises(PermissionError):
+        os.pwrite(late.fd, b"\x00", page)  # a straggler's raw write fails
+    assert late.claim_write(2, 3 * page, ones) is False
+    result = memory.array(tensor_pb2.SharedBuffer(**{**memory.buffer(), "offset": page}), np.dtype(np.float32), (3, 1024))
+    assert np.array_equal(result, np.stack([ones, twos, twos]))
+    result[0, 0] = 7  # copy-on-write: the memfd keeps its bytes
+    assert np.frombuffer(os.pread(late.fd, 4, page), np.float32)[0] == 1.0
+    for f in (first, late, memory):
+        f.close()
+
+
+def test_an_agent_killed_mid_job_leaves_a_whole_shared_result(rng):
+    a = rng.standard_normal((400_000, 8)).astype(np.float32)  # 12 MiB in 32 partitions
+    w = rng.standard_normal((8, 16)).astype(np.float32)  # 24 MiB out
+    with lepton.LocalCluster(agents=3, agent_args=["--test-delay", "0.05:0.15"]) as cluster:
+        client = cluster.client(timeout=300)
+        before = result_counters(client)
+        job = client.submit("matmul", {"a": a, "b": w}, partitions=32)
+        wait_for(lambda: job.status is not None and job.status.partitions_done >= 8, "a quarter of the partitions")
+        cluster.kill_agent(1)
+        got = job.result()["c"]
+        assert job.status.partitions_done == 32
+        assert grown(before, result_counters(client))["shared"] == got.nbytes  # it was written in place
+        expected = cluster.client(timeout=300, shared_memory=False).matmul(a, w, partitions=32)
+        assert np.array_equal(got, expected)  # bitwise: retried partitions were written whole, once
+        assert np.allclose(got, a.astype(np.float64) @ w, rtol=1e-4, atol=1e-4)
+        no_memfd_left(cluster)
+
+
+def test_rows_from_an_agent_without_shared_memory_are_written_by_the_coordinator(rng):
+    """One agent writes in place, the other cannot (LEPTON_SHARED_MEMORY=0: as if on another host) and
+    sends its rows; the coordinator writes those into the same memfd, and the result is still handed
+    over in place, bitwise the streamed one. A client that offers no memfd gets it streamed."""
+    a = rng.standard_normal((200_000, 8)).astype(np.float32)
+    w = rng.standard_normal((8, 16)).astype(np.float32)
+    with lepton.LocalCluster(agents=1, agent_args=["--test-delay", "0.02:0.05"]) as cluster:
+        cluster._agent_env = {**cluster._agent_env, "LEPTON_SHARED_MEMORY": "0"}
+        cluster.add_agent()
+        client = cluster.client(timeout=300)
+        before, written = result_counters(client), sum(written_by_agents(client))
+        got = client.matmul(a, w, partitions=16)
+        moved = grown(before, result_counters(client))
+        assert moved["shared"] == got.nbytes and moved["streamed"] == 0
+        assert 0 < sum(written_by_agents(client)) - written < got.nbytes  # one agent wrote its share...
+        assert moved["from_agents"] > 0  # ...the other sent its rows
+        expected = cluster.client(timeout=300, shared_memory=False).matmul(a, w, partitions=16)
+        assert np.array_equal(got, expected)
+        no_memfd_left(cluster)

@@ -109,6 +109,12 @@ class Op:
         """Root partial (possibly empty) to named results."""
         raise NotImplementedError
 
+    def row_result(self, inputs: dict[str, TensorMeta], params: Params) -> tuple[str, TensorMeta] | None:
+        """The op's one result when it is the concatenation, in order, of its partitions' partials,
+        each of which is that one array's rows (so they can be written in place: coordinator/results.py):
+        its name and meta, from the inputs' metas and the validated params. None: any other result."""
+        return None
+
     def estimators(self, params: Params) -> dict:
         """Early answers: fresh estimators (lepton.backends.estimates) of the results that a random
         sample of partitions can estimate, by result name. {}: the op has none."""

@@ -6,7 +6,7 @@ import re
 import numpy as np
 
 from lepton.errors import InvalidInput
-from lepton.backends.ops.base import Op
+from lepton.backends.ops.base import Op, TensorMeta
 from lepton.backends.ops.common import ACTIVATIONS, Concat, activation, check_params, matrix
 
 
@@ -48,6 +48,9 @@ class MatmulRows(Concat):
 
     def validate(self, inputs, params):
         return {**_check_matmul(self, inputs, params), "plan": "rows"}
+
+    def row_result(self, inputs, params):
+        return "c", TensorMeta(inputs["a"].dtype, (inputs["a"].shape[0], inputs["b"].shape[1]))
 
     def reference(self, inputs, params):
         return {"c": inputs["a"] @ inputs["b"]}
@@ -114,6 +117,10 @@ class Mlp(Concat):
             width = w.shape[1]
         return {"activation": activation(self, params, "activation", "relu"),
                 "output": activation(self, params, "output", "none")}
+
+    def row_result(self, inputs, params):
+        last = inputs[f"w{self.layers(inputs) - 1}"] if "w" not in inputs else inputs["w"]
+        return "y", TensorMeta(inputs["x"].dtype, (inputs["x"].shape[0], last.shape[1]))
 
     def reference(self, inputs, params):
         y, layers = inputs["x"], self.layers(inputs)

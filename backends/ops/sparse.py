@@ -11,7 +11,7 @@ import numpy as np
 import scipy.sparse
 
 from lepton.errors import InvalidInput
-from lepton.backends.ops.base import Op
+from lepton.backends.ops.base import Op, TensorMeta
 from lepton.backends.ops.common import ACTIVATIONS, FLOATS, Concat, activation, check_params, matrix
 
 CSR = ("a_indptr", "a_indices", "a_data")
@@ -102,6 +102,9 @@ class Spmm(_SparseRows):
                                f"{list(x.shape)} {x.dtype}")
         return {"a_cols": cols}
 
+    def row_result(self, inputs, params):
+        return "y", TensorMeta(inputs["a_data"].dtype, (inputs["a_indptr"].shape[0] - 1, inputs["x"].shape[1]))
+
     def reference(self, inputs, params):
         return {"y": csr_times_dense(inputs["a_indptr"], inputs["a_indices"], inputs["a_data"], inputs["x"])}
 
@@ -126,6 +129,9 @@ class GcnLayer(_SparseRows):
             raise InvalidInput(f"gcn_layer: x must be {rows} x f and w f x h, both {dtype}; got x {list(x.shape)} "
                                f"{x.dtype}, w {list(w.shape)} {w.dtype}")
         return {"a_cols": cols, "activation": activation(self, params, "activation", "relu")}
+
+    def row_result(self, inputs, params):
+        return "y", TensorMeta(inputs["x"].dtype, (inputs["a_indptr"].shape[0] - 1, inputs["w"].shape[1]))
 
     def prepare(self, arrays, params):
         indptr, data, x = arrays["a_indptr"], arrays["a_data"], arrays["x"]

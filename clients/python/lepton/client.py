@@ -149,9 +149,12 @@ class Job:
     again to where the leader is, as no submission at all."""
 
     def __init__(self, call_factory, requests, resubmit: Backoff | None = None,
-                 on_estimate: Callable[[Estimate], None] | None = None, follow=None):
+                 on_estimate: Callable[[Estimate], None] | None = None, follow=None,
+                 result_memory: sharedmem.ResultMemory | None = None):
         """requests() makes the job's request stream (once per submission); follow(error, attempt,
-        started) says whether an unanswered call may go again."""
+        started) says whether an unanswered call may go again; result_memory is the memfd the spec
+        offers for the result (the coordinator may put it there: `result_shared`)."""
+        self._result_memory = result_memory
         self._events: queue.Queue = queue.Queue()
         self._estimates: list[Estimate] = []  # as they arrived; the last one final once the job succeeded
         self._estimated = threading.Condition()
@@ -212,7 +215,7 @@ class Job:
 
     def _read_once(self) -> None:
         """Read one submission's events and result (RpcError if the call fails)."""
-        headers, assembler = [], None
+        headers, assembler, shared = [], None, {}
         for response in self._call:
             self._answered = True
             kind = response.WhichOneof("event")
@@ -227,10 +230,18 @@ class Job:
                 assembler.add(response.result_chunk)
             elif kind == "estimate":
                 self._add_estimate(_estimate(response.estimate))
+            elif kind == "result_shared":  # written into our own memfd, sealed: mapped, not copied
+                shared[response.result_shared.tensor.name] = self._map_result(response.result_shared)
         assembler = assembler or wire.TensorAssembler(headers)
-        self._result = assembler.finish()
+        self._result = {**shared, **assembler.finish()}
         self._add_estimate(self._final_estimate())
         self._finish()
+
+    def _map_result(self, message) -> np.ndarray:
+        if self._result_memory is None:
+            raise LeptonError("the coordinator placed a result in shared memory, but this job offered none")
+        meta = wire.meta(message.tensor)
+        return self._result_memory.array(message.buffer, meta.dtype, meta.shape)
 
     def _add_estimate(self, estimate: Estimate) -> None:
         with self._estimated:
@@ -461,6 +472,11 @@ class Client:
 
         spec, arrays = _spec(op, inputs, partitioning, partitions, target_bytes, key_column, label, params, early,
                              shared if share else None)
+        # On the coordinator's host, offer an empty memfd for the result: a large row-block result is
+        # then written there by the agents and mapped here instead of streamed (coordinator/results.py).
+        result_memory = sharedmem.ResultMemory() if self._shared_memory and not early else None
+        if result_memory is not None:
+            spec.result_buffer.CopyFrom(tensor_pb2.SharedBuffer(**result_memory.buffer()))
 
         def requests():
             yield pb.SubmitJobRequest(spec=spec).SerializeToString()
@@ -475,8 +491,13 @@ class Client:
             return self._submit_raw(r, timeout=timeout or self.timeout)
 
         job = Job(call, requests, self._resubmit(), on_estimate,
-                  follow=lambda exc, attempt, started: self._follow(exc, address, attempt, started))
+                  follow=lambda exc, attempt, started: self._follow(exc, address, attempt, started),
+                  result_memory=result_memory)
         job._cancel_rpc = lambda request, timeout: self._stub.CancelJob(request, timeout=timeout)
+        if result_memory is not None:  # (a mapping of the result outlives the descriptor)
+            job._on_done.append(result_memory.close)
+            if job._done.is_set():
+                result_memory.close()
         if memory:  # the coordinator maps them while it accepts the job; ours go once the job ends
             job._on_done.extend(m.close for m in memory)
             if job._done.is_set():  # (it ended before the callbacks were in)

@@ -13,15 +13,24 @@ no /proc), the receiver says so and the bytes travel as chunks instead.
 
 Only this process's own registered memfds are handed on (`registry.locate`): a coordinator passes an
 agent a view of the memfd it opened from its client, never a path it was merely told.
+
+Results go the other way (`ResultMemory`, `ResultFile`): the client offers an empty memfd of its own,
+the coordinator sizes it, the agents on its host write their row blocks into it with pwrite (never a
+writable mapping, so that sealing it later is possible and proves nobody writes any more), each
+partition at most once (`ResultFile.claim_write`), and the coordinator seals it before it tells the
+client where the result lies. Servers only pread and pwrite it: a client that shrinks its own memfd
+meanwhile cannot make them fault.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import mmap
 import os
 import re
 import secrets
 import stat
+import struct
 import threading
 import weakref
 from concurrent.futures import ThreadPoolExecutor
@@ -232,3 +241,161 @@ class Registry:
 
 
 registry = Registry()
+
+
+# -- results written in place -----------------------------------------------------------------------
+
+WRITE_SEALS = fcntl.F_SEAL_WRITE | getattr(fcntl, "F_SEAL_FUTURE_WRITE", 0x0010)
+CLAIMED = b"\x01"
+# struct flock on 64-bit Linux: l_type, l_whence, (pad), l_start, l_len, l_pid, (pad).
+_FLOCK = "hhxxxxqqixxxx"
+WRITTEN: dict = {}  # the partial of a partition whose rows were written into the result memfd (compare by `is`)
+
+
+def aligned(n: int) -> int:
+    return _aligned(n)
+
+
+def _pwrite_all(fd: int, data: memoryview, at: int) -> None:
+    done = 0
+    while done < len(data):
+        done += os.pwrite(fd, data[done:], at + done)
+
+
+class ResultMemory:
+    """The client's offer of shared memory for a job's result: an empty memfd, not sealed (the
+    coordinator sizes it and the agents write it; it seals it when the result is whole). `array`
+    maps the result it says lies there; `close` once the job ended (a mapping stays valid)."""
+
+    def __init__(self):
+        self.name = NAME_PREFIX + secrets.token_hex(16)
+        self.fd = os.memfd_create(self.name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        self.pid = os.getpid()
+
+    def buffer(self) -> dict:
+        return {"host_id": host_id(), "pid": self.pid, "fd": self.fd, "name": self.name, "offset": 0}
+
+    def array(self, buffer, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+        """The result tensor the coordinator says lies at `buffer` (a SharedBuffer naming this memfd),
+        mapped copy-on-write: no copy is made, and writing to the array changes only this process's
+        pages. Only once the memfd is sealed against writes, so nothing changes it after."""
+        if buffer.name != self.name or buffer.fd != self.fd or buffer.pid != self.pid or self.fd < 0:
+            raise FailedPrecondition(f"the result was placed in shared memory {buffer.name!r} that this job did not offer")
+        seals = fcntl.fcntl(self.fd, fcntl.F_GET_SEALS)
+        if seals & SEALS != SEALS:
+            raise FailedPrecondition(f"the result memfd {self.name!r} is not sealed against writes")
+        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        size = os.fstat(self.fd).st_size
+        if buffer.offset < 0 or buffer.offset + nbytes > size:
+            raise FailedPrecondition(f"the result [{buffer.offset}, {buffer.offset + nbytes}) lies outside the "
+                                     f"{size}-byte memfd {self.name!r}")
+        if nbytes == 0:
+            return np.empty(shape, dtype)
+        mapped = mmap.mmap(self.fd, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        try:  # fill the page tables in one go (as open_views does): the caller reads it next
+            start = buffer.offset - buffer.offset % ALIGN
+            mapped.madvise(MADV_POPULATE_READ, start, buffer.offset + nbytes - start)
+        except OSError:
+            pass
+        return np.frombuffer(mapped, dtype=dtype, count=nbytes // np.dtype(dtype).itemsize,
+                             offset=buffer.offset).reshape(shape)
+
+    def close(self) -> None:
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+
+class ResultFile:
+    """A result memfd opened for writing by a server on its host: the coordinator opens its client's
+    (`fresh`: no seal, nothing written yet) and sizes it; an agent opens the coordinator's descriptor
+    of it. Checked like SharedFile, except that it must be open to writes."""
+
+    def __init__(self, host: str, pid: int, fd: int, name: str, fresh: bool = False):
+        if host != host_id() or not host:
+            raise FailedPrecondition(f"{UNAVAILABLE}: the result buffer is on another host (or pid namespace)")
+        if not NAME.match(name):
+            raise FailedPrecondition(f"{UNAVAILABLE}: {name!r} is not the name of a Lepton buffer")
+        path = f"/proc/{int(pid)}/fd/{int(fd)}"
+        try:
+            own = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except OSError as exc:
+            raise FailedPrecondition(f"{UNAVAILABLE}: cannot open {path} for writing: {exc.strerror}") from None
+        try:
+            if (os.readlink(f"/proc/self/fd/{own}") != f"/memfd:{name} (deleted)"
+                    or not stat.S_ISREG(os.fstat(own).st_mode)):
+                raise FailedPrecondition(f"{UNAVAILABLE}: {path} is not the memfd {name!r}")
+            seals = fcntl.fcntl(own, fcntl.F_GET_SEALS)
+            if seals & WRITE_SEALS or (fresh and (seals or os.fstat(own).st_size)):
+                raise FailedPrecondition(f"{UNAVAILABLE}: the memfd {name!r} is sealed or not empty")
+        except BaseException:
+            os.close(own)
+            raise
+        self.fd, self.name = own, name
+        self._lock = threading.Lock()  # close() against writes on other threads
+
+    def resize(self, size: int) -> None:
+        os.ftruncate(self.fd, size)
+
+    def _lock_claim(self, at: int, kind: int) -> bool:
+        try:
+            fcntl.fcntl(self.fd, fcntl.F_OFD_SETLK, struct.pack(_FLOCK, kind, os.SEEK_SET, at, 1, 0))
+            return True
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                return False
+            raise
+
+    def claim_write(self, claim_at: int, at: int, data: np.ndarray) -> bool | None:
+        """Write `data`'s bytes at `at` unless the claim byte at `claim_at` says another writer did:
+        True if written now, False if it was written before (by anyone: the bytes there are whole),
+        None if another writer is at it right now (or stopped half-way: then it is not written).
+
+        The claim byte is set only after the rows are in, under an open-file-description lock that
+        the kernel drops when its holder dies: a writer killed half-way leaves the byte 0 and the
+        partition to the next one, and a late speculative copy finds it 1 and writes nothing."""
+        data = memoryview(np.ascontiguousarray(data).reshape(-1).view(np.uint8))
+        with self._lock:
+            if self.fd < 0:
+                return False  # the job ended: nothing to write into any more
+            if not self._lock_claim(claim_at, fcntl.F_WRLCK):
+                return None
+            try:
+                if os.pread(self.fd, 1, claim_at) == CLAIMED:
+                    return False
+                _pwrite_all(self.fd, data, at)
+                os.pwrite(self.fd, CLAIMED, claim_at)
+                return True
+            finally:
+                self._lock_claim(claim_at, fcntl.F_UNLCK)
+
+    def read(self, at: int, nbytes: int) -> bytes:
+        data = os.pread(self.fd, nbytes, at)
+        if len(data) != nbytes:
+            raise FailedPrecondition(f"the result memfd {self.name!r} shrank under the job")
+        return data
+
+    def read_into(self, out: np.ndarray, at: int) -> None:
+        view, done = memoryview(out.reshape(-1).view(np.uint8)), 0
+        while done < len(view):
+            n = os.preadv(self.fd, [view[done:]], at + done)
+            if n <= 0:
+                raise FailedPrecondition(f"the result memfd {self.name!r} shrank under the job")
+            done += n
+
+    def seal(self) -> bool:
+        """Seal it against writes, shrinking and growing for good; False if a writable mapping of it
+        exists somewhere (then it cannot be sealed, and the result must go another way)."""
+        try:
+            fcntl.fcntl(self.fd, fcntl.F_ADD_SEALS, SEALS)
+            return True
+        except OSError as exc:
+            if exc.errno == errno.EBUSY:
+                return False
+            raise
+
+    def close(self) -> None:
+        with self._lock:
+            fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)

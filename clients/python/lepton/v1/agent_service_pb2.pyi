@@ -112,7 +112,7 @@ class DropCachedResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("job_id", "op", "params", "first_partition", "partition_count", "tree_arity", "partitions", "whole_inputs", "run_inputs", "row_splits")
+    __slots__ = ("job_id", "op", "params", "first_partition", "partition_count", "tree_arity", "partitions", "whole_inputs", "run_inputs", "row_splits", "result")
     class ParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -130,6 +130,7 @@ class Task(_message.Message):
     WHOLE_INPUTS_FIELD_NUMBER: _ClassVar[int]
     RUN_INPUTS_FIELD_NUMBER: _ClassVar[int]
     ROW_SPLITS_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     op: str
     params: _containers.MessageMap[str, _job_pb2.Param]
@@ -140,7 +141,18 @@ class Task(_message.Message):
     whole_inputs: _containers.RepeatedCompositeFieldContainer[TaskInput]
     run_inputs: _containers.RepeatedCompositeFieldContainer[TaskInput]
     row_splits: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, job_id: _Optional[str] = ..., op: _Optional[str] = ..., params: _Optional[_Mapping[str, _job_pb2.Param]] = ..., first_partition: _Optional[int] = ..., partition_count: _Optional[int] = ..., tree_arity: _Optional[int] = ..., partitions: _Optional[_Iterable[_Union[TaskPartition, _Mapping]]] = ..., whole_inputs: _Optional[_Iterable[_Union[TaskInput, _Mapping]]] = ..., run_inputs: _Optional[_Iterable[_Union[TaskInput, _Mapping]]] = ..., row_splits: _Optional[_Iterable[int]] = ...) -> None: ...
+    result: ResultBuffer
+    def __init__(self, job_id: _Optional[str] = ..., op: _Optional[str] = ..., params: _Optional[_Mapping[str, _job_pb2.Param]] = ..., first_partition: _Optional[int] = ..., partition_count: _Optional[int] = ..., tree_arity: _Optional[int] = ..., partitions: _Optional[_Iterable[_Union[TaskPartition, _Mapping]]] = ..., whole_inputs: _Optional[_Iterable[_Union[TaskInput, _Mapping]]] = ..., run_inputs: _Optional[_Iterable[_Union[TaskInput, _Mapping]]] = ..., row_splits: _Optional[_Iterable[int]] = ..., result: _Optional[_Union[ResultBuffer, _Mapping]] = ...) -> None: ...
+
+class ResultBuffer(_message.Message):
+    __slots__ = ("buffer", "tensor", "claims_offset")
+    BUFFER_FIELD_NUMBER: _ClassVar[int]
+    TENSOR_FIELD_NUMBER: _ClassVar[int]
+    CLAIMS_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    buffer: _tensor_pb2.SharedBuffer
+    tensor: _tensor_pb2.TensorHeader
+    claims_offset: int
+    def __init__(self, buffer: _Optional[_Union[_tensor_pb2.SharedBuffer, _Mapping]] = ..., tensor: _Optional[_Union[_tensor_pb2.TensorHeader, _Mapping]] = ..., claims_offset: _Optional[int] = ...) -> None: ...
 
 class TaskPartition(_message.Message):
     __slots__ = ("inputs", "row_offset")
@@ -171,18 +183,20 @@ class RunTaskRequest(_message.Message):
     def __init__(self, task: _Optional[_Union[Task, _Mapping]] = ..., chunk: _Optional[_Union[_tensor_pb2.TensorChunk, _Mapping]] = ...) -> None: ...
 
 class PartialHeader(_message.Message):
-    __slots__ = ("range_start", "range_end", "tensors", "timings", "chunks")
+    __slots__ = ("range_start", "range_end", "tensors", "timings", "chunks", "written")
     RANGE_START_FIELD_NUMBER: _ClassVar[int]
     RANGE_END_FIELD_NUMBER: _ClassVar[int]
     TENSORS_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    WRITTEN_FIELD_NUMBER: _ClassVar[int]
     range_start: int
     range_end: int
     tensors: _containers.RepeatedCompositeFieldContainer[_tensor_pb2.TensorHeader]
     timings: _containers.RepeatedCompositeFieldContainer[PartitionTiming]
     chunks: _containers.RepeatedCompositeFieldContainer[_tensor_pb2.TensorChunk]
-    def __init__(self, range_start: _Optional[int] = ..., range_end: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[_tensor_pb2.TensorHeader, _Mapping]]] = ..., timings: _Optional[_Iterable[_Union[PartitionTiming, _Mapping]]] = ..., chunks: _Optional[_Iterable[_Union[_tensor_pb2.TensorChunk, _Mapping]]] = ...) -> None: ...
+    written: bool
+    def __init__(self, range_start: _Optional[int] = ..., range_end: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[_tensor_pb2.TensorHeader, _Mapping]]] = ..., timings: _Optional[_Iterable[_Union[PartitionTiming, _Mapping]]] = ..., chunks: _Optional[_Iterable[_Union[_tensor_pb2.TensorChunk, _Mapping]]] = ..., written: _Optional[bool] = ...) -> None: ...
 
 class PartitionTiming(_message.Message):
     __slots__ = ("partition", "device", "started_at", "finished_at")

@@ -110,20 +110,22 @@ class SubmitJobRequest(_message.Message):
     def __init__(self, spec: _Optional[_Union[_job_pb2.JobSpec, _Mapping]] = ..., chunk: _Optional[_Union[_tensor_pb2.TensorChunk, _Mapping]] = ...) -> None: ...
 
 class SubmitJobResponse(_message.Message):
-    __slots__ = ("accepted", "progress", "result_header", "result_chunk", "done", "estimate")
+    __slots__ = ("accepted", "progress", "result_header", "result_chunk", "done", "estimate", "result_shared")
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
     RESULT_HEADER_FIELD_NUMBER: _ClassVar[int]
     RESULT_CHUNK_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
     ESTIMATE_FIELD_NUMBER: _ClassVar[int]
+    RESULT_SHARED_FIELD_NUMBER: _ClassVar[int]
     accepted: _job_pb2.JobStatus
     progress: _job_pb2.JobStatus
     result_header: _tensor_pb2.TensorHeader
     result_chunk: _tensor_pb2.TensorChunk
     done: _job_pb2.JobStatus
     estimate: Estimate
-    def __init__(self, accepted: _Optional[_Union[_job_pb2.JobStatus, _Mapping]] = ..., progress: _Optional[_Union[_job_pb2.JobStatus, _Mapping]] = ..., result_header: _Optional[_Union[_tensor_pb2.TensorHeader, _Mapping]] = ..., result_chunk: _Optional[_Union[_tensor_pb2.TensorChunk, _Mapping]] = ..., done: _Optional[_Union[_job_pb2.JobStatus, _Mapping]] = ..., estimate: _Optional[_Union[Estimate, _Mapping]] = ...) -> None: ...
+    result_shared: _tensor_pb2.SharedTensor
+    def __init__(self, accepted: _Optional[_Union[_job_pb2.JobStatus, _Mapping]] = ..., progress: _Optional[_Union[_job_pb2.JobStatus, _Mapping]] = ..., result_header: _Optional[_Union[_tensor_pb2.TensorHeader, _Mapping]] = ..., result_chunk: _Optional[_Union[_tensor_pb2.TensorChunk, _Mapping]] = ..., done: _Optional[_Union[_job_pb2.JobStatus, _Mapping]] = ..., estimate: _Optional[_Union[Estimate, _Mapping]] = ..., result_shared: _Optional[_Union[_tensor_pb2.SharedTensor, _Mapping]] = ...) -> None: ...
 
 class Estimate(_message.Message):
     __slots__ = ("fraction", "partitions_used", "partitions_total", "confidence", "seed", "values")

@@ -87,7 +87,7 @@ class JobInput(_message.Message):
     def __init__(self, name: _Optional[str] = ..., tensor: _Optional[_Union[_tensor_pb2.TensorHeader, _Mapping]] = ..., dataset: _Optional[str] = ..., shared: _Optional[_Union[_tensor_pb2.SharedTensor, _Mapping]] = ...) -> None: ...
 
 class JobSpec(_message.Message):
-    __slots__ = ("op", "params", "inputs", "partitioning", "label", "early")
+    __slots__ = ("op", "params", "inputs", "partitioning", "label", "early", "result_buffer")
     class ParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -101,13 +101,15 @@ class JobSpec(_message.Message):
     PARTITIONING_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
     EARLY_FIELD_NUMBER: _ClassVar[int]
+    RESULT_BUFFER_FIELD_NUMBER: _ClassVar[int]
     op: str
     params: _containers.MessageMap[str, Param]
     inputs: _containers.RepeatedCompositeFieldContainer[JobInput]
     partitioning: Partitioning
     label: str
     early: EarlyAnswers
-    def __init__(self, op: _Optional[str] = ..., params: _Optional[_Mapping[str, Param]] = ..., inputs: _Optional[_Iterable[_Union[JobInput, _Mapping]]] = ..., partitioning: _Optional[_Union[Partitioning, _Mapping]] = ..., label: _Optional[str] = ..., early: _Optional[_Union[EarlyAnswers, _Mapping]] = ...) -> None: ...
+    result_buffer: _tensor_pb2.SharedBuffer
+    def __init__(self, op: _Optional[str] = ..., params: _Optional[_Mapping[str, Param]] = ..., inputs: _Optional[_Iterable[_Union[JobInput, _Mapping]]] = ..., partitioning: _Optional[_Union[Partitioning, _Mapping]] = ..., label: _Optional[str] = ..., early: _Optional[_Union[EarlyAnswers, _Mapping]] = ..., result_buffer: _Optional[_Union[_tensor_pb2.SharedBuffer, _Mapping]] = ...) -> None: ...
 
 class EarlyAnswers(_message.Message):
     __slots__ = ("confidence", "min_fraction_step", "min_interval_seconds", "seed")
