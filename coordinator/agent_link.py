@@ -11,7 +11,7 @@ import numpy as np
 
 from lepton.coordinator import metrics
 from lepton import sharedmem, wire
-from lepton.errors import Unavailable
+from lepton.errors import LeptonError, Unavailable
 from lepton.v1 import agent_service_pb2 as pb, agent_service_pb2_grpc as pb_grpc, tensor_pb2
 
 
@@ -160,6 +160,9 @@ class AgentLink:
         def node_done(node, assembler):
             metrics.BYTES_FROM_AGENTS.inc(assembler.bytes_received)
             timings = [(t.partition, t.device, t.started_at, t.finished_at) for t in node.timings]
+            if node.written and not task.HasField("result"):
+                raise LeptonError(f"the agent at {self.address} says it wrote partitions [{node.range_start}, "
+                                  f"{node.range_end}) into a result buffer the task did not give it")
             partial = sharedmem.WRITTEN if node.written else assembler.finish()
             return node.range_start, node.range_end, partial, timings
 
