@@ -430,6 +430,10 @@ class Client:
         except grpc.RpcError as exc:
             raise LeptonError.from_rpc(exc) from None
 
+    # Offer a memfd for large row-block results when on the coordinator's host (with shared_memory);
+    # False: they stream, as to a client elsewhere (benchmarks/bench_shared_results.py compares).
+    offer_result_memory = True
+
     def _resubmit(self) -> Backoff | None:
         return Backoff(self.retry_for) if self.resubmit_on_unavailable else None
 
@@ -474,7 +478,7 @@ class Client:
                              shared if share else None)
         # On the coordinator's host, offer an empty memfd for the result: a large row-block result is
         # then written there by the agents and mapped here instead of streamed (coordinator/results.py).
-        result_memory = sharedmem.ResultMemory() if self._shared_memory and not early else None
+        result_memory = sharedmem.ResultMemory() if self._shared_memory and self.offer_result_memory and not early else None
         if result_memory is not None:
             spec.result_buffer.CopyFrom(tensor_pb2.SharedBuffer(**result_memory.buffer()))
 
