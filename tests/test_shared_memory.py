@@ -471,3 +471,26 @@ def test_rows_from_an_agent_without_shared_memory_are_written_by_the_coordinator
         expected = cluster.client(timeout=300, shared_memory=False).matmul(a, w, partitions=16)
         assert np.array_equal(got, expected)
         no_memfd_left(cluster)
+
+
+def test_a_stopped_agent_overtaken_by_speculation_changes_no_row_when_it_resumes(rng):
+    """An agent SIGSTOPped mid-job, holding its runs' result memfd open: the job finishes without it
+    (speculative copies, then its removal), and the memfd is sealed; when it resumes, its late
+    partitions write nothing (claimed before, and sealed), so the client's array keeps its bits."""
+    a = rng.standard_normal((400_000, 8)).astype(np.float32)
+    w = rng.standard_normal((8, 16)).astype(np.float32)
+    with lepton.LocalCluster(agents=3, agent_args=["--test-delay", "0.05:0.15"]) as cluster:
+        client = cluster.client(timeout=300)
+        job = client.submit("matmul", {"a": a, "b": w}, partitions=32)
+        wait_for(lambda: job.status is not None and job.status.partitions_done >= 8, "a quarter of the partitions")
+        stopped = cluster.agents[0]
+        stopped.send_signal(signal.SIGSTOP)
+        try:
+            got = job.result()["c"]  # while the agent is still stopped
+            snapshot = got.copy()
+        finally:
+            stopped.send_signal(signal.SIGCONT)
+        wait_for(lambda: len(client.cluster_status().agents) == 3, "the resumed agent to rejoin")
+        no_memfd_left(cluster)  # its late tasks ended and closed the memfd
+        assert np.array_equal(got, snapshot)
+        assert np.array_equal(got, cluster.client(timeout=300, shared_memory=False).matmul(a, w, partitions=32))
