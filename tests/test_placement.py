@@ -38,12 +38,15 @@ def fake_job(partitions: int) -> SimpleNamespace:
                            op=SimpleNamespace(name="op"))
 
 
-def simulate(policy, rates: dict[str, float], partitions: int = 96) -> tuple[collections.Counter, float]:
+def simulate(policy, rates: dict[str, float], partitions: int = 96, latency: float = 0.0
+             ) -> tuple[collections.Counter, float, int]:
     """Dispatch with `policy` whenever something changes, each agent computing `rates[name]`
-    partitions per second in order; returns the partitions per agent and the makespan."""
+    partitions per second in order, a run's first partition starting `latency` seconds after its
+    dispatch at the earliest (its call, transfer and start); returns the partitions per agent, the
+    makespan and the number of runs."""
     job, agents = fake_job(partitions), [fake_agent(n, r * MIB) for n, r in rates.items()]
     queues = {a.id: [] for a in agents}  # runs in order; the head's partitions finish one by one
-    busy_until, now, counts = {a.id: 0.0 for a in agents}, 0.0, collections.Counter()
+    busy_until, now, counts, runs = {a.id: 0.0 for a in agents}, 0.0, collections.Counter(), 0
     while job.parts.done < partitions:
         for agent in policy.order(job, agents):
             if len(queues[agent.id]) >= agent.credits or not job.parts.ready_count:
@@ -55,28 +58,43 @@ def simulate(policy, rates: dict[str, float], partitions: int = 96) -> tuple[col
                 for p in range(run.lo, run.hi):
                     job.parts.move(p, PartitionState.RUNNING)
                 job.runs.append(run)
-                queues[agent.id].append(run)
-                busy_until[agent.id] = max(busy_until[agent.id], now)
-        # The next partition to finish, anywhere.
-        agent_id = min((a for a in queues if queues[a]), key=lambda a: busy_until[a] + 1 / rates[a])
-        now = busy_until[agent_id] = busy_until[agent_id] + 1 / rates[agent_id]
-        run = queues[agent_id][0]
+                queues[agent.id].append((run, now + latency))
+                runs += 1
+        # The next partition to finish, anywhere: the head run's next, once that run has arrived and
+        # the one before has finished.
+        def next_finish(a):
+            return max(busy_until[a], queues[a][0][1]) + 1 / rates[a]
+
+        agent_id = min((a for a in queues if queues[a]), key=next_finish)
+        now = busy_until[agent_id] = next_finish(agent_id)
+        run = queues[agent_id][0][0]
         p = next(p for p in range(run.lo, run.hi) if job.parts.state[p] is PartitionState.RUNNING)
         job.parts.move(p, PartitionState.DONE)
         counts[agent_id] += 1
         if p == run.hi - 1:
             queues[agent_id].pop(0)
             job.runs.remove(run)
-    return counts, now
+    return counts, now, runs
 
 
 def test_speed_placement_splits_in_proportion_and_finishes_near_the_ideal():
     rates = {"full": 4.0, "half": 2.0, "quarter": 1.0}
-    counts, makespan = simulate(placement.SpeedPlacement(), rates)
+    counts, makespan, _ = simulate(placement.SpeedPlacement(), rates)
     ideal = 96 / sum(rates.values())
     assert makespan <= 1.15 * ideal, (makespan, ideal, counts)
     for name, rate in rates.items():
         assert abs(counts[name] - 96 * rate / 7) <= 3, counts
+
+
+def test_runs_overlap_their_dispatch_so_devices_do_not_idle_between_them():
+    """Each run takes half a second to reach its agent (two partitions of the fastest): with one run
+    in flight at a time, every run's dispatch was an idle gap (16.0 s against the ideal's 13.7 in
+    this simulation); with the next run sent while the last one computes, only the first arrival
+    and the end game's are waited for."""
+    rates = {"full": 4.0, "half": 2.0, "quarter": 1.0}
+    counts, makespan, _ = simulate(placement.SpeedPlacement(), rates, latency=0.5)
+    ideal = 96 / sum(rates.values())
+    assert makespan <= 1.1 * ideal + 0.5, (makespan, ideal, counts)
 
 
 def test_an_unmeasured_agent_gets_one_probe_partition_first():
