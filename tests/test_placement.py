@@ -6,6 +6,7 @@ a throttle (`lepton agent --throttle`) makes a device slower by a factor, whatev
 from __future__ import annotations
 
 import collections
+import os
 
 import numpy as np
 import pytest
@@ -116,6 +117,26 @@ def test_the_estimate_follows_a_slowdown_within_a_few_partitions():
     assert speeds.rate(agent, "op") < 0.25 * MIB / 0.01  # believed 4x slower after three
 
 
+def test_trace_shares_count_idle_gaps_and_phases():
+    """`lepton trace`'s per-device idle time is the gaps between its kernels (overlapping kernels of
+    a device with several workers count once), and the phases say where the job's time went."""
+    from lepton import trace as traces
+    from lepton.v1 import coordinator_service_pb2 as pb
+
+    t = pb.GetJobTraceResponse()
+    t.job.submitted_at, t.job.finished_at = 100.0, 101.0
+    # Kernels busy from 0.1 to 0.5 (one inside another, one overlapping its end) and 0.6 to 0.7.
+    for part, (start, end) in enumerate([(0.1, 0.4), (0.2, 0.3), (0.35, 0.5), (0.6, 0.7)]):
+        t.partitions.add(partition=part, agent_id="a", device="d", started_at=100 + start, finished_at=100 + end,
+                         sent_at=100.05, received_at=100 + end + 0.05, rows=10, outcome="done")
+    lane = traces.shares(t)[("a", "d")]
+    assert lane["partitions"] == 4 and abs(lane["first"] - 0.1) < 1e-9 and abs(lane["last"] - 0.7) < 1e-9
+    assert abs(lane["idle"] - 0.1) < 1e-9, lane  # 0.5 to 0.6
+    phases = traces.phases(t)
+    assert [round(phases[k], 6) for k in ("first_kernel", "last_kernel", "last_partial", "finished")] == \
+        [0.1, 0.7, 0.75, 1.0]
+
+
 # -- real clusters --------------------------------------------------------------------------
 
 # A Gram matrix of 1024 columns: about 10 ms of BLAS per 256-row partition at full speed, so a
@@ -183,7 +204,12 @@ def test_slowdown_mid_job_moves_work_off_the_device(clusters):
     of the rest than it would at full speed; the result is bitwise the undisturbed cluster's."""
     x = gram_input()
     undisturbed, _ = run_gram(clusters[2].client(timeout=240), x)
-    with lepton.LocalCluster(agents=0) as cluster:
+    # BLAS threads as in the two-agent cluster above (LocalCluster gives each agent its share of the
+    # cores; one with agents=0 would give these two all of them): syrk's rounding depends on how
+    # OpenBLAS splits it over threads, and the bits must differ by placement only.
+    threads = {v: str(max(1, (os.cpu_count() or 1) // 2)) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                                                     "MKL_NUM_THREADS")}
+    with lepton.LocalCluster(agents=0, env=threads) as cluster:
         cluster.add_agent("numpy", ["--name", "steady"])
         cluster.add_agent("numpy", ["--name", "slowing", "--test-throttle-after", "8:10"])
         client = cluster.client(timeout=240)
@@ -205,3 +231,36 @@ def test_slowdown_mid_job_moves_work_off_the_device(clusters):
     # its first 8, what it held when it slowed, and a little more.
     assert done["slowing"] * 3 <= done["steady"], done
     assert later["slowing"] * 4 <= later["steady"], later
+
+
+def runs_of(trace) -> list[tuple[str, int]]:
+    """(agent, partitions) per run of a job: a run's partitions share the time they were sent."""
+    sent = collections.Counter((p.agent_id, round(p.sent_at, 6)) for p in trace.partitions if p.outcome == "done")
+    return [(agent, n) for (agent, _), n in sent.items()]
+
+
+@pytest.mark.slow
+def test_resident_partitions_run_in_contiguous_runs_even_after_moves():
+    """A dataset lives on each agent in one contiguous block, and partitions moved to a faster agent
+    come off the end of the slow one's block, so runs (contiguous ranges resident on one agent) hold
+    many partitions: round-robin homes, or moves taken from the block's front, made every run one
+    partition, each paying a run's fixed cost."""
+    x = gram_input()
+    with lepton.LocalCluster(agents=0) as cluster:
+        cluster.add_agent("numpy", ["--name", "fast"])
+        cluster.add_agent("numpy", ["--name", "slow", "--throttle", "8"])
+        client = cluster.client(timeout=240)
+        data = client.put("rows", x, partitions=PARTITIONS)
+        runs = []
+        for _ in range(3):  # the first measures the agents; moves change the homes for the next
+            job = client.submit("gram", {"x": data}, partitions=PARTITIONS)
+            xtx = job.result(timeout=240)["xtx"]
+            runs.append(runs_of(client.trace(job.job_id)))
+            check_gram(xtx, x)
+        agents = names(client)
+    for job_runs in runs:
+        assert sum(n for _, n in job_runs) == PARTITIONS
+        # Round-robin homes gave 64 runs of one; the slow agent's last ones are single partitions
+        # (the end game), the fast agent's hold several.
+        fast = sorted(n for agent, n in job_runs if agents[agent] == "fast")
+        assert len(job_runs) <= PARTITIONS // 2 and fast[len(fast) // 2] >= 3, job_runs
