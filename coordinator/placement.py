@@ -213,14 +213,13 @@ class SpeedPlacement:
             return min(math.floor(share - held), max(math.ceil(share / 8), floor, amortized))
         # The tail: partitions here only as long as no other agent would finish one sooner, taken
         # at once (runs of one each cost a run's fixed cost). A resident partition's own agent may
-        # always take it: whether moving it elsewhere pays is `steal`'s call, made by the other
-        # agents, and a partition nobody takes would hang the job.
-        if local:
-            return 1
+        # always take at least one: whether moving it elsewhere pays is `steal`'s call, made by the
+        # other agents, and a partition nobody takes would hang the job.
         others = [(flying[a] + size) / r for a, r in measured.items() if a != agent.id]
         if not others:
             return 1
-        return max(0, math.floor((min(others) * rate - flying[agent.id]) / size))
+        take = max(0, math.floor((min(others) * rate - flying[agent.id]) / size))
+        return max(1, take) if local else take
 
     def steal(self, job: Job, agent: Agent, home: Agent) -> int:
         """How many of `home`'s resident ready partitions this agent should take: as many as it

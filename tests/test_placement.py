@@ -252,12 +252,12 @@ def test_resident_partitions_run_in_contiguous_runs_even_after_moves():
         client = cluster.client(timeout=240)
         data = client.put("rows", x, partitions=PARTITIONS)
         runs = []
-        for _ in range(3):  # the first measures the agents; moves change the homes for the next
+        for _ in range(2):  # the first measures the agents; its moves change the homes for the next
             job = client.submit("gram", {"x": data}, partitions=PARTITIONS)
             xtx = job.result(timeout=240)["xtx"]
             runs.append(runs_of(client.trace(job.job_id)))
-            check_gram(xtx, x)
         agents = names(client)
+    check_gram(xtx, x)  # (the reference costs more than the jobs: once)
     for job_runs in runs:
         assert sum(n for _, n in job_runs) == PARTITIONS
         # Round-robin homes gave 64 runs of one; the slow agent's last ones are single partitions
