@@ -46,8 +46,11 @@ MIN_STEAL_BACKLOG = 4
 # Runs of a job an agent may hold at once under speed placement: one computing, one on its way.
 PIPELINE = 2
 # A run's fixed cost (dispatch, the task's call, its first partial back) was 3-15 ms in
-# bench_hetero's traces on the loaded 2-core machine: a run should hold more compute than that.
-MIN_RUN_SECONDS = 0.05
+# bench_hetero's traces on the loaded 2-core machine, and the coordinator's own stalls (folding a
+# matmul's row blocks holds its GIL for 0.1-0.8 s) left agents waiting for their next run: a run
+# holds this much of the agent's compute at least (0.05 s: devices idle 0.6 s per job on the
+# NumPy + PoCL + MPI matmul; 0.2 s: about as much idle as under credits, one noisy run).
+MIN_RUN_SECONDS = 0.2
 
 
 class Speeds:
@@ -205,8 +208,8 @@ class SpeedPlacement:
             # before the last one ends (with one in flight, each run's dispatch, transfer and start
             # was an idle gap on the device, 10-100 ms on the loaded 2-core machine: bench_hetero's
             # traces), and the ready pool keeps the rest for whoever the estimates favour next. A
-            # run holds at least MIN_RUN_SECONDS of the agent's compute, so that its fixed cost (a
-            # few ms) does not dominate a cheap op's kernels.
+            # run holds at least MIN_RUN_SECONDS of the agent's compute, so that its fixed cost and
+            # the coordinator's stalls do not dominate.
             if runs_in_flight(job, agent.id) >= PIPELINE:
                 return 0
             amortized = math.ceil(rate * MIN_RUN_SECONDS / size)
