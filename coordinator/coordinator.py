@@ -290,9 +290,11 @@ class Coordinator:
     PLACE_BATCH_BYTES = 16 << 20  # one CacheTensors call per ~16 MiB of an agent's partitions
 
     def place(self, dataset, ready=None) -> None:
-        """Spread the partitions over the agents, round-robin. `ready` yields partitions as their
-        rows arrive (default: all of them, now); each agent's thread sends its share in calls of
-        about PLACE_BATCH_BYTES while the rest still streams in."""
+        """Spread the partitions over the agents in contiguous blocks, one per agent: a job's run is a
+        contiguous range of partitions resident on one agent, so round-robin homes made every run a
+        single partition, each paying a run's fixed cost (bench_hetero's traces). `ready` yields
+        partitions as their rows arrive (default: all of them, now); each agent's thread sends its
+        share in calls of about PLACE_BATCH_BYTES while the rest still streams in."""
         agents = sorted(self.membership.agents(), key=lambda a: a.id)
         ready = range(dataset.partitions) if ready is None else ready
         if not agents:
@@ -334,7 +336,7 @@ class Coordinator:
             t.start()
         try:
             for p in ready:
-                queues[agents[p % len(agents)]].put(p)
+                queues[agents[p * len(agents) // max(1, dataset.partitions)]].put(p)
         finally:
             for q in queues.values():
                 q.put(None)

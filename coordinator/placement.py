@@ -43,6 +43,14 @@ CONFIDENT_AFTER = 3
 # imbalance of a few partitions is within the estimates' noise on a loaded machine, and a balanced
 # dataset's jobs should ship no bytes.
 MIN_STEAL_BACKLOG = 4
+# Runs of a job an agent may hold at once under speed placement: one computing, one on its way.
+PIPELINE = 2
+# A run's fixed cost (dispatch, the task's call, its first partial back) was 3-15 ms in
+# bench_hetero's traces on the loaded 2-core machine, and the coordinator's own stalls (folding a
+# matmul's row blocks holds its GIL for 0.1-0.8 s) left agents waiting for their next run: a run
+# holds this much of the agent's compute at least (0.05 s: devices idle 0.6 s per job on the
+# NumPy + PoCL + MPI matmul; 0.2 s: about as much idle as under credits, one noisy run).
+MIN_RUN_SECONDS = 0.2
 
 
 class Speeds:
@@ -107,6 +115,13 @@ def in_flight(job: Job) -> dict[str, int]:
         out[run.agent_id] = out.get(run.agent_id, 0) + sum(1 for p in range(run.lo, run.hi)
                                                            if state[p] is PartitionState.RUNNING)
     return out
+
+
+def runs_in_flight(job: Job, agent_id: str) -> int:
+    """The job's runs on the agent with a partition not yet back."""
+    state = job.parts.state
+    return sum(1 for run in job.runs if run.agent_id == agent_id
+               and any(state[p] is PartitionState.RUNNING for p in range(run.lo, run.hi)))
 
 
 class CreditsPlacement:
@@ -189,19 +204,25 @@ class SpeedPlacement:
         rate = measured[agent.id]
         share, held = rate * horizon / size, flying[agent.id] / size
         if share - held >= 1:
-            # Runs of an eighth of the share, at most two in flight: the ready pool keeps the rest,
-            # for whoever the estimates favour once the next timings are in.
-            if held >= max(1.0, share / 4):
+            # Runs of an eighth of the share, PIPELINE of them in flight: the next one is on the agent
+            # before the last one ends (with one in flight, each run's dispatch, transfer and start
+            # was an idle gap on the device, 10-100 ms on the loaded 2-core machine: bench_hetero's
+            # traces), and the ready pool keeps the rest for whoever the estimates favour next. A
+            # run holds at least MIN_RUN_SECONDS of the agent's compute, so that its fixed cost and
+            # the coordinator's stalls do not dominate.
+            if runs_in_flight(job, agent.id) >= PIPELINE:
                 return 0
-            return min(math.floor(share - held), max(math.ceil(share / 8), floor))
-        # The tail: one more partition here only if no other agent would finish it sooner. A resident
-        # partition's own agent may always take it: whether moving it elsewhere pays is `steal`'s
-        # call, made by the other agents, and a partition nobody takes would hang the job.
-        if local:
-            return 1
-        finish = (flying[agent.id] + size) / rate
+            amortized = math.ceil(rate * MIN_RUN_SECONDS / size)
+            return min(math.floor(share - held), max(math.ceil(share / 8), floor, amortized))
+        # The tail: partitions here only as long as no other agent would finish one sooner, taken
+        # at once (runs of one each cost a run's fixed cost). A resident partition's own agent may
+        # always take at least one: whether moving it elsewhere pays is `steal`'s call, made by the
+        # other agents, and a partition nobody takes would hang the job.
         others = [(flying[a] + size) / r for a, r in measured.items() if a != agent.id]
-        return 1 if not others or finish <= min(others) else 0
+        if not others:
+            return 1
+        take = max(0, math.floor((min(others) * rate - flying[agent.id]) / size))
+        return max(1, take) if local else take
 
     def steal(self, job: Job, agent: Agent, home: Agent) -> int:
         """How many of `home`'s resident ready partitions this agent should take: as many as it

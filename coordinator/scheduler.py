@@ -237,7 +237,7 @@ class Scheduler:
 
         # Tiers of homes: resident here or nowhere; then resident on an agent that is gone; then on
         # a live one, as many as the placement says are worth moving.
-        first = None
+        first, last = None, None
         for tier in ([agent.id, None], [h for h in parts.ready if h not in live and h is not None]):
             first = next((p for h in tier for p in parts.ready.get(h, ()) if eligible(p)), None)
             if first is not None:
@@ -245,17 +245,27 @@ class Scheduler:
         else:
             for h in [h for h in parts.ready if h in live and h != agent.id]:
                 moves = self.placement.steal(job, agent, live[h])
-                first = next((p for p in parts.ready.get(h, ()) if eligible(p)), None) if moves > 0 else None
-                if first is not None:
+                # Moved ones come off the end of the home's ready partitions, which it works through
+                # from the front: both then keep contiguous runs (from the front, the two interleaved
+                # and every run after the first steal held one partition).
+                last = max((p for p in parts.ready.get(h, ()) if eligible(p)), default=None) if moves > 0 else None
+                if last is not None:
                     limit = min(limit, moves)
                     break
-        if first is None:
+        if first is None and last is None:
             return None
-        home = parts.queued_home[first]
-        hi = first + 1
-        while (hi - first < limit and hi < parts.count and parts.state[hi] is PartitionState.READY
-               and parts.queued_home[hi] == home and eligible(hi)):
-            hi += 1
+        if last is not None:
+            home, first = parts.queued_home[last], last
+            while (last - first + 1 < limit and first > 0 and parts.state[first - 1] is PartitionState.READY
+                   and parts.queued_home[first - 1] == home and eligible(first - 1)):
+                first -= 1
+            hi = last + 1
+        else:
+            home = parts.queued_home[first]
+            hi = first + 1
+            while (hi - first < limit and hi < parts.count and parts.state[hi] is PartitionState.READY
+                   and parts.queued_home[hi] == home and eligible(hi)):
+                hi += 1
         run = Run(first, hi, agent.id, job.round, credits=self.credits_of(job, hi - first))
         job.start_run(run)
         agent.in_flight += run.credits

@@ -6,6 +6,7 @@ a throttle (`lepton agent --throttle`) makes a device slower by a factor, whatev
 from __future__ import annotations
 
 import collections
+import os
 
 import numpy as np
 import pytest
@@ -38,12 +39,15 @@ def fake_job(partitions: int) -> SimpleNamespace:
                            op=SimpleNamespace(name="op"))
 
 
-def simulate(policy, rates: dict[str, float], partitions: int = 96) -> tuple[collections.Counter, float]:
+def simulate(policy, rates: dict[str, float], partitions: int = 96, latency: float = 0.0
+             ) -> tuple[collections.Counter, float, int]:
     """Dispatch with `policy` whenever something changes, each agent computing `rates[name]`
-    partitions per second in order; returns the partitions per agent and the makespan."""
+    partitions per second in order, a run's first partition starting `latency` seconds after its
+    dispatch at the earliest (its call, transfer and start); returns the partitions per agent, the
+    makespan and the number of runs."""
     job, agents = fake_job(partitions), [fake_agent(n, r * MIB) for n, r in rates.items()]
     queues = {a.id: [] for a in agents}  # runs in order; the head's partitions finish one by one
-    busy_until, now, counts = {a.id: 0.0 for a in agents}, 0.0, collections.Counter()
+    busy_until, now, counts, runs = {a.id: 0.0 for a in agents}, 0.0, collections.Counter(), 0
     while job.parts.done < partitions:
         for agent in policy.order(job, agents):
             if len(queues[agent.id]) >= agent.credits or not job.parts.ready_count:
@@ -55,28 +59,43 @@ def simulate(policy, rates: dict[str, float], partitions: int = 96) -> tuple[col
                 for p in range(run.lo, run.hi):
                     job.parts.move(p, PartitionState.RUNNING)
                 job.runs.append(run)
-                queues[agent.id].append(run)
-                busy_until[agent.id] = max(busy_until[agent.id], now)
-        # The next partition to finish, anywhere.
-        agent_id = min((a for a in queues if queues[a]), key=lambda a: busy_until[a] + 1 / rates[a])
-        now = busy_until[agent_id] = busy_until[agent_id] + 1 / rates[agent_id]
-        run = queues[agent_id][0]
+                queues[agent.id].append((run, now + latency))
+                runs += 1
+        # The next partition to finish, anywhere: the head run's next, once that run has arrived and
+        # the one before has finished.
+        def next_finish(a):
+            return max(busy_until[a], queues[a][0][1]) + 1 / rates[a]
+
+        agent_id = min((a for a in queues if queues[a]), key=next_finish)
+        now = busy_until[agent_id] = next_finish(agent_id)
+        run = queues[agent_id][0][0]
         p = next(p for p in range(run.lo, run.hi) if job.parts.state[p] is PartitionState.RUNNING)
         job.parts.move(p, PartitionState.DONE)
         counts[agent_id] += 1
         if p == run.hi - 1:
             queues[agent_id].pop(0)
             job.runs.remove(run)
-    return counts, now
+    return counts, now, runs
 
 
 def test_speed_placement_splits_in_proportion_and_finishes_near_the_ideal():
     rates = {"full": 4.0, "half": 2.0, "quarter": 1.0}
-    counts, makespan = simulate(placement.SpeedPlacement(), rates)
+    counts, makespan, _ = simulate(placement.SpeedPlacement(), rates)
     ideal = 96 / sum(rates.values())
     assert makespan <= 1.15 * ideal, (makespan, ideal, counts)
     for name, rate in rates.items():
         assert abs(counts[name] - 96 * rate / 7) <= 3, counts
+
+
+def test_runs_overlap_their_dispatch_so_devices_do_not_idle_between_them():
+    """Each run takes half a second to reach its agent (two partitions of the fastest): with one run
+    in flight at a time, every run's dispatch was an idle gap (16.0 s against the ideal's 13.7 in
+    this simulation); with the next run sent while the last one computes, only the first arrival
+    and the end game's are waited for."""
+    rates = {"full": 4.0, "half": 2.0, "quarter": 1.0}
+    counts, makespan, _ = simulate(placement.SpeedPlacement(), rates, latency=0.5)
+    ideal = 96 / sum(rates.values())
+    assert makespan <= 1.1 * ideal + 0.5, (makespan, ideal, counts)
 
 
 def test_an_unmeasured_agent_gets_one_probe_partition_first():
@@ -96,6 +115,26 @@ def test_the_estimate_follows_a_slowdown_within_a_few_partitions():
     for _ in range(3):
         speeds.observe("a", "op", "numpy:0", MIB, 0.1)  # 10x slower
     assert speeds.rate(agent, "op") < 0.25 * MIB / 0.01  # believed 4x slower after three
+
+
+def test_trace_shares_count_idle_gaps_and_phases():
+    """`lepton trace`'s per-device idle time is the gaps between its kernels (overlapping kernels of
+    a device with several workers count once), and the phases say where the job's time went."""
+    from lepton import trace as traces
+    from lepton.v1 import coordinator_service_pb2 as pb
+
+    t = pb.GetJobTraceResponse()
+    t.job.submitted_at, t.job.finished_at = 100.0, 101.0
+    # Kernels busy from 0.1 to 0.5 (one inside another, one overlapping its end) and 0.6 to 0.7.
+    for part, (start, end) in enumerate([(0.1, 0.4), (0.2, 0.3), (0.35, 0.5), (0.6, 0.7)]):
+        t.partitions.add(partition=part, agent_id="a", device="d", started_at=100 + start, finished_at=100 + end,
+                         sent_at=100.05, received_at=100 + end + 0.05, rows=10, outcome="done")
+    lane = traces.shares(t)[("a", "d")]
+    assert lane["partitions"] == 4 and abs(lane["first"] - 0.1) < 1e-9 and abs(lane["last"] - 0.7) < 1e-9
+    assert abs(lane["idle"] - 0.1) < 1e-9, lane  # 0.5 to 0.6
+    phases = traces.phases(t)
+    assert [round(phases[k], 6) for k in ("first_kernel", "last_kernel", "last_partial", "finished")] == \
+        [0.1, 0.7, 0.75, 1.0]
 
 
 # -- real clusters --------------------------------------------------------------------------
@@ -165,7 +204,12 @@ def test_slowdown_mid_job_moves_work_off_the_device(clusters):
     of the rest than it would at full speed; the result is bitwise the undisturbed cluster's."""
     x = gram_input()
     undisturbed, _ = run_gram(clusters[2].client(timeout=240), x)
-    with lepton.LocalCluster(agents=0) as cluster:
+    # BLAS threads as in the two-agent cluster above (LocalCluster gives each agent its share of the
+    # cores; one with agents=0 would give these two all of them): syrk's rounding depends on how
+    # OpenBLAS splits it over threads, and the bits must differ by placement only.
+    threads = {v: str(max(1, (os.cpu_count() or 1) // 2)) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                                                     "MKL_NUM_THREADS")}
+    with lepton.LocalCluster(agents=0, env=threads) as cluster:
         cluster.add_agent("numpy", ["--name", "steady"])
         cluster.add_agent("numpy", ["--name", "slowing", "--test-throttle-after", "8:10"])
         client = cluster.client(timeout=240)
@@ -187,3 +231,36 @@ def test_slowdown_mid_job_moves_work_off_the_device(clusters):
     # its first 8, what it held when it slowed, and a little more.
     assert done["slowing"] * 3 <= done["steady"], done
     assert later["slowing"] * 4 <= later["steady"], later
+
+
+def runs_of(trace) -> list[tuple[str, int]]:
+    """(agent, partitions) per run of a job: a run's partitions share the time they were sent."""
+    sent = collections.Counter((p.agent_id, round(p.sent_at, 6)) for p in trace.partitions if p.outcome == "done")
+    return [(agent, n) for (agent, _), n in sent.items()]
+
+
+@pytest.mark.slow
+def test_resident_partitions_run_in_contiguous_runs_even_after_moves():
+    """A dataset lives on each agent in one contiguous block, and partitions moved to a faster agent
+    come off the end of the slow one's block, so runs (contiguous ranges resident on one agent) hold
+    many partitions: round-robin homes, or moves taken from the block's front, made every run one
+    partition, each paying a run's fixed cost."""
+    x = gram_input()
+    with lepton.LocalCluster(agents=0) as cluster:
+        cluster.add_agent("numpy", ["--name", "fast"])
+        cluster.add_agent("numpy", ["--name", "slow", "--throttle", "8"])
+        client = cluster.client(timeout=240)
+        data = client.put("rows", x, partitions=PARTITIONS)
+        runs = []
+        for _ in range(2):  # the first measures the agents; its moves change the homes for the next
+            job = client.submit("gram", {"x": data}, partitions=PARTITIONS)
+            xtx = job.result(timeout=240)["xtx"]
+            runs.append(runs_of(client.trace(job.job_id)))
+        agents = names(client)
+    check_gram(xtx, x)  # (the reference costs more than the jobs: once)
+    for job_runs in runs:
+        assert sum(n for _, n in job_runs) == PARTITIONS
+        # Round-robin homes gave 64 runs of one; the slow agent's last ones are single partitions
+        # (the end game), the fast agent's hold several.
+        fast = sorted(n for agent, n in job_runs if agents[agent] == "fast")
+        assert len(job_runs) <= PARTITIONS // 2 and fast[len(fast) // 2] >= 3, job_runs

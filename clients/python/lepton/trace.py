@@ -35,17 +35,40 @@ def device_labels(status) -> dict[tuple[str, str], str]:
 
 def shares(trace: pb.GetJobTraceResponse) -> dict[tuple[str, str], dict]:
     """Per (agent, device): the partitions and rows it computed (the attempts that counted), its busy
-    seconds and when its last partition finished (seconds since submission)."""
-    t0, out = trace.job.submitted_at, {}
+    seconds, when its first kernel started and its last one finished (seconds since submission),
+    and its idle seconds in between (gaps between its kernels: dispatch, transfer, waiting for work)."""
+    t0, out, spans = trace.job.submitted_at, {}, defaultdict(list)
     for p in trace.partitions:
         if p.outcome != "done" or not p.finished_at:
             continue
-        lane = out.setdefault((p.agent_id, p.device or "?"), {"partitions": 0, "rows": 0, "busy": 0.0, "last": 0.0})
+        lane = out.setdefault((p.agent_id, p.device or "?"),
+                              {"partitions": 0, "rows": 0, "busy": 0.0, "first": float("inf"), "last": 0.0})
         lane["partitions"] += 1
         lane["rows"] += p.rows
         lane["busy"] += p.finished_at - p.started_at
+        lane["first"] = min(lane["first"], p.started_at - t0)
         lane["last"] = max(lane["last"], p.finished_at - t0)
+        spans[(p.agent_id, p.device or "?")].append((p.started_at - t0, p.finished_at - t0))
+    for key, lane in out.items():
+        covered, reach = 0.0, lane["first"]
+        for start, end in sorted(spans[key]):  # (a device with several workers overlaps its kernels)
+            covered += max(0.0, end - max(start, reach))
+            reach = max(reach, end)
+        lane["idle"] = (lane["last"] - lane["first"]) - covered
     return out
+
+
+def phases(trace: pb.GetJobTraceResponse) -> dict[str, float]:
+    """Where a job's time went, in seconds since submission: its first kernel's start, its last
+    kernel's end, its last partial's arrival at the coordinator and the job's end (after the last
+    aggregation and the finalize)."""
+    t0, done = trace.job.submitted_at, [p for p in trace.partitions if p.outcome == "done" and p.finished_at]
+    if not done:
+        return {}
+    return {"first_kernel": min(p.started_at for p in done) - t0,
+            "last_kernel": max(p.finished_at for p in done) - t0,
+            "last_partial": max(p.received_at for p in done) - t0,
+            "finished": (trace.job.finished_at - t0) if trace.job.finished_at else 0.0}
 
 
 def summary(trace: pb.GetJobTraceResponse, labels: dict[tuple[str, str], str] | None = None) -> list[str]:
@@ -59,7 +82,12 @@ def summary(trace: pb.GetJobTraceResponse, labels: dict[tuple[str, str], str] | 
     total = sum(lane["rows"] for lane in lanes.values()) or 1
     lines = [f"{labels.get(key, ' '.join(key))}: {lane['partitions']} partitions, {100 * lane['rows'] / total:.0f}% "
              f"of the rows, last done at {lane['last']:.3f}s; busy {lane['busy']:.3f}s of {span:.3f}s "
-             f"({100 * lane['busy'] / span if span else 100:.0f}%)" for key, lane in sorted(lanes.items())]
+             f"({100 * lane['busy'] / span if span else 100:.0f}%), idle between its kernels {lane['idle']:.3f}s"
+             for key, lane in sorted(lanes.items())]
+    times = phases(trace)
+    if times.get("finished"):
+        lines.append(f"first kernel at {times['first_kernel']:.3f}s, last kernel done {times['last_kernel']:.3f}s, "
+                     f"its partial in {times['last_partial']:.3f}s, job done {times['finished']:.3f}s")
     median = statistics.median(p.finished_at - p.started_at for p in done)
     slow = [p for p in done if p.finished_at - p.started_at > 2 * median > 0]
     lines.append(f"stragglers (> 2x the median {median:.3f}s): "
