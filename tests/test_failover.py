@@ -1,10 +1,14 @@
 """Failover of the coordinator through etcd: a real etcd, two real coordinators (one leading, one
 standby), real agents, real gRPC (LocalCluster(ha=True)). The leader is SIGKILLed mid-job; the
 standby takes over with the metadata from etcd, and the job, resubmitted, gives the undisturbed
-run's bits. Needs Debian's etcd-server (CI installs it; a skip there is a failure)."""
+run's bits. A leader stalled past its lease (SIGSTOP) steps down when it resumes, serves as a
+standby, and leads again at the next failover. Needs Debian's etcd-server (CI installs it; a skip
+there is a failure)."""
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import time
 from types import SimpleNamespace
 
@@ -45,9 +49,12 @@ def undisturbed():
     with lepton.LocalCluster(agents=2, agent_args=["--test-delay", DELAY]) as cluster:
         client = cluster.client(timeout=300)
         total = client.sum(X, partitions=PARTITIONS)
-        kmeans = client.kmeans(client.put("points", POINTS, partitions=12), centroids=X[:4], max_iter=10, tol=0.0)
+        points = client.put("points", POINTS, partitions=12)
+        kmeans = client.kmeans(points, centroids=X[:4], max_iter=10, tol=0.0)
+        points_sum = client.sum(points)
     close_to_numpy(total)
-    return total, kmeans
+    assert np.all(np.abs(points_sum - POINTS.sum(axis=0)) <= 64 * np.finfo(np.float64).eps * np.abs(POINTS).sum(axis=0))
+    return total, kmeans, points_sum
 
 
 @pytest.fixture
@@ -101,19 +108,68 @@ def test_the_leader_killed_mid_job_hands_over_and_the_resubmitted_job_is_exact(h
     assert lepton.client.state_name(record) == "FAILED" and record.error_code == "UNAVAILABLE"
 
 
+def refusal(cluster, index: int) -> grpc.RpcError | None:
+    """What coordinator `index` answers a raw call (no client following the leader): a standby's error, or None."""
+    channel = cluster.channel(cluster.addresses[index])
+    try:
+        pb_grpc.CoordinatorServiceStub(channel).GetClusterStatus(pb.GetClusterStatusRequest(), timeout=10)
+        return None
+    except grpc.RpcError as exc:
+        return exc
+    finally:
+        channel.close()
+
+
+def names_leader(error: grpc.RpcError | None, address: str) -> bool:
+    return (error is not None and error.code() == grpc.StatusCode.UNAVAILABLE and address in error.details()
+            and (LEADER_METADATA, address) in tuple(error.trailing_metadata()))
+
+
 def test_a_standby_names_the_leader(ha_cluster):
     cluster = ha_cluster
     leader = leader_index(cluster)
-    channel = cluster.channel(cluster.addresses[1 - leader])  # raw gRPC: no client following the leader
+    assert names_leader(refusal(cluster, 1 - leader), cluster.addresses[leader])
+
+
+def test_a_leader_stalled_past_its_lease_steps_down_and_leads_again_later(ha_cluster, undisturbed):
+    """SIGSTOP the leader mid-job for longer than its lease: the standby takes over. On SIGCONT the
+    old leader finds its lease gone and steps down: its job fails with UNAVAILABLE naming the new
+    leader, it answers as a standby does, and the client's next jobs follow to the leader. Then the
+    new leader is killed, and the old one leads again, with the dataset put in its first term."""
+    cluster = ha_cluster
+    first = leader_index(cluster)
+    second = 1 - first
+    client = lepton.Client(cluster.address, timeout=300, **cluster.credentials())  # no resubmission: we see the error
+    dataset = client.put("points", POINTS, partitions=12)
+    job = client.submit("sum", X, partitions=PARTITIONS)
+    # Early in the job: the agents finish the runs they hold while the leader is stopped, and most
+    # partitions are still to be handed out when it resumes.
+    wait_for(lambda: job.status is not None and job.status.partitions_done >= 1, "the first partition")
+    stalled = cluster.coordinators[first]
+    os.kill(stalled.pid, signal.SIGSTOP)
     try:
-        with pytest.raises(grpc.RpcError) as caught:
-            pb_grpc.CoordinatorServiceStub(channel).GetClusterStatus(pb.GetClusterStatusRequest(), timeout=10)
+        wait_for(lambda: serving(cluster, second), "the standby to lead while the leader is stopped", timeout=30)
     finally:
-        channel.close()
-    error = caught.value
-    assert error.code() == grpc.StatusCode.UNAVAILABLE
-    assert cluster.addresses[leader] in error.details()
-    assert (LEADER_METADATA, cluster.addresses[leader]) in tuple(error.trailing_metadata())
+        os.kill(stalled.pid, signal.SIGCONT)
+    with pytest.raises(lepton.LeptonError) as caught:
+        job.result(timeout=60)
+    # (Named when the old leader had seen the new one by then: its step-down asks etcd; a result
+    # that came in as it resumed is refused on its lease's age alone, before etcd is asked.)
+    assert caught.value.code == grpc.StatusCode.UNAVAILABLE and "lost the leadership" in caught.value.details
+    print(f"\nthe stalled leader's job: {caught.value.details}")
+    # The old leader is a standby now, naming the new one (the raw answer, then through a client).
+    wait_for(lambda: names_leader(refusal(cluster, first), cluster.addresses[second]), "the old leader to stand by")
+    assert not serving(cluster, first) and stalled.poll() is None  # stepped down, did not exit
+
+    total = client.sum(X, partitions=PARTITIONS)  # the client still dials the old leader first: it follows
+    assert np.array_equal(total, undisturbed[0])
+
+    cluster.kill_coordinator(index=second)  # and back: the old leader leads again
+    wait_for(lambda: serving(cluster, first), "the old leader to lead again", timeout=30)
+    assert np.array_equal(client.sum(X, partitions=PARTITIONS), undisturbed[0])
+    assert np.array_equal(client.sum(dataset), undisturbed[2])  # put in its first term, from etcd and the folder
+    record = client.job(job.job_id)  # ended by its successor, as its client saw it end
+    assert lepton.client.state_name(record) == "FAILED" and record.error_code == "UNAVAILABLE"
 
 
 def test_an_agent_given_both_addresses_joins_the_leader(ha_cluster):
