@@ -63,6 +63,8 @@ def connect(spec: str, ca: str = "", cert: str = "", key: str = "", timeout: flo
             scheme, host, port = endpoints[0]
             super().__init__(host=host, port=port, protocol=scheme, ca_cert=ca or None,
                              cert_key=key or None, cert_cert=cert or None, timeout=timeout, api_path="/v3/")
+            if ca:  # requests lets REQUESTS_CA_BUNDLE (or CURL_CA_BUNDLE) override a session's CA
+                self.session.trust_env = False  # (psf/requests#3829): the CA given must win
             self.endpoints, self.index = endpoints, 0
             self._lock = threading.Lock()
 
@@ -77,7 +79,7 @@ def connect(spec: str, ca: str = "", cert: str = "", key: str = "", timeout: flo
                 self.index = (failed + 1) % len(self.endpoints)
                 self.protocol, self.host, self.port = self.endpoints[self.index]
             event(log, "etcd.endpoint_failed", level=logging.WARNING, failed=_url(endpoints[failed]),
-                  trying=self.url, error=f"{type(error).__name__}: {str(error)[:200]}")
+                  trying=self.url, error=why(error)[:300])
 
         def post(self, url, *args, **kwargs):
             path = url[len(self.base_url):] if url.startswith(self.base_url) else urlsplit(url).path
@@ -97,8 +99,14 @@ def connect(spec: str, ca: str = "", cert: str = "", key: str = "", timeout: flo
     try:
         client.status()
     except Exception as exc:  # noqa: BLE001 - requests' and etcd3gw's errors alike
-        raise SystemExit(f"cannot reach etcd at {spec}: {type(exc).__name__}: {exc}") from None
+        raise SystemExit(f"cannot reach etcd at {spec}: {why(exc)}") from None
     return client
+
+
+def why(exc: Exception) -> str:
+    """An etcd3gw error's explanation: it keeps requests' own (the refused connection, the failed
+    certificate check) in `detail_text`, and its str() is empty."""
+    return f"{type(exc).__name__}: {getattr(exc, 'detail_text', None) or exc}"
 
 
 def _url(endpoint: tuple[str, str, int]) -> str:

@@ -24,7 +24,7 @@ from typing import Callable
 
 import grpc
 
-from lepton.coordinator.etcd_client import connect  # noqa: F401 - the one way --etcd dials (main.py)
+from lepton.coordinator.etcd_client import connect, why  # noqa: F401 - connect: the one way --etcd dials (main.py)
 from lepton.failover import LEADER_METADATA
 from lepton.logs import event
 
@@ -69,7 +69,7 @@ class Leadership:
                     if not self._stop.is_set():
                         self._step_down()
             except Exception as exc:  # noqa: BLE001 - etcd unreachable or answering errors: try again
-                event(log, "leadership.etcd_error", level=logging.WARNING, error=f"{type(exc).__name__}: {exc}")
+                event(log, "leadership.etcd_error", level=logging.WARNING, error=why(exc))
                 self._stop.wait(self.ttl / 4)
 
     def _campaign(self) -> bool:
@@ -117,7 +117,7 @@ class Leadership:
                 self.lose("etcd says our lease expired")
             except Exception as exc:  # noqa: BLE001 - keep trying until the TTL is spent
                 if time.monotonic() - self._renewed >= self.ttl:
-                    self.lose(f"the lease could not be renewed for {self.ttl}s: {type(exc).__name__}: {exc}")
+                    self.lose(f"the lease could not be renewed for {self.ttl}s: {why(exc)}")
 
     def lose(self, reason: str) -> None:
         """The lead is lost (any thread may say so): the gate closes now; the leadership's thread

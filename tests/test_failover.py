@@ -262,3 +262,55 @@ def test_lagging_job_records_land_in_order_and_latest_last():
     lagging.close()
     expected = {f"job-{k}": {"n": 490 + k} for k in range(10) if k != 3} | {"job-4": {"n": "last"}}
     assert store.load("jobs") == expected and not errors
+
+
+# -- etcd: several endpoints, TLS ----------------------------------------------------------------
+def _dead_port() -> int:
+    import socket
+
+    with socket.socket() as s:  # bound, never listening, closed: connections to it are refused
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def etcd_tls(tmp_path_factory):
+    """A real etcd serving only https and requiring client certificates, with the certificates of
+    `lepton certs` (the coordinator's pair serves as etcd's and as the client's: server and client use)."""
+    from lepton import certs
+    from lepton.etcd_process import EtcdProcess
+
+    directory = tmp_path_factory.mktemp("etcd-tls")
+    made = certs.create(directory / "certs", agents=0)
+    tls = (made / "ca.pem", made / "coordinator.pem", made / "coordinator.key")
+    server = EtcdProcess(directory, tls=tls)
+    yield server, tls, directory
+    server.stop()
+
+
+def test_a_coordinator_reaches_etcd_over_tls_past_a_dead_first_endpoint(etcd_tls, undisturbed):
+    """--etcd https://DEAD,https://LIVE with --etcd-ca/--etcd-cert/--etcd-key: the coordinator moves
+    past the endpoint that refuses connections, leads over TLS, and its job is the undisturbed bits."""
+    server, (ca, cert, key), _ = etcd_tls
+    dead = f"https://127.0.0.1:{_dead_port()}"
+    args = ["--etcd", f"{dead},{server.url}", "--etcd-ca", str(ca), "--etcd-cert", str(cert), "--etcd-key", str(key),
+            "--etcd-prefix", "/tls-test/"]
+    with lepton.LocalCluster(agents=2, coordinator_args=args, agent_args=["--test-delay", "0"]) as cluster:
+        assert np.array_equal(cluster.client(timeout=120).sum(X, partitions=PARTITIONS), undisturbed[0])
+        log = (cluster.log_dir / "coordinator.log").read_text()
+    assert "event=leadership.elected" in log
+    assert f"event=etcd.endpoint_failed failed={dead} trying={server.url}" in log, log
+
+
+def test_a_wrong_etcd_ca_is_refused_with_a_clear_message(etcd_tls):
+    import subprocess
+    import sys
+    from lepton import certs
+
+    server, (ca, cert, key), directory = etcd_tls
+    other = certs.create(directory / "other", agents=0)  # a CA that did not sign etcd's certificate
+    out = subprocess.run([sys.executable, "-m", "lepton", "coordinator", "--listen", "127.0.0.1:0", "--etcd",
+                          server.url, "--etcd-ca", str(other / "ca.pem"), "--etcd-cert", str(cert),
+                          "--etcd-key", str(key)], capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0
+    assert f"cannot reach etcd at {server.url}" in out.stderr and "certificate verify failed" in out.stderr, out.stderr
