@@ -73,6 +73,8 @@ def connect(spec: str, ca: str = "", cert: str = "", key: str = "", timeout: flo
             return self.base_url
 
         def _next(self, failed: int, error: Exception) -> None:
+            if len(self.endpoints) == 1:
+                return
             with self._lock:
                 if self.index != failed:
                     return  # another thread moved on already

@@ -149,6 +149,13 @@ def test_a_leader_stalled_past_its_lease_steps_down_and_leads_again_later(ha_clu
     os.kill(stalled.pid, signal.SIGSTOP)
     try:
         wait_for(lambda: serving(cluster, second), "the standby to lead while the leader is stopped", timeout=30)
+        # The new leader serves while the old one is still stopped: the agents' heartbeats to it time
+        # out and they move on (the new leader first here, as a stopped process accepts connections).
+        with lepton.Client(f"{cluster.addresses[second]},{cluster.addresses[first]}", timeout=300,
+                           **cluster.credentials()) as meanwhile:
+            assert np.array_equal(meanwhile.sum(X, partitions=PARTITIONS), undisturbed[0])
+            wait_for(lambda: [a.last_heartbeat_age_seconds < 1 for a in meanwhile.cluster_status().agents]
+                     == [True, True], "both agents to heartbeat the new leader")
     finally:
         os.kill(stalled.pid, signal.SIGCONT)
     with pytest.raises(lepton.LeptonError) as caught:
@@ -166,7 +173,6 @@ def test_a_leader_stalled_past_its_lease_steps_down_and_leads_again_later(ha_clu
 
     cluster.kill_coordinator(index=second)  # and back: the old leader leads again
     wait_for(lambda: serving(cluster, first), "the old leader to lead again", timeout=30)
-    assert np.array_equal(client.sum(X, partitions=PARTITIONS), undisturbed[0])
     assert np.array_equal(client.sum(dataset), undisturbed[2])  # put in its first term, from etcd and the folder
     record = client.job(job.job_id)  # ended by its successor, as its client saw it end
     assert lepton.client.state_name(record) == "FAILED" and record.error_code == "UNAVAILABLE"
