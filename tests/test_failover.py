@@ -154,6 +154,9 @@ def test_a_leader_stalled_past_its_lease_steps_down_and_leads_again_later(ha_clu
         with lepton.Client(f"{cluster.addresses[second]},{cluster.addresses[first]}", timeout=300,
                            **cluster.credentials()) as meanwhile:
             assert np.array_equal(meanwhile.sum(dataset), undisturbed[2])  # (12 partitions: quicker than X's 48)
+            moved = f"turned_away_by={cluster.addresses[first]} trying={cluster.addresses[second]} code=DEADLINE_EXCEEDED"
+            wait_for(lambda: all(moved in (cluster.log_dir / f"agent-{i}.log").read_text() for i in range(2)),
+                     "both agents to give up on the stopped leader")
             wait_for(lambda: [a.last_heartbeat_age_seconds < 1 for a in meanwhile.cluster_status().agents]
                      == [True, True], "both agents to heartbeat the new leader")
     finally:
