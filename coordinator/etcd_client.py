@@ -84,7 +84,7 @@ def connect(spec: str, ca: str = "", cert: str = "", key: str = "", timeout: flo
                   trying=self.url, error=why(error)[:300])
 
         def post(self, url, *args, **kwargs):
-            path = url[len(self.base_url):] if url.startswith(self.base_url) else urlsplit(url).path
+            path = urlsplit(url).path  # (etcd3gw built `url` on whichever endpoint was current then)
             for _ in range(len(self.endpoints)):
                 index = self.index
                 try:
