@@ -54,8 +54,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--etcd-prefix", default=env("LEPTON_ETCD_PREFIX", "/lepton/"),
                         help="the cluster's keys in etcd: one prefix per cluster [LEPTON_ETCD_PREFIX]")
     parser.add_argument("--lease-ttl", type=int, default=int(env("LEPTON_LEASE_TTL", 2)),
-                        help="seconds a dead leader keeps the lead before a standby takes over (at least 2, "
-                             "etcd's minimum) [LEPTON_LEASE_TTL]")
+                        help="seconds a dead leader keeps the lead before a standby takes over, and that a "
+                             "leader unable to renew its lease waits before it steps down to standby (at least "
+                             "2, etcd's minimum; with several etcd members, more than etcd's election timeout) "
+                             "[LEPTON_LEASE_TTL]")
     parser.add_argument("--advertise", default=env("LEPTON_COORDINATOR_ADVERTISE", ""),
                         help="host:port that standbys name to clients and agents (default: the listen address) "
                              "[LEPTON_COORDINATOR_ADVERTISE]")
