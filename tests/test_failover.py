@@ -273,6 +273,45 @@ def test_lagging_job_records_land_in_order_and_latest_last():
 
 
 # -- etcd: several endpoints, TLS ----------------------------------------------------------------
+def test_an_etcd_endpoint_that_answers_nothing_costs_a_timeout_not_a_hang(etcd):
+    """A listening socket nobody serves (a hung host: the kernel completes the handshake, no reply
+    comes): connecting moves past it after the timeout, and a watch on it (etcd3gw sets no timeout
+    on one) ends instead of holding a campaign for ever."""
+    import socket
+    import threading
+
+    from lepton.coordinator.etcd_client import connect
+
+    with socket.socket() as hole:
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(64)
+        silent = f"http://127.0.0.1:{hole.getsockname()[1]}"
+        client = connect(f"{silent},{etcd.url}", timeout=1)
+        assert client.url == etcd.url
+        client.put("/t/k", "v")
+        client._next(client.index, RuntimeError("test: back to the silent endpoint"))  # (its one way there)
+        assert client.url == silent
+        ended = []
+        watcher = threading.Thread(target=lambda: ended.append(_watch_ends(client)), daemon=True)
+        watcher.start()
+        watcher.join(timeout=30)
+        assert ended == [True], "a watch on an endpoint that answers nothing did not end"
+        from etcd3gw.exceptions import ConnectionTimeoutError
+
+        with pytest.raises(ConnectionTimeoutError):  # a call that timed out is not repeated (it may have landed) ...
+            client.get("/t/k")
+        assert client.get("/t/k") == [b"v"]  # ... but the next goes to the next endpoint
+
+
+def _watch_ends(client) -> bool:
+    try:
+        client.watch_once("/t/k", timeout=0.5)
+    except Exception:  # noqa: BLE001 - requests' timeout, or etcd3gw's WatchTimedOut
+        pass
+    return True
+
+
+
 def _dead_port() -> int:
     import socket
 
