@@ -49,6 +49,7 @@ def connect(spec: str, ca: str = "", cert: str = "", key: str = "", timeout: flo
     """A client of the etcd cluster whose endpoints `spec` lists, checked to answer; else a clear exit."""
     try:
         import etcd3gw
+        import requests.adapters
         from etcd3gw import exceptions
     except ImportError:
         raise SystemExit("--etcd needs the etcd client: pip install 'lepton[ha]'") from None
@@ -58,6 +59,14 @@ def connect(spec: str, ca: str = "", cert: str = "", key: str = "", timeout: flo
     if (ca or cert) and endpoints[0][0] != "https":
         raise SystemExit(f"--etcd-ca/--etcd-cert need https endpoints; got {spec!r}")
 
+    class Bounded(requests.adapters.HTTPAdapter):
+        """Gives every request without a timeout this client's."""
+
+        def send(self, request, **kwargs):
+            if kwargs.get("timeout") is None:
+                kwargs["timeout"] = timeout
+            return super().send(request, **kwargs)
+
     class Endpoints(etcd3gw.Etcd3Client):
         def __init__(self):
             scheme, host, port = endpoints[0]
@@ -65,6 +74,10 @@ def connect(spec: str, ca: str = "", cert: str = "", key: str = "", timeout: flo
                              cert_key=key or None, cert_cert=cert or None, timeout=timeout, api_path="/v3/")
             if ca:  # requests lets REQUESTS_CA_BUNDLE (or CURL_CA_BUNDLE) override a session's CA
                 self.session.trust_env = False  # (psf/requests#3829): the CA given must win
+            # etcd3gw opens a watch with no timeout: an endpoint that accepts and never answers (a
+            # hung host, a partition) would hold the campaign for ever. Every request gets one.
+            for scheme in ("http://", "https://"):
+                self.session.mount(scheme, Bounded())
             self.endpoints, self.index = endpoints, 0
             self._lock = threading.Lock()
 
@@ -98,11 +111,15 @@ def connect(spec: str, ca: str = "", cert: str = "", key: str = "", timeout: flo
             raise last
 
     client = Endpoints()
-    try:
-        client.status()
-    except Exception as exc:  # noqa: BLE001 - requests' and etcd3gw's errors alike
-        raise SystemExit(f"cannot reach etcd at {spec}: {why(exc)}") from None
-    return client
+    for tried in range(len(endpoints)):  # a timeout moves on too, here: a status check may repeat
+        try:
+            client.status()
+            return client
+        except exceptions.ConnectionTimeoutError as exc:
+            if tried == len(endpoints) - 1:
+                raise SystemExit(f"cannot reach etcd at {spec}: {why(exc)}") from None
+        except Exception as exc:  # noqa: BLE001 - requests' and etcd3gw's errors alike
+            raise SystemExit(f"cannot reach etcd at {spec}: {why(exc)}") from None
 
 
 def why(exc: Exception) -> str:

@@ -338,6 +338,8 @@ def test_lepton_up_ha_runs_jobs_through_the_loss_of_its_leader_and_stops_clean()
             probe = health(",".join(addresses), token)
             assert probe.returncode == 0, probe.stdout + probe.stderr
             leader = addresses.index(probe.stdout.split("leader: ", 1)[1].split()[0])
+            wrong = health(",".join(addresses), "not-the-token")  # refused, not unreachable: and no leader seen
+            assert wrong.returncode == 1 and wrong.stdout.count("  UNAUTHENTICATED  ") == 2, wrong.stdout
             os.kill(coordinator_pids[leader], signal.SIGKILL)
             assert client.sum(x, partitions=8) == x.sum()  # dials the dead one first, follows to the new leader
             probe = health(",".join(addresses), token)

@@ -333,14 +333,18 @@ def cmd_health(args) -> int:
         return 0 if status == "SERVING" else 1
     rows, named, serving = [], {}, set()
     for address in addresses:
-        try:
-            with connect_to(args, address, timeout=args.timeout, retry_for=0) as client:
+        with connect_to(args, address, timeout=args.timeout, retry_for=0) as client:
+            try:
                 status = client.health(args.service)
-                named[address] = client.leader()
-        except LeptonError as exc:
-            rows.append([address, "UNREACHABLE", f"{exc.code.name}: {exc.details}"])
-            continue
-        leader = named[address]
+            except LeptonError as exc:  # no answer at all, or a refusal (a wrong token): named as such
+                answered = exc.code.name not in ("UNAVAILABLE", "DEADLINE_EXCEEDED")
+                rows.append([address, exc.code.name if answered else "UNREACHABLE", f"{exc.code.name}: {exc.details}"])
+                continue
+            try:
+                leader = named[address] = client.leader()
+            except LeptonError as exc:  # it answers, but not whom it follows (a wrong token, say)
+                rows.append([address, status, f"unknown ({exc.code.name}: {exc.details})"])
+                continue
         if status == "SERVING":
             serving.add(address)
         role = ("leader" if leader == address and status == "SERVING" else
