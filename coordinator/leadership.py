@@ -50,6 +50,7 @@ class Leadership:
         self.terms = 0  # how many times this coordinator has been elected
         self._reason = ""
         self._stop, self._lost = threading.Event(), threading.Event()
+        self._wake = threading.Event()  # ends the keepalive's wait: the term was lost, or we stop
         self._thread = threading.Thread(target=self._run, name="leadership", daemon=True)
 
     @property
@@ -82,6 +83,7 @@ class Leadership:
             if self.etcd.create(self.key, self.address, lease):
                 self.lease, self._renewed = lease, sent
                 self._lost.clear()
+                self._wake.clear()
                 return True
             lease.revoke()
             return False
@@ -108,7 +110,7 @@ class Leadership:
 
     def _keep_alive(self) -> None:
         lease = self.lease
-        while not self._stop.wait(self.ttl / 4) and not self._lost.is_set():
+        while not self._wake.wait(self.ttl / 4) and not self._stop.is_set():
             sent = time.monotonic()
             try:
                 if lease.refresh() > 0:
@@ -126,6 +128,7 @@ class Leadership:
             return
         self._reason = reason
         self._lost.set()
+        self._wake.set()  # the step-down starts now, not at the keepalive's next turn
         self._leading, self.leader = False, ""  # whoever leads now, it is not us
         event(log, "leadership.lost", level=logging.ERROR, address=self.address, reason=reason)
 
@@ -147,6 +150,7 @@ class Leadership:
     def stop(self) -> None:
         """Stop campaigning; a leader hands the key back at once (revoking the lease deletes it)."""
         self._stop.set()
+        self._wake.set()
         self._leading, self.leader = False, ""  # callers go to the next address, not back to us
         if self.lease is not None:
             try:

@@ -161,6 +161,7 @@ def test_a_leader_stalled_past_its_lease_steps_down_and_leads_again_later(ha_clu
                      == [True, True], "both agents to heartbeat the new leader")
     finally:
         os.kill(stalled.pid, signal.SIGCONT)
+        resumed_at = time.monotonic()
     with pytest.raises(lepton.LeptonError) as caught:
         job.result(timeout=60)
     # (Named when the old leader had seen the new one by then: its step-down asks etcd; a result
@@ -169,6 +170,7 @@ def test_a_leader_stalled_past_its_lease_steps_down_and_leads_again_later(ha_clu
     print(f"\nthe stalled leader's job: {caught.value.details}")
     # The old leader is a standby now, naming the new one (the raw answer, then through a client).
     wait_for(lambda: names_leader(refusal(cluster, first), cluster.addresses[second]), "the old leader to stand by")
+    print(f"step-down: the old leader named the new one {time.monotonic() - resumed_at:.2f} s after its SIGCONT")
     assert not serving(cluster, first) and stalled.poll() is None  # stepped down, did not exit
 
     assert np.array_equal(client.sum(dataset), undisturbed[2])  # the client still dials the old leader first: it follows
