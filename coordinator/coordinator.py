@@ -76,12 +76,25 @@ def adopt_shared(inputs: TensorAssembler, shared: dict) -> list:
     return files
 
 
+def deposed_message(reason: str, leader: str) -> str:
+    """What a job's client is told when the coordinator running it lost the lead (UNAVAILABLE)."""
+    where = f"the leader is now {leader}" if leader else "no other coordinator was seen leading yet"
+    return (f"this coordinator lost the leadership ({reason}); {where}: resubmit the job (a client given "
+            f"every coordinator's address follows the leader)")
+
+
 class Coordinator:
     def __init__(self, config: Config | None = None, dial=None, store=None):
         """dial(address) -> grpc.Channel opens the links to agents (lepton.security.Credentials.channel).
         store keeps the metadata a successor loads (lepton.coordinator.store; default: in memory). A
         coordinator given one is a standby until `take_over`: it reads nothing back before then."""
         self.config = config or Config()
+        # A standby runs no job (its gate turns calls away; this catches those that passed it as it
+        # stepped down): True from the start with a store that a leader fills, and after `step_down`.
+        self.standby = store is not None
+        # Whether the lead is still ours (main.py: the leadership's `leading`), asked before a result
+        # goes out; and who leads instead, as last seen.
+        self.leads, self.leader = (lambda: True), (lambda: "")
         self.store = store or MemoryStore()
         # Job records lag behind, off the jobs' path, where writes cost a round trip (etcd).
         self._job_store = self.store if store is None else WriteBehind(store, self._write_failed)
@@ -143,8 +156,12 @@ class Coordinator:
         job.result_memory = results.offer(op, metas, params, plan, result_buffer, early is not None)
         job.shared_files = files + [job.result_memory] * (job.result_memory is not None)  # closed by `finished`
         job.on_finish = lambda: self._store(store_records.JOBS, job.id, store_records.job_record(job.record))
-        self._store(store_records.JOBS, job.id, store_records.job_record(job.record))
         with self._lock:
+            if self.standby:
+                for f in files:
+                    f.close()
+                raise Unavailable("this coordinator no longer leads; retry: the client follows the new leader")
+            self._store(store_records.JOBS, job.id, store_records.job_record(job.record))
             self._jobs[job.id] = job
             self._records[job.id] = job.record
             self._evict()
@@ -436,7 +453,8 @@ class Coordinator:
         from the store (they count as just seen, keeping their ids), the datasets from their copies
         in the shared data folder (as a restarted coordinator does) with the placement the store
         recorded, and the job records. Jobs that were running are lost with their leader: their
-        records end FAILED with UNAVAILABLE, and their clients resubmit them."""
+        records end FAILED with UNAVAILABLE, and their clients resubmit them. (A coordinator that led
+        before and stepped down loads it all afresh: step_down forgot its own.)"""
         for record in self.store.load(store_records.AGENTS).values():
             self.membership.restore(record["id"], record["name"], record["address"],
                                     [DeviceInfo(**d) for d in record["devices"]], record["credits"],
@@ -464,12 +482,42 @@ class Coordinator:
                 self._store(store_records.JOBS, record.job_id, store_records.job_record(record))
             with self._lock:
                 self._records[record.job_id] = record
+        self.standby = False
         event(log, "coordinator.took_over", agents=len(agents), datasets=len(self.datasets.all()),
               jobs=len(records))
+
+    def deposed(self) -> str:
+        """"" while we may answer as the leader; else why not, for the client (UNAVAILABLE)."""
+        if self.leads():
+            return ""
+        return deposed_message("its etcd lease lapsed before the result went out", self.leader())
+
+    def step_down(self, reason: str, leader: str) -> None:
+        """The lead was lost (lepton.coordinator.leadership has closed the gate already): fail every
+        job with UNAVAILABLE naming the new leader, so that clients resubmit there, and forget the
+        agents and the job records. What was written to the store stays as written; what was still
+        queued behind is dropped (the successor's records are the truth now). `take_over` loads it
+        all back if this coordinator is elected again."""
+        with self._lock:
+            self.standby = True
+            jobs = list(self._jobs.values())
+            self._jobs.clear()
+            self._records.clear()
+        if self._job_store is not self.store:
+            self._job_store.discard()
+        message = deposed_message(reason, leader)
+        for job in jobs:
+            self.scheduler.end(job, "UNAVAILABLE", message)
+        for agent in self.membership.agents():
+            self.scheduler.on_agent_removed(agent)  # its runs stopped, its measured speed forgotten
+        self.membership.forget_all()
+        event(log, "coordinator.stepped_down", jobs=len(jobs), leader=leader or "unknown")
 
     def _reap(self) -> None:
         trim = IdleTrim()
         while not self._stop.wait(self.config.heartbeat_interval / 2):
+            if self.standby:
+                continue  # a standby's agents are the leader's to expire
             self.membership.expire()
             with self._lock:
                 busy = any(not job.state.final for job in self._jobs.values())

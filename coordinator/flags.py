@@ -39,14 +39,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-client-jobs", type=int, default=int(env("LEPTON_MAX_CLIENT_JOBS", 64)),
                         help="jobs one client (token or certificate) may run at once [LEPTON_MAX_CLIENT_JOBS]")
     parser.add_argument("--etcd", default=env("LEPTON_ETCD", ""),
-                        help="high availability: http://HOST:PORT of etcd, where the coordinators elect a leader and "
+                        help="high availability: http(s)://HOST:PORT of etcd (several, comma-separated: members "
+                             "of one etcd cluster, tried in order), where the coordinators elect a leader and "
                              "keep the metadata; run two or more, sharing --data-dir (default: none, one "
                              "coordinator with its metadata in memory) [LEPTON_ETCD]")
+    parser.add_argument("--etcd-ca", default=env("LEPTON_ETCD_CA", ""),
+                        help="https etcd endpoints: check etcd's certificate against this CA (PEM; default: the "
+                             "system's roots) [LEPTON_ETCD_CA]")
+    parser.add_argument("--etcd-cert", default=env("LEPTON_ETCD_CERT", ""),
+                        help="a client certificate to present to etcd (PEM; etcd's --client-cert-auth), with "
+                             "--etcd-key [LEPTON_ETCD_CERT]")
+    parser.add_argument("--etcd-key", default=env("LEPTON_ETCD_KEY", ""),
+                        help="the private key of --etcd-cert [LEPTON_ETCD_KEY]")
     parser.add_argument("--etcd-prefix", default=env("LEPTON_ETCD_PREFIX", "/lepton/"),
                         help="the cluster's keys in etcd: one prefix per cluster [LEPTON_ETCD_PREFIX]")
     parser.add_argument("--lease-ttl", type=int, default=int(env("LEPTON_LEASE_TTL", 2)),
-                        help="seconds a dead leader keeps the lead before a standby takes over (at least 2, "
-                             "etcd's minimum) [LEPTON_LEASE_TTL]")
+                        help="seconds a dead leader keeps the lead before a standby takes over, and that a "
+                             "leader unable to renew its lease waits before it steps down to standby (at least "
+                             "2, etcd's minimum; with several etcd members, more than etcd's election timeout) "
+                             "[LEPTON_LEASE_TTL]")
     parser.add_argument("--advertise", default=env("LEPTON_COORDINATOR_ADVERTISE", ""),
                         help="host:port that standbys name to clients and agents (default: the listen address) "
                              "[LEPTON_COORDINATOR_ADVERTISE]")

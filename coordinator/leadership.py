@@ -8,9 +8,12 @@ deletes the key once the lease's TTL runs out, and the first standby whose trans
 it loads the metadata from the store before it opens its gate.
 
 A leader that cannot renew its lease for a whole TTL (etcd unreachable, or the process stalled)
-has lost the key to someone else, or soon will: `on_lost` is called and the process stops, rather
-than serve beside a second leader. Every store write is fenced on the lease as well
-(lepton.coordinator.etcd_store), so a deposed leader's late write cannot land.
+has lost the key to someone else, or soon will. It steps down rather than serve beside a second
+leader: `leading` is False from the moment the TTL has passed since the last renewal that etcd
+acknowledged (so a process resumed after a stall turns calls away before any of its threads learns
+why), `on_lost` runs (the coordinator fails its jobs and forgets its state), and the leadership
+campaigns again as a standby: it can lead again later. Every store write is fenced on the lease as
+well (lepton.coordinator.etcd_store), so a deposed leader's late write cannot land.
 """
 from __future__ import annotations
 
@@ -18,10 +21,10 @@ import logging
 import threading
 import time
 from typing import Callable
-from urllib.parse import urlsplit
 
 import grpc
 
+from lepton.coordinator.etcd_client import connect, why  # noqa: F401 - connect: the one way --etcd dials (main.py)
 from lepton.failover import LEADER_METADATA
 from lepton.logs import event
 
@@ -30,36 +33,31 @@ log = logging.getLogger("lepton.coordinator.leadership")
 ALWAYS_SERVED = ("/grpc.health.v1.Health/", "/grpc.reflection.")  # a standby answers these itself
 
 
-def connect(url: str, timeout: float = 5):
-    """An etcd v3 client for `url` (http://HOST:PORT, etcd's JSON gateway), or a clear error."""
-    try:
-        import etcd3gw
-    except ImportError:
-        raise SystemExit("--etcd needs the etcd client: pip install 'lepton[ha]'") from None
-    parts = urlsplit(url if "//" in url else f"http://{url}")
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise SystemExit(f"--etcd takes http://HOST:PORT (one etcd endpoint); got {url!r}")
-    client = etcd3gw.Etcd3Client(host=parts.hostname, port=parts.port or 2379, protocol=parts.scheme, timeout=timeout)
-    try:
-        client.status()
-    except Exception as exc:  # noqa: BLE001 - requests' and etcd3gw's errors alike
-        raise SystemExit(f"cannot reach etcd at {url}: {type(exc).__name__}: {exc}") from None
-    return client
-
-
 class Leadership:
     def __init__(self, etcd, prefix: str, address: str, ttl: int = 2, on_elected: Callable[[], None] = lambda: None,
-                 on_lost: Callable[[str], None] = lambda reason: None):
+                 on_lost: Callable[[str, str], None] = lambda reason, leader: None):
         """address: what this coordinator tells clients and agents to dial. on_elected runs once
-        the key is ours and before `leading` is set (the metadata is loaded there)."""
+        the key is ours and before `leading` is set (the metadata is loaded there). on_lost(reason,
+        leader) runs once per lost term, on the leadership's thread, with `leading` already False:
+        leader is the successor's address if etcd named one by then, else ""."""
         self.etcd, self.key, self.address, self.ttl = etcd, prefix + "leader", address, ttl
         self._on_elected, self._on_lost = on_elected, on_lost
-        self.leading = False
+        self._leading = False
+        self._renewed = 0.0  # time.monotonic() when the last acknowledged renewal was sent
         self.leader = ""  # the leader's address as last seen ("" while there is none)
         self.lease = None
         self.elected_at = 0.0  # time.monotonic() of taking over
+        self.terms = 0  # how many times this coordinator has been elected
+        self._reason = ""
         self._stop, self._lost = threading.Event(), threading.Event()
+        self._wake = threading.Event()  # ends the keepalive's wait: the term was lost, or we stop
         self._thread = threading.Thread(target=self._run, name="leadership", daemon=True)
+
+    @property
+    def leading(self) -> bool:
+        """Whether we lead now: elected, not deposed, and renewed within the TTL (a lease etcd may
+        have let lapse already is not one to serve under)."""
+        return self._leading and time.monotonic() - self._renewed < self.ttl
 
     def start(self) -> None:
         self._thread.start()
@@ -69,9 +67,10 @@ class Leadership:
             try:
                 if self._campaign():
                     self._lead()
-                    return
+                    if not self._stop.is_set():
+                        self._step_down()
             except Exception as exc:  # noqa: BLE001 - etcd unreachable or answering errors: try again
-                event(log, "leadership.etcd_error", level=logging.WARNING, error=f"{type(exc).__name__}: {exc}")
+                event(log, "leadership.etcd_error", level=logging.WARNING, error=why(exc))
                 self._stop.wait(self.ttl / 4)
 
     def _campaign(self) -> bool:
@@ -80,8 +79,11 @@ class Leadership:
         if not held:
             self.leader = ""
             lease = self.etcd.lease(self.ttl)
+            sent = time.monotonic()
             if self.etcd.create(self.key, self.address, lease):
-                self.lease = lease
+                self.lease, self._renewed = lease, sent
+                self._lost.clear()
+                self._wake.clear()
                 return True
             lease.revoke()
             return False
@@ -93,42 +95,63 @@ class Leadership:
         return False
 
     def _lead(self) -> None:
-        event(log, "leadership.elected", address=self.address, key=self.key)
+        """Hold the lead until it is lost (or we stop): load the metadata, open the gate, renew."""
+        self.terms += 1
+        event(log, "leadership.elected", address=self.address, key=self.key, term=self.terms)
         keeper = threading.Thread(target=self._keep_alive, name="lease-keepalive", daemon=True)
         keeper.start()  # while the metadata loads, too: a long load must not let the lease lapse
         try:
             self._on_elected()
         except Exception as exc:  # noqa: BLE001
             self.lose(f"loading the metadata failed: {type(exc).__name__}: {exc}")
-            return
         if not self._lost.is_set():
-            self.leader, self.elected_at, self.leading = self.address, time.monotonic(), True
+            self.leader, self.elected_at, self._leading = self.address, time.monotonic(), True
         keeper.join()
 
     def _keep_alive(self) -> None:
-        renewed = time.monotonic()
-        while not self._stop.wait(self.ttl / 4) and not self._lost.is_set():
+        lease = self.lease
+        while not self._wake.wait(self.ttl / 4) and not self._stop.is_set():
+            sent = time.monotonic()
             try:
-                if self.lease.refresh() > 0:
-                    renewed = time.monotonic()
+                if lease.refresh() > 0:
+                    self._renewed = sent
                     continue
                 self.lose("etcd says our lease expired")
             except Exception as exc:  # noqa: BLE001 - keep trying until the TTL is spent
-                if time.monotonic() - renewed >= self.ttl:
-                    self.lose(f"the lease could not be renewed for {self.ttl}s: {type(exc).__name__}: {exc}")
+                if time.monotonic() - self._renewed >= self.ttl:
+                    self.lose(f"the lease could not be renewed for {self.ttl}s: {why(exc)}")
 
     def lose(self, reason: str) -> None:
+        """The lead is lost (any thread may say so): the gate closes now; the leadership's thread
+        steps down (on_lost) and campaigns again."""
         if self._lost.is_set():
             return
+        self._reason = reason
         self._lost.set()
-        self.leading, self.leader = False, ""  # whoever leads now, it is not us
+        self._wake.set()  # the step-down starts now, not at the keepalive's next turn
+        self._leading, self.leader = False, ""  # whoever leads now, it is not us
         event(log, "leadership.lost", level=logging.ERROR, address=self.address, reason=reason)
-        self._on_lost(reason)
+
+    def _step_down(self) -> None:
+        lease, self.lease = self.lease, None  # store writes stop here (EtcdStore refuses without a lease)
+        try:  # who leads now, for the jobs we fail: a client can go straight there
+            held = self.etcd.get(self.key)
+            self.leader = held[0].decode() if held and held[0].decode() != self.address else ""
+        except Exception:  # noqa: BLE001 - etcd unreachable: clients try the next address
+            self.leader = ""
+        try:
+            lease.revoke()  # in case etcd still holds it: the key must go for anyone to lead
+        except Exception:  # noqa: BLE001 - expired already, or etcd unreachable: it expires by itself
+            pass
+        event(log, "leadership.stepped_down", address=self.address, leader=self.leader or "unknown",
+              reason=self._reason)
+        self._on_lost(self._reason, self.leader)
 
     def stop(self) -> None:
         """Stop campaigning; a leader hands the key back at once (revoking the lease deletes it)."""
         self._stop.set()
-        self.leading, self.leader = False, ""  # callers go to the next address, not back to us
+        self._wake.set()
+        self._leading, self.leader = False, ""  # callers go to the next address, not back to us
         if self.lease is not None:
             try:
                 self.lease.revoke()

@@ -35,12 +35,20 @@ def run(args: argparse.Namespace) -> int:
         from lepton.coordinator.etcd_store import EtcdStore
         from lepton.coordinator.leadership import Leadership, connect
 
-        etcd = connect(args.etcd)
+        etcd = connect(args.etcd, ca=args.etcd_ca, cert=args.etcd_cert, key=args.etcd_key)
+
+        def stepped_down(reason: str, leader: str) -> None:  # a standby again, until elected again
+            health.set_all(NOT_SERVING)
+            coordinator.step_down(reason, leader)
+
         leadership = Leadership(etcd, args.etcd_prefix, "", max(2, args.lease_ttl),
                                 on_elected=lambda: (coordinator.take_over(), health.set_all(SERVING)),
-                                on_lost=lambda reason: shutdown.request(f"lost the leadership: {reason}"))
+                                on_lost=stepped_down)
         store = EtcdStore(etcd, args.etcd_prefix, leadership)
     coordinator = Coordinator(config, dial=creds.channel, store=store)
+    if leadership is not None:
+        coordinator.leads = lambda: leadership.leading
+        coordinator.leader = lambda: "" if leadership.leader == leadership.address else leadership.leader
     metrics.register(coordinator)
     metrics_address = start_metrics(args.metrics_listen, **security.metrics_tls(creds))
     board = dashboard.start(coordinator, args.dashboard_listen, token=creds.token)  # the API's token

@@ -132,6 +132,16 @@ class Membership:
         agent.link.close()
         self._on_change()
 
+    def forget_all(self) -> None:
+        """Drop every agent without telling anyone (a coordinator that stepped down: the agents are
+        the new leader's now, and the store's records of them are not ours to delete)."""
+        with self._lock:
+            agents, self._agents = list(self._agents.values()), {}
+        for agent in agents:
+            agent.link.close()
+        if agents:
+            self._on_change()
+
     def expire(self) -> None:
         """Drop agents silent for longer than the heartbeat timeout."""
         now = time.monotonic()

@@ -120,12 +120,14 @@ class CoordinatorServicer(pb_grpc.CoordinatorServiceServicer):
                              part.target_bytes, part.key_column, spec.label, deadline_from(context.time_remaining()),
                              datasets, early_options(spec), shared=shared, result_buffer=result_buffer)
 
-    @staticmethod
-    def _result(job, context) -> tuple[list, list]:
+    def _result(self, job, context) -> tuple[list, list]:
         """The job's result as headers and little-endian arrays, once it ended (abort if it failed)."""
         record = job.record
         if record.state.name != "SUCCEEDED":
             context.abort(grpc.StatusCode[record.error_code], record.error_message)
+        deposed = self.c.deposed()
+        if deposed:  # its lease lapsed as the last partitions came in: a successor has the job as lost
+            context.abort(grpc.StatusCode.UNAVAILABLE, deposed)
         arrays = [wire.little_endian(np.asarray(a)) for a in job.result.values()]
         return [wire.header(name, array) for name, array in zip(job.result, arrays)], arrays
 

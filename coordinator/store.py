@@ -90,6 +90,15 @@ class WriteBehind:
                 self._busy = False
                 self._cond.notify_all()
 
+    def discard(self) -> int:
+        """Drop what is queued and not written yet (a leader stepping down: its successor's records
+        are the truth now); returns how many writes were dropped."""
+        with self._cond:
+            dropped = len(self._pending)
+            self._pending.clear()
+            self._cond.notify_all()
+        return dropped
+
     def flush(self, timeout: float = 10) -> None:
         """Wait until what was queued so far is written (or failed)."""
         with self._cond:

@@ -101,7 +101,9 @@ class MembershipClient:
                 self._trim.poll(self.agent.busy(), last_contact)
                 self._stop.wait(self.interval)
             except grpc.RpcError as exc:
-                followed = self._coordinators.follow(exc, address, 0, time.monotonic())  # a standby, or a dead address
+                # A standby, a dead address, or one that answers nothing (a stalled leader): joins
+                # and heartbeats may go to another coordinator whatever became of this one.
+                followed = self._coordinators.follow(exc, address, 0, time.monotonic(), repeatable=True)
                 if followed:
                     self._stub = pb_grpc.AgentRegistryServiceStub(self._coordinators.channel())
                     event(log, "coordinator.following", level=logging.INFO, turned_away_by=address,

@@ -112,3 +112,18 @@ def test_the_demos_check_rejects_wrong_results():
     assert mismatch("histogram", x, {"counts": counts}, bins=8, range=[-4, 4]) is None
     counts[3] += 1
     assert mismatch("histogram", x, {"counts": counts}, bins=8, range=[-4, 4]) is not None
+
+
+def test_health_over_several_addresses_says_who_leads_and_exits_for_a_supervisor():
+    """`lepton health` over two coordinators that each lead alone (two clusters, no etcd): both say
+    SERVING and name themselves: exit 3, several lead. (0, 2 and 1 with a real HA pair, in
+    test_lifecycle.py::test_lepton_up_ha_….) With one address it stays the plain probe."""
+    from lepton import LocalCluster
+
+    with LocalCluster(agents=0, token="") as one, LocalCluster(agents=0, token="") as two:  # coordinators alone
+        out = lepton("health", "--coordinator", f"{one.address},{two.address}")
+        assert out.returncode == 3, out.stdout + out.stderr
+        assert f"several coordinators say they lead: {one.address}, {two.address}" in out.stdout
+        assert out.stdout.count(" leader\n") == 2
+        out = lepton("health", "--coordinator", one.address)
+        assert (out.returncode, out.stdout) == (0, "SERVING\n"), out.stderr

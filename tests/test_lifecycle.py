@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+import shutil
 import signal
 import subprocess
 import sys
@@ -300,6 +301,57 @@ def test_lepton_up_detach_leaves_a_cluster_that_outlives_it():
             os.kill(pid, signal.SIGTERM)
         wait_for(lambda: not any(alive(pid) for pid in pids), "the detached cluster to stop when told")
     finally:
+        kill_all(pids)
+
+
+def health(address: str, token: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lepton", "health", "--timeout", "5", "--coordinator", address],
+                          capture_output=True, text=True, timeout=GENEROUS, env={**os.environ, "LEPTON_TOKEN": token})
+
+
+@pytest.mark.skipif(not shutil.which("etcd"), reason="no etcd binary: apt-get install etcd-server")
+def test_lepton_up_ha_runs_jobs_through_the_loss_of_its_leader_and_stops_clean():
+    """The real `lepton up --ha`: a job, `lepton health` over both coordinators, the leader SIGKILLed,
+    a job again through the same client (it follows the new leader), then SIGTERM: every process it
+    started (etcd, two coordinators, two agents) is gone when it exits 0."""
+    pytest.importorskip("etcd3gw", reason="the etcd client: pip install 'lepton[ha]'")
+    up = subprocess.Popen(up_command("--ha", "--shutdown-timeout", BOUND), stdout=subprocess.PIPE,
+                          stderr=subprocess.DEVNULL, text=True)
+    pids = []
+    try:
+        first = up.stdout.readline()
+        assert first.startswith("lepton cluster up: coordinator"), first
+        addresses = first.split("coordinator ", 1)[1].split(", ", 1)[0].split(",")
+        ha = up.stdout.readline()
+        assert ha.startswith("high availability: etcd at"), ha
+        coordinator_pids = [int(p) for p in ha.rsplit("(pids ", 1)[1].rstrip(")\n").split()]
+        up.stdout.readline()  # the dashboard
+        token_file = up.stdout.readline().split("--token-file ", 1)[1].split()[0]
+        pids = sorted({*children_of(up.pid), *(d for c in children_of(up.pid) for d in descendants(c))})
+        assert len(children_of(up.pid)) == 5, pids  # etcd, two coordinators, two agents
+        assert len(addresses) == 2 and set(coordinator_pids) <= set(pids)
+
+        x = np.arange(3_000_000, dtype=np.float64)  # integers: the float64 sum is exact, whatever the order
+        token = Path(token_file).read_text().strip()
+        with lepton.Client(",".join(addresses), timeout=GENEROUS, token=token, resubmit_on_unavailable=True) as client:
+            assert client.sum(x, partitions=8) == x.sum()
+            probe = health(",".join(addresses), token)
+            assert probe.returncode == 0, probe.stdout + probe.stderr
+            leader = addresses.index(probe.stdout.split("leader: ", 1)[1].split()[0])
+            wrong = health(",".join(addresses), "not-the-token")  # refused, not unreachable: and no leader seen
+            assert wrong.returncode == 1 and wrong.stdout.count("  UNAUTHENTICATED  ") == 2, wrong.stdout
+            os.kill(coordinator_pids[leader], signal.SIGKILL)
+            assert client.sum(x, partitions=8) == x.sum()  # dials the dead one first, follows to the new leader
+            probe = health(",".join(addresses), token)
+            assert probe.returncode == 2, probe.stdout + probe.stderr  # degraded: one leads, the other is gone
+            assert f"leader: {addresses[1 - leader]}" in probe.stdout and "UNREACHABLE" in probe.stdout
+
+        assert stopped_code(up) == 0
+        assert not any(alive(pid) for pid in pids), [pid for pid in pids if alive(pid)]
+        probe = health(",".join(addresses), token)
+        assert probe.returncode == 1 and "no coordinator leads" in probe.stdout, probe.stdout + probe.stderr
+    finally:
+        up.kill()
         kill_all(pids)
 
 

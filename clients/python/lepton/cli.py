@@ -302,12 +302,67 @@ def cmd_cancel(args) -> int:
     return 0
 
 
+def connect_to(args, address: str, timeout: float | None = None, retry_for: float = 5) -> Client:
+    """connect(args), to one address (of several in --coordinator), not following the leader."""
+    from lepton.credentials import read_token
+
+    token = read_token(args.token, args.token_file) if (args.token or args.token_file) else None
+    return Client(address, timeout, token=token, tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key,
+                  tls=True if args.tls else None, retry_for=retry_for, failover_timeout=0)
+
+
+# `lepton health` with several addresses (a highly available group): what its exit status says.
+HEALTH_OK, HEALTH_NO_LEADER, HEALTH_DEGRADED, HEALTH_SEVERAL_LEADERS = 0, 1, 2, 3
+
+
 def cmd_health(args) -> int:
-    """Exit 0 when the server answers grpc.health.v1 SERVING: probes (Kubernetes exec, scripts) use it."""
-    with connect(args, timeout=args.timeout) as client:
-        status = client.health(args.service)
-    print(status)
-    return 0 if status == "SERVING" else 1
+    """One address: exit 0 when the server answers grpc.health.v1 SERVING (probes: Kubernetes exec,
+    scripts). Several (every coordinator of a highly available group): each is asked, a line each,
+    and the exit status says what a supervisor needs to know (HEALTH_*): 0, one leads and every other
+    answers as a standby naming it; 1, none leads (no job can run); 2, one leads but another address
+    is unreachable, or names another leader (the group could not survive the next failure); 3, more
+    than one says it leads (a deposed leader that has not noticed yet: ask again)."""
+    from lepton import failover
+    from lepton.errors import LeptonError
+
+    addresses = failover.parse(args.coordinator)
+    if len(addresses) == 1:
+        with connect(args, timeout=args.timeout) as client:
+            status = client.health(args.service)
+        print(status)
+        return 0 if status == "SERVING" else 1
+    rows, named, serving = [], {}, set()
+    for address in addresses:
+        with connect_to(args, address, timeout=args.timeout, retry_for=0) as client:
+            try:
+                status = client.health(args.service)
+            except LeptonError as exc:  # no answer at all, or a refusal (a wrong token): named as such
+                answered = exc.code.name not in ("UNAVAILABLE", "DEADLINE_EXCEEDED")
+                rows.append([address, exc.code.name if answered else "UNREACHABLE", f"{exc.code.name}: {exc.details}"])
+                continue
+            try:
+                leader = named[address] = client.leader()
+            except LeptonError as exc:  # it answers, but not whom it follows (a wrong token, say)
+                rows.append([address, status, f"unknown ({exc.code.name}: {exc.details})"])
+                continue
+        if status == "SERVING":
+            serving.add(address)
+        role = ("leader" if leader == address and status == "SERVING" else
+                f"standby (leader {leader})" if leader else "standby (no leader known)")
+        rows.append([address, status, role])
+    print(table(["ADDRESS", "HEALTH", "ROLE"], rows))
+    leaders = [a for a, leader in named.items() if leader == a and a in serving]
+    if len(leaders) > 1:
+        print(f"several coordinators say they lead: {', '.join(leaders)}")
+        return HEALTH_SEVERAL_LEADERS
+    if not leaders:
+        print("no coordinator leads")
+        return HEALTH_NO_LEADER
+    if len(named) < len(addresses) or any(leader != leaders[0] for leader in named.values()):
+        print(f"leader: {leaders[0]}; degraded: not every other coordinator stands by for it")
+        return HEALTH_DEGRADED
+    print(f"leader: {leaders[0]}")
+    return HEALTH_OK
 
 
 def build_parser() -> argparse.ArgumentParser:

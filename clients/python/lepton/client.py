@@ -713,6 +713,20 @@ class Client:
         reply = self._unary("Check", health_pb2.HealthCheckRequest(service=service), health_pb2_grpc.HealthStub)
         return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
+    def leader(self) -> str:
+        """Who leads, as the first (current) coordinator address says, without following it: that
+        address itself if it answers as a leader (a coordinator without --etcd leads alone), the
+        address a standby names, or "" from a standby that knows of none yet."""
+        address = self._coordinators.current
+        try:
+            self._stub.GetClusterStatus(pb.GetClusterStatusRequest(), timeout=self.timeout or 30)
+            return address
+        except grpc.RpcError as exc:
+            standby, leader = failover.standby_answer(exc)
+            if standby:
+                return leader
+            raise LeptonError.from_rpc(exc) from None
+
     def trace(self, job_id: str) -> pb.GetJobTraceResponse:
         """Per-partition timings of a job (see `lepton trace`)."""
         return self._unary("GetJobTrace", pb.GetJobTraceRequest(job_id=job_id))

@@ -81,11 +81,16 @@ class Coordinators:
             else:
                 self.current = self.addresses[(self.addresses.index(failed) + 1) % len(self.addresses)]
 
-    def follow(self, exc: grpc.RpcError, failed: str, attempt: int, started: float) -> bool:
+    def follow(self, exc: grpc.RpcError, failed: str, attempt: int, started: float,
+               repeatable: bool = False) -> bool:
         """Whether the call that failed at address `failed` with `exc` may go again now; if so, calls
-        go to where the leader is thought to be, after a jittered backoff (the `attempt`th)."""
+        go to where the leader is thought to be, after a jittered backoff (the `attempt`th).
+        repeatable: the call may go again elsewhere even if it may have landed (an agent's join and
+        heartbeat), so that a call that timed out moves on too: a leader stalled (SIGSTOP, a hung
+        host) accepts connections and answers nothing."""
         standby, leader = standby_answer(exc)
-        if not standby and not (len(self.addresses) > 1 and never_connected(exc)):
+        timed_out = repeatable and exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        if not standby and not (len(self.addresses) > 1 and (never_connected(exc) or timed_out)):
             return False
         if time.monotonic() - started > self.patience:
             return False
