@@ -2,9 +2,8 @@
 
     flock /tmp/lepton-bench.lock .venv/bin/python benchmarks/bench_small_jobs.py [--jobs 400] [--callers 16] [--ha]
 
-On a LocalCluster (2 NumPy agents) it prints, for `client.sum(x)` on 1,024 float32, the p50, p90,
-p99 and minimum latency of sequential jobs, the jobs/s of 1 caller and of 16 callers sharing one
-client, and the CPU per job of each process in both; beside it, in
+On a LocalCluster (2 NumPy agents) it prints, for `client.sum(x)` on 1,024 float32, the p50, p90
+and minimum latency of sequential jobs and the jobs/s of 16 callers sharing one client; beside it, in
 the same run, a bare gRPC unary call on loopback (the coordinator's own health check, which does no
 work) measured the same two ways: the floor that any round trip through Python gRPC pays. Every
 result is checked against NumPy (rtol 1e-5: float32 values summed with float64 accumulators).
@@ -65,22 +64,11 @@ def throughput(call, count: int, callers: int) -> float:
     return count / elapsed
 
 
-def report(name: str, lat: list[float], seq_rate: float, rate: float, cpu: list[list[float]]) -> None:
-    """One row; cpu holds the CPU per call of (coordinator, agents, client) while sequential, then
-    with many callers."""
+def report(name: str, lat: list[float], seq_rate: float, rate: float, cpu: list[float]) -> None:
     lat = sorted(lat)
-    cpus = " ".join(f"{1e3 * one:>5.2f}/{1e3 * many:<5.2f}" for one, many in zip(*cpu))
-    print(f"{name:<26} {1e3 * statistics.median(lat):>7.3f} {1e3 * lat[int(0.9 * len(lat))]:>7.3f} "
-          f"{1e3 * lat[int(0.99 * len(lat))]:>7.3f} {1e3 * lat[0]:>7.3f} {seq_rate:>7.0f} {rate:>8.0f}   {cpus}",
-          flush=True)
-
-
-def cpu_used(pids: list[int], call, *args) -> tuple[object, list[float]]:
-    """call(*args), and the CPU seconds it took the coordinator, all agents and this process."""
-    before, client_before = [cpu_seconds(p) for p in pids], time.process_time()
-    out = call(*args)
-    used = [cpu_seconds(p) - b for p, b in zip(pids, before)]
-    return out, [used[0], sum(used[1:]), time.process_time() - client_before]
+    print(f"{name:<28} {1e3 * statistics.median(lat):>8.3f} {1e3 * lat[int(0.9 * len(lat))]:>8.3f} "
+          f"{1e3 * lat[0]:>8.3f} {seq_rate:>10.0f} {rate:>14.0f} {1e3 * cpu[0]:>11.3f} {1e3 * cpu[1]:>11.3f} "
+          f"{1e3 * cpu[2]:>11.3f}", flush=True)
 
 
 def main() -> None:
@@ -111,17 +99,20 @@ def main() -> None:
         print(f"sum of 1,024 float32 on {args.agents} NumPy agents{', HA pair with etcd' if args.ha else ''}; "
               f"{args.jobs} calls per figure, "
               f"after {args.jobs // 10} warm-up calls")
-        print("Latency of sequential calls (ms); calls/s of 1 caller and of many; CPU ms per call of the "
-              "coordinator, of all agents and of this client process, sequential / many callers (the "
-              "machine's load does not inflate these much; wall times it does)")
-        print(f"{'':<26} {'p50':>7} {'p90':>7} {'p99':>7} {'min':>7} {'1 /s':>7} {f'{args.callers} /s':>8}   "
-              f"{'coordinator':<11} {'agents':<11} {'client':<11}")
+        print("CPU ms per call, over both measurements: of the coordinator, of all agents, of this "
+              "client process (the machine's load does not inflate these much; wall times it does)")
+        print(f"{'':<28} {'p50 ms':>8} {'p90 ms':>8} {'min ms':>8} {'seq /s':>10} "
+              f"{f'{args.callers} callers /s':>14} {'coord CPU':>11} {'agents CPU':>11} {'client CPU':>11}")
         pids = [cluster.coordinators[leader].pid, *(a.pid for a in cluster.agents)]
         for name, call in (("bare gRPC unary (health)", bare), ("lepton sum of 1,024 f32", job)):
             latencies(call, args.jobs // 10)
-            lat, one = cpu_used(pids, latencies, call, args.jobs)
-            rate, many = cpu_used(pids, throughput, call, args.jobs, args.callers)
-            report(name, lat, len(lat) / sum(lat), rate, [[c / args.jobs for c in one], [c / args.jobs for c in many]])
+            before, client_before = [cpu_seconds(p) for p in pids], time.process_time()
+            lat = latencies(call, args.jobs)
+            rate = throughput(call, args.jobs, args.callers)
+            used = [cpu_seconds(p) - b for p, b in zip(pids, before)]
+            cpu = [used[0] / (2 * args.jobs), sum(used[1:]) / (2 * args.jobs),
+                   (time.process_time() - client_before) / (2 * args.jobs)]
+            report(name, lat, len(lat) / sum(lat), rate, cpu)
         channel.close()
 
 

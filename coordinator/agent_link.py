@@ -11,8 +11,7 @@ import numpy as np
 
 from lepton.coordinator import metrics
 from lepton import sharedmem, wire
-from lepton.contract import SMALL_REPLY_TOO_LARGE
-from lepton.errors import LeptonError, ResourceExhausted, Unavailable
+from lepton.errors import LeptonError, Unavailable
 from lepton.v1 import agent_service_pb2 as pb, agent_service_pb2_grpc as pb_grpc, tensor_pb2
 
 
@@ -48,22 +47,6 @@ class CachedKeys:
         return len(self._keys)
 
 
-class RecentIds:
-    """A set of at most `limit` ids; the oldest is forgotten first."""
-
-    def __init__(self, limit: int):
-        self._ids: dict[str, None] = {}
-        self._limit = limit
-
-    def __contains__(self, key: str) -> bool:
-        return key in self._ids
-
-    def add(self, key: str) -> None:
-        self._ids[key] = None
-        while len(self._ids) > self._limit:
-            self._ids.pop(next(iter(self._ids)), None)
-
-
 class AgentLink:
     def __init__(self, address: str, channel: grpc.Channel | None = None):
         self.address = address
@@ -73,21 +56,9 @@ class AgentLink:
         self.send_rate: float | None = None
         self._channel = channel or grpc.insecure_channel(address)  # channel: with the cluster's credentials
         self._stub = pb_grpc.AgentServiceStub(self._channel)
-        service = "/lepton.v1.AgentService/"
-        # RunSmallTask is unary on the agent (its one reply costs the agent's server half what a
-        # stream of responses does), but called here as unary-stream: the wire is the same (one
-        # message each way, then the status), and gRPC then reads the reply on the calling thread
-        # (SingleThreadedUnaryStream, security.channel) while the call stays cancellable, where a
-        # unary future waits for the channel's polling thread and a blocking unary call cannot be
-        # cancelled (a lost agent's run must be).
-        self._small = self._channel.unary_stream(service + "RunSmallTask",
-                                                 request_serializer=pb.RunSmallTaskRequest.SerializeToString,
-                                                 response_deserializer=pb.RunSmallTaskResponse.FromString)
-        # Jobs whose small tasks' partials did not fit in one reply (the agent said so): their tasks
-        # go by RunTask. Bounded: the ids of finished jobs fall out.
-        self._large_replies = RecentIds(256)
         # The streams of bytes take requests serialized by hand (wire.framed_chunks: one copy of each
         # chunk, where protobuf made two and a TensorChunk object per chunk).
+        service = "/lepton.v1.AgentService/"
         self._run_raw = self._channel.stream_stream(service + "RunTask", request_serializer=None,
                                                     response_deserializer=pb.RunTaskResponse.FromString)
         self._cache_raw = self._channel.stream_unary(service + "CacheTensors", request_serializer=None,
@@ -178,6 +149,14 @@ class AgentLink:
             # is the link's (less a window's worth, buffered at the end).
             self._observe_send(sent, time.perf_counter() - start)
 
+        nbytes = sum(a.nbytes for a in streamed)
+        if nbytes <= SMALL_TASK_BYTES:  # one message: no request stream (and no thread) to drive
+            metrics.BYTES_TO_AGENTS.inc(nbytes)
+            call = self._start(self._stub.RunSmallTask, pb.RunSmallTaskRequest(task=task, chunks=wire.chunks(streamed)),
+                               timeout=timeout)
+        else:
+            call = self._start(self._run_raw, requests(), timeout=timeout)
+        on_call(call)
         def node_done(node, assembler):
             metrics.BYTES_FROM_AGENTS.inc(assembler.bytes_received)
             timings = [(t.partition, t.device, t.started_at, t.finished_at) for t in node.timings]
@@ -187,32 +166,16 @@ class AgentLink:
             partial = sharedmem.WRITTEN if node.written else assembler.finish()
             return node.range_start, node.range_end, partial, timings
 
-        nbytes = sum(a.nbytes for a in streamed)
+        node = assembler = None
         try:
-            if nbytes <= SMALL_TASK_BYTES and job.id not in self._large_replies:
-                # One message each way: a unary call costs both servers about half what a stream does.
-                try:
-                    reply = self._small_task(task, streamed, timeout, on_call, referenced, shared)
-                except ResourceExhausted as exc:
-                    if SMALL_REPLY_TOO_LARGE not in exc.details:
-                        raise
-                    self._large_replies.add(job.id)  # its partials stream from now on (later rounds too)
-                else:
-                    cached.update(sending)
-                    for node in reply.partials:
-                        assembler = wire.TensorAssembler(node.tensors)
-                        for chunk in node.chunks:
-                            assembler.add(chunk)
-                        yield node_done(node, assembler)
-                    return
-            call = self._start(self._run_raw, requests(), timeout=timeout)
-            on_call(call)
-            node = assembler = None
             try:
                 responses = iter(call)
                 first = next(responses, None)
             except grpc.RpcError as exc:
-                self._failed(exc, referenced, shared)
+                if exc.code() == grpc.StatusCode.NOT_FOUND:
+                    cached.discard(referenced)
+                    if shared and sharedmem.UNAVAILABLE in (exc.details() or ""):
+                        self.same_host = False  # the run goes again, with bytes
                 raise
             cached.update(sending)
             for response in itertools.chain([first] if first is not None else [], responses):
@@ -232,32 +195,6 @@ class AgentLink:
             # shared memory they lie in is freed when the job ends (the agent read them all by the
             # time it answers).
             streamed.clear()
-
-    def _small_task(self, task, streamed, timeout, on_call, referenced, shared) -> pb.RunSmallTaskResponse:
-        """The task and its inputs' bytes in one RunSmallTask request; its one reply."""
-        request = pb.RunSmallTaskRequest(task=task, chunks=wire.chunks(streamed))
-        metrics.BYTES_TO_AGENTS.inc(sum(a.nbytes for a in streamed))
-        call = self._start(self._small, request, timeout=timeout)
-        del request  # (the views' bytes were copied into it; no frame of a traceback keeps them)
-        on_call(call)
-        try:
-            replies = list(call)  # the reply, then the status
-        except grpc.RpcError as exc:
-            self._failed(exc, referenced, shared)
-            if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
-                raise ResourceExhausted(exc.details() or "") from None
-            raise
-        if len(replies) != 1:
-            raise Unavailable(f"the agent at {self.address} answered RunSmallTask with {len(replies)} replies, "
-                              f"not one: is it of another version?")
-        return replies[0]
-
-    def _failed(self, exc: grpc.RpcError, referenced: set, shared: list) -> None:
-        """What a failed call says of the agent's cache and shared memory."""
-        if exc.code() == grpc.StatusCode.NOT_FOUND:
-            self.cached.discard(referenced)
-            if shared and sharedmem.UNAVAILABLE in (exc.details() or ""):
-                self.same_host = False  # the run goes again, with bytes
 
     def _shared(self, array: np.ndarray):
         """Where `array` lies in shared memory the agent can map, or None (then its bytes go)."""

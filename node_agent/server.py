@@ -6,9 +6,8 @@ from concurrent import futures
 import grpc
 import numpy as np
 
-from lepton.errors import InvalidInput, LeptonError, NotCached, ResourceExhausted
+from lepton.errors import InvalidInput, LeptonError, NotCached
 from lepton import security, sharedmem, wire
-from lepton.contract import SMALL_REPLY_TOO_LARGE
 from lepton.decoding import ParseInHandler
 from lepton.rpc_errors import maps_errors
 from lepton.v1 import agent_service_pb2 as pb, agent_service_pb2_grpc as pb_grpc
@@ -20,9 +19,6 @@ from lepton.agent.agent import Agent, TaskInput
 # A partial of at most this many bytes goes in its header's message (PartialHeader.chunks): each
 # message a server streams waits for gRPC's polling thread, so one message per node beats two.
 INLINE_PARTIAL_BYTES = 256 << 10
-# The most partial bytes one RunSmallTask reply carries (below the 8 MiB message limit); beyond, the
-# agent says so (SMALL_REPLY_TOO_LARGE) and the coordinator runs the task again with RunTask.
-SMALL_REPLY_BYTES = 4 << 20
 
 
 class AgentServicer(pb_grpc.AgentServiceServicer):
@@ -38,13 +34,7 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
 
     @maps_errors
     def RunSmallTask(self, request, context):
-        partials, nbytes = [], 0
-        for partial in self._run(request.task, request.chunks, context, _inline_only):
-            nbytes += sum(t.total_bytes for t in partial.tensors)
-            if nbytes > SMALL_REPLY_BYTES:
-                raise ResourceExhausted(f"{SMALL_REPLY_TOO_LARGE} (over {SMALL_REPLY_BYTES >> 20} MiB)")
-            partials.append(partial)
-        return pb.RunSmallTaskResponse(partials=partials)
+        yield from self._run(request.task, request.chunks, context, pb.RunSmallTaskResponse)
 
     def _run(self, task, chunks, context, response):
         writer = None
@@ -124,14 +114,6 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
             split.append(dict(values[position:position + len(partition.inputs)]))
             position += len(partition.inputs)
         return split, dict(values[position:]), [p.row_offset for p in task.partitions]
-
-
-def _inline_only(partial=None, chunk=None):
-    """RunSmallTask's stand-in for a response message: the partial header itself (its bytes inline);
-    a partial too big to ride inline cannot go in the one reply."""
-    if chunk is not None:
-        raise ResourceExhausted(f"{SMALL_REPLY_TOO_LARGE} (a partial over {INLINE_PARTIAL_BYTES >> 10} KiB)")
-    return partial
 
 
 def map_shared(items) -> list[np.ndarray]:

@@ -65,9 +65,3 @@ def parse_dataset_key(key: str) -> tuple[str, str, int, str] | None:
     if not name or not version or not partition.isdigit():
         return None
     return name, version, int(partition), part
-
-
-# -- the small-task reply -------------------------------------------------------------------
-# RunSmallTask answers all its partials in one message. An agent whose partials do not fit says so
-# with RESOURCE_EXHAUSTED and this phrase, and the coordinator runs the task again with RunTask.
-SMALL_REPLY_TOO_LARGE = "the partials do not fit in one RunSmallTask reply"

@@ -219,10 +219,12 @@ class RunSmallTaskRequest(_message.Message):
     def __init__(self, task: _Optional[_Union[Task, _Mapping]] = ..., chunks: _Optional[_Iterable[_Union[_tensor_pb2.TensorChunk, _Mapping]]] = ...) -> None: ...
 
 class RunSmallTaskResponse(_message.Message):
-    __slots__ = ("partials",)
-    PARTIALS_FIELD_NUMBER: _ClassVar[int]
-    partials: _containers.RepeatedCompositeFieldContainer[PartialHeader]
-    def __init__(self, partials: _Optional[_Iterable[_Union[PartialHeader, _Mapping]]] = ...) -> None: ...
+    __slots__ = ("partial", "chunk")
+    PARTIAL_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    partial: PartialHeader
+    chunk: _tensor_pb2.TensorChunk
+    def __init__(self, partial: _Optional[_Union[PartialHeader, _Mapping]] = ..., chunk: _Optional[_Union[_tensor_pb2.TensorChunk, _Mapping]] = ...) -> None: ...
 
 class RunTaskResponse(_message.Message):
     __slots__ = ("partial", "chunk")

@@ -205,7 +205,7 @@ class AgentServiceStub:
                 request_serializer=lepton_dot_v1_dot_agent__service__pb2.RunTaskRequest.SerializeToString,
                 response_deserializer=lepton_dot_v1_dot_agent__service__pb2.RunTaskResponse.FromString,
                 _registered_method=True)
-        self.RunSmallTask = channel.unary_unary(
+        self.RunSmallTask = channel.unary_stream(
                 '/lepton.v1.AgentService/RunSmallTask',
                 request_serializer=lepton_dot_v1_dot_agent__service__pb2.RunSmallTaskRequest.SerializeToString,
                 response_deserializer=lepton_dot_v1_dot_agent__service__pb2.RunSmallTaskResponse.FromString,
@@ -237,10 +237,7 @@ class AgentServiceServicer:
 
     def RunSmallTask(self, request, context):
         """RunTask for a task whose inputs fit in one message: the task and all its chunks
-        in one request, and all its partials in one reply (a unary call costs both
-        servers about half what a stream of responses does). An agent whose partials
-        would not fit in the reply answers RESOURCE_EXHAUSTED saying so, and the
-        coordinator runs the task again with RunTask.
+        in one request (no request stream to drive), the same responses.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -269,7 +266,7 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     request_deserializer=lepton_dot_v1_dot_agent__service__pb2.RunTaskRequest.FromString,
                     response_serializer=lepton_dot_v1_dot_agent__service__pb2.RunTaskResponse.SerializeToString,
             ),
-            'RunSmallTask': grpc.unary_unary_rpc_method_handler(
+            'RunSmallTask': grpc.unary_stream_rpc_method_handler(
                     servicer.RunSmallTask,
                     request_deserializer=lepton_dot_v1_dot_agent__service__pb2.RunSmallTaskRequest.FromString,
                     response_serializer=lepton_dot_v1_dot_agent__service__pb2.RunSmallTaskResponse.SerializeToString,
@@ -334,7 +331,7 @@ class AgentService:
             wait_for_ready=None,
             timeout=None,
             metadata=None):
-        return grpc.experimental.unary_unary(
+        return grpc.experimental.unary_stream(
             request,
             target,
             '/lepton.v1.AgentService/RunSmallTask',
