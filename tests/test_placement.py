@@ -204,12 +204,7 @@ def test_slowdown_mid_job_moves_work_off_the_device(clusters):
     of the rest than it would at full speed; the result is bitwise the undisturbed cluster's."""
     x = gram_input()
     undisturbed, _ = run_gram(clusters[2].client(timeout=240), x)
-    # BLAS threads as in the two-agent cluster above (LocalCluster gives each agent its share of the
-    # cores; one with agents=0 would give these two all of them): syrk's rounding depends on how
-    # OpenBLAS splits it over threads, and the bits must differ by placement only.
-    threads = {v: str(max(1, (os.cpu_count() or 1) // 2)) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                                                                     "MKL_NUM_THREADS")}
-    with lepton.LocalCluster(agents=0, env=threads) as cluster:
+    with lepton.LocalCluster(agents=0) as cluster:  # one BLAS thread per agent, as in clusters[2]
         cluster.add_agent("numpy", ["--name", "steady"])
         cluster.add_agent("numpy", ["--name", "slowing", "--test-throttle-after", "8:10"])
         client = cluster.client(timeout=240)
