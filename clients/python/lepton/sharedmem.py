@@ -125,25 +125,36 @@ class SharedArrays:
         self.close()
 
 
+def open_memfd(host: str, pid: int, fd: int, name: str, flags: int, what: str = "buffer") -> int:
+    """A descriptor of this process's own for the Lepton memfd `name` that process `pid` on this host
+    holds as `fd`, opened with `flags`; checked on the descriptor we hold, not on the path (which
+    could change in between). Raises FailedPrecondition (the caller falls back to streaming)."""
+    if host != host_id() or not host:
+        raise FailedPrecondition(f"{UNAVAILABLE}: the {what} is on another host (or pid namespace)")
+    if not NAME.match(name):
+        raise FailedPrecondition(f"{UNAVAILABLE}: {name!r} is not the name of a Lepton buffer")
+    path = f"/proc/{int(pid)}/fd/{int(fd)}"
+    try:
+        own = os.open(path, flags | os.O_CLOEXEC)
+    except OSError as exc:
+        mode = " for writing" if flags & (os.O_RDWR | os.O_WRONLY) else ""
+        raise FailedPrecondition(f"{UNAVAILABLE}: cannot open {path}{mode}: {exc.strerror}") from None
+    try:
+        if os.readlink(f"/proc/self/fd/{own}") != f"/memfd:{name} (deleted)" or not stat.S_ISREG(os.fstat(own).st_mode):
+            raise FailedPrecondition(f"{UNAVAILABLE}: {path} is not the memfd {name!r}")
+    except BaseException:
+        os.close(own)
+        raise
+    return own
+
+
 class SharedFile:
     """A Lepton memfd of a process on this host, opened by this one: its descriptor (so that this
     process can hand it on) and a read-only mapping of all of it."""
 
     def __init__(self, host: str, pid: int, fd: int, name: str):
-        if host != host_id() or not host:
-            raise FailedPrecondition(f"{UNAVAILABLE}: the buffer is on another host (or pid namespace)")
-        if not NAME.match(name):
-            raise FailedPrecondition(f"{UNAVAILABLE}: {name!r} is not the name of a Lepton buffer")
-        path = f"/proc/{int(pid)}/fd/{int(fd)}"
+        own = open_memfd(host, pid, fd, name, os.O_RDONLY)
         try:
-            own = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as exc:
-            raise FailedPrecondition(f"{UNAVAILABLE}: cannot open {path}: {exc.strerror}") from None
-        try:
-            # Checked on the descriptor we hold, not on the path (which could change in between).
-            if (os.readlink(f"/proc/self/fd/{own}") != f"/memfd:{name} (deleted)"
-                    or not stat.S_ISREG(os.fstat(own).st_mode)):
-                raise FailedPrecondition(f"{UNAVAILABLE}: {path} is not the memfd {name!r}")
             if fcntl.fcntl(own, fcntl.F_GET_SEALS) & SEALS != SEALS:
                 raise FailedPrecondition(f"{UNAVAILABLE}: the memfd {name!r} is not sealed against writes")
             self.size = os.fstat(own).st_size
@@ -312,19 +323,8 @@ class ResultFile:
     of it. Checked like SharedFile, except that it must be open to writes."""
 
     def __init__(self, host: str, pid: int, fd: int, name: str, fresh: bool = False):
-        if host != host_id() or not host:
-            raise FailedPrecondition(f"{UNAVAILABLE}: the result buffer is on another host (or pid namespace)")
-        if not NAME.match(name):
-            raise FailedPrecondition(f"{UNAVAILABLE}: {name!r} is not the name of a Lepton buffer")
-        path = f"/proc/{int(pid)}/fd/{int(fd)}"
+        own = open_memfd(host, pid, fd, name, os.O_RDWR, what="result buffer")
         try:
-            own = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-        except OSError as exc:
-            raise FailedPrecondition(f"{UNAVAILABLE}: cannot open {path} for writing: {exc.strerror}") from None
-        try:
-            if (os.readlink(f"/proc/self/fd/{own}") != f"/memfd:{name} (deleted)"
-                    or not stat.S_ISREG(os.fstat(own).st_mode)):
-                raise FailedPrecondition(f"{UNAVAILABLE}: {path} is not the memfd {name!r}")
             seals = fcntl.fcntl(own, fcntl.F_GET_SEALS)
             if seals & WRITE_SEALS or (fresh and (seals or os.fstat(own).st_size)):
                 raise FailedPrecondition(f"{UNAVAILABLE}: the memfd {name!r} is sealed or not empty")
