@@ -18,7 +18,8 @@ Two policies (`lepton coordinator --placement`):
              `steal_backlog` behind. The policy before speeds, kept for comparison.
 
 Both are called by the scheduler under its lock, holding the job's lock; run sizes are further
-capped by the agent's free credits (Scheduler.run_size).
+capped by the agent's free credits (Scheduler.run_size), except runs of partitions resident on the
+agent, which ship nothing, once the placement says its share sizes them (`sizes_resident_runs`).
 """
 from __future__ import annotations
 
@@ -141,6 +142,9 @@ class CreditsPlacement:
     def steal(self, job: Job, agent: Agent, home: Agent) -> int:
         return job.parts.count if job.parts.backlog(home.id) > self.steal_backlog else 0
 
+    def sizes_resident_runs(self, job: Job, agent: Agent, capable: list[Agent]) -> bool:
+        return False  # blind to speed: resident runs stay small, so that a slow agent's can move
+
     def observe(self, agent: Agent, job: Job, timings: list[tuple]) -> None:
         pass
 
@@ -179,6 +183,15 @@ class SpeedPlacement:
         """Fastest first (unmeasured ones last), so the fast agents take their shares first."""
         rates = self._rates(job, capable)
         return sorted(capable, key=lambda a: (-(rates[a.id] or 0.0), a.in_flight / a.credits))
+
+    def sizes_resident_runs(self, job: Job, agent: Agent, capable: list[Agent]) -> bool:
+        """Whether the share alone sizes a run of partitions resident on the agent (the scheduler
+        caps other runs by bytes). Yes once every capable agent is measured for the op, or when it
+        is the only one: the share then holds what the agent will finish in time. Not while the
+        agents are still being measured: a large run on an agent that proves slow could not move
+        (a throttled agent's first runs held half its block and were left to speculation)."""
+        rates = self._rates(job, capable)
+        return len(capable) == 1 or all(rates.values())
 
     def share(self, job: Job, agent: Agent, capable: list[Agent], floor: int, local: bool = False) -> int:
         """Partitions for the agent's next run (0: none now); `local`: some of the job's ready

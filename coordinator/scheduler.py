@@ -184,12 +184,16 @@ class Scheduler:
                                    f"start one with `lepton agent --coordinator ADDRESS --device ...`")
         return None
 
-    def run_size(self, job: Job, agent: Agent, capable: list[Agent]) -> int:
-        """How many partitions the agent's next run of the job may hold (0: none now).
+    def run_size(self, job: Job, agent: Agent, capable: list[Agent], resident: bool = False) -> int:
+        """How many partitions the agent's next run of the job may hold (0: none now); `resident`:
+        the run's partitions are resident on this agent.
 
         The placement's share for this agent (lepton.coordinator.placement), never less than a floor
-        unless the placement says none; and no more than half the agent's credits' worth of bytes,
-        so the next run's transfer overlaps this one's compute.
+        unless the placement says none; and for a run that ships its rows, no more than half the
+        agent's credits' worth of bytes, so the next run's transfer overlaps this one's compute. A
+        resident run ships nothing: once the placement says so, its share alone sizes it (capped by
+        bytes, a 1 GiB dataset's describe went in 128 runs of one 8 MiB partition, and half of each
+        agent's time was the runs' fixed cost between its kernels: benchmarks/peers/w1_resident.py).
         """
         free = agent.credits - agent.in_flight
         if free < min(1.0, self.credits_of(job, 1)):  # no room for one partition (or a whole credit)
@@ -201,19 +205,22 @@ class Scheduler:
         # cost is microseconds).
         floor = min(-(-(self.unit_bytes // 8) // int(per_partition)), -(-job.plan.count // len(capable)))
         share = self.placement.share(job, agent, capable, floor, local=job.parts.backlog(agent.id) > 0)
-        if share <= 0:
-            return 0
+        if share <= 0 or (resident and self.placement.sizes_resident_runs(job, agent, capable)):
+            return max(0, share)
         by_bytes = int(min(free, max(1, agent.credits // 2)) * self.unit_bytes // per_partition)
         return max(1, min(share, by_bytes))
 
-    def credits_of(self, job: Job, partitions: int) -> float:
+    def credits_of(self, job: Job, partitions: int, resident: bool = False) -> float:
         # Eighths only for a job of one partition (the small jobs they are for). A job of many
         # partitions takes whole credits: with eighths a slow agent took 8x its share in flight at
         # once, so no backlog was left to move off it (tests/test_datasets.py, 16 behind), and an
         # early job lost running estimates (tests/test_early.py).
         steps = CREDIT_STEPS if job.plan.count == 1 and job.early is None else 1
         units = -(-int(partitions * job.partition_bytes * steps) // self.unit_bytes)
-        return max(1, units) / steps  # eighths add and subtract exactly in floating point
+        cost = max(1, units) / steps  # eighths add and subtract exactly in floating point
+        # A resident run holds no bytes in transit and none buffered: one credit (one run computing)
+        # whatever its size, so that another job's run still finds room on the agent beside it.
+        return min(cost, 1.0) if resident else cost
 
     def _take_run(self, job: Job, agent: Agent, capable: list[Agent], capable_ids: set[str],
                   live: dict[str, Agent]) -> Run | None:
@@ -222,28 +229,30 @@ class Scheduler:
             return None
         if agent.in_flight >= agent.credits:
             return None
-        limit = min(self.run_size(job, agent, capable), job.max_run)
-        if limit <= 0:
-            if not parts.failed_on:
-                return None
-            # A partition that failed elsewhere may have only this agent left to run it, whatever
-            # its speed: one partition then, so that no retry waits on an agent it may not use.
-            limit = 1
 
         def eligible(p: int) -> bool:
             # Retry elsewhere while some capable agent has not failed it yet.
             failed_on = parts.failed_on.get(p)
             return not failed_on or agent.id not in failed_on or failed_on >= capable_ids
 
-        # Tiers of homes: resident here or nowhere; then resident on an agent that is gone; then on
-        # a live one, as many as the placement says are worth moving.
-        first, last = None, None
-        for tier in ([agent.id, None], [h for h in parts.ready if h not in live and h is not None]):
+        # Tiers of homes: resident here; then nowhere (streamed); then resident on an agent that is
+        # gone; then on a live one, as many as the placement says are worth moving.
+        first = next((p for p in parts.ready.get(agent.id, ()) if eligible(p)), None)
+        resident, last = first is not None, None
+        limit = min(self.run_size(job, agent, capable, resident), job.max_run)
+        if limit <= 0:
+            if not parts.failed_on:
+                return None
+            # A partition that failed elsewhere may have only this agent left to run it, whatever
+            # its speed: one partition then, so that no retry waits on an agent it may not use.
+            limit = 1
+        tiers = ([None], [h for h in parts.ready if h not in live and h is not None]) if first is None else ()
+        for tier in tiers:
             first = next((p for h in tier for p in parts.ready.get(h, ()) if eligible(p)), None)
             if first is not None:
                 break
         else:
-            for h in [h for h in parts.ready if h in live and h != agent.id]:
+            for h in [h for h in parts.ready if h in live and h != agent.id] if first is None else ():
                 moves = self.placement.steal(job, agent, live[h])
                 # Moved ones come off the end of the home's ready partitions, which it works through
                 # from the front: both then keep contiguous runs (from the front, the two interleaved
@@ -266,7 +275,7 @@ class Scheduler:
             while (hi - first < limit and hi < parts.count and parts.state[hi] is PartitionState.READY
                    and parts.queued_home[hi] == home and eligible(hi)):
                 hi += 1
-        run = Run(first, hi, agent.id, job.round, credits=self.credits_of(job, hi - first))
+        run = Run(first, hi, agent.id, job.round, credits=self.credits_of(job, hi - first, resident))
         job.start_run(run)
         agent.in_flight += run.credits
         return run
