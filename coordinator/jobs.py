@@ -143,6 +143,10 @@ class Job:
         self.id, self.op, self.params, self.plan = job_id, op, params, plan
         self.inputs = inputs  # a TensorAssembler over the inputs streamed with the job
         self.names = [h.name for h in inputs.headers]
+        # The split inputs all lie in the client's shared memory: an agent on this host maps a run's
+        # rows, so no run ships them (Scheduler.run_size).
+        split = [i for i, n in enumerate(self.names) if n in op.split_inputs]
+        self.split_in_shared_memory = bool(split) and all(i in inputs.shared for i in split)
         self.datasets = datasets or {}  # op input name -> (lepton.coordinator.datasets.Dataset, part)
         self.tree_arity, self.deadline = tree_arity, deadline
         self.record = JobRecord(job_id, op.name, label, bytes_total=inputs.bytes_total,

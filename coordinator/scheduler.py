@@ -184,16 +184,16 @@ class Scheduler:
                                    f"start one with `lepton agent --coordinator ADDRESS --device ...`")
         return None
 
-    def run_size(self, job: Job, agent: Agent, capable: list[Agent], resident: bool = False) -> int:
-        """How many partitions the agent's next run of the job may hold (0: none now); `resident`:
-        the run's partitions are resident on this agent.
+    def run_size(self, job: Job, agent: Agent, capable: list[Agent], in_place: bool = False) -> int:
+        """How many partitions the agent's next run of the job may hold (0: none now); `in_place`:
+        the run's rows are on the agent's host already (resident there, or in shared memory it maps).
 
         The placement's share for this agent (lepton.coordinator.placement), never less than a floor
         unless the placement says none; and for a run that ships its rows, no more than half the
         agent's credits' worth of bytes, so the next run's transfer overlaps this one's compute. A
-        resident run ships nothing: once the placement says so, its share alone sizes it (capped by
+        run in place ships nothing: once the placement says so, its share alone sizes it (capped by
         bytes, a 1 GiB dataset's describe went in 128 runs of one 8 MiB partition, and half of each
-        agent's time was the runs' fixed cost between its kernels: benchmarks/peers/w1_resident.py).
+        agent's time was the runs' fixed cost between its kernels: benchmarks/peers/resident.py).
         """
         free = agent.credits - agent.in_flight
         if free < min(1.0, self.credits_of(job, 1)):  # no room for one partition (or a whole credit)
@@ -205,12 +205,12 @@ class Scheduler:
         # cost is microseconds).
         floor = min(-(-(self.unit_bytes // 8) // int(per_partition)), -(-job.plan.count // len(capable)))
         share = self.placement.share(job, agent, capable, floor, local=job.parts.backlog(agent.id) > 0)
-        if share <= 0 or (resident and self.placement.sizes_resident_runs(job, agent, capable)):
+        if share <= 0 or (in_place and self.placement.sizes_resident_runs(job, agent, capable)):
             return max(0, share)
         by_bytes = int(min(free, max(1, agent.credits // 2)) * self.unit_bytes // per_partition)
         return max(1, min(share, by_bytes))
 
-    def credits_of(self, job: Job, partitions: int, resident: bool = False) -> float:
+    def credits_of(self, job: Job, partitions: int, in_place: bool = False) -> float:
         # Eighths only for a job of one partition (the small jobs they are for). A job of many
         # partitions takes whole credits: with eighths a slow agent took 8x its share in flight at
         # once, so no backlog was left to move off it (tests/test_datasets.py, 16 behind), and an
@@ -218,9 +218,9 @@ class Scheduler:
         steps = CREDIT_STEPS if job.plan.count == 1 and job.early is None else 1
         units = -(-int(partitions * job.partition_bytes * steps) // self.unit_bytes)
         cost = max(1, units) / steps  # eighths add and subtract exactly in floating point
-        # A resident run holds no bytes in transit and none buffered: one credit (one run computing)
+        # A run in place holds no bytes in transit and none buffered: one credit (one run computing)
         # whatever its size, so that another job's run still finds room on the agent beside it.
-        return min(cost, 1.0) if resident else cost
+        return min(cost, 1.0) if in_place else cost
 
     def _take_run(self, job: Job, agent: Agent, capable: list[Agent], capable_ids: set[str],
                   live: dict[str, Agent]) -> Run | None:
@@ -239,7 +239,10 @@ class Scheduler:
         # gone; then on a live one, as many as the placement says are worth moving.
         first = next((p for p in parts.ready.get(agent.id, ()) if eligible(p)), None)
         resident, last = first is not None, None
-        limit = min(self.run_size(job, agent, capable, resident), job.max_run)
+        # Rows the agent maps from the client's shared memory cost it no transfer either.
+        in_place = resident or (job.split_in_shared_memory and getattr(agent.link, "same_host", False)
+                                and bool(parts.ready.get(None)))
+        limit = min(self.run_size(job, agent, capable, in_place), job.max_run)
         if limit <= 0:
             if not parts.failed_on:
                 return None
@@ -275,7 +278,7 @@ class Scheduler:
             while (hi - first < limit and hi < parts.count and parts.state[hi] is PartitionState.READY
                    and parts.queued_home[hi] == home and eligible(hi)):
                 hi += 1
-        run = Run(first, hi, agent.id, job.round, credits=self.credits_of(job, hi - first, resident))
+        run = Run(first, hi, agent.id, job.round, credits=self.credits_of(job, hi - first, in_place and home in (agent.id, None)))
         job.start_run(run)
         agent.in_flight += run.credits
         return run

@@ -43,6 +43,42 @@ def small_job_figures(call, callers: int = 16, sequential: int = 200, per_caller
     return {"p50_s": statistics.median(latencies), "jobs_per_s": callers * per_caller / (time.perf_counter() - start)}
 
 
+def lepton_job(c, name: str, data: dict, resident: bool, stats: str = "sum,min,max", **put_options):
+    """The workload as a call on client `c` and a cleanup; `resident`: its data put first (with
+    put_options); `stats`: W1's describe (what MPI computes; "all": describe's every statistic)."""
+    names = []
+
+    def put(key, array):
+        names.append(key)
+        # durable: the put returns once the coordinator's copy is on its disk; writing 1 GiB in
+        # the background took its CPU and the disk during the first timed runs.
+        return c.put(key, array, replace=True, durable=True, **put_options) if resident else array
+
+    if name == "W1":
+        x = put("w1", data["x"])
+        kw = {} if stats == "all" else {"stats": stats}
+        run = lambda: c.describe(x, **kw)  # noqa: E731 - one job, one pass
+    elif name == "W2":
+        a, b = put("w2", data["a"]), data["b"]  # b goes whole to each agent (cached there)
+        run = lambda: c.matmul(a, b)  # noqa: E731
+    elif name == "W3":
+        a, x = put("w3", data["a"]), data["x"]
+        run = lambda: c.spmm(a, x)  # noqa: E731
+    elif name == "W4":
+        x = put("w4", data["x"])
+        run = lambda: c.kmeans(x, centroids=data["start"], max_iter=data["iterations"], tol=0.0)  # noqa: E731
+    elif name == "W5":
+        x = put("w5", data["x"])
+        run = lambda: c.gram(x)["xtx"]  # noqa: E731
+    else:
+        raise KeyError(name)
+
+    def cleanup():
+        for n in names if resident else ():
+            c.drop(n)
+    return run, cleanup
+
+
 class Lepton:
     label = "Lepton"
 
@@ -58,37 +94,7 @@ class Lepton:
         self.cluster.close()
 
     def prepare(self, name: str, data: dict, mode: str):
-        c, resident = self.client, mode == "resident"
-        names = []
-
-        def put(key, array):
-            names.append(key)
-            # durable: the put returns once the coordinator's copy is on its disk; writing 1 GiB in
-            # the background took its CPU and the disk during the first timed runs.
-            return c.put(key, array, replace=True, durable=True) if resident else array
-
-        if name == "W1":
-            x = put("w1", data["x"])
-            run = lambda: c.describe(x, stats="sum,min,max")  # noqa: E731 - one job, one pass: what MPI computes
-        elif name == "W2":
-            a, b = put("w2", data["a"]), data["b"]  # b goes whole to each agent (cached there)
-            run = lambda: c.matmul(a, b)  # noqa: E731
-        elif name == "W3":
-            a, x = put("w3", data["a"]), data["x"]
-            run = lambda: c.spmm(a, x)  # noqa: E731
-        elif name == "W4":
-            x = put("w4", data["x"])
-            run = lambda: c.kmeans(x, centroids=data["start"], max_iter=data["iterations"], tol=0.0)  # noqa: E731
-        elif name == "W5":
-            x = put("w5", data["x"])
-            run = lambda: c.gram(x)["xtx"]  # noqa: E731
-        else:
-            raise KeyError(name)
-
-        def cleanup():
-            for n in names if resident else ():
-                c.drop(n)
-        return run, cleanup
+        return lepton_job(self.client, name, data, resident=mode == "resident")
 
     def small_jobs(self, x: np.ndarray) -> tuple[dict, object]:
         return small_job_figures(lambda: self.client.sum(x)), self.client.sum(x)
