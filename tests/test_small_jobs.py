@@ -57,6 +57,27 @@ def test_a_run_of_a_many_partition_job_takes_one_credit_per_8_mib(coordinator):
     assert scheduler.credits_of(job, 129) == 2.0
 
 
+def test_a_run_in_place_is_sized_by_the_share_once_the_agents_are_measured(coordinator):
+    """ARCHITECTURE.md §4: a run whose rows are on its agent's host already (resident there, or in the
+    client's shared memory) ships nothing, so once every agent is measured it holds the placement's
+    share, for one credit; a run that ships its rows holds half the agent's 2 credits' worth of bytes
+    (one 8 MiB partition), and so does a run in place while the agents are still being measured."""
+    scheduler = coordinator.scheduler
+    coordinator.membership.join("elsewhere", "127.0.0.1:10", [NumpyDevice().info()], 2)
+    agents = coordinator.membership.agents()
+    x = np.empty(64 << 21, dtype=np.float32)  # 64 partitions of 8 MiB (untouched: no memory)
+    job = coordinator.submit("sum", {}, [wire.header("x", x, checksum=False)], Scheme.ROW_BLOCKS, 64, 0, 0, "", None)
+    with scheduler.cond, job.lock:
+        job.parts.release(job.plan.count)  # as if the rows had arrived (the dispatcher is locked out)
+        assert scheduler.run_size(job, agents[0], agents, in_place=True) == 1  # not measured yet
+        for agent in agents:  # 8 GB/s each: 0.2 s of compute (MIN_RUN_SECONDS) is the whole share
+            scheduler.placement.speeds.observe(agent.id, "sum", agent.devices[0].name, 8 << 20, 1e-3)
+        assert scheduler.run_size(job, agents[0], agents) == 1
+        assert scheduler.run_size(job, agents[0], agents, in_place=True) == 32
+        assert scheduler.credits_of(job, 32) == 32.0
+        assert scheduler.credits_of(job, 32, in_place=True) == 1.0
+
+
 def test_a_held_small_job_is_left_to_its_caller(coordinator):
     scheduler = coordinator.scheduler
     x = np.arange(1024, dtype=np.float32)
