@@ -42,7 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", default=env("LEPTON_AGENT_NAME", f"{socket.gethostname()}-{os.getpid()}"),
                         help="name shown by `lepton status` [LEPTON_AGENT_NAME]")
     parser.add_argument("--credits", type=int, default=int(env("LEPTON_CREDITS", 0)),
-                        help="work accepted at once, in partitions of the coordinator's target size (0: two per device) [LEPTON_CREDITS]")
+                        help="work accepted at once, in partitions of the coordinator's target size; a run whose rows are "
+                             "on this host already (resident, or in a client's shared memory) counts as one "
+                             "(0: two per device) [LEPTON_CREDITS]")
     parser.add_argument("--cache-mib", type=float, default=float(env("LEPTON_CACHE_MIB", 2048)),
                         help="memory for tensors kept between tasks: dataset partitions, weights "
                              "[LEPTON_CACHE_MIB]")

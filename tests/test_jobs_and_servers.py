@@ -36,17 +36,39 @@ def in_flight_peak(trace, agent_id: str) -> int:
     return peak
 
 
-def test_an_agent_never_holds_more_partitions_than_its_credits():
-    # A credit is one partition of the coordinator's target size in flight (a run of smaller ones takes
-    # one per target size): with a target of one partition here (80,000 bytes), one credit each.
+def runs_in_flight_peak(trace, agent_id: str) -> int:
+    """Most runs an agent held at once: a run's partitions share the moment they were sent, and it is
+    held until its last partial is back."""
+    runs: dict[float, float] = {}
+    for p in trace.partitions:
+        if p.agent_id == agent_id:
+            runs[p.sent_at] = max(runs.get(p.sent_at, 0.0), p.received_at)
+    moments = sorted([(sent, 1) for sent in runs] + [(back, -1) for back in runs.values()])
+    held = peak = 0
+    for _, step in moments:
+        held += step
+        peak = max(peak, held)
+    return peak
+
+
+@pytest.mark.parametrize("shared_memory", [False, True], ids=["streamed", "in shared memory"])
+def test_an_agent_never_holds_more_work_than_its_credits(shared_memory):
+    """A credit is one partition of the coordinator's target size in flight (a run of smaller ones
+    takes one per target size): with a target of one partition here (80,000 bytes), one credit each.
+    A run whose rows the agent maps from the client's shared memory ships none of them and takes one
+    credit whatever its size (ARCHITECTURE.md §3): at most 4 such runs at once, of many partitions."""
     with lepton.LocalCluster(agents=1, agent_args=["--credits", "4", "--test-delay", "0.05:0.15"],
                              coordinator_args=["--target-partition-mib", "0.0763"]) as cluster:
-        client = cluster.client(timeout=120)
+        client = cluster.client(timeout=120, shared_memory=shared_memory)
         (agent,) = client.cluster_status().agents
-        job = client.submit("sum", np.ones(400_000), partitions=40)
+        job = client.submit("sum", np.ones(400_000), partitions=40)  # 3.2 MB: over shared memory's 1 MiB
         assert job.result()["sum"] == 400_000
-        peak = in_flight_peak(client.trace(job.job_id), agent.agent_id)
-        assert 2 <= peak <= 4, peak  # it used its credits, and never more
+        trace = client.trace(job.job_id)
+        peak, runs = in_flight_peak(trace, agent.agent_id), runs_in_flight_peak(trace, agent.agent_id)
+        if shared_memory:
+            assert 2 <= runs <= 4 < peak, (runs, peak)  # its credits in runs, and more partitions than that
+        else:
+            assert 2 <= peak <= 4, peak  # it used its credits, and never more
 
 
 @pytest.mark.parametrize("how", ["lepton cancel", "deadline"])
