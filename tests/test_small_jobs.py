@@ -1,6 +1,7 @@
 """The small-job path of issue 20 (W6): a one-partition job runs on its RPC's own thread, on the
-agent too, and many run at once without queueing for credits. Results are checked against NumPy
-(sums of float32 in float64: rtol 1e-6)."""
+agent too, and many run at once without queueing for credits; a tiny reduction runs in the
+coordinator itself (coordinator/inline.py), bitwise as an agent runs it. Results are checked against
+NumPy (sums of float32 in float64: rtol 1e-6; the inlined ops by tests/references.py's bounds)."""
 from __future__ import annotations
 
 import threading
