@@ -24,6 +24,7 @@ from lepton.coordinator import planner, results
 from lepton.coordinator.agent_link import AgentLink
 from lepton.coordinator.datasets import CSR_PARTS, DatasetStore
 from lepton.coordinator.early import EarlyAnswers, EarlyOptions
+from lepton.coordinator.inline import INLINE_BYTES, InlineRunner
 from lepton.coordinator.intake import SMALL_JOB_BYTES
 from lepton.coordinator.jobs import Job, JobRecord, JobState
 from lepton.coordinator.membership import Membership
@@ -55,6 +56,7 @@ class Config:
     placement: str = "speed"  # lepton.coordinator.placement: "speed" or "credits"
     max_agents: int = 1024  # registered at once; JoinCluster beyond it gets RESOURCE_EXHAUSTED
     test_save_delay: float = 0.0  # tests: a dataset copy's writer pauses before it flushes each file
+    inline_bytes: int = INLINE_BYTES  # tiny jobs of at most this many bytes run here (coordinator/inline.py); 0: never
 
 
 def adopt_shared(inputs: TensorAssembler, shared: dict) -> list:
@@ -106,6 +108,7 @@ class Coordinator:
         self.scheduler = Scheduler(self.membership, self.config.max_attempts, self.config.agent_wait,
                                    self.config.steal_backlog, self.config.target_partition_bytes,
                                    self.config.placement)
+        self.inline = InlineRunner(self.membership, self.config.inline_bytes)
         self._tmp = None if self.config.data_dir else tempfile.TemporaryDirectory(prefix="lepton-data-")
         self.datasets = DatasetStore(Path(self.config.data_dir or self._tmp.name), self.config.test_save_delay,
                                      reload=store is None, on_saved=self._dataset_saved,

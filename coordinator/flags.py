@@ -64,6 +64,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--placement", choices=("speed", "credits"), default=env("LEPTON_PLACEMENT", "speed"),
                         help="how runs are sized and placed: speed (by each device's measured throughput) or "
                              "credits (guided self-scheduling, blind to speed) [LEPTON_PLACEMENT]")
+    parser.add_argument("--inline-kib", type=float, default=float(env("LEPTON_INLINE_KIB", 64)),
+                        help="a reduction of one partition with at most this many KiB of input, which NumPy agents "
+                             "would run, is computed by the coordinator itself, saving the hop to an agent "
+                             "(its trace says agent 'coordinator'); 0: every job goes to an agent [LEPTON_INLINE_KIB]")
     credentials.add_server_arguments(parser, "coordinator")
     lifecycle.add_arguments(parser)
     # Tests: seconds the writer of a dataset's copy waits, its bytes in a temporary file, before it

@@ -29,7 +29,8 @@ def run(args: argparse.Namespace) -> int:
                     heartbeat_timeout=args.heartbeat_timeout, max_job_bytes=int(args.max_job_mib * (1 << 20)),
                     agent_wait=args.agent_wait, data_dir=args.data_dir,
                     max_active_bytes=int(args.max_active_mib * (1 << 20)), max_agents=args.max_agents,
-                    test_save_delay=args.test_slow_disk, placement=args.placement)
+                    test_save_delay=args.test_slow_disk, placement=args.placement,
+                    inline_bytes=int(args.inline_kib * 1024))
     leadership = store = None
     if args.etcd:  # high availability: a leader elected in etcd, and the metadata kept there
         from lepton.coordinator.etcd_store import EtcdStore

@@ -11,6 +11,8 @@ JOB_SECONDS = Histogram("lepton_job_seconds", "Seconds from submission to the en
                         buckets=(0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30, 100, 300, 1000))
 PARTITIONS = Counter("lepton_partitions_total", "Partition executions by outcome (done, retried, failed)",
                      ["outcome"])
+INLINE_PARTITIONS = Counter("lepton_inline_partitions_total",
+                            "Partitions of tiny jobs the coordinator computed itself (coordinator/inline.py)")
 INPUT_BYTES = Counter("lepton_input_bytes_total", "Input bytes received from clients")
 RESULT_BYTES = Counter("lepton_result_bytes_total", "Result bytes sent to clients")
 RESULT_SHARED_BYTES = Counter("lepton_result_shared_bytes_total",

@@ -41,6 +41,13 @@ def run(args: argparse.Namespace) -> int:
     if args.test_out_of_memory:
         for device in devices:
             device.run = _out_of_memory
+    # Said in the description: the coordinator then leaves even tiny jobs to us (contract.SLOWED_MARKS).
+    # (--test-throttle-after needs no mark: the device says "[throttled" once it slows down.)
+    hooks = [flag for flag, on in (("--test-delay", args.test_delay[1]), ("--test-out-of-memory", args.test_out_of_memory))
+             if on]
+    if hooks:
+        for device in devices:
+            device.description += f" [test hooks: {' '.join(hooks)}]"
     agent = Agent(devices, args.credits, args.test_delay, int(args.cache_mib * (1 << 20)), args.throttle,
                   args.test_throttle_after)
     listen = addresses.listen_address(args.listen, towards)

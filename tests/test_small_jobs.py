@@ -1,6 +1,7 @@
 """The small-job path of issue 20 (W6): a one-partition job runs on its RPC's own thread, on the
-agent too, and many run at once without queueing for credits. Results are checked against NumPy
-(sums of float32 in float64: rtol 1e-6)."""
+agent too, and many run at once without queueing for credits; a tiny reduction runs in the
+coordinator itself (coordinator/inline.py), bitwise as an agent runs it. Results are checked against
+NumPy (sums of float32 in float64: rtol 1e-6; the inlined ops by tests/references.py's bounds)."""
 from __future__ import annotations
 
 import threading
@@ -124,3 +125,98 @@ def test_an_idle_device_runs_a_lone_partition_on_the_tasks_thread(partitions):
         assert on_caller == ([True] if partitions == 1 else [False] * partitions)
     finally:
         agent.stop()
+
+
+# -- tiny jobs computed by the coordinator itself (coordinator/inline.py) -----------------------
+
+def _ran_on(client, job) -> list[tuple[str, str]]:
+    return [(a.agent_id, a.device) for a in client.trace(job.job_id).partitions]
+
+
+def test_a_tiny_job_runs_in_the_coordinator_bitwise_as_an_agent_runs_it_and_its_trace_says_so():
+    """Every inlined op on float32, float64 and int32 data: the coordinator's result is bitwise an
+    agent's (a cluster with --inline-kib 0, same run) and matches NumPy (tests/references.py bounds:
+    exact for min, max, count, histogram and integer sums)."""
+    from tests.references import assert_matches
+
+    rng = np.random.default_rng(20)
+    data = [rng.random(1024, dtype=np.float32), rng.standard_normal((300, 3)), rng.integers(-50, 50, 777).astype(np.int32)]
+    ops = {"sum": {}, "min": {}, "max": {}, "count": {}, "mean": {}, "var": {"ddof": 1}, "describe": {},
+           "histogram": {"bins": 8, "range": [-4.0, 4.0]}}
+    import lepton
+
+    with lepton.LocalCluster(agents=1) as inline, \
+            lepton.LocalCluster(agents=1, coordinator_args=["--inline-kib", "0"]) as agents:
+        here, there = inline.client(timeout=30), agents.client(timeout=30)
+        for x in data:
+            for op, params in ops.items():
+                if op == "histogram" and x.dtype.kind != "f":
+                    continue
+                job = here.submit(op, x, **params)
+                got = job.result()
+                assert _ran_on(here, job) == [("coordinator", "numpy:inline")], op
+                other = there.submit(op, x, **params)
+                want = other.result()
+                (agent_id, device), = _ran_on(there, other)
+                assert agent_id != "coordinator" and device == "numpy:0", (op, agent_id, device)
+                assert got.keys() == want.keys(), op
+                for name in want:
+                    a, b = np.asarray(got[name]), np.asarray(want[name])
+                    assert (a.dtype, a.shape, a.tobytes()) == (b.dtype, b.shape, b.tobytes()), (op, name, a, b)
+                assert_matches(op, x, got, **params)
+        # Small jobs by RunJob (client.sum and the like) take the same path.
+        assert here.sum(data[0]) == there.sum(data[0])
+
+
+def test_the_coordinator_inlines_only_tiny_reductions_that_plain_numpy_agents_would_run(coordinator):
+    from lepton.contract import DeviceInfo
+
+    inline = coordinator.inline
+    x = np.ones(1024, dtype=np.float32)
+    assert inline.eligible(_submit(coordinator, x))
+    assert not inline.eligible(_submit(coordinator, np.ones(64 << 10, dtype=np.float32)))  # 256 KiB: over 64 KiB
+    assert not inline.eligible(_submit(coordinator, x, partitions=2))
+    w = np.ones((4, 4), dtype=np.float32)
+    matmul = coordinator.submit("matmul", {}, [wire.header("a", w), wire.header("b", w)], Scheme.ROW_BLOCKS, 1, 0, 0,
+                                "", None)
+    assert not inline.eligible(matmul)  # BLAS: its bits may depend on the thread count
+    (agent,) = coordinator.membership.agents()
+    numpy_info = agent.devices[0]
+    slowed = NumpyDevice()
+    slowed.set_throttle(2)
+    for devices in ([slowed.info()],  # --throttle
+                    [DeviceInfo(**{**numpy_info.__dict__, "description": numpy_info.description +
+                                   " [test hooks: --test-delay]"})],
+                    [numpy_info, DeviceInfo("opencl:0", "opencl", "a GPU", 1 << 30, ["sum"])]):  # might run it there
+        agent.devices = devices
+        assert not inline.eligible(_submit(coordinator, x)), devices
+    agent.devices = [numpy_info]
+    inline.max_bytes = 0  # --inline-kib 0
+    assert not inline.eligible(_submit(coordinator, x))
+
+
+def test_an_inlined_job_is_traced_counted_and_off_the_dispatchers_list(coordinator):
+    from lepton.coordinator import metrics
+
+    x = np.random.default_rng(3).random(1000, dtype=np.float32)
+    before = metrics.INLINE_PARTITIONS._value.get()
+    job = _submit(coordinator, x)
+    InputReader(coordinator).start(job, wire.chunks([x]))  # the agent at 127.0.0.1:9 is never called
+    assert job.state.name == "SUCCEEDED"
+    np.testing.assert_allclose(job.result["sum"], x.astype(np.float64).sum(), rtol=1e-6)  # float32 pairwise
+    assert [(a.agent_id, a.device, a.outcome_text) for a in job.record.trace] == [("coordinator", "numpy:inline", "done")]
+    assert job.record.partitions_done == 1 and not job.runs and job not in coordinator.scheduler.jobs
+    assert metrics.INLINE_PARTITIONS._value.get() == before + 1
+
+
+def test_an_agent_with_test_hooks_runs_even_tiny_jobs():
+    """Tests that slow an agent down on purpose (--test-delay) must see their small jobs on it."""
+    import lepton
+
+    with lepton.LocalCluster(agents=1, agent_args=["--test-delay", "0.001"]) as cluster:
+        client = cluster.client(timeout=30)
+        job = client.submit("sum", np.ones(16, dtype=np.float32))
+        assert job.result()["sum"] == 16
+        (agent_id, device), = _ran_on(client, job)
+        assert agent_id != "coordinator" and device == "numpy:0"
+        assert "[test hooks: --test-delay]" in client.cluster_status().agents[0].devices[0].description

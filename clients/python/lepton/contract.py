@@ -36,6 +36,16 @@ class DeviceInfo:
     throughput: dict[str, float] = field(default_factory=dict)
 
 
+# What a device's description says when its runs are slowed on purpose: `lepton agent --throttle`
+# (lepton.backends.device) or a test hook (--test-delay and the like, node_agent/main.py). The
+# coordinator never computes such a device's jobs itself (coordinator/inline.py): they are meant to be slow.
+SLOWED_MARKS = (" [throttled ", " [test hooks: ")
+
+
+def slowed_on_purpose(info: DeviceInfo) -> bool:
+    return any(mark in info.description for mark in SLOWED_MARKS)
+
+
 # -- dataset cache keys ---------------------------------------------------------------------
 # The coordinator places dataset partitions in the agents' caches under these keys; an agent parses
 # its own keys back to announce what it holds when it (re)joins. Dataset names have no ':' and
