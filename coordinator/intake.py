@@ -48,10 +48,7 @@ class InputReader:
         if self.read(job, chunks, notify=False) and job.plan.count == 1:
             inline = self.c.inline
             if inline.eligible(job) and inline.run(job):  # tiny: computed here (coordinator/inline.py)
-                with scheduler.cond:  # done: off the dispatcher's list now, not at its next pass
-                    job.held = False
-                    if job in scheduler.jobs:
-                        scheduler.jobs.remove(job)
+                scheduler.done_here(job)
                 return
             scheduler.run_here(job)  # (or, with no credit free, hands it to the dispatcher)
         else:

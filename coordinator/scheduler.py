@@ -76,6 +76,14 @@ class Scheduler:
             job.held = False
             self.cond.notify_all()
 
+    def done_here(self, job: Job) -> None:
+        """The caller finished the held job itself (coordinator/inline.py): off the list now, not at
+        the dispatcher's next pass."""
+        with self.cond:
+            job.held = False
+            if job in self.jobs:
+                self.jobs.remove(job)
+
     def run_here(self, job: Job) -> bool:
         """Run the job's next run on the calling thread, if an agent has a credit free: a small job
         then needs no dispatcher and no pool thread. Either way the job is the dispatcher's after
