@@ -241,6 +241,17 @@ class Coordinator:
             raise InvalidInput("a sparse dataset's parts stream as chunks; only a dense one may lie in shared memory")
         inputs = TensorAssembler(headers, max_bytes=self.config.max_job_bytes, shared={0: shared} if shared else {})
         files = adopt_shared(inputs, {0: shared} if shared else {})
+        if shared is None and cols is None and scheme is planner.Scheme.ROW_BLOCKS and inputs.metas[0].nbytes and any(
+                a.link.same_host for a in self.membership.agents()):
+            # Streamed rows land in a memfd of ours: agents on this host map their partitions from it
+            # as they fill (no second stream, no copy of theirs), and it is the copy until the file is.
+            try:
+                receiving = sharedmem.registry.add(sharedmem.ReceiveBuffer(inputs.metas[0].nbytes))
+            except OSError as exc:  # no memfd (descriptors, memory): the rows go to the agents as bytes
+                event(log, "dataset.no_shared_memory", level=logging.WARNING, dataset=name, error=str(exc))
+            else:
+                inputs.receive_into(0, receiving)
+                files.append(receiving)
         try:
             dataset = self._put_dataset(name, inputs, chunks, scheme, count, target_bytes, key_column, replace, cols)
             if durable:
@@ -341,9 +352,10 @@ class Coordinator:
             while (p := todo.get()) is not None or batch:
                 if p is not None:
                     batch.append(p)
-                    # Bytes that go by where they lie in shared memory cost a call nothing.
+                    # Bytes that go by where they lie in shared memory cost a call nothing. (A streamed
+                    # put's ReceiveBuffer is handed on once complete: the end of the stream, the last batch.)
                     size += sum(a.nbytes for a in dataset.share(p).values()
-                                if not (agent.link.same_host and sharedmem.registry.locate(a)))
+                                if not (agent.link.same_host and sharedmem.registry.locate(a, filling=True)))
                 if batch and (p is None or size >= self.PLACE_BATCH_BYTES):
                     send(agent, batch)
                     batch, size = [], 0

@@ -123,6 +123,27 @@ def write_atomically(path: Path, write, test_delay: float = 0.0) -> None:
         raise
 
 
+SAVE_PIECE_BYTES = 64 << 20  # the copy is written in pieces of this size, so a drop stops it soon
+
+
+class Abandoned(Exception):
+    """The dataset was dropped or replaced while its copy was being written: stop writing it."""
+
+
+def save_array(f, array: np.ndarray, abandoned) -> None:
+    """np.save(f, array), written in pieces; raises Abandoned as soon as abandoned() says so (a put
+    then drop of 1 GiB went on writing, and flushing, the whole gigabyte while the next put came in)."""
+    if not array.flags.c_contiguous:
+        np.save(f, array)
+        return
+    np.lib.format.write_array_header_2_0(f, np.lib.format.header_data_from_array_1_0(array))
+    data = memoryview(array.reshape(-1).view(np.uint8)) if array.size else memoryview(b"")
+    for start in range(0, len(data), SAVE_PIECE_BYTES):
+        if abandoned():
+            raise Abandoned()
+        f.write(data[start:start + SAVE_PIECE_BYTES])
+
+
 def sync_directory(directory: Path) -> None:
     """Flush the folder's entries (the renames) to the disk."""
     fd = os.open(directory, os.O_RDONLY)
@@ -223,7 +244,8 @@ class DatasetStore:
             for part, array in dataset.arrays.items():
                 if dataset.dropped:
                     return
-                write_atomically(self._path(dataset, part), lambda f, a=array: np.save(f, a), self.test_save_delay)
+                write_atomically(self._path(dataset, part), lambda f, a=array: save_array(f, a, lambda: dataset.dropped),
+                                 self.test_save_delay)
                 maps[part] = np.load(self._path(dataset, part), mmap_mode="r")
             manifest = {"name": dataset.name, "version": dataset.version, "generation": dataset.generation,
                         "row_splits": [int(r) for r in dataset.row_splits], "cols": dataset.cols,
@@ -232,6 +254,8 @@ class DatasetStore:
                 return
             write_atomically(self._manifest(dataset), lambda f: f.write(json.dumps(manifest).encode()))
             sync_directory(self.directory)
+        except Abandoned:
+            return  # (the files go below)
         except OSError as exc:  # a full disk: the arrays in memory still serve, correctly
             dataset.save_error = exc
             event(log, "dataset.save_failed", level=logging.WARNING, dataset=dataset.name, error=str(exc))

@@ -287,7 +287,8 @@ def serve(coordinator: Coordinator, address: str, metrics_address: str = "", max
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
                          maximum_concurrent_rpcs=max_workers - 8, options=security.server_options(),
                          interceptors=[security.coordinator_gate(creds, max_client_jobs), *interceptors,
-                                       ParseInHandler()])
+                                       ParseInHandler({"/lepton.v1.CoordinatorService/PutDataset":
+                                                       wire.chunk_request_parser(pb.PutDatasetRequest)})])
     pb_grpc.add_CoordinatorServiceServicer_to_server(CoordinatorServicer(coordinator, metrics_address, dashboard_address), server)
     agent_grpc.add_AgentRegistryServiceServicer_to_server(AgentRegistryServicer(coordinator), server)
     health = add_standard_services(server, [pb.DESCRIPTOR.services_by_name["CoordinatorService"].full_name,

@@ -144,7 +144,9 @@ def serve(agent: Agent, address: str, interceptors: list[grpc.ServerInterceptor]
     # Enough threads for every credit plus a margin: a task holds its thread while it runs.
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=agent.credits + 16, thread_name_prefix="rpc"),
                          options=security.server_options(),
-                         interceptors=[security.agent_gate(creds), *interceptors, ParseInHandler()])
+                         interceptors=[security.agent_gate(creds), *interceptors, ParseInHandler({
+                             "/lepton.v1.AgentService/RunTask": wire.chunk_request_parser(pb.RunTaskRequest),
+                             "/lepton.v1.AgentService/CacheTensors": wire.chunk_request_parser(pb.CacheTensorsRequest)})])
     pb_grpc.add_AgentServiceServicer_to_server(AgentServicer(agent), server)
     health = add_standard_services(server, [pb.DESCRIPTOR.services_by_name["AgentService"].full_name])
     port = security.bind(server, address, creds)

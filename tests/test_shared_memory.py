@@ -157,10 +157,14 @@ def test_a_put_from_shared_memory_is_resident_and_bitwise_the_streamed_one(own, 
     ds = shared.put("shm-put", x, replace=True)
     assert sent_to_agents(shared) - sent == 0 and mapped_by_agents(shared) - mapped == x.nbytes
     assert sorted(ds.info.placement.values()) == [2, 2]
+    # Streamed to the coordinator, the rows land in a memfd of its own (sharedmem.ReceiveBuffer) that
+    # the agents on its host map once it is whole: no byte goes to them either.
     ref = streamed.put("streamed-put", x, replace=True)
+    assert sorted(ref.info.placement.values()) == [2, 2]
+    assert sent_to_agents(shared) - sent == 0 and mapped_by_agents(shared) - mapped == 2 * x.nbytes
     for op in ("sum", "min", "max", "var"):
         assert np.array_equal(shared.run(op, ds)[op], shared.run(op, ref)[op]), op
-    assert sent_to_agents(shared) - sent == x.nbytes  # the streamed put only: jobs ship nothing
+    assert sent_to_agents(shared) - sent == 0  # jobs ship nothing
     assert cluster_memfd_bytes(own) >= before + x.nbytes  # the agents' partitions are views of it
     shared.drop("shm-put")
     shared.drop("streamed-put")
@@ -254,6 +258,34 @@ def test_an_agent_killed_mid_put_from_shared_memory_loses_nothing(rng):
         assert np.array_equal(total, cluster.client(timeout=300, shared_memory=False).sum(x, partitions=8))
         client.drop("killed")
         no_memfd_left(cluster)
+
+
+def test_a_receive_buffer_is_handed_on_only_whole_and_sealed():
+    """A streamed put's ReceiveBuffer: found by the registry (so the put knows its partitions will go
+    by reference) but not handed on while it fills; once its last byte is written it is sealed like
+    a client's memfd (nothing can write, shrink or grow it), a receiver opens it, and it is handed on."""
+    data = np.arange(3 << 18, dtype=np.float32)  # 3 MiB
+    raw = data.view(np.uint8)
+    buffer = sharedmem.registry.add(sharedmem.ReceiveBuffer(data.nbytes))
+    try:
+        view = buffer.map[:4096]
+        buffer.write(raw[:2 << 20], 0)
+        assert sharedmem.registry.locate(view) is None and sharedmem.registry.locate(view, filling=True)
+        with pytest.raises(FailedPrecondition, match="not sealed"):
+            sharedmem.SharedFile(sharedmem.host_id(), os.getpid(), buffer.fd, buffer.name)
+        buffer.write(raw[2 << 20:], 2 << 20)
+        assert buffer.sealed and sharedmem.registry.locate(view)["name"] == buffer.name
+        assert np.array_equal(buffer.map.view(np.float32), data)
+        import fcntl
+        assert fcntl.fcntl(buffer.fd, fcntl.F_GET_SEALS) & sharedmem.SEALS == sharedmem.SEALS
+        with pytest.raises(PermissionError):
+            os.pwrite(buffer.fd, b"x", 0)
+        opened = sharedmem.SharedFile(sharedmem.host_id(), os.getpid(), buffer.fd, buffer.name)
+        assert np.array_equal(opened.view(0, data.nbytes).view(np.float32), data)
+        opened.close()
+    finally:
+        buffer.close()
+    assert sharedmem.registry.locate(view) is None
 
 
 def test_only_sealed_lepton_memfds_are_opened(tmp_path):

@@ -45,7 +45,11 @@ def _tolerant(deserializer):
 
 class ParseInHandler(grpc.ServerInterceptor):
     """Put it last among a server's interceptors: the ones before (the security gate) still decide
-    first, and pass its deserializer on."""
+    first, and pass its deserializer on. `deserializers`: method -> a deserializer to use instead of
+    the generated one (wire.chunk_request_parser for the streams of bytes)."""
+
+    def __init__(self, deserializers: dict | None = None):
+        self.deserializers = dict(deserializers or {})
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
@@ -92,6 +96,7 @@ class ParseInHandler(grpc.ServerInterceptor):
         for kind, make, wrap in kinds:
             behavior = getattr(handler, kind)
             if behavior is not None:
-                return make(wrap(behavior), request_deserializer=_tolerant(handler.request_deserializer),
+                deserializer = self.deserializers.get(method, handler.request_deserializer)
+                return make(wrap(behavior), request_deserializer=_tolerant(deserializer),
                             response_serializer=handler.response_serializer)
         return handler

@@ -221,6 +221,57 @@ def open_views(buffer, pieces: list[tuple[int, int]]) -> list[np.ndarray]:
     return views
 
 
+class ReceiveBuffer:
+    """A memfd of this process's own that bytes arriving in order fill (a streamed put's array), so
+    that agents on this host map their partitions from it instead of receiving them as bytes again.
+
+    Filled with pwrite (which lets go of the GIL, and needs no writable mapping: `map` is read-only)
+    and sealed like a SharedArrays (no write, shrink or grow) once its last byte is written: only
+    then does `registry.locate` hand it on, so a receiver validates what cannot change any more.
+    Registered like a SharedFile; close() once it is handed on."""
+
+    def __init__(self, nbytes: int):
+        self.name = NAME_PREFIX + secrets.token_hex(16)
+        self.size, self.filled, self.sealed = nbytes, 0, False
+        fd = os.memfd_create(self.name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        try:
+            os.ftruncate(fd, max(nbytes, 1))
+            # Mapped through a read-only descriptor: a mapping that could be made writable (one of fd)
+            # would keep F_SEAL_WRITE from being added (EBUSY). Shared, it sees what pwrite writes.
+            reader = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                self.mmap = mmap.mmap(reader, max(nbytes, 1), prot=mmap.PROT_READ)
+            finally:
+                os.close(reader)
+        except BaseException:
+            os.close(fd)
+            raise
+        self.fd, self.pid = fd, os.getpid()
+        self.map = np.frombuffer(self.mmap, dtype=np.uint8, count=nbytes)
+        self.base = self.map.ctypes.data
+
+    def write(self, data, at: int) -> None:
+        """Bytes [at, at + len(data)); the caller writes each byte once (TensorAssembler.add checks the
+        order), so the buffer is complete, and sealed, when `size` bytes were written."""
+        piece = memoryview(data)
+        done = 0
+        while done < len(piece):
+            done += os.pwrite(self.fd, piece[done:], at + done)
+        self.filled += len(piece)
+        if self.filled == self.size:
+            fcntl.fcntl(self.fd, fcntl.F_ADD_SEALS, SEALS)
+            self.sealed = True
+
+    def close(self) -> None:
+        """Stop handing it on; `map` stays valid as long as views of it live (the memory as long as
+        any process maps it)."""
+        registry.discard(self)
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
+        self.map = self.mmap = None
+
+
 class Registry:
     """The memfds this process opened and may hand on to its own receivers: an array that is a view
     of one goes as a SharedBuffer (`locate`) instead of as bytes."""
@@ -238,14 +289,17 @@ class Registry:
         with self._lock:
             self._files.pop(id(shared), None)
 
-    def locate(self, array: np.ndarray) -> dict | None:
-        """The SharedBuffer fields of `array` if it is a contiguous view of a registered memfd."""
+    def locate(self, array: np.ndarray, filling: bool = False) -> dict | None:
+        """The SharedBuffer fields of `array` if it is a contiguous view of a registered memfd (and,
+        for a ReceiveBuffer, one sealed: complete). `filling`: a ReceiveBuffer still being filled
+        counts too (for a caller that asks whether the array will go by reference, not sending it)."""
         if not self._files or not array.flags.c_contiguous or array.nbytes == 0:
             return None
         start = array.__array_interface__["data"][0]
         with self._lock:
             for shared in self._files.values():
-                if shared.fd >= 0 and shared.base <= start and start + array.nbytes <= shared.base + shared.size:
+                if (shared.fd >= 0 and shared.base <= start and start + array.nbytes <= shared.base + shared.size
+                        and (filling or getattr(shared, "sealed", True))):
                     return {"host_id": host_id(), "pid": shared.pid, "fd": shared.fd, "name": shared.name,
                             "offset": start - shared.base}
         return None

@@ -101,6 +101,88 @@ def framed_chunks(arrays: Iterable[np.ndarray], chunk_bytes: int = FRAME_BYTES) 
             yield b"".join((_CHUNK_FIELD, _varint(len(fields) + len(piece)), fields, piece))
 
 
+class RawChunk:
+    """A TensorChunk parsed by hand (`parse_chunk_request`): `data` is a view of the received message."""
+
+    __slots__ = ("tensor_index", "offset", "data")
+
+    def __init__(self, tensor_index: int, offset: int, data: memoryview):
+        self.tensor_index, self.offset, self.data = tensor_index, offset, data
+
+
+class ChunkRequest:
+    """A streaming request that carries only its chunk (field 2), as `framed_chunks` writes them;
+    answers what servicers ask of a parsed request."""
+
+    __slots__ = ("chunk",)
+
+    def __init__(self, chunk: RawChunk):
+        self.chunk = chunk
+
+    def HasField(self, name: str) -> bool:  # noqa: N802 - protobuf's name
+        return name == "chunk"
+
+    def WhichOneof(self, group: str) -> str:  # noqa: N802
+        return "chunk"
+
+
+def _read_varint(data: bytes, at: int) -> tuple[int, int]:
+    """(value, position after it); raises IndexError if the bytes end inside it."""
+    value = shift = 0
+    while True:
+        byte = data[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, at
+        shift += 7
+        if shift > 63:
+            raise IndexError("varint too long")
+
+
+def _parse_chunk(data: bytes) -> ChunkRequest | None:
+    """A message of exactly one chunk field holding tensor_index, offset and data, or None (anything
+    else, even if valid protobuf: the generated parser decides then)."""
+    try:
+        if data[:1] != _CHUNK_FIELD:
+            return None
+        length, at = _read_varint(data, 1)
+        if at + length != len(data):
+            return None
+        index = offset = 0
+        piece = memoryview(b"")
+        while at < len(data):
+            tag, at = _read_varint(data, at)
+            if tag == 0x08:
+                index, at = _read_varint(data, at)
+            elif tag == 0x10:
+                offset, at = _read_varint(data, at)
+            elif tag == 0x1A:
+                size, at = _read_varint(data, at)
+                if at + size > len(data):
+                    return None
+                piece, at = memoryview(data)[at:at + size], at + size
+            else:
+                return None
+        if index >= 1 << 32 or offset >= 1 << 63:  # (what protobuf would truncate or make negative)
+            return None
+        return ChunkRequest(RawChunk(index, offset, piece))
+    except IndexError:
+        return None
+
+
+def chunk_request_parser(message_type):
+    """A request deserializer for a stream of `message_type` (PutDatasetRequest, CacheTensorsRequest,
+    RunTaskRequest, ...): chunk messages are parsed by hand, their data a view of the received bytes
+    (protobuf copies a chunk's bytes once to parse and again at each access of `data`); every other
+    message, and any chunk not framed as `framed_chunks` frames it, by `message_type.FromString`."""
+    parse = message_type.FromString
+
+    def deserialize(data: bytes):
+        return _parse_chunk(data) or parse(data)
+    return deserialize
+
+
 def meta(h: tensor_pb2.TensorHeader) -> TensorMeta:
     """Validate a header alone: known dtype, sane shape, byte count consistent with both."""
     if h.dtype not in _DTYPES:
@@ -132,6 +214,7 @@ class TensorAssembler:
                          for i, m in enumerate(self.metas)]
         self.received = [0] * len(self.metas)
         self._crc = [0] * len(self.metas)
+        self._files: dict[int, object] = {}  # tensor -> the ReceiveBuffer its chunks are written to
 
     @property
     def bytes_total(self) -> int:
@@ -150,6 +233,13 @@ class TensorAssembler:
                                f"{self.metas[i].nbytes}")
         self._buffers[i], self.received[i], self._crc[i] = data, data.nbytes, None
 
+    def receive_into(self, i: int, file) -> None:
+        """Write tensor i's chunks into `file` (a sharedmem.ReceiveBuffer of its size) as they arrive,
+        its `map` being the tensor's bytes; before any chunk."""
+        if i in self.shared or self.received[i] or file.size != self.metas[i].nbytes:
+            raise ValueError(f"tensor {i} cannot be received into a buffer of {file.size} bytes now")
+        self._buffers[i], self._files[i] = file.map, file
+
     @property
     def bytes_received(self) -> int:
         return sum(self.received)
@@ -158,7 +248,8 @@ class TensorAssembler:
         i = chunk.tensor_index
         if i >= len(self.metas):
             raise InvalidInput(f"chunk names tensor_index {i}, but only {len(self.metas)} tensor(s) were declared")
-        name, size = self.headers[i].name, len(chunk.data)
+        data = chunk.data  # (once: protobuf makes a new bytes object at each access of a bytes field)
+        name, size = self.headers[i].name, len(data)
         if i in self.shared:
             raise InvalidInput(f"tensor {name!r} lies in shared memory: no chunks may follow for it")
         if chunk.offset != self.received[i]:
@@ -167,8 +258,11 @@ class TensorAssembler:
         if chunk.offset + size > self.metas[i].nbytes:
             raise InvalidInput(f"tensor {name!r}: chunk ends at byte {chunk.offset + size}, past its "
                                f"total_bytes {self.metas[i].nbytes}")
-        self._buffers[i][chunk.offset:chunk.offset + size] = np.frombuffer(chunk.data, dtype=np.uint8)
-        self._crc[i] = crc32c.crc32c(chunk.data, self._crc[i])
+        if i in self._files:
+            self._files[i].write(data, chunk.offset)
+        else:
+            self._buffers[i][chunk.offset:chunk.offset + size] = np.frombuffer(data, dtype=np.uint8)
+        self._crc[i] = crc32c.crc32c(data, self._crc[i])
         self.received[i] += size
 
     def rows_received(self, i: int) -> int:
