@@ -25,7 +25,7 @@ from lepton.coordinator.agent_link import AgentLink
 from lepton.coordinator.datasets import CSR_PARTS, DatasetStore
 from lepton.coordinator.early import EarlyAnswers, EarlyOptions
 from lepton.coordinator.inline import INLINE_BYTES, InlineRunner
-from lepton.coordinator.intake import SMALL_JOB_BYTES
+from lepton.coordinator.intake import SMALL_JOB_BYTES, read_ahead
 from lepton.coordinator.jobs import Job, JobRecord, JobState
 from lepton.coordinator.membership import Membership
 from lepton.coordinator.scheduler import Scheduler
@@ -278,7 +278,8 @@ class Coordinator:
         if cols is None and scheme is planner.Scheme.ROW_BLOCKS:
             dataset = self.datasets.new(name, {"x": inputs.array(0)}, plan.row_splits)
             try:
-                self.place(dataset, ready=self._arrived_partitions(inputs, chunks, plan.row_splits))
+                ready = self._arrived_partitions(inputs, read_ahead(chunks, name=f"put-{name}"), plan.row_splits)
+                self.place(dataset, ready=ready)
                 inputs.finish_list()  # every byte in, checksums right
                 dataset, old = self.datasets.add(dataset, replace)
             except BaseException:

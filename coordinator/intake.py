@@ -6,6 +6,7 @@ tests can feed chunks directly.
 """
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from typing import Iterator
@@ -30,6 +31,46 @@ def deadline_from(time_remaining: float | None) -> float | None:
     """The epoch deadline of a call with `time_remaining` seconds left, or None for none."""
     left = seconds_left(time_remaining)
     return None if left is None else time.time() + left
+
+
+_END = object()
+
+
+def read_ahead(items: Iterator, depth: int = 4, name: str = "read-ahead") -> Iterator:
+    """`items`, pulled on a thread of its own up to `depth` items ahead of the caller, so that the
+    caller's work on one (a chunk's pwrite and checksum, which let go of the GIL) overlaps gRPC
+    reading the next: gRPC asks the client for the next message only when it is read. What pulling
+    raises (a malformed request, the call ending) is raised to the caller in order. The caller
+    stopping early (an exception, or closing the generator) stops the thread at its next item."""
+    ahead: queue.Queue = queue.Queue(depth)
+    stop = threading.Event()
+
+    def pull() -> None:
+        try:
+            for item in items:
+                ahead.put((item, None))
+                if stop.is_set():
+                    return  # (the caller drained the queue: that put could not block)
+            ahead.put((_END, None))
+        except BaseException as exc:  # noqa: BLE001 - raised again on the caller's thread
+            ahead.put((_END, exc))
+
+    threading.Thread(target=pull, name=name, daemon=True).start()
+    try:
+        while True:
+            item, error = ahead.get()
+            if item is _END:
+                if error is not None:
+                    raise error
+                return
+            yield item
+    finally:
+        stop.set()
+        while True:  # room for the puller's last put, after which it sees `stop`
+            try:
+                ahead.get_nowait()
+            except queue.Empty:
+                break
 
 
 class InputReader:

@@ -175,7 +175,9 @@ def test_a_put_from_shared_memory_is_resident_and_bitwise_the_streamed_one(own, 
 def test_the_coordinator_holds_no_copy_of_a_put_from_shared_memory(own, rng):
     """The coordinator's private memory (RssAnon in /proc/PID/status, sampled every few ms while the
     put runs) grows by far less than the array: it maps the client's memfd, and the agents map
-    theirs. The streamed put beside it shows the measure sees a copy when there is one."""
+    theirs. A streamed put lands in a memfd of the coordinator's (its agents are on its host), so it
+    does not grow either; the streamed job beside them, whose input the coordinator holds in its
+    own memory, shows the measure sees a copy when there is one."""
     client, streamed = own.client(timeout=300), own.client(timeout=300, shared_memory=False)
     x = rng.standard_normal(64 << 20, dtype=np.float32)  # 256 MiB
     pid = own.coordinator.pid
@@ -204,8 +206,10 @@ def test_the_coordinator_holds_no_copy_of_a_put_from_shared_memory(own, rng):
     client.drop("rss-shared")
     streamed_growth = anon_growth(lambda: streamed.put("rss-streamed", x, replace=True))
     client.drop("rss-streamed")
+    job_growth = anon_growth(lambda: streamed.sum(x))
     assert shared_growth < 48 << 20, f"the coordinator's private memory grew by {shared_growth >> 20} MiB"
-    assert streamed_growth > x.nbytes // 2, f"the streamed put grew it by {streamed_growth >> 20} MiB only"
+    assert streamed_growth < 48 << 20, f"a streamed put grew it by {streamed_growth >> 20} MiB"
+    assert job_growth > x.nbytes // 2, f"the streamed job grew it by {job_growth >> 20} MiB only"
 
 
 CLIENT = """
@@ -286,6 +290,29 @@ def test_a_receive_buffer_is_handed_on_only_whole_and_sealed():
     finally:
         buffer.close()
     assert sharedmem.registry.locate(view) is None
+
+
+def test_a_bad_streamed_put_is_invalid_argument_and_leaves_no_memfd(own, rng):
+    """A streamed put into a ReceiveBuffer (read ahead of the checks on a thread of its own) that goes
+    wrong answers INVALID_ARGUMENT saying what: a checksum that does not match the bytes, a stream
+    that ends short, a message other than a chunk after the spec. No dataset is left, and no memfd."""
+    client = own.client(timeout=60, shared_memory=False)
+    x = rng.standard_normal(1 << 22).astype(np.float32)  # 16 MiB: 2 partitions, 8 frames
+    frames = list(wire.framed_chunks([x]))
+    good, wrong = wire.header("x", x), wire.header("x", x)
+    wrong.crc32c ^= 1
+    spec = pb.PutDatasetRequest(spec=pb.DatasetSpec(name="bad-put")).SerializeToString()
+    before = cluster_memfd_bytes(own)
+    for message, header, sent in (("checksum mismatch", wrong, frames),
+                                  ("stream ended after", good, frames[:-1]),
+                                  ("only chunks may follow", good, frames[:3] + [spec] + frames[3:])):
+        first = pb.PutDatasetRequest(spec=pb.DatasetSpec(name="bad-put", tensor=header)).SerializeToString()
+        with pytest.raises(grpc.RpcError) as raised:
+            client._put_raw(iter([first, *sent]), timeout=60)
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT, raised.value
+        assert message in raised.value.details()
+    assert "bad-put" not in [d.info.name for d in client.datasets()]
+    wait_for(lambda: cluster_memfd_bytes(own) <= before, "no memfd of the failed puts left", timeout=60)
 
 
 def test_only_sealed_lepton_memfds_are_opened(tmp_path):
