@@ -184,3 +184,22 @@ def test_partitions_move_off_an_agent_more_than_16_behind(rng):
             attempts[p.partition].append(p.agent_id)
         only_fast = sum(agents == [fast] for agents in attempts.values())  # not speculative copies
         assert only_fast > 20, (only_fast, dict(attempts))
+
+
+@pytest.mark.parametrize("array", [np.arange(10, dtype=np.float32).reshape(2, 5), np.zeros((0, 3), np.int64),
+                                   np.arange(5.0)[::2], np.float64(3).reshape(()), np.arange(1 << 20, dtype=np.int32)])
+def test_the_copy_is_written_in_pieces_as_np_save_writes_it_and_stops_when_dropped(tmp_path, monkeypatch, array):
+    """datasets.save_array: the file np.load reads back is the array (shape, dtype, bytes), and a
+    dataset dropped while its copy is written stops within a piece (checked before each one)."""
+    from lepton.coordinator import datasets
+
+    monkeypatch.setattr(datasets, "SAVE_PIECE_BYTES", 1 << 16)
+    with open(tmp_path / "x.npy", "wb") as f:
+        datasets.save_array(f, array, lambda: False)
+    back = np.load(tmp_path / "x.npy", mmap_mode="r")
+    assert back.dtype == array.dtype and back.shape == array.shape and np.array_equal(back, array)
+    if array.nbytes > 4 << 16:
+        asked = []
+        with open(tmp_path / "y.npy", "wb") as f, pytest.raises(datasets.Abandoned):
+            datasets.save_array(f, array, lambda: asked.append(1) or len(asked) > 2)  # dropped after 2 pieces
+        assert (tmp_path / "y.npy").stat().st_size < 3 << 16

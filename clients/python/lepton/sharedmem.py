@@ -37,7 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from lepton.errors import FailedPrecondition
+from lepton.errors import FailedPrecondition, ResourceExhausted
 
 NAME_PREFIX = "lepton-"
 NAME = re.compile(r"^lepton-[0-9a-f]{32}$")
@@ -255,8 +255,12 @@ class ReceiveBuffer:
         order), so the buffer is complete, and sealed, when `size` bytes were written."""
         piece = memoryview(data)
         done = 0
-        while done < len(piece):
-            done += os.pwrite(self.fd, piece[done:], at + done)
+        try:
+            while done < len(piece):
+                done += os.pwrite(self.fd, piece[done:], at + done)
+        except OSError as exc:  # (ENOMEM, ENOSPC: the host's memory)
+            raise ResourceExhausted(f"this host has no memory left for the rows of a {self.size}-byte put "
+                                    f"({exc.strerror}); put less at once, or free memory") from None
         self.filled += len(piece)
         if self.filled == self.size:
             fcntl.fcntl(self.fd, fcntl.F_ADD_SEALS, SEALS)
