@@ -278,8 +278,11 @@ class Coordinator:
         if cols is None and scheme is planner.Scheme.ROW_BLOCKS:
             dataset = self.datasets.new(name, {"x": inputs.array(0)}, plan.row_splits)
             try:
-                ready = self._arrived_partitions(inputs, read_ahead(chunks, name=f"put-{name}"), plan.row_splits)
-                self.place(dataset, ready=ready)
+                ahead = read_ahead(chunks, name=f"put-{name}")
+                try:
+                    self.place(dataset, ready=self._arrived_partitions(inputs, ahead, plan.row_splits))
+                finally:
+                    ahead.close()  # (on a failure too: its thread stops now, not when a GC frees the traceback)
                 inputs.finish_list()  # every byte in, checksums right
                 dataset, old = self.datasets.add(dataset, replace)
             except BaseException:
