@@ -36,39 +36,55 @@ def deadline_from(time_remaining: float | None) -> float | None:
 _END = object()
 
 
-def read_ahead(items: Iterator, depth: int = 4, name: str = "read-ahead") -> Iterator:
+class read_ahead:  # noqa: N801 - used as a function: read_ahead(items)
     """`items`, pulled on a thread of its own up to `depth` items ahead of the caller, so that the
     caller's work on one (a chunk's pwrite and checksum, which let go of the GIL) overlaps gRPC
     reading the next: gRPC asks the client for the next message only when it is read. What pulling
-    raises (a malformed request, the call ending) is raised to the caller in order. The caller
-    stopping early (an exception, or closing the generator) stops the thread at its next item."""
-    ahead: queue.Queue = queue.Queue(depth)
-    stop = threading.Event()
+    raises (a malformed request, the call ending) is raised to the caller in order. close() (the
+    caller stopping early) stops the thread at its next item.
 
-    def pull() -> None:
+    An iterator, not a generator: an error raised out of a generator's frame stays referenced by
+    that frame, a cycle (error -> traceback -> frame -> error) that kept the caller's frames, and a
+    failed put's memory, until a GC ran (28 s in tests/test_shared_memory.py)."""
+
+    def __init__(self, items: Iterator, depth: int = 4, name: str = "read-ahead"):
+        self._ahead: queue.Queue = queue.Queue(depth)
+        self._stop = threading.Event()
+        self._errors: list[BaseException] = []
+        self._done = False
+        threading.Thread(target=self._pull, args=(items,), name=name, daemon=True).start()
+
+    def _pull(self, items: Iterator) -> None:
         try:
             for item in items:
-                ahead.put((item, None))
-                if stop.is_set():
-                    return  # (the caller drained the queue: that put could not block)
-            ahead.put((_END, None))
+                self._ahead.put(item)
+                if self._stop.is_set():
+                    return  # (close() drained the queue: that put could not block)
         except BaseException as exc:  # noqa: BLE001 - raised again on the caller's thread
-            ahead.put((_END, exc))
+            # (without this thread's frames: nothing of them is the caller's business)
+            self._errors.append(exc.with_traceback(None))
+        self._ahead.put(_END)
 
-    threading.Thread(target=pull, name=name, daemon=True).start()
-    try:
-        while True:
-            item, error = ahead.get()
-            if item is _END:
-                if error is not None:
-                    raise error
-                return
-            yield item
-    finally:
-        stop.set()
+    def __iter__(self) -> "read_ahead":
+        return self
+
+    def __next__(self):
+        if self._done:
+            raise StopIteration
+        item = self._ahead.get()
+        if item is not _END:
+            return item
+        self.close()
+        if self._errors:
+            raise self._errors.pop()  # (no local holds it: no cycle through this frame)
+        raise StopIteration
+
+    def close(self) -> None:
+        self._done = True
+        self._stop.set()
         while True:  # room for the puller's last put, after which it sees `stop`
             try:
-                ahead.get_nowait()
+                self._ahead.get_nowait()
             except queue.Empty:
                 break
 
