@@ -167,6 +167,9 @@ class Job:
         self.result_memory = None
         self.result_shared = False
         self.input_complete = False
+        # The split inputs' values were checked when their datasets were put (Coordinator.submit sets
+        # it): end_input does not read them again.
+        self.data_checked = False
         self._ready = 0  # partitions whose rows have arrived, while the input streams
         self._ordered: dict[str, np.ndarray] | None = None  # split inputs in plan order, permuted once
         self.parts = PartitionTable(plan.count, self.home)
@@ -277,7 +280,8 @@ class Job:
         arrays = inputs.finish()
         with self.lock:  # inputs in shared memory came by no chunk: they count as received now
             self.record.bytes_received = inputs.bytes_received
-        self.op.check_data({**arrays, **self._resident()}, self.params)
+        if not self.data_checked:
+            self.op.check_data({**arrays, **self._resident()}, self.params)
         split = [arrays[n] for n in self.op.split_inputs if n in arrays]
         order = self.plan.order(split) if split else None
         weights = self.op.row_weights(arrays) if split else None
@@ -351,16 +355,18 @@ class Job:
 
     def whole_input(self, name: str, keyed: bool = True):
         """A whole input as (little-endian array, header, content cache key), computed once per round;
-        without `keyed` the key may be None (hashing takes a while: a whole input that goes to an
-        agent in shared memory needs none, since mapping it again costs nothing)."""
+        without `keyed` the key may be None and the header without its checksum (hashing takes a
+        while, 0.03 s for the CRC of W3's 256 MiB x: a whole input that goes to an agent in shared
+        memory crosses no wire and needs neither, since mapping it again costs nothing)."""
         whole = self.whole()
         with self.lock:
             if name not in self._whole:
                 array = wire.little_endian(whole[name])
-                self._whole[name] = [array, wire.header(name, array), None]
+                self._whole[name] = [array, wire.header(name, array, checksum=False), None]
             entry = self._whole[name]
-        if keyed and entry[2] is None:
-            entry[2] = content_key(entry[0])  # outside the lock; two threads at once compute the same
+        if keyed and entry[2] is None:  # outside the lock; two threads at once compute the same
+            header, key = wire.header(name, entry[0]), content_key(entry[0])
+            entry[1], entry[2] = header, key  # (in this order: a key set means the header has its CRC)
         return tuple(entry)
 
     def task_inputs(self, run: Run) -> tuple[list[dict[str, np.ndarray]], dict[str, np.ndarray]]:

@@ -132,6 +132,14 @@ def test_a_sparse_dataset_is_one_input_to_spmm_and_gcn(own, rng):
     even = np.diff(csr(dense)[0][np.linspace(0, n, 7).astype(int)])  # six blocks of equal rows
     # Balanced by non-zeros: equal row counts would put 2.6x the mean on the heavy first block.
     assert nnz.max() <= 1.25 * nnz.mean() and even.max() > 2 * even.mean(), (nnz, even)
+    # The put checked the indices against the matrix's own column count, so jobs naming it do not
+    # read them again; a job naming another count is checked anew: fewer columns than the indices
+    # reach is refused, more (x padded with zero rows) is a right product.
+    top = int(csr(dense)[1].max())  # one column too few
+    with pytest.raises(lepton.LeptonError) as info:
+        client.spmm(ds, x[:top], a_cols=top)
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT and "column outside" in info.value.details
+    close(client.spmm(ds, np.vstack([x, np.zeros((5, 8))]), a_cols=n + 5), dense @ x, np.abs(dense) @ np.abs(x))
     client.drop("sparse-graph")
     bad = list(csr(dense))
     bad[1] = bad[1][::-1].copy()  # columns out of order

@@ -72,7 +72,8 @@ class Op:
 
     def check_data(self, arrays: dict[str, np.ndarray], params: Params) -> None:
         """Reject bad values once the streamed inputs are in (raise InvalidInput); shapes were
-        checked by `validate` already."""
+        checked by `validate` already. Only split inputs' values may be checked here: a job whose
+        split inputs are all sparse datasets skips it, their put having checked them (Job.data_checked)."""
 
     def row_weights(self, arrays: dict[str, np.ndarray]) -> np.ndarray | None:
         """Per-row cost, when rows differ (sparse rows): partitions are then balanced by it, which
