@@ -24,6 +24,7 @@ from lepton.backends.tree import Tree, TreeAggregator
 from lepton.logs import event
 from lepton.agent import metrics
 from lepton.agent.cache import TensorCache
+from lepton.agent.copies import WholeCopies
 from lepton.sharedmem import WRITTEN
 
 log = logging.getLogger("lepton.agent")
@@ -173,6 +174,7 @@ class Agent:
         self.workers = [DeviceWorker(d, test_delay, self._partition_ran) for d in devices]
         self.credits = credits or max(2, 2 * len(devices))
         self.cache = TensorCache(cache_bytes)
+        self.copies = WholeCopies(cache_bytes // 4)  # shared whole inputs, copied once per job
 
     def _partition_ran(self) -> None:
         count, factor = self._throttle_after

@@ -102,7 +102,14 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
     def _receive(self, task, chunks):
         """The task's inputs (split per partition, whole, row offsets), from its messages."""
         messages = [*(i for p in task.partitions for i in p.inputs), *task.run_inputs, *task.whole_inputs]
-        received = self._by_value([i for i in messages if not i.by_reference], chunks)
+        # Whole inputs in shared memory: copied into this agent's memory by the job's first task here,
+        # and taken from that copy by its later ones (node_agent/copies.py).
+        copies, first_whole = self.agent.copies, len(messages) - len(task.whole_inputs)
+        copied = {j for j in range(first_whole, len(messages)) if copies.wants(messages[j])}
+        arrays = iter(self._by_value([i for j, i in enumerate(messages) if not i.by_reference and j not in copied],
+                                     chunks))
+        received = [copies.get(copies.key(task.job_id, i), lambda i=i: map_shared([i])[0]) if j in copied
+                    else next(arrays) for j, i in enumerate(messages) if not i.by_reference]
         values = self.agent.resolve([TaskInput(i.tensor.name, i.cache_key, i.by_reference) for i in messages],
                                     received)
         if task.run_inputs:

@@ -554,3 +554,57 @@ def test_a_stopped_agent_overtaken_by_speculation_changes_no_row_when_it_resumes
         no_memfd_left(cluster)  # its late tasks ended and closed the memfd
         assert np.array_equal(got, snapshot)
         assert np.array_equal(got, cluster.client(timeout=300, shared_memory=False).matmul(a, w, partitions=32))
+
+
+def test_a_shared_whole_input_is_copied_once_per_agent_for_all_of_a_jobs_runs(rng):
+    """A whole input over 1 MiB in shared memory (SpMM's x) is copied into each agent's memory by the
+    job's first run there and taken from that copy by its later runs (node_agent/copies.py: a private
+    copy gets huge pages, the mapping did not), instead of being mapped by every run; the product is
+    bitwise the streamed job's and SciPy's within float32 rounding."""
+    # Partitions of 0.25 MiB: a run ships at most one credit's bytes, so the job takes many runs.
+    with lepton.LocalCluster(agents=2, coordinator_args=["--target-partition-mib", "0.25"]) as cluster:
+        shared, streamed = cluster.client(timeout=300), cluster.client(timeout=300, shared_memory=False)
+        indptr, indices, values, shape = csr = graph(rng, rows=200_000, cols=8192)
+        x = rng.standard_normal((8192, 64)).astype(np.float32)  # 2 MiB
+        mapped = mapped_by_agents(shared)
+        ours = shared.spmm(csr, x)
+        runs = {(p.agent_id, p.sent_at) for p in shared.trace(shared.jobs(limit=1)[0].job_id).partitions}
+        assert len(runs) >= 8, f"{len(runs)} runs: too few for the test to tell one copy per agent from one per run"
+        # Each run maps its rows of the matrix; x was mapped (and copied) once per agent, not once per run.
+        assert mapped_by_agents(shared) - mapped - indices.nbytes - values.nbytes <= 2 * x.nbytes
+        theirs = streamed.spmm(csr, x)
+        assert np.array_equal(ours, theirs)
+        expected = np.zeros((shape[0], 64))
+        np.add.at(expected, np.repeat(np.arange(shape[0]), 2), values[:, None].astype(np.float64) * x[indices])
+        assert np.allclose(ours, expected, atol=1e-4)
+        no_memfd_left(cluster)  # the copies hold no memfd: the client's goes when its job ends
+
+
+def test_whole_copies_are_made_once_and_kept_under_their_budget():
+    """node_agent/copies.py without a network: a key is copied once (its other tasks wait for that
+    copy), the least recently used copies go beyond the budget, and an input over the budget is used
+    where it lies."""
+    from lepton.agent.copies import WholeCopies
+
+    copies, loads = WholeCopies(5 << 20), []
+
+    def load(mib):
+        loads.append(mib)
+        return np.full(mib << 18, mib, np.float32)  # mib MiB
+
+    first = [None] * 4
+    threads = [threading.Thread(target=lambda j=j: first.__setitem__(j, copies.get(("job-1", "x"), lambda: load(2))))
+               for j in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert loads == [2] and all(a is first[0] for a in first) and not first[0].flags.writeable
+    copies.get(("job-2", "x"), lambda: load(2))
+    copies.get(("job-1", "x"), lambda: load(2))  # used again: job-2's is now the oldest
+    copies.get(("job-3", "x"), lambda: load(2))
+    assert loads == [2, 2, 2] and copies.bytes <= 5 << 20 and len(copies) == 2
+    copies.get(("job-1", "x"), lambda: load(2))
+    assert loads == [2, 2, 2]  # still kept
+    big = copies.get(("job-4", "x"), lambda: load(8))
+    assert big.nbytes == 8 << 20 and len(copies) == 2 and copies.bytes <= 5 << 20
