@@ -108,8 +108,8 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         copied = {j for j in range(first_whole, len(messages)) if copies.wants(messages[j])}
         arrays = iter(self._by_value([i for j, i in enumerate(messages) if not i.by_reference and j not in copied],
                                      chunks))
-        received = [copies.get(copies.key(task.job_id, i), lambda i=i: map_shared([i])[0]) if j in copied
-                    else next(arrays) for j, i in enumerate(messages) if not i.by_reference]
+        received = [self._whole_copy(task.job_id, i) if j in copied else next(arrays)
+                    for j, i in enumerate(messages) if not i.by_reference]
         values = self.agent.resolve([TaskInput(i.tensor.name, i.cache_key, i.by_reference) for i in messages],
                                     received)
         if task.run_inputs:
@@ -121,6 +121,22 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
             split.append(dict(values[position:position + len(partition.inputs)]))
             position += len(partition.inputs)
         return split, dict(values[position:]), [p.row_offset for p in task.partitions]
+
+    def _whole_copy(self, job_id: str, item) -> np.ndarray:
+        """A whole input in shared memory: this job's copy here, read now if it is the first task to
+        name it; mapped where it lies if it is too large to keep (node_agent/copies.py)."""
+        copies, meta = self.agent.copies, wire.meta(item.tensor)
+
+        def read():
+            try:
+                copy = sharedmem.read_copy(item.shared, meta.nbytes)
+            except LeptonError as exc:
+                raise NotCached(exc.details) from None  # NOT_FOUND: the coordinator sends the bytes instead
+            metrics.BYTES_SHARED.inc(meta.nbytes)
+            return copy.view(meta.dtype).reshape(meta.shape)
+
+        array = copies.get(copies.key(job_id, item), meta.nbytes, read)
+        return array if array is not None else map_shared([item])[0]
 
 
 def map_shared(items) -> list[np.ndarray]:

@@ -580,31 +580,31 @@ def test_a_shared_whole_input_is_copied_once_per_agent_for_all_of_a_jobs_runs(rn
         no_memfd_left(cluster)  # the copies hold no memfd: the client's goes when its job ends
 
 
-def test_whole_copies_are_made_once_and_kept_under_their_budget():
-    """node_agent/copies.py without a network: a key is copied once (its other tasks wait for that
-    copy), the least recently used copies go beyond the budget, and an input over the budget is used
-    where it lies."""
+def test_whole_copies_are_read_once_and_kept_under_their_budget():
+    """node_agent/copies.py without a network: a key is read once (its other tasks wait for that
+    read), the least recently used copies go beyond the budget, and an input over the budget is not
+    copied at all (the caller maps it)."""
     from lepton.agent.copies import WholeCopies
 
-    copies, loads = WholeCopies(5 << 20), []
+    copies, reads = WholeCopies(5 << 20), []
 
-    def load(mib):
-        loads.append(mib)
-        return np.full(mib << 18, mib, np.float32)  # mib MiB
+    def get(job, mib=2):
+        def read():
+            reads.append(job)
+            return np.full(mib << 18, mib, np.float32)  # mib MiB
+        return copies.get((job, "x"), mib << 20, read)
 
     first = [None] * 4
-    threads = [threading.Thread(target=lambda j=j: first.__setitem__(j, copies.get(("job-1", "x"), lambda: load(2))))
-               for j in range(4)]
+    threads = [threading.Thread(target=lambda j=j: first.__setitem__(j, get("job-1"))) for j in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert loads == [2] and all(a is first[0] for a in first) and not first[0].flags.writeable
-    copies.get(("job-2", "x"), lambda: load(2))
-    copies.get(("job-1", "x"), lambda: load(2))  # used again: job-2's is now the oldest
-    copies.get(("job-3", "x"), lambda: load(2))
-    assert loads == [2, 2, 2] and copies.bytes <= 5 << 20 and len(copies) == 2
-    copies.get(("job-1", "x"), lambda: load(2))
-    assert loads == [2, 2, 2]  # still kept
-    big = copies.get(("job-4", "x"), lambda: load(8))
-    assert big.nbytes == 8 << 20 and len(copies) == 2 and copies.bytes <= 5 << 20
+    assert reads == ["job-1"] and all(a is first[0] for a in first) and not first[0].flags.writeable
+    get("job-2")
+    get("job-1")  # used again: job-2's is now the oldest
+    get("job-3")
+    assert reads == ["job-1", "job-2", "job-3"] and copies.bytes <= 5 << 20 and len(copies) == 2
+    get("job-1")
+    assert reads == ["job-1", "job-2", "job-3"]  # still kept
+    assert get("job-4", mib=8) is None and reads[-1] == "job-3" and len(copies) == 2
