@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import workloads  # noqa: E402
-from w1_resident import cpu_seconds  # noqa: E402
+from resident import cpu_seconds  # noqa: E402
 
 
 def main() -> int:
