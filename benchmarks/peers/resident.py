@@ -19,7 +19,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -30,6 +29,25 @@ import workloads  # noqa: E402
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def timed_jobs(job, check, pids: dict[str, int], jobs: int):
+    """Run `job()` `jobs` times: the wall seconds of each, and the CPU seconds per job of each process
+    in `pids` and of this client; (None, None) once a result fails `check` (it says why)."""
+    walls, cpu = [], {k: [] for k in [*pids, "client"]}
+    for _ in range(jobs):
+        before = {k: cpu_seconds(p) for k, p in pids.items()}
+        client_before, start = time.process_time(), time.perf_counter()
+        result = job()
+        walls.append(time.perf_counter() - start)
+        cpu["client"].append(time.process_time() - client_before)
+        for k, p in pids.items():
+            cpu[k].append(cpu_seconds(p) - before[k])
+        if (error := check(result)) is not None:
+            print(f"CHECK FAILED: {error}")
+            return None, None
+        del result
+    return walls, cpu
 
 
 def main() -> int:
@@ -54,19 +72,9 @@ def main() -> int:
         # put durably: returns once the coordinator's copy is on disk (writing it would compete with the jobs)
         job, _ = systems.lepton_job(client, args.workload, data, resident=True, stats=args.stats, **put_options)
         job()  # warm-up
-        walls, cpu = [], {k: [] for k in [*pids, "client"]}
-        for _ in range(args.jobs):
-            before = {k: cpu_seconds(p) for k, p in pids.items()}
-            client_before, start = time.process_time(), time.perf_counter()
-            result = job()
-            walls.append(time.perf_counter() - start)
-            cpu["client"].append(time.process_time() - client_before)
-            for k, p in pids.items():
-                cpu[k].append(cpu_seconds(p) - before[k])
-            if (error := check(result)) is not None:
-                print(f"CHECK FAILED: {error}")
-                return 1
-            del result
+        walls, cpu = timed_jobs(job, check, pids, args.jobs)
+        if walls is None:
+            return 1
         what = f"describe(stats={args.stats!r}) of 1 GiB" if args.workload == "W1" else f"resident {args.workload}"
         print(f"{what}, {args.jobs} jobs: wall min {min(walls):.3f} s, "
               f"median {statistics.median(walls):.3f} s (checked against NumPy)")

@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import workloads  # noqa: E402
-from resident import cpu_seconds  # noqa: E402
+from resident import timed_jobs  # noqa: E402
 
 
 def main() -> int:
@@ -58,19 +58,9 @@ def main() -> int:
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                      for name, pid in pids.items()]
             time.sleep(1.0)  # (py-spy attaches; not a correctness wait)
-        walls, cpu = [], {k: [] for k in [*pids, "client"]}
-        for _ in range(args.jobs):
-            before = {k: cpu_seconds(p) for k, p in pids.items()}
-            client_before, start = time.process_time(), time.perf_counter()
-            result = client.spmm(a, data["x"])
-            walls.append(time.perf_counter() - start)
-            cpu["client"].append(time.process_time() - client_before)
-            for k, p in pids.items():
-                cpu[k].append(cpu_seconds(p) - before[k])
-            if (error := check(result)) is not None:
-                print(f"CHECK FAILED: {error}")
-                return 1
-            del result
+        walls, cpu = timed_jobs(lambda: client.spmm(a, data["x"]), check, pids, args.jobs)
+        if walls is None:
+            return 1
         for s in spies:
             s.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
         for s in spies:
