@@ -44,6 +44,11 @@ CONFIDENT_AFTER = 3
 # imbalance of a few partitions is within the estimates' noise on a loaded machine, and a balanced
 # dataset's jobs should ship no bytes.
 MIN_STEAL_BACKLOG = 4
+# A resident partition moves only to an agent measured at least this much faster than its home:
+# without it an idle agent took partitions from an equally fast one whose estimate had dipped for a
+# moment (one 1.6 MB partition of a k-means dataset now and then: tests/test_catalog.py), and a move
+# ships the bytes for good.
+MOVE_SPEED_GAP = 1.5
 # Runs of a job an agent may hold at once under speed placement: one computing, one on its way.
 PIPELINE = 2
 # A run's fixed cost (dispatch, the task's call, its first partial back) was 3-15 ms in
@@ -241,13 +246,16 @@ class SpeedPlacement:
         """How many of `home`'s resident ready partitions this agent should take: as many as it
         finishes, moving them at its link speed, in half the time `home` would take to get to them.
         Half: a move costs bytes for good (and the data lives here from then on), so it must pay
-        clearly, beyond the estimates' noise; agents of equal speed then never trade partitions."""
+        clearly, beyond the estimates' noise; and only towards an agent MOVE_SPEED_GAP times faster
+        than the home, so that agents of about equal speed never trade partitions."""
         rate, home_rate = self.rate(job, agent), self.speeds.rate(home, job.op.name)
         if job.parts.backlog(home.id) <= MIN_STEAL_BACKLOG:
             return 0
         if not (rate and home_rate and self.speeds.confident(agent, job.op.name)
                 and self.speeds.confident(home, job.op.name)):
             return self._fallback.steal(job, agent, home)
+        if rate < MOVE_SPEED_GAP * home_rate:
+            return 0  # agents of about equal speed never trade partitions, however idle one of them is
         link = getattr(agent.link, "send_rate", None) or rate  # unmeasured: as fast as it computes
         size, holding = max(1.0, job.partition_bytes), in_flight(job)
         waiting_there = (job.parts.backlog(home.id) + holding.get(home.id, 0)) * size / home_rate

@@ -108,6 +108,25 @@ def test_an_unmeasured_agent_gets_one_probe_partition_first():
     assert speed.share(job, agents[0], agents, 1) > 1
 
 
+def test_resident_partitions_move_only_to_a_clearly_faster_agent():
+    """An idle agent takes resident partitions waiting on another only if it is measured
+    MOVE_SPEED_GAP times faster: agents of about equal speed never trade them (a move ships the
+    bytes for good, and estimates dip for a moment on a loaded machine)."""
+    def steals(mover_rate: float, home_rate: float) -> int:
+        job = fake_job(16)
+        job.parts = PartitionTable(16, home=lambda p: "home")
+        job.parts.release(16)  # all 16 waiting on "home"; the mover holds nothing
+        speed, agents = placement.SpeedPlacement(), {}
+        for name, rate in (("mover", mover_rate), ("home", home_rate)):
+            agents[name] = fake_agent(name, None)
+            for _ in range(placement.CONFIDENT_AFTER):
+                speed.speeds.observe(name, "op", "numpy:0", MIB, MIB / rate)
+        return speed.steal(job, agents["mover"], agents["home"])
+
+    assert steals(1.2 * MIB, MIB) == 0  # 20 % faster: within the estimates' noise
+    assert steals(2 * MIB, MIB) > 0
+
+
 def test_the_estimate_follows_a_slowdown_within_a_few_partitions():
     speeds, agent = placement.Speeds(), fake_agent("a", None)
     for _ in range(4):
