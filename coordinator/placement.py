@@ -18,9 +18,8 @@ Two policies (`lepton coordinator --placement`):
              `steal_backlog` behind. The policy before speeds, kept for comparison.
 
 Both are called by the scheduler under its lock, holding the job's lock; run sizes are further
-capped by the agent's free credits (Scheduler.run_size), except runs in place (partitions resident
-on the agent, or rows in the client's shared memory it maps), which ship nothing, once the placement
-says its share sizes them (`sizes_resident_runs`).
+capped by the agent's free credits (Scheduler.run_size), except runs of partitions resident on the
+agent, which ship nothing, once the placement says its share sizes them (`sizes_resident_runs`).
 """
 from __future__ import annotations
 

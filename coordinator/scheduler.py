@@ -257,21 +257,21 @@ class Scheduler:
             # A partition that failed elsewhere may have only this agent left to run it, whatever
             # its speed: one partition then, so that no retry waits on an agent it may not use.
             limit = 1
-        if first is None:
-            for tier in ([None], [h for h in parts.ready if h not in live and h is not None]):
-                first = next((p for h in tier for p in parts.ready.get(h, ()) if eligible(p)), None)
-                if first is not None:
+        tiers = ([None], [h for h in parts.ready if h not in live and h is not None]) if first is None else ()
+        for tier in tiers:
+            first = next((p for h in tier for p in parts.ready.get(h, ()) if eligible(p)), None)
+            if first is not None:
+                break
+        else:
+            for h in [h for h in parts.ready if h in live and h != agent.id] if first is None else ():
+                moves = self.placement.steal(job, agent, live[h])
+                # Moved ones come off the end of the home's ready partitions, which it works through
+                # from the front: both then keep contiguous runs (from the front, the two interleaved
+                # and every run after the first steal held one partition).
+                last = max((p for p in parts.ready.get(h, ()) if eligible(p)), default=None) if moves > 0 else None
+                if last is not None:
+                    limit = min(limit, moves)
                     break
-            else:
-                for h in [h for h in parts.ready if h in live and h != agent.id]:
-                    moves = self.placement.steal(job, agent, live[h])
-                    # Moved ones come off the end of the home's ready partitions, which it works
-                    # through from the front: both then keep contiguous runs (from the front, the two
-                    # interleaved and every run after the first steal held one partition).
-                    last = max((p for p in parts.ready.get(h, ()) if eligible(p)), default=None) if moves > 0 else None
-                    if last is not None:
-                        limit = min(limit, moves)
-                        break
         if first is None and last is None:
             return None
         if last is not None:
