@@ -390,19 +390,26 @@ class Job:
                 attempt = run.attempts[p]
                 attempt.device, attempt.started_at, attempt.finished_at = device, started, finished
             for p in range(lo, hi):
-                run.attempts[p].received_at, run.attempts[p].outcome = now, Outcome.DONE
+                run.attempts[p].received_at = now
             if self.datasets:
                 for p in range(lo, hi):
                     self.resident_on(p, run.agent_id)
-        self.add_partial(lo, hi, partial, run.round)
+        self.add_partial(lo, hi, partial, run.round, run)
 
-    def add_partial(self, lo: int, hi: int, partial, round: int = 0) -> None:
+    def add_partial(self, lo: int, hi: int, partial, round: int = 0, run: Run | None = None) -> None:
+        """Aggregate the partial of [lo, hi) (of `run`, whose trace says whether it was used: a
+        speculative twin's partial that comes second is computed but superseded, so that each
+        partition has one "done" attempt)."""
         memory = self.result_memory
         if memory is not None:  # rows that came as bytes go where the agents write theirs; the
             memory.write(lo, hi, partial)  # tree then only counts ranges (a duplicate writes nothing)
             partial = {}
         with self.lock:
-            if self.record.state.final or round != self.round or not self.aggregator.add(lo, hi, partial):
+            used = not self.record.state.final and round == self.round and self.aggregator.add(lo, hi, partial)
+            if run is not None:
+                for p in range(lo, hi):
+                    run.attempts[p].outcome = Outcome.DONE if used else Outcome.SUPERSEDED
+            if not used:
                 return
             for p in range(lo, hi):
                 self.parts.move(p, PartitionState.DONE)

@@ -561,7 +561,8 @@ def test_a_shared_whole_input_is_copied_once_per_agent_for_all_of_a_jobs_runs(rn
     job's first run there and taken from that copy by its later runs (node_agent/copies.py: a private
     copy gets huge pages, the mapping did not), instead of being mapped by every run; the product is
     bitwise the streamed job's and SciPy's within float32 rounding."""
-    # Partitions of 0.25 MiB: a run ships at most one credit's bytes, so the job takes many runs.
+    # Partitions of 0.25 MiB: until both agents are measured a run holds at most half a credit's
+    # bytes, so the job takes several runs per agent (runs in place are sized by the placement after).
     with lepton.LocalCluster(agents=2, coordinator_args=["--target-partition-mib", "0.25"]) as cluster:
         shared, streamed = cluster.client(timeout=300), cluster.client(timeout=300, shared_memory=False)
         indptr, indices, values, shape = csr = graph(rng, rows=200_000, cols=8192)
@@ -569,7 +570,8 @@ def test_a_shared_whole_input_is_copied_once_per_agent_for_all_of_a_jobs_runs(rn
         mapped = mapped_by_agents(shared)
         ours = shared.spmm(csr, x)
         runs = {(p.agent_id, p.sent_at) for p in shared.trace(shared.jobs(limit=1)[0].job_id).partitions}
-        assert len(runs) >= 8, f"{len(runs)} runs: too few for the test to tell one copy per agent from one per run"
+        # More runs than agents: a copy per run would map more than the two copies allowed below.
+        assert len(runs) >= 3, f"{len(runs)} runs: too few for the test to tell one copy per agent from one per run"
         # Each run maps its rows of the matrix; x was mapped (and copied) once per agent, not once per run.
         assert mapped_by_agents(shared) - mapped - indices.nbytes - values.nbytes <= 2 * x.nbytes
         theirs = streamed.spmm(csr, x)
