@@ -129,7 +129,8 @@ class AgentLink:
     def run_task(self, job, run, timeout: float | None, on_call: Callable[[object], None]
                  ) -> Iterator[tuple[int, int, dict[str, np.ndarray], list[tuple]]]:
         """Stream the run's inputs to the agent; yield (lo, hi, partial, timings) as the agent's nodes
-        arrive, timings being (partition, device, started_at, finished_at).
+        arrive, timings being (partition, device, started_at, finished_at), and its progress (the
+        timings of partitions done ahead of their node) as (None, None, None, timings).
 
         Whole inputs (by content) and dataset partitions are cached on the agent: `cached` holds the
         keys this agent is known to hold, and those go by reference instead of by value. A key is
@@ -185,6 +186,12 @@ class AgentLink:
                     node, assembler = response.partial, wire.TensorAssembler(response.partial.tensors)
                     for chunk in node.chunks:  # a small partial's bytes ride in its header's message
                         assembler.add(chunk)
+                elif response.HasField("progress"):  # (it never comes between a node's chunks)
+                    if node is not None:
+                        yield node_done(node, assembler)
+                        node = None
+                    yield None, None, None, [(t.partition, t.device, t.started_at, t.finished_at)
+                                             for t in response.progress.timings]
                 else:
                     assembler.add(response.chunk)
             if node is not None:

@@ -4,6 +4,7 @@ The gRPC servicer (coordinator/server.py) translates messages and calls this cla
 """
 from __future__ import annotations
 
+import bisect
 import collections
 import itertools
 import logging
@@ -333,9 +334,10 @@ class Coordinator:
     PLACE_BATCH_BYTES = 16 << 20  # one CacheTensors call per ~16 MiB of an agent's partitions
 
     def place(self, dataset, ready=None) -> None:
-        """Spread the partitions over the agents in contiguous blocks, one per agent: a job's run is a
-        contiguous range of partitions resident on one agent, so round-robin homes made every run a
-        single partition, each paying a run's fixed cost (bench_hetero's traces). `ready` yields
+        """Spread the partitions over the agents in contiguous blocks, one per agent, sized by the
+        placement (by measured speed: `SpeedPlacement.blocks`): a job's run is a contiguous range of
+        partitions resident on one agent, so round-robin homes made every run a single partition,
+        each paying a run's fixed cost (bench_hetero's traces). `ready` yields
         partitions as their rows arrive (default: all of them, now); each agent's thread sends its
         share in calls of about PLACE_BATCH_BYTES while the rest still streams in."""
         agents = sorted(self.membership.agents(), key=lambda a: a.id)
@@ -378,9 +380,11 @@ class Coordinator:
         threads = [threading.Thread(target=sender, args=item, name=f"place-{item[0].id}") for item in queues.items()]
         for t in threads:
             t.start()
+        # Block i ends at bounds[i]: partition p goes to the first agent whose block ends past it.
+        bounds = list(itertools.accumulate(self.scheduler.placement.blocks(agents, dataset.partitions)))
         try:
             for p in ready:
-                queues[agents[p * len(agents) // max(1, dataset.partitions)]].put(p)
+                queues[agents[bisect.bisect_right(bounds, p)]].put(p)
         finally:
             for q in queues.values():
                 q.put(None)

@@ -382,13 +382,22 @@ class Job:
         return self.op.take(self._source(), int(splits[run.lo]), int(splits[run.hi])), self.whole()
 
     # -- partials ----------------------------------------------------------------------------
+    def progress(self, run: Run, timings: list[tuple]) -> None:
+        """A run's agent says when and where partitions ran whose partial is still to come."""
+        with self.lock:
+            self._timed(run, timings)
+
+    def _timed(self, run: Run, timings: list[tuple]) -> None:
+        for p, device, started, finished in timings:
+            attempt = run.attempts.get(p)
+            if attempt is not None:  # (an agent's word on a partition not in the run is ignored)
+                attempt.device, attempt.started_at, attempt.finished_at = device, started, finished
+
     def node_done(self, run: Run, lo: int, hi: int, partial, timings: list[tuple]) -> None:
         """A run's agent sent the partial of [lo, hi): trace it, and aggregate it."""
         now = time.time()
         with self.lock:
-            for p, device, started, finished in timings:
-                attempt = run.attempts[p]
-                attempt.device, attempt.started_at, attempt.finished_at = device, started, finished
+            self._timed(run, timings)
             for p in range(lo, hi):
                 run.attempts[p].received_at = now
             if self.datasets:

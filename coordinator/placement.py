@@ -1,6 +1,7 @@
 """Where a job's partitions run: how many partitions an agent's next run may hold, and when a
-resident partition is worth moving. The partitioning never depends on this (the planner cuts by the
-input alone), so a placement changes who runs which partition, never a result's bits.
+resident partition is worth moving; and how many of a new dataset's partitions each agent holds.
+The partitioning never depends on this (the planner cuts by the input alone), so a placement
+changes who runs which partition, never a result's bits.
 
 Two policies (`lepton coordinator --placement`):
 
@@ -12,10 +13,12 @@ Two policies (`lepton coordinator --placement`):
              The last partitions go by earliest finish time: an agent takes one more only if no
              other would finish it sooner. An agent not yet measured for the op gets one probe
              partition first (when none is measured yet, the job runs as `credits` would). A resident partition moves to another agent only if it finishes
-             there sooner, the move charged at the measured link speed.
+             there sooner, the move charged at the measured link speed. A new dataset's blocks
+             are sized by the agents' relative speeds, when they clearly differ (`blocks`).
     credits  guided self-scheduling, blind to speed: a share of what is ready that leaves every
              capable agent two runs' worth; resident partitions move once their agent is more than
-             `steal_backlog` behind. The policy before speeds, kept for comparison.
+             `steal_backlog` behind; a new dataset goes in even blocks. The policy before
+             speeds, kept for comparison.
 
 Both are called by the scheduler under its lock, holding the job's lock; run sizes are further
 capped by the agent's free credits (Scheduler.run_size), except runs of partitions resident on the
@@ -26,7 +29,7 @@ from __future__ import annotations
 import math
 import threading
 
-from lepton.coordinator.jobs import Job
+from lepton.coordinator.jobs import Job, Run
 from lepton.coordinator.membership import Agent
 from lepton.coordinator.partitions import PartitionState
 
@@ -49,6 +52,14 @@ MIN_STEAL_BACKLOG = 4
 # moment (one 1.6 MB partition of a k-means dataset now and then: tests/test_catalog.py), and a move
 # ships the bytes for good.
 MOVE_SPEED_GAP = 1.5
+# A new dataset's blocks follow the agents' relative speeds only when the fastest is this much faster
+# than the slowest: between equal agents on a loaded machine the estimates wander by 1.5x at times,
+# and uneven blocks on equal agents make every job wait for the larger one.
+PLACE_SPEED_GAP = 2.0
+# A speculative copy of a run goes to an idle agent before the run overruns only if the copy would be
+# done in a third of the time its owner needs for what it has left: equal agents whose estimates
+# wander by 1.5x never copy each other's runs (what an agent has left is at most its two runs).
+COPY_GAIN = 3.0
 # Runs of a job an agent may hold at once under speed placement: one computing, one on its way.
 PIPELINE = 2
 # A run's fixed cost (dispatch, the task's call, its first partial back) was 3-15 ms in
@@ -96,6 +107,23 @@ class Speeds:
         if not known:
             return None
         return sum(known) * len(devices) / len(known)
+
+    def relative(self, agents: list[Agent]) -> dict[str, float] | None:
+        """Each agent's speed against the fastest (1.0), for work not yet known: the geometric mean,
+        over the ops every agent offers and was measured for, of its rate over the fastest agent's
+        for that op; None if no such op was measured yet."""
+        common = set.intersection(*(a.ops for a in agents)) if agents else set()
+        logs: dict[str, float] = {a.id: 0.0 for a in agents}
+        used = 0
+        for op in sorted(common):
+            rates = {a.id: self.rate(a, op) for a in agents}
+            if not all(rates.values()):
+                continue
+            fastest = max(rates.values())
+            for agent_id, rate in rates.items():
+                logs[agent_id] += math.log(rate / fastest)
+            used += 1
+        return {agent_id: math.exp(total / used) for agent_id, total in logs.items()} if used else None
 
     def confident(self, agent: Agent, op: str) -> bool:
         """Every device of the agent offering `op` has timed CONFIDENT_AFTER partitions of it here."""
@@ -150,11 +178,33 @@ class CreditsPlacement:
     def sizes_resident_runs(self, job: Job, agent: Agent, capable: list[Agent]) -> bool:
         return False  # blind to speed: resident runs stay small, so that a slow agent's can move
 
+    def blocks(self, agents: list[Agent], partitions: int) -> list[int]:
+        return even_blocks(len(agents), partitions)
+
+    def copy_pays(self, job: Job, run: Run, agent: Agent, owner: Agent) -> bool:
+        return False  # blind to speed: copies only of runs that overran the job's median
+
     def observe(self, agent: Agent, job: Job, timings: list[tuple]) -> None:
         pass
 
     def forget(self, agent: Agent) -> None:
         pass
+
+
+def even_blocks(agents: int, partitions: int) -> list[int]:
+    """Partitions per agent in contiguous blocks of (nearly) equal size, larger ones first."""
+    return [-(-(i + 1) * partitions // agents) + (i * partitions // -agents) for i in range(agents)]
+
+
+def weighted_blocks(weights: list[float], partitions: int) -> list[int]:
+    """Partitions per agent in proportion to `weights` (largest remainders), summing to `partitions`."""
+    total = sum(weights)
+    exact = [w * partitions / total for w in weights]
+    counts = [math.floor(e) for e in exact]
+    by_remainder = sorted(range(len(weights)), key=lambda i: (counts[i] - exact[i], i))
+    for i in by_remainder[:partitions - sum(counts)]:
+        counts[i] += 1
+    return counts
 
 
 class SpeedPlacement:
@@ -165,6 +215,34 @@ class SpeedPlacement:
     def __init__(self, speeds: Speeds | None = None):
         self.speeds = speeds or Speeds()
         self._fallback = CreditsPlacement()
+
+    def blocks(self, agents: list[Agent], partitions: int) -> list[int]:
+        """Partitions of a new dataset per agent (in this order), in contiguous blocks: in proportion
+        to the agents' relative speeds (`Speeds.relative`) when the fastest is PLACE_SPEED_GAP times
+        the slowest, else even. Equal blocks left a fast agent idle once its own were done, for
+        work too cheap to be worth moving (a sum over a mixed cluster); between agents of about equal
+        speed the estimates' noise would only unbalance them."""
+        speeds = self.speeds.relative(agents)
+        if not speeds or max(speeds.values()) < PLACE_SPEED_GAP * min(speeds.values()):
+            return even_blocks(len(agents), partitions)
+        return weighted_blocks([speeds[a.id] for a in agents], partitions)
+
+    def copy_pays(self, job: Job, run: Run, agent: Agent, owner: Agent) -> bool:
+        """Whether an idle agent's copy of `owner`'s run would take under 1/COPY_GAIN of the time
+        `owner` needs for what the run has left and for its runs ahead of it: the owner slowed down
+        (its progress tells, partition by partition) or is much slower, and the copy pays for the
+        work it repeats. Not for a job on a dataset: a copy ships resident partitions and moves
+        their home (the straggler rule alone decides there)."""
+        if job.datasets:
+            return False
+        here, there = self.rate(job, agent), self.speeds.rate(owner, job.op.name)
+        if not (here and there and self.speeds.confident(agent, job.op.name)):
+            return False
+        state = job.parts.state
+        left = sum(1 for r in job.runs if r.agent_id == owner.id and r.round == run.round and r.started <= run.started
+                   for p in range(r.lo, r.hi)
+                   if not r.attempts[p].finished_at and state[p] is not PartitionState.DONE)
+        return COPY_GAIN * len(run) / here < left / there
 
     def observe(self, agent: Agent, job: Job, timings: list[tuple]) -> None:
         self.speeds.observe_job(agent, job, timings)

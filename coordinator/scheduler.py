@@ -174,7 +174,7 @@ class Scheduler:
             for job, capable, capable_ids in active:
                 with job.lock:
                     for agent in self.placement.order(job, capable):
-                        run = self._take_run(job, agent, capable, capable_ids, live) or self._speculate(job, agent)
+                        run = self._take_run(job, agent, capable, capable_ids, live) or self._speculate(job, agent, live)
                         if run:
                             launches.append((agent, job, run))
                             progress = True
@@ -291,16 +291,25 @@ class Scheduler:
         agent.in_flight += run.credits
         return run
 
-    def _speculate(self, job: Job, agent: Agent) -> Run | None:
+    def _speculate(self, job: Job, agent: Agent, live: dict[str, Agent]) -> Run | None:
         """Near the end of a job, run a copy of a straggling run on an idle agent; whichever finishes
-        first counts (partials are de-duplicated by range) and the other is cancelled."""
-        if job.parts.ready_count or not job.run_seconds or job.state.final:
+        first counts (partials are de-duplicated by range) and the other is cancelled. A run straggles
+        once it has taken straggler_factor times the job's median per partition, or as soon as the
+        placement says the copy finishes clearly sooner (its agent slowed down: its progress says so)."""
+        if job.parts.ready_count or job.state.final:
             return None
-        median = sorted(job.run_seconds)[len(job.run_seconds) // 2]
+        median = sorted(job.run_seconds)[len(job.run_seconds) // 2] if job.run_seconds else None
         now = time.monotonic()
+
+        def straggles(r: Run) -> bool:
+            if median is not None and now - r.started > max(self.straggler_factor * median * len(r),
+                                                            self.straggler_min):
+                return True
+            owner = live.get(r.agent_id)
+            return owner is not None and self.placement.copy_pays(job, r, agent, owner)
+
         slow = [r for r in job.runs if not r.duplicated and r.agent_id != agent.id and r.round == job.round
-                and now - r.started > max(self.straggler_factor * median * len(r), self.straggler_min)
-                and agent.credits - agent.in_flight >= r.credits]
+                and agent.credits - agent.in_flight >= r.credits and straggles(r)]
         if not slow:
             return None
         original = min(slow, key=lambda r: r.started)
@@ -326,6 +335,12 @@ class Scheduler:
         error = None
         try:
             for lo, hi, partial, timings in agent.link.run_task(job, run, timeout, on_call):
+                if lo is None:
+                    job.progress(run, timings)
+                    self.placement.observe(agent, job, timings)
+                    if not job.parts.ready_count:  # the end game: an idle agent may now copy this run
+                        self.notify()
+                    continue
                 job.node_done(run, lo, hi, partial, timings)
                 self.placement.observe(agent, job, timings)
         except grpc.RpcError as exc:

@@ -30,6 +30,9 @@ from lepton.sharedmem import WRITTEN
 log = logging.getLogger("lepton.agent")
 
 
+# A run that computes longer than this reports the timings of its partitions done at most this often
+# (progress), before its partial: 0.05 s keeps the messages few where runs are short.
+PROGRESS_SECONDS = 0.05
 MAX_SPLITS = 6  # halve a partition at most this many times (64 pieces) when a device runs out of memory
 
 
@@ -235,7 +238,9 @@ class Agent:
                  write: Callable[[int, int, int, dict], bool] | None = None) -> Iterator[tuple[int, int, dict, list]]:
         """Run partitions [first, first + len(split)), `split[j]` holding partition j's rows of the split
         inputs; yield each complete tree node as (lo, hi, partial, timings), timings being
-        (partition, device, started_at, finished_at).
+        (partition, device, started_at, finished_at); and, while a node waits for its other
+        partitions, progress as (None, None, None, timings) of those done (which its node's timings
+        then leave out).
 
         With `write` (the task's result goes into shared memory: node_agent/results.py), each
         partition's partial is offered to write(partition, first row, rows, partial) as it finishes and
@@ -275,19 +280,31 @@ class Agent:
                 worker.submit(op, inputs, kernel_params, finished.put, tag, cancelled)
             outstanding += 1
         sent = 0  # nodes of aggregator.done handed back (it only grows, in completion order)
-        timings: dict[int, tuple] = {}
+        timings: dict[int, tuple] = {}  # partitions finished whose node has not gone back yet
+        reported: set[int] = set()  # partitions whose timings went back ahead of their node
+        last_progress = time.monotonic()
         try:
             while True:
                 while leaves:
                     yield leaves.pop(0)
                 done = list(aggregator.done)
                 for node in done[sent:]:
-                    yield (*node, aggregator.done[node], [timings[p] for p in range(*node) if p in timings])
+                    node_timings = [timings.pop(p) for p in range(*node) if p in timings]
+                    yield (*node, aggregator.done[node], [t for t in node_timings if t[0] not in reported])
                 sent = len(done)
                 if not outstanding:
                     return
+                # Progress: partitions done whose node is not, at most every PROGRESS_SECONDS (a run
+                # shorter than that sends none).
+                news = [t for p, t in timings.items() if p not in reported]
+                due = PROGRESS_SECONDS - (time.monotonic() - last_progress)
+                if news and due <= 0:
+                    reported.update(t[0] for t in news)
+                    last_progress = time.monotonic()
+                    yield None, None, None, news
+                    news = []
                 try:
-                    result = finished.get(timeout=0.5)
+                    result = finished.get(timeout=max(0.001, due) if news else 0.5)
                 except queue.Empty:
                     result = None
                 if not is_active():

@@ -45,6 +45,11 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
                                         task.first_partition, task.partition_count, task.tree_arity, split, whole,
                                         offsets, context.is_active, writer.write if writer else None)
             for lo, hi, partial, timings in nodes:
+                if partial is None:  # progress: partitions done ahead of their node
+                    yield response(progress=pb.TaskProgress(timings=[
+                        pb.PartitionTiming(partition=p, device=d, started_at=s, finished_at=f)
+                        for p, d, s, f in timings]))
+                    continue
                 if partial is sharedmem.WRITTEN:
                     yield response(partial=pb.PartialHeader(range_start=lo, range_end=hi, written=True, timings=[
                         pb.PartitionTiming(partition=p, device=d, started_at=s, finished_at=f)

@@ -89,3 +89,24 @@ def test_a_task_outside_its_tree_is_invalid_input_not_a_crash(first, partitions,
             list(agent.run_task("job-1", "sum", {}, first, partitions, arity, [{"x": np.ones(3)}], {}, [0]))
     finally:
         agent.stop()
+
+
+def test_a_long_run_reports_its_partitions_done_before_its_partial():
+    """A run that computes longer than PROGRESS_SECONDS sends the timings of partitions done while
+    their node waits for the rest (progress: lo is None), and the node's own timings leave those out,
+    so the coordinator's estimate counts each partition once; the node's partial is the run's sum."""
+    from lepton.agent.agent import Agent, PROGRESS_SECONDS
+
+    agent = Agent([NumpyDevice()], test_delay=(PROGRESS_SECONDS, PROGRESS_SECONDS))  # 4 partitions, 0.2 s
+    try:
+        x = np.arange(4000, dtype=np.float64)
+        split = [{"x": x[i * 1000:(i + 1) * 1000]} for i in range(4)]
+        items = list(agent.run_task("job-1", "sum", {}, 0, 4, 8, split, {}, [0, 1000, 2000, 3000]))
+    finally:
+        agent.stop()
+    nodes = [(lo, hi, partial) for lo, hi, partial, _ in items if lo is not None]
+    progress = [timings for lo, _, _, timings in items if lo is None]
+    assert [(lo, hi) for lo, hi, _ in nodes] == [(0, 4)] and progress, items
+    assert sorted(t[0] for _, _, _, timings in items for t in timings) == [0, 1, 2, 3]  # each timed once
+    assert all(t[2] <= t[3] for timings in progress for t in timings)
+    assert nodes[0][2]["sum"] == x.sum()  # integers in float64: exact

@@ -43,7 +43,8 @@ def test_jobs_on_a_dataset_ship_no_input_bytes(own, rng):
     ds = client.put("resident-x", x, partitions=8, replace=True)
     assert cache_bytes(client) >= cached + x.nbytes  # resident on the agents
     assert ds.shape == x.shape and ds.info.partitions == 8
-    assert sorted(ds.info.placement.values()) == [4, 4]  # spread over both agents
+    # Spread over both agents (in blocks by their measured speeds, even while they are about equal).
+    assert len(ds.info.placement) == 2 and sum(ds.info.placement.values()) == 8, ds.info.placement
     before = bytes_sent(client)
     for _ in range(3):
         assert_matches("sum", x, {"sum": client.sum(ds)})

@@ -127,6 +127,18 @@ def test_resident_partitions_move_only_to_a_clearly_faster_agent():
     assert steals(2 * MIB, MIB) > 0
 
 
+def test_a_new_datasets_blocks_follow_clearly_different_speeds():
+    """A dataset put once agents are measured lies in blocks in proportion to their speeds when the
+    fastest is PLACE_SPEED_GAP times the slowest; about equal or unmeasured agents get even blocks."""
+    policy = placement.SpeedPlacement()
+    full, half, quarter = fake_agent("full", 4e9), fake_agent("half", 2e9), fake_agent("quarter", 1e9)
+    assert policy.blocks([full, half, quarter], 64) == [37, 18, 9]  # 4:2:1, largest remainders
+    assert policy.blocks([quarter, full], 5) == [1, 4]
+    assert policy.blocks([full, fake_agent("near", 2.5e9)], 64) == [32, 32]  # within the gap
+    assert policy.blocks([full, fake_agent("new", None)], 7) == [4, 3]  # not every agent measured
+    assert placement.CreditsPlacement().blocks([full, quarter], 64) == [32, 32]
+
+
 def test_the_estimate_follows_a_slowdown_within_a_few_partitions():
     speeds, agent = placement.Speeds(), fake_agent("a", None)
     for _ in range(4):
@@ -231,8 +243,10 @@ def test_slowdown_mid_job_moves_work_off_the_device(clusters):
         done = done_by_agent(client, job_id)
         slowed = [a.devices[0].description for a in client.cluster_status().agents if a.name == "slowing"]
         agents, attempts = names(client), client.trace(job_id).partitions
-    # Once its first slowed partition was back (or its 8th, if it got no more; agent and coordinator
-    # share this machine's clock), new work went mostly to the steady agent.
+    # Once its first slowed partition was done (or its 8th, if it did no more; agent and coordinator
+    # share this machine's clock), new work went mostly to the steady agent: the agent's progress
+    # tells the coordinator each partition's time before the run's partial comes back (a run in
+    # place holds 0.2 s of its compute, a dozen of these partitions; superseded copies count too).
     slowing = sorted((p for p in attempts if agents[p.agent_id] == "slowing" and p.finished_at),
                      key=lambda p: p.started_at)
     assert len(slowing) >= 8, slowing
@@ -251,6 +265,27 @@ def runs_of(trace) -> list[tuple[str, int]]:
     """(agent, partitions) per run of a job: a run's partitions share the time they were sent."""
     sent = collections.Counter((p.agent_id, round(p.sent_at, 6)) for p in trace.partitions if p.outcome == "done")
     return [(agent, n) for (agent, _), n in sent.items()]
+
+
+@pytest.mark.slow
+def test_a_dataset_put_once_the_agents_are_measured_lies_mostly_on_the_fast_one():
+    """A full-speed and an eighth-speed agent, measured by a streamed job: a dataset put then lies
+    in blocks of about 8:1 (moving partitions later costs their bytes, and work too cheap to be
+    worth moving left the fast agent idle once its half was done), and a job on it is bitwise the
+    streamed one."""
+    x = gram_input()
+    with lepton.LocalCluster(agents=0) as cluster:
+        cluster.add_agent("numpy", ["--name", "fast"])
+        cluster.add_agent("numpy", ["--name", "slow", "--throttle", "8"])
+        client = cluster.client(timeout=240)
+        streamed, _ = run_gram(client, x)  # measures both agents for the op
+        data = client.put("rows", x, partitions=PARTITIONS)
+        agents = names(client)
+        held = {agents[a]: n for a, n in data.info.placement.items()}
+        resident = client.submit("gram", {"x": data}, partitions=PARTITIONS).result(timeout=240)["xtx"]
+    assert sum(held.values()) == PARTITIONS and held.get("fast", 0) >= 3 * held.get("slow", 0), held
+    assert resident.tobytes() == streamed.tobytes()
+    check_gram(resident, x)
 
 
 @pytest.mark.slow

@@ -218,18 +218,28 @@ class RunSmallTaskRequest(_message.Message):
     chunks: _containers.RepeatedCompositeFieldContainer[_tensor_pb2.TensorChunk]
     def __init__(self, task: _Optional[_Union[Task, _Mapping]] = ..., chunks: _Optional[_Iterable[_Union[_tensor_pb2.TensorChunk, _Mapping]]] = ...) -> None: ...
 
+class TaskProgress(_message.Message):
+    __slots__ = ("timings",)
+    TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    timings: _containers.RepeatedCompositeFieldContainer[PartitionTiming]
+    def __init__(self, timings: _Optional[_Iterable[_Union[PartitionTiming, _Mapping]]] = ...) -> None: ...
+
 class RunSmallTaskResponse(_message.Message):
-    __slots__ = ("partial", "chunk")
+    __slots__ = ("partial", "chunk", "progress")
     PARTIAL_FIELD_NUMBER: _ClassVar[int]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
     partial: PartialHeader
     chunk: _tensor_pb2.TensorChunk
-    def __init__(self, partial: _Optional[_Union[PartialHeader, _Mapping]] = ..., chunk: _Optional[_Union[_tensor_pb2.TensorChunk, _Mapping]] = ...) -> None: ...
+    progress: TaskProgress
+    def __init__(self, partial: _Optional[_Union[PartialHeader, _Mapping]] = ..., chunk: _Optional[_Union[_tensor_pb2.TensorChunk, _Mapping]] = ..., progress: _Optional[_Union[TaskProgress, _Mapping]] = ...) -> None: ...
 
 class RunTaskResponse(_message.Message):
-    __slots__ = ("partial", "chunk")
+    __slots__ = ("partial", "chunk", "progress")
     PARTIAL_FIELD_NUMBER: _ClassVar[int]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
     partial: PartialHeader
     chunk: _tensor_pb2.TensorChunk
-    def __init__(self, partial: _Optional[_Union[PartialHeader, _Mapping]] = ..., chunk: _Optional[_Union[_tensor_pb2.TensorChunk, _Mapping]] = ...) -> None: ...
+    progress: TaskProgress
+    def __init__(self, partial: _Optional[_Union[PartialHeader, _Mapping]] = ..., chunk: _Optional[_Union[_tensor_pb2.TensorChunk, _Mapping]] = ..., progress: _Optional[_Union[TaskProgress, _Mapping]] = ...) -> None: ...
