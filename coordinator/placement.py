@@ -228,21 +228,24 @@ class SpeedPlacement:
         return weighted_blocks([speeds[a.id] for a in agents], partitions)
 
     def copy_pays(self, job: Job, run: Run, agent: Agent, owner: Agent) -> bool:
-        """Whether an idle agent's copy of `owner`'s run would take under 1/COPY_GAIN of the time
-        `owner` needs for what the run has left and for its runs ahead of it: the owner slowed down
-        (its progress tells, partition by partition) or is much slower, and the copy pays for the
-        work it repeats. Not for a job on a dataset: a copy ships resident partitions and moves
-        their home (the straggler rule alone decides there)."""
+        """Whether a copy of `owner`'s run on `agent`, after what `agent` holds of the job, would be
+        done in under 1/COPY_GAIN of the time `owner` needs for what the run has left and for its
+        runs ahead of it: the owner slowed down (its progress tells, partition by partition) or is
+        much slower, and the copy pays for the work it repeats. Not for a job on a dataset: a copy
+        ships resident partitions and moves their home (the straggler rule alone decides there)."""
         if job.datasets:
             return False
         here, there = self.rate(job, agent), self.speeds.rate(owner, job.op.name)
         if not (here and there and self.speeds.confident(agent, job.op.name)):
             return False
         state = job.parts.state
-        left = sum(1 for r in job.runs if r.agent_id == owner.id and r.round == run.round and r.started <= run.started
-                   for p in range(r.lo, r.hi)
-                   if not r.attempts[p].finished_at and state[p] is not PartitionState.DONE)
-        return COPY_GAIN * len(run) / here < left / there
+
+        def left(agent_id: str, before: Run | None = None) -> int:
+            return sum(1 for r in job.runs if r.agent_id == agent_id and r.round == run.round
+                       and (before is None or r.started <= before.started) for p in range(r.lo, r.hi)
+                       if not r.attempts[p].finished_at and state[p] is not PartitionState.DONE)
+
+        return COPY_GAIN * (left(agent.id) + len(run)) / here < left(owner.id, run) / there
 
     def observe(self, agent: Agent, job: Job, timings: list[tuple]) -> None:
         self.speeds.observe_job(agent, job, timings)

@@ -168,16 +168,23 @@ class Scheduler:
                 expired.append((job, *problem))
             elif capable and not job.held:
                 active.append((job, capable, {a.id for a in capable}))
-        progress = True
+        progress, broken = True, set()
         while progress:  # one run per (job, agent) per pass, so concurrent jobs interleave
             progress = False
             for job, capable, capable_ids in active:
+                if job.id in broken:
+                    continue
                 with job.lock:
-                    for agent in self.placement.order(job, capable):
-                        run = self._take_run(job, agent, capable, capable_ids, live) or self._speculate(job, agent, live)
-                        if run:
-                            launches.append((agent, job, run))
-                            progress = True
+                    try:
+                        for agent in self.placement.order(job, capable):
+                            run = self._take_run(job, agent, capable, capable_ids, live) or self._speculate(job, agent, live)
+                            if run:
+                                launches.append((agent, job, run))
+                                progress = True
+                    except Exception as exc:  # noqa: BLE001 - a bug here must fail the job, not stop dispatching
+                        log.exception("scheduling job %s failed", job.id)
+                        broken.add(job.id)
+                        expired.append((job, "INTERNAL", f"scheduling the job failed: {exc!r}"))
         return launches, expired
 
     def _expired(self, job: Job, capable: list[Agent], now: float):
@@ -318,7 +325,8 @@ class Scheduler:
         job.start_run(copy)
         agent.in_flight += copy.credits
         event(log, "run.speculative", job=job.id, partitions=f"{copy.lo}-{copy.hi}", agent=agent.id,
-              straggler=original.agent_id, seconds=f"{now - original.started:.2f}", median=f"{median:.3f}")
+              straggler=original.agent_id, seconds=f"{now - original.started:.2f}",
+              median="-" if median is None else f"{median:.3f}")
         return copy
 
     # -- execution ---------------------------------------------------------------------------
