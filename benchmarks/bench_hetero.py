@@ -15,8 +15,9 @@ the results are checked bitwise equal between the two where no OpenCL device tak
 round their own way), and always against NumPy: the sum within 1e-5 relative (float32 data, float64
 accumulators), the matmul within 1e-4 of |a| @ |b|).
 Inputs: `streamed` sends the split input with every job (through shared memory where client and
-coordinator share the host); `resident` puts it once as a dataset (`client.put`, spread round-robin
-over the agents) and each job names it: no input bytes move unless the placement moves a partition.
+coordinator share the host); `resident` puts it once as a dataset (`client.put`, after the streamed
+jobs: in contiguous blocks sized by the agents' measured speeds for the job's op under the speed
+policy, even blocks under credits) and each job names it: no input bytes move unless the placement moves a partition.
 
 Per case, job, input and policy: one warm-up (it measures the agents), then --repeats timed runs;
 makespan is the job's own submitted -> finished time (coordinator clock).
@@ -90,8 +91,10 @@ def submit_inputs(client, name: str, op: str, inputs: dict, partitions: int, res
     if not resident:
         return inputs
     key = "x" if op == "sum" else "a"
-    # durable: returns once the coordinator's copy is on disk (writing it would compete with the jobs)
-    return {**inputs, key: client.put(f"bench-{name}", inputs[key], partitions=partitions, replace=True, durable=True)}
+    # durable: returns once the coordinator's copy is on disk (writing it would compete with the jobs);
+    # for_op: its blocks sized by the agents' speeds for the job's op (measured by the streamed jobs)
+    return {**inputs, key: client.put(f"bench-{name}", inputs[key], partitions=partitions, replace=True,
+                                      durable=True, for_op=op)}
 
 
 def run_case(case: str, devices: list[str], throttles: list[float], policy: str, work: dict, repeats: int,

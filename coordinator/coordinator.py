@@ -236,7 +236,7 @@ class Coordinator:
     # -- datasets ----------------------------------------------------------------------------
     def put_dataset(self, name: str, headers: list, chunks, scheme: planner.Scheme, count: int, target_bytes: int,
                     key_column: int, replace: bool, cols: int | None = None, shared=None, durable: bool = False,
-                    timeout: float | None = None):
+                    timeout: float | None = None, placement_op: str = ""):
         """Receive an array (one header) or a CSR matrix (indptr, indices, data headers and `cols`), keep
         the coordinator's copy, place its partitions on the agents.
 
@@ -244,7 +244,10 @@ class Coordinator:
         as its last row arrives, so receiving and placing overlap instead of taking turns. A dense
         array in the client's shared memory (`shared`, a SharedBuffer) arrives all at once; agents on
         this host map their partitions from it, and it serves as the copy until the file is written.
-        durable: return only once the copy is on the disk (waiting at most `timeout` s for it)."""
+        durable: return only once the copy is on the disk (waiting at most `timeout` s for it).
+        placement_op: the op whose measured speeds size the agents' blocks (`place`)."""
+        if placement_op:
+            get_op(placement_op)  # an unknown op is InvalidInput, before any byte is read
         self.datasets.check_new(name, replace)
         if shared is not None and cols is not None:
             raise InvalidInput("a sparse dataset's parts stream as chunks; only a dense one may lie in shared memory")
@@ -262,7 +265,8 @@ class Coordinator:
                 inputs.receive_into(0, receiving)
                 files.append(receiving)
         try:
-            dataset = self._put_dataset(name, inputs, chunks, scheme, count, target_bytes, key_column, replace, cols)
+            dataset = self._put_dataset(name, inputs, chunks, scheme, count, target_bytes, key_column, replace, cols,
+                                        placement_op)
             if durable:
                 self.datasets.wait_saved(dataset, timeout)
             return dataset
@@ -270,7 +274,8 @@ class Coordinator:
             for f in files:  # the agents opened theirs: later misses stream from the copy
                 f.close()
 
-    def _put_dataset(self, name, inputs, chunks, scheme, count, target_bytes, key_column, replace, cols):
+    def _put_dataset(self, name, inputs, chunks, scheme, count, target_bytes, key_column, replace, cols,
+                     placement_op=""):
         target = target_bytes or self.config.target_partition_bytes
         if cols is None:
             meta = inputs.metas[0]
@@ -289,7 +294,8 @@ class Coordinator:
             try:
                 ahead = read_ahead(chunks, name=f"put-{name}")
                 try:
-                    self.place(dataset, ready=self._arrived_partitions(inputs, ahead, plan.row_splits))
+                    self.place(dataset, ready=self._arrived_partitions(inputs, ahead, plan.row_splits),
+                               op=placement_op)
                 finally:
                     ahead.close()  # (on a failure too: its thread stops now, not when a GC frees the traceback)
                 inputs.finish_list()  # every byte in, checksums right
@@ -310,7 +316,7 @@ class Coordinator:
                 plan.balance(sparse.SPMM.row_weights(parts))
                 parts = {part: parts[f"a_{part}"] for part in CSR_PARTS}
             dataset, old = self.datasets.create(name, parts, plan.row_splits, replace, cols)
-            self.place(dataset)
+            self.place(dataset, op=placement_op)
             if dataset.saved.is_set():  # saved while placing: store the placement too
                 self._dataset_saved(dataset)
         if old is not None:  # (its copy on disk goes once the new one is whole: DatasetStore.add)
@@ -333,11 +339,11 @@ class Coordinator:
 
     PLACE_BATCH_BYTES = 16 << 20  # one CacheTensors call per ~16 MiB of an agent's partitions
 
-    def place(self, dataset, ready=None) -> None:
+    def place(self, dataset, ready=None, op: str = "") -> None:
         """Spread the partitions over the agents in contiguous blocks, one per agent, sized by the
         placement (by measured speed: `SpeedPlacement.blocks`): a job's run is a contiguous range of
         partitions resident on one agent, so round-robin homes made every run a single partition,
-        each paying a run's fixed cost (bench_hetero's traces). `ready` yields
+        each paying a run's fixed cost (bench_hetero's traces); `op`: whose speeds size them. `ready` yields
         partitions as their rows arrive (default: all of them, now); each agent's thread sends its
         share in calls of about PLACE_BATCH_BYTES while the rest still streams in."""
         agents = sorted(self.membership.agents(), key=lambda a: a.id)
@@ -381,7 +387,7 @@ class Coordinator:
         for t in threads:
             t.start()
         # Block i ends at bounds[i]: partition p goes to the first agent whose block ends past it.
-        bounds = list(itertools.accumulate(self.scheduler.placement.blocks(agents, dataset.partitions)))
+        bounds = list(itertools.accumulate(self.scheduler.placement.blocks(agents, dataset.partitions, op)))
         try:
             for p in ready:
                 queues[agents[bisect.bisect_right(bounds, p)]].put(p)

@@ -108,11 +108,13 @@ class Speeds:
             return None
         return sum(known) * len(devices) / len(known)
 
-    def relative(self, agents: list[Agent]) -> dict[str, float] | None:
-        """Each agent's speed against the fastest (1.0), for work not yet known: the geometric mean,
-        over the ops every agent offers and was measured for, of its rate over the fastest agent's
-        for that op; None if no such op was measured yet."""
+    def relative(self, agents: list[Agent], op: str = "") -> dict[str, float] | None:
+        """Each agent's speed against the fastest (1.0): for `op`, if every agent offers it and was
+        measured for it; else, for work not known, the geometric mean over the ops every agent
+        offers and was measured for of its rate over the fastest agent's; None if none was."""
         common = set.intersection(*(a.ops for a in agents)) if agents else set()
+        if op in common and all(self.rate(a, op) for a in agents):
+            common = {op}
         logs: dict[str, float] = {a.id: 0.0 for a in agents}
         used = 0
         for op in sorted(common):
@@ -178,7 +180,7 @@ class CreditsPlacement:
     def sizes_resident_runs(self, job: Job, agent: Agent, capable: list[Agent]) -> bool:
         return False  # blind to speed: resident runs stay small, so that a slow agent's can move
 
-    def blocks(self, agents: list[Agent], partitions: int) -> list[int]:
+    def blocks(self, agents: list[Agent], partitions: int, op: str = "") -> list[int]:
         return even_blocks(len(agents), partitions)
 
     def copy_pays(self, job: Job, run: Run, agent: Agent, owner: Agent) -> bool:
@@ -216,13 +218,13 @@ class SpeedPlacement:
         self.speeds = speeds or Speeds()
         self._fallback = CreditsPlacement()
 
-    def blocks(self, agents: list[Agent], partitions: int) -> list[int]:
+    def blocks(self, agents: list[Agent], partitions: int, op: str = "") -> list[int]:
         """Partitions of a new dataset per agent (in this order), in contiguous blocks: in proportion
-        to the agents' relative speeds (`Speeds.relative`) when the fastest is PLACE_SPEED_GAP times
-        the slowest, else even. Equal blocks left a fast agent idle once its own were done, for
+        to the agents' relative speeds (`Speeds.relative`, for `op` where it was measured) when the
+        fastest is PLACE_SPEED_GAP times the slowest, else even. Equal blocks left a fast agent idle once its own were done, for
         work too cheap to be worth moving (a sum over a mixed cluster); between agents of about equal
         speed the estimates' noise would only unbalance them."""
-        speeds = self.speeds.relative(agents)
+        speeds = self.speeds.relative(agents, op)
         if not speeds or max(speeds.values()) < PLACE_SPEED_GAP * min(speeds.values()):
             return even_blocks(len(agents), partitions)
         return weighted_blocks([speeds[a.id] for a in agents], partitions)

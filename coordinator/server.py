@@ -239,7 +239,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServiceServicer):
         dataset = self.c.put_dataset(spec.name, headers, chunks(), scheme_of(part), part.count,
                                      part.target_bytes, part.key_column, spec.replace, cols,
                                      spec.shared if spec.HasField("shared") else None, spec.durable,
-                                     seconds_left(context.time_remaining()))
+                                     seconds_left(context.time_remaining()), spec.placement_op)
         return pb.PutDatasetResponse(dataset=dataset_info(dataset))
 
     def ListDatasets(self, request, context):

@@ -137,6 +137,14 @@ def test_a_new_datasets_blocks_follow_clearly_different_speeds():
     assert policy.blocks([full, fake_agent("near", 2.5e9)], 64) == [32, 32]  # within the gap
     assert policy.blocks([full, fake_agent("new", None)], 7) == [4, 3]  # not every agent measured
     assert placement.CreditsPlacement().blocks([full, quarter], 64) == [32, 32]
+    # Speeds that differ by op: blocks for the op named at put time, else for a blend of every op.
+    sums, products = DeviceInfo("numpy:0", "numpy", "", 0, ["sum", "matmul"], {"sum": 8e9, "matmul": 1e8}), \
+        DeviceInfo("opencl:0", "opencl", "", 0, ["sum", "matmul"], {"sum": 1e9, "matmul": 1e8})
+    fast_sums, slow_sums = (Agent(n, n, "127.0.0.1:1", [d], credits=4, link=SimpleNamespace(send_rate=None))
+                            for n, d in (("numpy", sums), ("opencl", products)))
+    assert policy.blocks([fast_sums, slow_sums], 90, "sum") == [80, 10]
+    assert policy.blocks([fast_sums, slow_sums], 90, "matmul") == [45, 45]
+    assert policy.blocks([fast_sums, slow_sums], 90) == [66, 24]  # sqrt(8): 2.83 to 1
 
 
 def test_the_estimate_follows_a_slowdown_within_a_few_partitions():
@@ -279,7 +287,10 @@ def test_a_dataset_put_once_the_agents_are_measured_lies_mostly_on_the_fast_one(
         cluster.add_agent("numpy", ["--name", "slow", "--throttle", "8"])
         client = cluster.client(timeout=240)
         streamed, _ = run_gram(client, x)  # measures both agents for the op
-        data = client.put("rows", x, partitions=PARTITIONS)
+        with pytest.raises(lepton.LeptonError, match="unknown op 'grams'") as refused:
+            client.put("rows", x, partitions=PARTITIONS, for_op="grams")
+        assert refused.value.code.name == "INVALID_ARGUMENT"
+        data = client.put("rows", x, partitions=PARTITIONS, for_op="gram")
         agents = names(client)
         held = {agents[a]: n for a, n in data.info.placement.items()}
         resident = client.submit("gram", {"x": data}, partitions=PARTITIONS).result(timeout=240)["xtx"]

@@ -640,7 +640,8 @@ class Client:
 
     # -- datasets ----------------------------------------------------------------------------
     def put(self, name: str, array, *, partitioning: str = "row_blocks", partitions: int = 0,
-            target_bytes: int = 0, key_column: int = 0, replace: bool = False, durable: bool = False) -> Dataset:
+            target_bytes: int = 0, key_column: int = 0, replace: bool = False, durable: bool = False,
+            for_op: str = "") -> Dataset:
         """Load `array` into the cluster once; its partitions stay resident on the agents.
 
         It returns once the partitions are placed; the coordinator's copy on its disk follows
@@ -651,8 +652,12 @@ class Client:
 
         `array` may be a sparse CSR matrix (scipy.sparse, or (indptr, indices, data, shape)): ops then
         name it as one input (client.spmm(dataset, x)), partitioned by rows balanced by non-zeros.
+
+        The partitions go to the agents in one contiguous block each, sized by the agents' measured
+        speeds where they clearly differ: for `for_op` (the op its jobs will mostly run) once every
+        agent was measured for it, else over every op measured so far.
         """
-        spec = pb.DatasetSpec(name=name, replace=replace, durable=durable,
+        spec = pb.DatasetSpec(name=name, replace=replace, durable=durable, placement_op=for_op,
                               partitioning=_partitioning(partitioning, partitions, target_bytes, key_column))
         if hasattr(array, "indptr") or isinstance(array, tuple):
             parts, cols = _csr(array)

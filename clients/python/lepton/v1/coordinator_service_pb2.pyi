@@ -9,7 +9,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class DatasetSpec(_message.Message):
-    __slots__ = ("name", "tensor", "csr", "partitioning", "replace", "shared", "durable")
+    __slots__ = ("name", "tensor", "csr", "partitioning", "replace", "shared", "durable", "placement_op")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TENSOR_FIELD_NUMBER: _ClassVar[int]
     CSR_FIELD_NUMBER: _ClassVar[int]
@@ -17,6 +17,7 @@ class DatasetSpec(_message.Message):
     REPLACE_FIELD_NUMBER: _ClassVar[int]
     SHARED_FIELD_NUMBER: _ClassVar[int]
     DURABLE_FIELD_NUMBER: _ClassVar[int]
+    PLACEMENT_OP_FIELD_NUMBER: _ClassVar[int]
     name: str
     tensor: _tensor_pb2.TensorHeader
     csr: CsrMatrix
@@ -24,7 +25,8 @@ class DatasetSpec(_message.Message):
     replace: bool
     shared: _tensor_pb2.SharedBuffer
     durable: bool
-    def __init__(self, name: _Optional[str] = ..., tensor: _Optional[_Union[_tensor_pb2.TensorHeader, _Mapping]] = ..., csr: _Optional[_Union[CsrMatrix, _Mapping]] = ..., partitioning: _Optional[_Union[_job_pb2.Partitioning, _Mapping]] = ..., replace: _Optional[bool] = ..., shared: _Optional[_Union[_tensor_pb2.SharedBuffer, _Mapping]] = ..., durable: _Optional[bool] = ...) -> None: ...
+    placement_op: str
+    def __init__(self, name: _Optional[str] = ..., tensor: _Optional[_Union[_tensor_pb2.TensorHeader, _Mapping]] = ..., csr: _Optional[_Union[CsrMatrix, _Mapping]] = ..., partitioning: _Optional[_Union[_job_pb2.Partitioning, _Mapping]] = ..., replace: _Optional[bool] = ..., shared: _Optional[_Union[_tensor_pb2.SharedBuffer, _Mapping]] = ..., durable: _Optional[bool] = ..., placement_op: _Optional[str] = ...) -> None: ...
 
 class CsrMatrix(_message.Message):
     __slots__ = ("indptr", "indices", "data", "cols")
