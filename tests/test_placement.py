@@ -320,7 +320,9 @@ def test_resident_partitions_run_in_contiguous_runs_even_after_moves():
     check_gram(xtx, x)  # (the reference costs more than the jobs: once)
     for job_runs in runs:
         assert sum(n for _, n in job_runs) == PARTITIONS
-        # Round-robin homes gave 64 runs of one; the slow agent's last ones are single partitions
-        # (the end game), the fast agent's hold several.
-        fast = sorted(n for agent, n in job_runs if agents[agent] == "fast")
-        assert len(job_runs) <= PARTITIONS // 2 and fast[len(fast) // 2] >= 3, job_runs
+        # Round-robin homes gave 64 runs of one, and moves off the front of a block a run per move.
+        # Here runs hold 4 partitions on average at least: the fast agent's own block goes in a few
+        # long runs, and what it takes off the slow one's end in a few more (the end game's are
+        # short: 31, 28, 2, 2 and 1 were seen when the second job moved the slow agent's last five).
+        fast = [n for agent, n in job_runs if agents[agent] == "fast"]
+        assert len(job_runs) <= PARTITIONS // 4 and max(fast) >= 8, job_runs
