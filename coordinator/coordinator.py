@@ -343,8 +343,8 @@ class Coordinator:
         """Spread the partitions over the agents in contiguous blocks, one per agent, sized by the
         placement (by measured speed: `SpeedPlacement.blocks`): a job's run is a contiguous range of
         partitions resident on one agent, so round-robin homes made every run a single partition,
-        each paying a run's fixed cost (bench_hetero's traces); `op`: whose speeds size them. `ready` yields
-        partitions as their rows arrive (default: all of them, now); each agent's thread sends its
+        each paying a run's fixed cost (bench_hetero's traces); `op`: whose speeds size them.
+        `ready` yields partitions as their rows arrive (default: all of them, now); each agent's thread sends its
         share in calls of about PLACE_BATCH_BYTES while the rest still streams in."""
         agents = sorted(self.membership.agents(), key=lambda a: a.id)
         ready = range(dataset.partitions) if ready is None else ready

@@ -56,9 +56,9 @@ MOVE_SPEED_GAP = 1.5
 # than the slowest: between equal agents on a loaded machine the estimates wander by 1.5x at times,
 # and uneven blocks on equal agents make every job wait for the larger one.
 PLACE_SPEED_GAP = 2.0
-# A speculative copy of a run goes to an idle agent before the run overruns only if the copy would be
-# done in a third of the time its owner needs for what it has left: equal agents whose estimates
-# wander by 1.5x never copy each other's runs (what an agent has left is at most its two runs).
+# A speculative copy of a run goes to another agent before the run overruns only if the copy, after
+# what that agent holds of the job, would be done in a third of the time the run's owner needs for
+# it and its runs ahead: a margin beyond the 1.5x that equal agents' estimates wander by.
 COPY_GAIN = 3.0
 # Runs of a job an agent may hold at once under speed placement: one computing, one on its way.
 PIPELINE = 2
@@ -117,8 +117,8 @@ class Speeds:
             common = {op}
         logs: dict[str, float] = {a.id: 0.0 for a in agents}
         used = 0
-        for op in sorted(common):
-            rates = {a.id: self.rate(a, op) for a in agents}
+        for each in sorted(common):
+            rates = {a.id: self.rate(a, each) for a in agents}
             if not all(rates.values()):
                 continue
             fastest = max(rates.values())
@@ -221,9 +221,9 @@ class SpeedPlacement:
     def blocks(self, agents: list[Agent], partitions: int, op: str = "") -> list[int]:
         """Partitions of a new dataset per agent (in this order), in contiguous blocks: in proportion
         to the agents' relative speeds (`Speeds.relative`, for `op` where it was measured) when the
-        fastest is PLACE_SPEED_GAP times the slowest, else even. Equal blocks left a fast agent idle once its own were done, for
-        work too cheap to be worth moving (a sum over a mixed cluster); between agents of about equal
-        speed the estimates' noise would only unbalance them."""
+        fastest is PLACE_SPEED_GAP times the slowest, else even. Equal blocks left a fast agent idle
+        once its own were done, for work too cheap to be worth moving (a sum over a mixed cluster);
+        between agents of about equal speed the estimates' noise would only unbalance them."""
         speeds = self.speeds.relative(agents, op)
         if not speeds or max(speeds.values()) < PLACE_SPEED_GAP * min(speeds.values()):
             return even_blocks(len(agents), partitions)

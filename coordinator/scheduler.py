@@ -343,14 +343,13 @@ class Scheduler:
         error = None
         try:
             for lo, hi, partial, timings in agent.link.run_task(job, run, timeout, on_call):
-                if lo is None:
+                if lo is None:  # progress: partitions done ahead of their node
                     job.progress(run, timings)
-                    self.placement.observe(agent, job, timings)
-                    if not job.parts.ready_count:  # the end game: an idle agent may now copy this run
-                        self.notify()
-                    continue
-                job.node_done(run, lo, hi, partial, timings)
+                else:
+                    job.node_done(run, lo, hi, partial, timings)
                 self.placement.observe(agent, job, timings)
+                if lo is None and not job.parts.ready_count:  # the end game: an idle agent may copy this run
+                    self.notify()
         except grpc.RpcError as exc:
             error = (exc.code().name, exc.details() or "")
         except LeptonError as exc:

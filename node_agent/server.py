@@ -45,15 +45,13 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
                                         task.first_partition, task.partition_count, task.tree_arity, split, whole,
                                         offsets, context.is_active, writer.write if writer else None)
             for lo, hi, partial, timings in nodes:
+                timed = [pb.PartitionTiming(partition=p, device=d, started_at=s, finished_at=f)
+                         for p, d, s, f in timings]
                 if partial is None:  # progress: partitions done ahead of their node
-                    yield response(progress=pb.TaskProgress(timings=[
-                        pb.PartitionTiming(partition=p, device=d, started_at=s, finished_at=f)
-                        for p, d, s, f in timings]))
+                    yield response(progress=pb.TaskProgress(timings=timed))
                     continue
                 if partial is sharedmem.WRITTEN:
-                    yield response(partial=pb.PartialHeader(range_start=lo, range_end=hi, written=True, timings=[
-                        pb.PartitionTiming(partition=p, device=d, started_at=s, finished_at=f)
-                        for p, d, s, f in timings]))
+                    yield response(partial=pb.PartialHeader(range_start=lo, range_end=hi, written=True, timings=timed))
                     continue
                 names = list(partial)
                 arrays = [wire.little_endian(np.asarray(partial[n])) for n in names]
@@ -61,8 +59,7 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
                 inline = nbytes <= INLINE_PARTIAL_BYTES  # its bytes in the header's message
                 yield response(partial=pb.PartialHeader(
                     range_start=lo, range_end=hi, tensors=[wire.header(n, a) for n, a in zip(names, arrays)],
-                    timings=[pb.PartitionTiming(partition=p, device=d, started_at=s, finished_at=f)
-                             for p, d, s, f in timings],
+                    timings=timed,
                     chunks=wire.chunks(arrays) if inline else ()))
                 if not inline:
                     for chunk in wire.chunks(arrays):
