@@ -233,13 +233,13 @@ class SpeedPlacement:
         """Whether a copy of `owner`'s run on `agent`, after what `agent` holds of the job, would be
         done in under 1/COPY_GAIN of the time `owner` needs for what the run has left and for its
         runs ahead of it: the owner slowed down (its progress tells, partition by partition) or is
-        much slower, and the copy pays for the work it repeats. Not for a job on a dataset: a copy
+        much slower (MOVE_SPEED_GAP at least), and the copy pays for the work it repeats. Not for a job on a dataset: a copy
         ships resident partitions and moves their home (the straggler rule alone decides there)."""
         if job.datasets:
             return False
         here, there = self.rate(job, agent), self.speeds.rate(owner, job.op.name)
-        if not (here and there and self.speeds.confident(agent, job.op.name)):
-            return False
+        if not (here and there and self.speeds.confident(agent, job.op.name)) or here < MOVE_SPEED_GAP * there:
+            return False  # about equal agents never copy early: a CI run's equal pair copied on noise
         state = job.parts.state
 
         def left(agent_id: str, before: Run | None = None) -> int:
